@@ -1,0 +1,371 @@
+"""Forward models y = A(x) + sigma_y n on images x of shape (B, C, H, W) in [-1, 1].
+
+Every linear operator has `A`, a true adjoint `A_adjoint` (<A x, y> = <x, A_adjoint y>), a closed-form
+pseudo-inverse `A_pinv` where one exists, and `naive`, the simple reconstruction shown as the baseline
+(and used by SDEdit as its starting point). Operators are `nn.Module`s only so that `.to(device)`
+moves their fixed tensors; nothing changes when they are called. Randomness (a box position, a
+pixel mask, a motion-blur kernel) is drawn once, at construction, from a seed.
+
+Blur is circular convolution, computed with FFTs: that makes A, its adjoint and its pseudo-inverse
+exact and fast. Super-resolution is separable resampling by explicit matrices (MATLAB-style
+antialiased bicubic by default, as the DPS reference, or box averaging).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .schedule import randn_like
+
+
+class Operator(nn.Module):
+    """A forward model A: images (B, C, H, W) -> measurements. Non-linear ones only need `A`."""
+
+    name = "operator"
+    linear = False
+
+    def A(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def naive(self, y: Tensor) -> Tensor:
+        """A simple reconstruction of x from y: the baseline a solver has to beat."""
+        raise NotImplementedError(f"{self.name} has no naive reconstruction")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.A(x)
+
+
+class LinearOperator(Operator):
+    linear = True
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def A_pinv(self, y: Tensor) -> Tensor:
+        raise NotImplementedError(f"{self.name} has no closed-form pseudo-inverse")
+
+    def naive(self, y: Tensor) -> Tensor:
+        return self.A_pinv(y)
+
+
+def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator | None = None) -> Tensor:
+    """y = A(x) + sigma_y n, with n standard normal (sigma_y in the units of x, i.e. of [-1, 1])."""
+    y = op.A(x)
+    return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y
+
+
+# ---------------------------------------------------------------------------------------------------
+class Identity(LinearOperator):
+    """Denoising: A = I."""
+
+    name = "denoise"
+
+    def A(self, x):
+        return x
+
+    def A_adjoint(self, y):
+        return y
+
+    def A_pinv(self, y):
+        return y
+
+
+class Inpaint(LinearOperator):
+    """y = m * x for a binary mask m (1 = observed pixel, 0 = missing), shared by all channels.
+
+    A is an orthogonal projection, so A_adjoint = A_pinv = A. `naive` fills the holes with each
+    image's mean observed colour.
+    """
+
+    name = "inpaint"
+
+    def __init__(self, mask: Tensor):
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        while mask.dim() < 4:
+            mask = mask[None]
+        if mask.shape[1] != 1 or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("an inpainting mask must be binary with shape (H, W), (1, H, W) or (B, 1, H, W)")
+        if not bool(mask.flatten(1).amax(1).all()):
+            raise ValueError("the inpainting mask observes no pixel at all")
+        self.register_buffer("mask", mask)
+
+    def _check(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != self.mask.shape[-2:]:
+            raise ValueError(f"mask of size {tuple(self.mask.shape[-2:])} does not fit an image of size "
+                             f"{tuple(x.shape[-2:])}")
+        return self.mask.to(x.dtype)
+
+    def A(self, x):
+        return x * self._check(x)
+
+    def A_adjoint(self, y):
+        return y * self._check(y)
+
+    def A_pinv(self, y):
+        return y * self._check(y)
+
+    def naive(self, y):
+        m = self._check(y)
+        mean = (y * m).sum((-2, -1), keepdim=True) / m.sum((-2, -1), keepdim=True)
+        return y * m + mean * (1 - m)
+
+
+def box_mask(size: int, height: int, width: int | None = None, *, position: tuple[int, int] | None = None,
+             margin: int = 0, generator: torch.Generator | None = None) -> Tensor:
+    """A (H, W) mask with one size x size hole, at `position` (top, left) or at a random place at least
+    `margin` pixels from every border."""
+    width = height if width is None else width
+    if not 0 < size <= min(height, width) - 2 * margin:
+        raise ValueError(f"a {size}x{size} box with margin {margin} does not fit a {height}x{width} image")
+    if position is None:
+        top = int(torch.randint(margin, height - margin - size + 1, (1,), generator=generator))
+        left = int(torch.randint(margin, width - margin - size + 1, (1,), generator=generator))
+    else:
+        top, left = position
+        if not (0 <= top <= height - size and 0 <= left <= width - size):
+            raise ValueError(f"a {size}x{size} box at {position} does not fit a {height}x{width} image")
+    mask = torch.ones(height, width)
+    mask[top:top + size, left:left + size] = 0
+    return mask
+
+
+def random_mask(fraction: float, height: int, width: int | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
+    """A (H, W) mask that drops exactly round(fraction * H * W) pixels chosen uniformly at random."""
+    width = height if width is None else width
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the dropped fraction must lie in [0, 1), got {fraction}")
+    n = height * width
+    mask = torch.ones(n)
+    mask[torch.randperm(n, generator=generator)[:round(fraction * n)]] = 0
+    return mask.reshape(height, width)
+
+
+# ---------------------------------------------------------------------------------------------------
+class Blur(LinearOperator):
+    """Circular convolution with a (k, k) kernel on (H, W) images, by FFT.
+
+    A = F^-1 diag(K) F, so A_adjoint uses conj(K) and A_pinv uses conj(K) / |K|^2 on the frequencies
+    where |K| > rcond * max |K| (zero elsewhere): the exact Moore-Penrose inverse of the thresholded
+    operator. `naive` returns y itself (deconvolving noisy data amplifies the noise).
+    """
+
+    name = "blur"
+
+    def __init__(self, kernel: Tensor, image_size: tuple[int, int], *, rcond: float = 1e-3):
+        super().__init__()
+        kernel = torch.as_tensor(kernel, dtype=torch.float64)
+        H, W = image_size
+        kh, kw = kernel.shape
+        if kh > H or kw > W:
+            raise ValueError(f"a {kh}x{kw} kernel is larger than the {H}x{W} image")
+        padded = torch.zeros(H, W, dtype=torch.float64)
+        padded[:kh, :kw] = kernel
+        padded = torch.roll(padded, (-(kh // 2), -(kw // 2)), dims=(0, 1))  # kernel centre at the origin
+        K = torch.fft.rfft2(padded)
+        keep = K.abs() > rcond * K.abs().max()
+        self.register_buffer("kernel", kernel.float())
+        self.register_buffer("K", K)
+        self.register_buffer("K_pinv", torch.where(keep, K.conj() / K.abs().clamp_min(1e-30) ** 2, 0))
+        self.image_size = (H, W)
+
+    def A(self, x):
+        return _circular(x, self.K, self.image_size)
+
+    def A_adjoint(self, y):
+        return _circular(y, self.K.conj(), self.image_size)
+
+    def A_pinv(self, y):
+        return _circular(y, self.K_pinv, self.image_size)
+
+    def naive(self, y):
+        return y
+
+
+def _circular(x: Tensor, spectrum: Tensor, image_size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) != image_size:
+        raise ValueError(f"this blur was built for {image_size} images, got {tuple(x.shape[-2:])}")
+    xf = x if x.dtype == torch.float64 else x.float()  # FFTs in at least single precision
+    spectrum = spectrum.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+    return torch.fft.irfft2(torch.fft.rfft2(xf) * spectrum, s=image_size).to(x.dtype)
+
+
+def gaussian_kernel(size: int, std: float) -> Tensor:
+    """A normalised (size, size) isotropic Gaussian kernel."""
+    if size < 1 or size % 2 == 0 or std <= 0:
+        raise ValueError(f"a Gaussian kernel needs an odd size >= 1 and std > 0, got size={size}, std={std}")
+    r = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-r ** 2 / (2 * std ** 2))
+    k = g[:, None] * g[None, :]
+    return k / k.sum()
+
+
+def motion_kernel(size: int, intensity: float = 0.5, *, generator: torch.Generator | None = None,
+                  samples: int = 4096) -> Tensor:
+    """A random camera-shake kernel (in the spirit of Boracchi & Foi 2012): a 2-D trajectory whose velocity
+    drifts by Gaussian steps and jerks with a probability that grows with `intensity` in [0, 1], scaled
+    to span the (size, size) support and splatted bilinearly. intensity = 0 gives a straight line."""
+    if size < 3 or size % 2 == 0 or not 0 <= intensity <= 1:
+        raise ValueError(f"a motion kernel needs an odd size >= 3 and intensity in [0, 1], got {size}, {intensity}")
+    rand = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    angle = 2 * math.pi * rand(1)
+    v = torch.cat([torch.cos(angle), torch.sin(angle)])
+    steps = torch.empty(samples, 2, dtype=torch.float64)
+    jerk_p, drift = intensity * 0.01, intensity * 0.15
+    for i in range(samples):
+        v = v + drift * randn(2)
+        if rand(1) < jerk_p:  # an abrupt change of direction
+            v = -v + randn(2) * intensity
+        v = v / v.norm().clamp_min(1e-12)
+        steps[i] = v
+    path = torch.cumsum(steps, 0)
+    path = path - (path.amax(0) + path.amin(0)) / 2  # centre the trajectory's bounding box
+    extent = (path.amax(0) - path.amin(0)).max().clamp_min(1e-12)
+    path = path * ((size - 1) / extent) * 0.999 + size // 2
+    k = torch.zeros(size, size, dtype=torch.float64)
+    i0, j0 = path[:, 1].floor().long(), path[:, 0].floor().long()
+    fi, fj = path[:, 1] - i0, path[:, 0] - j0
+    for di, wi in ((0, 1 - fi), (1, fi)):
+        for dj, wj in ((0, 1 - fj), (1, fj)):
+            ii, jj = (i0 + di).clamp(0, size - 1), (j0 + dj).clamp(0, size - 1)
+            k.index_put_((ii, jj), wi * wj, accumulate=True)
+    return k / k.sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+class SuperResolution(LinearOperator):
+    """Downsampling by an integer factor: y = R_h x R_w^T per channel with explicit resampling matrices.
+
+    kernel="bicubic": MATLAB's imresize (antialiased cubic, a = -0.5, symmetric borders), as the DPS
+    reference; kernel="box": average pooling. The adjoint is R_h^T y R_w and the pseudo-inverse
+    pinv(R_h) y pinv(R_w)^T, both exact. `naive` is the pseudo-inverse.
+    """
+
+    name = "super-resolution"
+
+    def __init__(self, factor: int, image_size: tuple[int, int], *, kernel: str = "bicubic"):
+        super().__init__()
+        H, W = image_size
+        if factor < 1 or H % factor or W % factor:
+            raise ValueError(f"the image size {H}x{W} is not divisible by the factor {factor}")
+        Rh, Rw = (resize_matrix(n, factor, kernel) for n in (H, W))
+        self.register_buffer("Rh", Rh.float())
+        self.register_buffer("Rw", Rw.float())
+        self.register_buffer("Rh_pinv", torch.linalg.pinv(Rh).float())
+        self.register_buffer("Rw_pinv", torch.linalg.pinv(Rw).float())
+        self.factor, self.image_size = factor, (H, W)
+
+    def _check(self, x, size):
+        if tuple(x.shape[-2:]) != size:
+            raise ValueError(f"expected an input of spatial size {size}, got {tuple(x.shape[-2:])}")
+
+    def A(self, x):
+        self._check(x, self.image_size)
+        return self.Rh.to(x.dtype) @ x @ self.Rw.to(x.dtype).T
+
+    def A_adjoint(self, y):
+        self._check(y, (self.image_size[0] // self.factor, self.image_size[1] // self.factor))
+        return self.Rh.to(y.dtype).T @ y @ self.Rw.to(y.dtype)
+
+    def A_pinv(self, y):
+        self._check(y, (self.image_size[0] // self.factor, self.image_size[1] // self.factor))
+        return self.Rh_pinv.to(y.dtype) @ y @ self.Rw_pinv.to(y.dtype).T
+
+
+def _cubic(x: Tensor, a: float = -0.5) -> Tensor:
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x ** 2 + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def resize_matrix(n: int, factor: int, kernel: str = "bicubic") -> Tensor:
+    """The (n // factor, n) float64 matrix that downsamples a length-n signal by `factor`."""
+    m = n // factor
+    R = torch.zeros(m, n, dtype=torch.float64)
+    if kernel == "box":
+        for i in range(m):
+            R[i, i * factor:(i + 1) * factor] = 1 / factor
+        return R
+    if kernel != "bicubic":
+        raise ValueError(f"unknown resampling kernel {kernel!r}; expected 'bicubic' or 'box'")
+    # MATLAB imresize, scale 1/factor: the cubic kernel is stretched by `factor` (antialiasing).
+    width = 4.0 * factor
+    for i in range(m):
+        centre = (i + 0.5) * factor - 0.5  # output pixel centre in input coordinates (0-based)
+        js = torch.arange(math.floor(centre - width / 2), math.ceil(centre + width / 2) + 1)
+        w = _cubic((centre - js.double()) / factor)
+        w = w / w.sum()
+        mirrored = js.clone()
+        period = 2 * n
+        mirrored = mirrored % period
+        mirrored = torch.where(mirrored >= n, period - 1 - mirrored, mirrored)  # symmetric borders
+        R[i].index_add_(0, mirrored, w)
+    return R
+
+
+# ---------------------------------------------------------------------------------------------------
+# Named tasks. Sizes default to the DPS reference values at 256x256, scaled to the image size.
+def _odd(v: float) -> int:
+    return max(3, int(round(v)) // 2 * 2 + 1)
+
+
+def _box(shape, seed, size=None, margin=None, position=None):
+    H, W = shape[-2:]
+    size = H // 2 if size is None else size  # 128 at 256x256
+    margin = H // 16 if margin is None else margin  # 16 at 256x256
+    g = torch.Generator().manual_seed(seed)
+    return Inpaint(box_mask(size, H, W, position=position, margin=margin, generator=g))
+
+
+def _random(shape, seed, fraction=0.7):
+    H, W = shape[-2:]
+    return Inpaint(random_mask(fraction, H, W, generator=torch.Generator().manual_seed(seed)))
+
+
+def _gaussian(shape, seed, size=None, std=None):
+    H, W = shape[-2:]
+    std = 3.0 * H / 256 if std is None else std  # 3.0 at 256x256
+    size = _odd(61 * H / 256) if size is None else size  # 61 at 256x256
+    return Blur(gaussian_kernel(size, std), (H, W))
+
+
+def _motion(shape, seed, size=None, intensity=0.5):
+    H, W = shape[-2:]
+    size = _odd(61 * H / 256) if size is None else size
+    return Blur(motion_kernel(size, intensity, generator=torch.Generator().manual_seed(seed)), (H, W))
+
+
+def _sr(factor):
+    def make(shape, seed, kernel="bicubic"):
+        return SuperResolution(factor, tuple(shape[-2:]), kernel=kernel)
+    return make
+
+
+TASKS: dict[str, Callable[..., Operator]] = {
+    "box-inpaint": _box,
+    "random-inpaint": _random,
+    "gaussian-blur": _gaussian,
+    "motion-blur": _motion,
+    "sr4": _sr(4),
+    "denoise": lambda shape, seed: Identity(),
+}
+
+
+def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options) -> Operator:
+    """The operator of a named task for images of `shape` (..., H, W); `seed` draws its random parts.
+
+    Options override the defaults, e.g. make_operator("gaussian-blur", (3, 64, 64), std=1.5).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    op = TASKS[task](tuple(shape), seed, **options)
+    op.name = task
+    return op

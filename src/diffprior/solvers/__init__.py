@@ -1,0 +1,60 @@
+"""Solvers: each one function (prior, op, y, *, settings) that mirrors its paper's algorithm."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import Tensor
+
+from .dps import dps
+from .sampling import ddim_step, ddpm_step, denoise, sample
+from .scoreald import scoreald
+from .sdedit import sdedit
+
+SOLVERS: dict[str, Callable[..., Tensor]] = {
+    "sdedit": sdedit,
+    "scoreald": scoreald,
+    "dps": dps,
+}
+
+
+# Settings tuned per task where the defaults of a solver are not right for every task (step scales of the
+# DPS reference configs); `settings_for` merges them under the user's own settings.
+TASK_SETTINGS: dict[str, dict[str, dict]] = {
+    "dps": {"box-inpaint": {"scale": 0.5}, "random-inpaint": {"scale": 0.5}, "gaussian-blur": {"scale": 0.3},
+            "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}},
+}
+
+
+def settings_for(method: str, task: str | None, **overrides) -> dict:
+    """The settings to run `method` on `task` with: the task's tuned values, then the given overrides
+    (None values are dropped, so optional CLI flags pass through untouched)."""
+    settings = dict(TASK_SETTINGS.get(method, {}).get(task, {}))
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+class DivergenceError(RuntimeError):
+    """A solver's iterates left the finite numbers: its step size is too large for this problem."""
+
+
+def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **settings) -> Tensor:
+    """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
+    measurement noise. Unknown settings raise a TypeError, a measurement with NaNs a ValueError, and a
+    run that diverges a DivergenceError."""
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(SOLVERS)}")
+    if not bool(y.isfinite().all()):
+        raise ValueError("the measurement contains NaN or infinite values")
+    solver = SOLVERS[method]
+    if sigma_y is not None and "sigma_y" in inspect.signature(solver).parameters:
+        settings.setdefault("sigma_y", sigma_y)
+    x = solver(prior, op.to(y.device), y, **settings)
+    if not bool(x.isfinite().all()):
+        raise DivergenceError(f"{method} diverged (non-finite output) with settings {settings}: "
+                              "lower its step size (scale / step_size) or use more steps")
+    return x
+
+
+__all__ = ["SOLVERS", "TASK_SETTINGS", "settings_for", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", "sdedit", "scoreald", "dps"]

@@ -1,0 +1,114 @@
+"""Unconditional sampling (ancestral DDPM and DDIM) and single-step denoising, and the reverse steps
+that the posterior solvers share.
+
+A reverse step goes from timestep t to t_prev < t of a (possibly respaced) chain; t_prev = -1 is the
+clean data. With respacing, the step uses the respaced forward variance beta = 1 - abar_t / abar_prev
+(as guided-diffusion does), so a 100-step chain is a proper DDPM of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..prior import Prior
+from ..schedule import randn_like
+
+
+def steps_of(prior: Prior, steps: int | None, start: int | None = None, progress: bool = False,
+             desc: str = "sampling") -> Iterator[tuple[int, int]]:
+    """(t, t_prev) pairs of the respaced chain from `start` down to the data (t_prev = -1 at the end)."""
+    ts = prior.schedule.timesteps(steps, start)
+    pairs = list(zip(ts, ts[1:] + [-1]))
+    return iter(tqdm(pairs, desc=desc, leave=False, dynamic_ncols=True) if progress else pairs)
+
+
+def clip_x0(prior: Prior, x0: Tensor) -> Tensor:
+    """Clip an x0 estimate to the data range when the prior's data are images in [-1, 1]."""
+    return x0.clamp(-1, 1) if prior.bounded else x0
+
+
+def ddpm_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, v: Tensor | None = None, *,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One ancestral step of Ho et al. 2020, eq. 6-7: x_prev ~ q(x_prev | x_t, x0_hat).
+
+    mean = sqrt(abar_prev) beta / (1 - abar_t) x0_hat + sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t) x_t,
+    variance = the posterior variance beta (1 - abar_prev) / (1 - abar_t), or, when the network learned it,
+    exp(f log beta + (1 - f) log posterior variance) with f = (v + 1) / 2 (Nichol & Dhariwal 2021).
+    Returns (x_prev, x0_hat); the final step (t_prev = -1) returns the mean, x0_hat itself.
+    """
+    sched = prior.schedule
+    a, a_prev = sched.abar_at(t), sched.abar_at(t_prev)
+    beta = 1 - a / a_prev
+    x0 = clip_x0(prior, prior.x0_from_eps(x, t, eps))
+    if t_prev < 0:
+        return x0, x0
+    mean = (a_prev ** 0.5 * beta / (1 - a)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * x
+    var = beta * (1 - a_prev) / (1 - a)
+    if v is None:
+        std = var ** 0.5
+    else:
+        frac = (v + 1) / 2
+        std = torch.exp(0.5 * (frac * math.log(beta) + (1 - frac) * math.log(var)))
+    return mean + std * randn_like(x, generator), x0
+
+
+def ddim_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, *, eta: float = 0.0,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One step of Song, Meng & Ermon 2021 (DDIM, eq. 12), eta = 0 deterministic, eta = 1 ancestral-like.
+
+    When x0_hat is clipped, eps is recomputed from the clipped x0_hat so that both stay consistent.
+    """
+    sched = prior.schedule
+    a, a_prev = sched.abar_at(t), sched.abar_at(t_prev)
+    x0 = prior.x0_from_eps(x, t, eps)
+    if prior.bounded:
+        x0 = x0.clamp(-1, 1)
+        eps = prior.eps_from_x0(x, t, x0)
+    if t_prev < 0:
+        return x0, x0
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+    x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * randn_like(x, generator)
+    return x_prev, x0
+
+
+def initial_noise(prior: Prior, n: int, generator: torch.Generator | None = None,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """x_T ~ N(0, I) for n samples of the prior's shape, on the prior's device."""
+    return randn_like(torch.empty(n, *prior.shape, device=prior.device, dtype=dtype), generator)
+
+
+@torch.no_grad()
+def sample(prior: Prior, n: int, *,
+           steps: int | None = None,       # None: all T steps; fewer: an evenly respaced chain
+           sampler: str = "ddpm",         # "ddpm" (ancestral) or "ddim"
+           eta: float = 0.0,              # DDIM only: 0 deterministic, 1 ancestral-like
+           dtype: torch.dtype = torch.float32,
+           generator: torch.Generator | None = None,
+           progress: bool = False) -> Tensor:
+    """Unconditional samples x_0 ~ p: ancestral DDPM (Ho et al. 2020) or DDIM (Song et al. 2021)."""
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    x = initial_noise(prior, n, generator, dtype)
+    for t, t_prev in steps_of(prior, steps, progress=progress, desc=f"{sampler} sampling"):
+        eps, v = prior.predict(x, t)
+        if sampler == "ddpm":
+            x, _ = ddpm_step(prior, x, t, t_prev, eps, v, generator=generator)
+        else:
+            x, _ = ddim_step(prior, x, t, t_prev, eps, eta=eta, generator=generator)
+    return x
+
+
+@torch.no_grad()
+def denoise(prior: Prior, x0: Tensor, t: int | Tensor, *,
+            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Single-step denoising: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z, then the Tweedie estimate
+    E[x0 | x_t] in one network evaluation (Efron 2011; Ho et al. 2020). Returns (x_t, x0_hat)."""
+    x_t = prior.schedule.q_sample(x0, t, generator=generator)
+    return x_t, clip_x0(prior, prior.x0(x_t, t))

@@ -1,0 +1,50 @@
+"""ScoreALD: Jalal et al. 2021, "Robust Compressed Sensing MRI with Deep Generative Priors",
+Algorithm 1 (annealed Langevin dynamics with a likelihood score), run with a VP (DDPM) prior."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..operators import LinearOperator
+from ..prior import Prior
+from ..schedule import randn_like
+from .sampling import clip_x0, initial_noise
+
+
+@torch.no_grad()
+def scoreald(prior: Prior, op: LinearOperator, y: Tensor, *,
+             steps: int | None = None,     # noise levels, respaced from T-1 down to 0; None: all T
+             sigma_y: float = 0.05,        # measurement noise std, in the units of x ([-1, 1])
+             step_size: float = 0.5,       # epsilon: the Langevin step at level t is epsilon * sigma_t^2
+             gamma_scale: float = 1.0,     # gamma_t = gamma_scale * sigma_t, the annealed likelihood slack
+             langevin_steps: int = 1,      # Langevin updates per noise level
+             generator: torch.Generator | None = None,
+             progress: bool = False) -> Tensor:
+    """Annealed Langevin dynamics with the likelihood score (Jalal et al. 2021), in VE coordinates.
+
+    Scaling: a VP sample x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) z is divided by sqrt(abar_t), giving
+    u = x_t / sqrt(abar_t) = x_0 + sigma_t z with sigma_t = sqrt((1 - abar_t) / abar_t). u lives on the
+    scale of x_0, hence of y = A x_0 + n, and its score is grad log p_t(u) = -eps(sqrt(abar_t) u, t) / sigma_t.
+    At each level t (descending) and each of `langevin_steps` updates:
+        g = -eps(sqrt(abar_t) u, t) / sigma_t + A^T (y - A u) / (sigma_y^2 + gamma_t^2)
+        u <- u + alpha_t g + sqrt(2 alpha_t) z,    alpha_t = step_size * sigma_t^2,
+    with gamma_t = gamma_scale * sigma_t annealed with the noise level (A u = A x_0 + sigma_t A z carries
+    noise of std about sigma_t). The chain starts at u ~ N(0, I) / sqrt(abar_{T-1}) and ends with the
+    Tweedie estimate at the last level, u - sigma_0 eps(sqrt(abar_0) u, 0).
+    """
+    sched = prior.schedule
+    ts = sched.timesteps(steps)
+    u = initial_noise(prior, y.shape[0], generator, y.dtype) / sched.abar_at(ts[0]) ** 0.5
+    levels = [(t, l) for t in ts for l in range(langevin_steps)]
+    if progress:
+        from tqdm.auto import tqdm
+        levels = tqdm(levels, desc="scoreald", leave=False, dynamic_ncols=True)
+    for t, _ in levels:
+        a, sigma = sched.abar_at(t), sched.sigma_at(t)
+        alpha = step_size * sigma ** 2
+        prior_score = -prior.eps(a ** 0.5 * u, t) / sigma
+        likelihood_score = op.A_adjoint(y - op.A(u)) / (sigma_y ** 2 + (gamma_scale * sigma) ** 2)
+        u = u + alpha * (prior_score + likelihood_score) + (2 * alpha) ** 0.5 * randn_like(u, generator)
+    t = ts[-1]
+    return clip_x0(prior, u - sched.sigma_at(t) * prior.eps(sched.abar_at(t) ** 0.5 * u, t))

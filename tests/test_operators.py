@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffprior.io import load_mask, save_image
+from diffprior.operators import (TASKS, Blur, Identity, Inpaint, SuperResolution, box_mask, gaussian_kernel,
+                                 make_operator, measure, motion_kernel, random_mask, resize_matrix)
+
+SHAPE = (3, 32, 32)
+
+
+def all_operators():
+    ops = {task: make_operator(task, SHAPE, seed=3) for task in TASKS}
+    ops["sr2-box"] = SuperResolution(2, (32, 32), kernel="box")
+    ops["mask-batch"] = Inpaint(torch.stack([random_mask(0.3, 32, 32), box_mask(8, 32, 32)])[:, None])
+    return ops
+
+
+OPS = all_operators()
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_adjointness(name):
+    op = OPS[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    y = torch.randn(op.A(x).shape, generator=g, dtype=torch.float64)
+    lhs = (op.A(x) * y).sum()
+    rhs = (x * op.A_adjoint(y)).sum()
+    assert float(abs(lhs - rhs)) <= 1e-10 * float(lhs.abs() + rhs.abs())
+    assert op.A_adjoint(y).shape == x.shape
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_pseudo_inverse_penrose_identities(name):
+    op = OPS[name]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    y = op.A(torch.randn(2, *SHAPE, generator=g, dtype=torch.float64))
+    pinv = op.A_pinv
+    assert torch.allclose(pinv(op.A(pinv(y))), pinv(y), atol=1e-8)  # A+ A A+ = A+
+    # A A+ and A+ A are self-adjoint
+    y2 = op.A(torch.randn(2, *SHAPE, generator=g, dtype=torch.float64))
+    assert torch.allclose((op.A(pinv(y)) * y2).sum(), (y * op.A(pinv(y2))).sum(), rtol=1e-8)
+    x2 = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    assert torch.allclose((pinv(op.A(x)) * x2).sum(), (x * pinv(op.A(x2))).sum(), rtol=1e-8)
+    # A A+ A = A, wherever no frequency was cut by the blur threshold
+    if not (isinstance(op, Blur) and bool((op.K_pinv == 0).any())):
+        assert torch.allclose(op.A(pinv(op.A(x))), op.A(x), atol=1e-8)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_autograd_and_float32(name):
+    op = OPS[name]
+    x = torch.randn(2, *SHAPE, requires_grad=True)
+    y = op.A(x)
+    assert y.dtype == torch.float32
+    (g,) = torch.autograd.grad((y ** 2).sum(), x)
+    # the gradient of ||A x||^2 is 2 A^T A x
+    assert torch.allclose(g, 2 * op.A_adjoint(op.A(x.detach())), atol=1e-4)
+
+
+def test_measurement_shapes():
+    assert OPS["sr4"].A(torch.zeros(1, *SHAPE)).shape == (1, 3, 8, 8)
+    assert OPS["gaussian-blur"].A(torch.zeros(1, *SHAPE)).shape == (1, *SHAPE)
+    y = measure(OPS["denoise"], torch.zeros(4, *SHAPE), 0.05, torch.Generator().manual_seed(0))
+    assert float(y.std()) == pytest.approx(0.05, rel=0.05)
+
+
+def test_box_mask_geometry():
+    m = box_mask(8, 32, margin=4, generator=torch.Generator().manual_seed(0))
+    holes = (m == 0).nonzero()
+    assert len(holes) == 64
+    top, left = holes.min(0).values.tolist()
+    assert 4 <= top <= 32 - 4 - 8 and 4 <= left <= 32 - 4 - 8
+    assert (m[top:top + 8, left:left + 8] == 0).all()
+    assert torch.equal(box_mask(4, 16, position=(2, 3))[2:6, 3:7], torch.zeros(4, 4))
+    with pytest.raises(ValueError):
+        box_mask(30, 32, margin=4)
+    # defaults at 256x256 are the DPS reference's: a 128x128 box, 16 px from the borders
+    op = make_operator("box-inpaint", (3, 256, 256), seed=5)
+    assert int((op.mask == 0).sum()) == 128 * 128
+
+
+def test_random_mask_fraction_and_seed():
+    a = random_mask(0.7, 32, 32, generator=torch.Generator().manual_seed(0))
+    b = random_mask(0.7, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and int((a == 0).sum()) == round(0.7 * 1024)
+    assert not torch.equal(a, random_mask(0.7, 32, 32, generator=torch.Generator().manual_seed(1)))
+
+
+def test_inpaint_naive_fills_holes_with_observed_mean():
+    op = Inpaint(box_mask(4, 8, position=(0, 0)))
+    x = torch.rand(1, 3, 8, 8)
+    filled = op.naive(op.A(x))
+    observed = x[..., op.mask[0, 0] == 1].mean(-1)
+    assert torch.allclose(filled[..., 0, 0], observed)
+    assert torch.equal(filled[..., 7, 7], x[..., 7, 7])
+
+
+def test_kernels():
+    k = gaussian_kernel(15, 0.75)
+    assert float(k.sum()) == pytest.approx(1.0) and torch.equal(k, k.T) and torch.equal(k, k.flip(0))
+    m1 = motion_kernel(15, 0.5, generator=torch.Generator().manual_seed(0))
+    m2 = motion_kernel(15, 0.5, generator=torch.Generator().manual_seed(0))
+    m3 = motion_kernel(15, 0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(m1, m2) and not torch.equal(m1, m3)
+    assert float(m1.sum()) == pytest.approx(1.0) and bool((m1 >= 0).all())
+    rows, cols = m1.sum(1).nonzero(), m1.sum(0).nonzero()
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) >= 12  # spans the support
+    line = motion_kernel(9, 0.0, generator=torch.Generator().manual_seed(0))
+    assert int((line > 1e-3).sum()) <= 3 * 9  # intensity 0: a straight segment
+
+
+def test_blur_is_circular_convolution():
+    k = torch.zeros(3, 3)
+    k[1, 2] = 1.0  # a kernel at offset +1: y[n] = x[n - 1], a true convolution
+    op = Blur(k, (8, 8))
+    x = torch.randn(1, 1, 8, 8)
+    assert torch.allclose(op.A(x), torch.roll(x, 1, dims=-1), atol=1e-6)
+    gauss = make_operator("gaussian-blur", (3, 16, 16))
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(gauss.A(flat), flat, atol=1e-6)  # kernels sum to one
+
+
+def test_bicubic_matches_pillow_inside_the_image():
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    ours = (resize_matrix(64, 4) @ torch.from_numpy(img).double() @ resize_matrix(64, 4).T).numpy()
+    theirs = np.asarray(Image.fromarray(img, mode="F").resize((16, 16), Image.BICUBIC))
+    assert np.allclose(ours[2:-2, 2:-2], theirs[2:-2, 2:-2], atol=1e-4)
+    assert torch.allclose(resize_matrix(64, 4).sum(1), torch.ones(16, dtype=torch.float64))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="does not fit"):
+        OPS["box-inpaint"].A(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError):
+        OPS["gaussian-blur"].A(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="unknown task"):
+        make_operator("deblur-everything", SHAPE)
+    with pytest.raises(ValueError):
+        SuperResolution(3, (32, 32))
+    with pytest.raises(ValueError):
+        Inpaint(torch.zeros(4, 4))
+
+
+def test_mask_file(tmp_path):
+    m = torch.ones(3, 16, 16)
+    m[:, 4:8, 4:8] = -1
+    save_image(m, tmp_path / "mask.png")
+    mask = load_mask(tmp_path / "mask.png", (16, 16))
+    assert int((mask == 0).sum()) == 16 and Inpaint(mask).A(torch.ones(1, 3, 16, 16)).sum() == 3 * (256 - 16)
+    with pytest.raises(ValueError, match="mask"):
+        load_mask(tmp_path / "mask.png", (32, 32))
+
+
+def test_identity_is_identity():
+    x = torch.randn(1, *SHAPE)
+    assert torch.equal(Identity().A(x), x)

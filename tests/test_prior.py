@@ -1,0 +1,115 @@
+import pytest
+import torch
+from torch.distributions import MultivariateNormal
+
+from diffprior.prior import GaussianMixturePrior, GaussianPrior, NetworkPrior
+from diffprior.schedule import Schedule
+
+
+def _random_cov(d, g):
+    L = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return L @ L.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_gaussian_tweedie_equals_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d = 6
+    mean, cov = torch.randn(d, generator=g, dtype=torch.float64), _random_cov(d, g)
+    prior = GaussianPrior(mean, cov)
+    xt = torch.randn(5, d, generator=g, dtype=torch.float64)
+    for t in (0, 250, 999):
+        a = prior.schedule.abar_at(t)
+        gain = a ** 0.5 * cov @ torch.linalg.inv(a * cov + (1 - a) * torch.eye(d, dtype=torch.float64))
+        expected = mean + (xt - a ** 0.5 * mean) @ gain.T
+        assert torch.allclose(prior.x0(xt, t), expected, atol=1e-10)
+        # eps and score are consistent with x0
+        eps = prior.eps(xt, t)
+        assert torch.allclose(prior.x0_from_eps(xt, t, eps), expected, atol=1e-9)
+        assert torch.allclose(prior.score(xt, t), -eps / (1 - a) ** 0.5)
+
+
+def test_gaussian_score_is_gradient_of_log_density():
+    g = torch.Generator().manual_seed(1)
+    d = 4
+    mean, cov = torch.randn(d, generator=g, dtype=torch.float64), _random_cov(d, g)
+    prior = GaussianPrior(mean, cov)
+    t = 400
+    a = prior.schedule.abar_at(t)
+    marginal = MultivariateNormal(a ** 0.5 * mean, a * cov + (1 - a) * torch.eye(d, dtype=torch.float64))
+    x = torch.randn(3, d, generator=g, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(marginal.log_prob(x).sum(), x)
+    assert torch.allclose(prior.score(x.detach(), t), grad, atol=1e-9)
+
+
+def test_mixture_tweedie_against_direct_formula():
+    g = torch.Generator().manual_seed(2)
+    K, d = 3, 5
+    w = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    means = 2 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    covs = torch.stack([_random_cov(d, g) for _ in range(K)])
+    diag = torch.rand(K, d, generator=g, dtype=torch.float64) + 0.05
+    xt = torch.randn(7, d, generator=g, dtype=torch.float64)
+    eye = torch.eye(d, dtype=torch.float64)
+    for covariances, prior in ((covs, GaussianMixturePrior(w, means, covs)),
+                               (torch.diag_embed(diag), GaussianMixturePrior(w, means, diag))):
+        for t in (10, 500, 900):
+            a = prior.schedule.abar_at(t)
+            logp = torch.stack([w[k].log() + MultivariateNormal(a ** 0.5 * means[k], a * covariances[k] + (1 - a) * eye).log_prob(xt)
+                                for k in range(K)], 1)
+            resp = torch.softmax(logp, 1)
+            comp = torch.stack([means[k] + (xt - a ** 0.5 * means[k]) @ torch.linalg.solve(
+                a * covariances[k] + (1 - a) * eye, a ** 0.5 * covariances[k]) for k in range(K)], 1)
+            expected = (resp[:, :, None] * comp).sum(1)
+            assert torch.allclose(prior.x0(xt, t), expected, atol=1e-9)
+
+
+def test_mixture_per_image_timesteps_and_shapes():
+    prior = GaussianMixturePrior(torch.ones(2), torch.randn(2, 12), torch.rand(2, 12) + 0.1, shape=(3, 2, 2))
+    xt = torch.randn(4, 3, 2, 2)
+    t = torch.tensor([0, 100, 500, 999])
+    out = prior.x0(xt, t)
+    assert out.shape == xt.shape and out.dtype == torch.float32
+    for i in range(4):
+        assert torch.allclose(out[i], prior.x0(xt[i:i + 1], int(t[i]))[0], atol=1e-6)
+
+
+def test_mixture_sample_moments():
+    prior = GaussianMixturePrior(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0, 0.0], [2.0, 1.0]]),
+                                 torch.tensor([[[0.5, 0.2], [0.2, 0.3]], [[0.2, 0.0], [0.0, 0.6]]]))
+    x = prior.sample(100_000, torch.Generator().manual_seed(0))
+    assert torch.allclose(x.mean(0), prior.mean(), atol=0.02)
+    assert torch.allclose(torch.cov(x.T), prior.covariance(), atol=0.03)
+
+
+def test_posterior_of_linear_gaussian_is_exact():
+    g = torch.Generator().manual_seed(3)
+    d, m, s = 4, 2, 0.3
+    mean, cov = torch.randn(d, generator=g, dtype=torch.float64), _random_cov(d, g)
+    M = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, generator=g, dtype=torch.float64)
+    post = GaussianPrior(mean, cov).posterior(M, y, s)
+    precision = torch.linalg.inv(cov) + M.T @ M / s ** 2
+    expected_cov = torch.linalg.inv(precision)
+    expected_mean = expected_cov @ (torch.linalg.solve(cov, mean) + M.T @ y / s ** 2)
+    assert torch.allclose(post.covariance(), expected_cov, atol=1e-10)
+    assert torch.allclose(post.mean(), expected_mean, atol=1e-10)
+
+
+def test_invalid_mixtures_rejected():
+    with pytest.raises(ValueError):
+        GaussianMixturePrior(torch.ones(2), torch.zeros(2, 3), torch.ones(3, 3))
+    with pytest.raises(ValueError):
+        GaussianMixturePrior(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None])
+
+
+class _LearnedSigmaNet(torch.nn.Module):
+    def forward(self, x, t):
+        return torch.cat([x * 0.5, torch.full_like(x, 0.25)], 1)
+
+
+def test_network_prior_splits_learned_variance():
+    prior = NetworkPrior(_LearnedSigmaNet(), Schedule.linear(), (3, 4, 4), learned_variance=True)
+    x = torch.randn(2, 3, 4, 4)
+    eps, v = prior.predict(x, 10)
+    assert torch.equal(eps, x * 0.5) and torch.all(v == 0.25)
+    assert prior.eps(x, torch.tensor([3, 4])).shape == x.shape
