@@ -1,0 +1,255 @@
+"""Named priors and checkpoint files -> `Prior`.
+
+`load_prior(name_or_path)` accepts:
+  - a built-in name (`diffprior models` lists them): analytic priors, the embedded face model, and
+    remote checkpoints downloaded once into the cache;
+  - a diffprior checkpoint: `NAME.safetensors` with `NAME.json` beside it (architecture, network
+    settings, schedule, training record), as written by `save_checkpoint`;
+  - a guided-diffusion state dict (`*.pt`) with `config=` a built-in config name or a YAML file;
+  - a diffusers folder holding `config.json` and the weights of a `UNet2DModel`.
+Loading is strict: a missing, unexpected or mis-shaped tensor is an error that names it, never random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .download import DownloadError, RemoteFile, cache_dir, fetch
+from .networks import build_network
+from .prior import GaussianMixturePrior, NetworkPrior, Prior
+from .schedule import Schedule
+
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the network it is loaded into, or cannot be read."""
+
+
+def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load `state` into `net`, failing with the names of missing, unexpected and mis-shaped tensors."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+                       for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or misshaped:
+        def show(title, items):
+            return f"\n  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else "") if items else ""
+        raise CheckpointError(f"{source} does not fit the network:" + show("missing", missing)
+                              + show("unexpected", unexpected) + show("wrong shape", misshaped))
+    net.load_state_dict(state, strict=True)
+
+
+# -- diffprior's own checkpoint format ---------------------------------------------------------------
+def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write `path` (.safetensors) and its self-description `path.with_suffix('.json')`, each atomically.
+
+    config: {"architecture": ..., "network": {...}, "schedule": {...}, "image_size": ..., "channels": ...,
+    "learned_variance": ..., plus anything that documents the training}."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(state, tmp))
+    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return path
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
+    """Load a diffprior checkpoint (NAME.safetensors + NAME.json) as a Prior."""
+    path = Path(path)
+    weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for f in (weights, meta):
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint file {f} is missing (a diffprior checkpoint is NAME.safetensors "
+                                    "with NAME.json beside it)")
+    try:
+        config = json.loads(meta.read_text())
+        net = build_network(config["architecture"], **config.get("network", {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read the weights in {weights} ({e})") from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    load_state_strict(net, state, str(weights))
+    size = int(config["image_size"])
+    prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
+                         (int(config.get("channels", 3)), size, size),
+                         learned_variance=bool(config.get("learned_variance", False)), config=config)
+    return prior.to(device) if device is not None else prior
+
+
+# -- built-in analytic priors ------------------------------------------------------------------------
+def demo_mixture(size: int = 16, components: int = 4, seed: int = 0) -> GaussianMixturePrior:
+    """A Gaussian mixture over small RGB images: each component is a smooth random colour picture with a
+    smooth (low-frequency) covariance. Its exact denoiser makes it a ground truth for the solvers."""
+    g = torch.Generator().manual_seed(seed)
+    d = 3 * size * size
+    coords = torch.stack(torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij"), -1)
+    freqs = [(i, j) for i in range(3) for j in range(3)]
+    basis = torch.stack([torch.cos(math.pi * (i * coords[..., 0] + j * coords[..., 1])) for i, j in freqs])  # (9, s, s)
+    basis = basis.reshape(len(freqs), -1)
+    basis = torch.linalg.qr(basis.T.double()).Q.T  # orthonormal smooth patterns (9, s*s)
+    means, covs = [], []
+    for _ in range(components):
+        colour = torch.rand(3, 1, generator=g, dtype=torch.float64) * 1.2 - 0.6
+        pattern = torch.randn(3, len(freqs), generator=g, dtype=torch.float64) @ basis * (size * 0.25)
+        means.append((colour + pattern).clamp(-0.9, 0.9).reshape(-1))
+        smooth = torch.kron(torch.eye(3, dtype=torch.float64), basis.T.contiguous())  # (d, 27): per-channel smooth patterns
+        loadings = 0.35 * smooth @ torch.randn(smooth.shape[1], 6, generator=g, dtype=torch.float64)
+        covs.append(loadings @ loadings.T + 1e-3 * torch.eye(d, dtype=torch.float64))
+    return GaussianMixturePrior(torch.ones(components), torch.stack(means), torch.stack(covs), shape=(3, size, size))
+
+
+BUILTIN_ANALYTIC = {
+    "gmm-demo": demo_mixture,
+}
+
+DEFAULT_MODEL = "gmm-demo"  # the prior every command uses unless --model says otherwise
+
+
+# -- remote checkpoints, downloaded once into the cache (see download.py) ------------------------------
+@dataclass(frozen=True)
+class RemoteModel:
+    name: str
+    kind: str  # "guided-diffusion" (one raw state dict, architecture `config`) or "diffusers" (a folder of files)
+    source: str  # where it is published
+    files: tuple[RemoteFile, ...]
+    config: str | None = None  # built-in architecture name of a guided-diffusion state dict
+    licence: str = ""
+    notes: str = ""
+
+    @property
+    def size(self) -> int | None:
+        sizes = [f.size for f in self.files]
+        return None if None in sizes else sum(sizes)
+
+
+_HF_CELEBAHQ = "https://huggingface.co/google/ddpm-celebahq-256/resolve/cd5c944777ea2668051904ead6cc120739b86c4d"
+
+REMOTE_MODELS: dict[str, RemoteModel] = {m.name: m for m in [
+    RemoteModel(
+        name="ffhq256-dps", kind="guided-diffusion", config="ffhq256",
+        source="huggingface.co/deepinv/diffunet (mirror of the DPS ffhq_10m.pt)",
+        files=(RemoteFile("https://huggingface.co/deepinv/diffunet/resolve/main/diffusion_ffhq_10m.pt",
+                          "diffusion_ffhq_10m.pt", size=374_417_833,
+                          sha256="81d535743156ec6be34d8668e6920da94f0614074d7793a16c8fa9e306237faa"),),
+        licence="BSD-3-Clause (the Hugging Face mirror's stated licence)",
+        notes="guided-diffusion UNet, FFHQ 256x256, learned variance; trained without the first 1000 FFHQ images"),
+    RemoteModel(
+        name="celebahq256-ddpm", kind="diffusers",
+        source="huggingface.co/google/ddpm-celebahq-256 (revision cd5c944)",
+        files=(RemoteFile(f"{_HF_CELEBAHQ}/config.json", "config.json", size=790),
+               RemoteFile(f"{_HF_CELEBAHQ}/scheduler_config.json", "scheduler_config.json", size=256),
+               RemoteFile(f"{_HF_CELEBAHQ}/diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin",
+                          size=454_853_117,
+                          sha256="efff89712093ad060ce99d9b461bbe542b49d8dd4ce30f23fe5761dca292361d")),
+        licence="Apache-2.0",
+        notes="DDPM (Ho et al. 2020) CelebA-HQ 256x256, diffusers UNet2DModel; needs diffprior[diffusers]"),
+]}
+
+
+def remote_path(name: str) -> Path:
+    """Where a remote model lives in the cache: its file (guided-diffusion) or its folder (diffusers)."""
+    model = REMOTE_MODELS[name]
+    folder = cache_dir() / model.name
+    return folder / model.files[0].filename if model.kind == "guided-diffusion" else folder
+
+
+def is_cached(name: str) -> bool:
+    folder = cache_dir() / name
+    return all((folder / f.filename).is_file() for f in REMOTE_MODELS[name].files)
+
+
+def fetch_remote(name: str, *, offline: bool | None = None, progress: bool = True) -> Path:
+    """Download (once) every file of a remote model into the cache; returns `remote_path(name)`.
+    offline=True (or DIFFPRIOR_OFFLINE=1) never touches the network and says what to fetch by hand."""
+    model = REMOTE_MODELS[name]
+    folder = cache_dir() / model.name
+    for f in model.files:
+        try:
+            fetch(f.url, folder / f.filename, size=f.size, sha256=f.sha256, offline=offline, progress=progress)
+        except DownloadError as e:
+            others = [g for g in model.files if g is not f and not (folder / g.filename).is_file()]
+            if not others:
+                raise
+            also = "".join(f"\n    {g.url}\n      -> {folder / g.filename}" for g in others)
+            raise DownloadError(f"{e}\nModel {name!r} also needs these files:{also}") from e
+    return remote_path(name)
+
+
+def load_remote(name: str, *, offline: bool | None = None, progress: bool = True) -> Prior:
+    model = REMOTE_MODELS[name]
+    if model.kind == "diffusers":
+        from .networks.hub import load_diffusers, require_diffusers
+        require_diffusers()  # fail before a long download, not after it
+        return load_diffusers(fetch_remote(name, offline=offline, progress=progress))
+    from .networks.adm import load_guided_diffusion
+    return load_guided_diffusion(fetch_remote(name, offline=offline, progress=progress), model.config)
+
+
+def list_models() -> list[dict]:
+    """One row per named prior, for `diffprior models`: name, kind, source, size (bytes or None), cached,
+    licence, notes."""
+    rows = [{"name": name, "kind": "analytic", "source": "built-in", "size": None, "cached": False, "builtin": True,
+             "licence": "", "notes": "a Gaussian mixture with an exact denoiser"} for name in BUILTIN_ANALYTIC]
+    rows += [{"name": m.name, "kind": m.kind, "source": m.source, "size": m.size, "cached": is_cached(m.name),
+              "licence": m.licence, "notes": m.notes} for m in REMOTE_MODELS.values()]
+    return rows
+
+
+def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | None = None) -> Prior:
+    """Load a prior by name or path (see the module docstring); `config` names the architecture of a
+    guided-diffusion `.pt` state dict (a built-in config name such as "ffhq256", or a YAML file)."""
+    if isinstance(name_or_path, Prior):
+        prior = name_or_path
+    elif str(name_or_path) in BUILTIN_ANALYTIC:
+        prior = BUILTIN_ANALYTIC[str(name_or_path)]()
+    elif str(name_or_path) in REMOTE_MODELS:
+        prior = load_remote(str(name_or_path))
+    else:
+        prior = _load_path(Path(name_or_path), config)
+    return prior.to(device) if device is not None else prior
+
+
+def _load_path(path: Path, config: str | None) -> Prior:
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
+            from .networks.hub import load_diffusers
+            return load_diffusers(path)
+        raise FileNotFoundError(f"{path} is a folder without a diffusers config.json")
+    if path.suffix in (".safetensors", ".json") and (config is None or path.with_suffix(".json").is_file()):
+        return load_checkpoint(path)
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
+        if config is None:
+            raise ValueError(f"{path} is a raw state dict: say which architecture it is with config= "
+                             "(a built-in name such as 'ffhq256' or a model_config.yaml)")
+        from .networks.adm import load_guided_diffusion
+        return load_guided_diffusion(path, config)
+    if not path.exists():
+        names = ", ".join([*BUILTIN_ANALYTIC, *REMOTE_MODELS])
+        raise FileNotFoundError(f"no prior called {str(path)!r}: not a named model ({names}) and no such file or folder")
+    raise ValueError(f"cannot tell what kind of checkpoint {path} is (expected .safetensors+.json, .pt, or a folder)")

@@ -1,0 +1,137 @@
+"""Adapter for diffusers `UNet2DModel` checkpoints (e.g. google/ddpm-celebahq-256).
+
+A diffusers folder holds `config.json` and `diffusion_pytorch_model.safetensors` (or `.bin`), with
+`scheduler_config.json` beside them; a pipeline folder has them in `unet/` and `scheduler/` instead.
+The network is built from its config and its state dict is loaded strictly, so a checkpoint that does
+not fit is an error, never random weights. diffusers is an optional dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ..models import CheckpointError, load_state_strict
+from ..prior import NetworkPrior
+from ..schedule import Schedule
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+INSTALL_HINT = 'loading a diffusers model needs the optional dependency: pip install "diffprior[diffusers]"'
+
+
+def require_diffusers():
+    """Import diffusers, or fail with the command that installs it."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return diffusers
+
+
+class DiffusersUNet(nn.Module):
+    """net(x, t) -> eps for a diffusers UNet2DModel (whose forward returns an output object)."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x, t).sample
+
+
+def load_diffusers(folder: str | Path) -> NetworkPrior:
+    """Load a diffusers UNet2DModel folder (flat, or a pipeline with unet/ and scheduler/) as a Prior."""
+    diffusers = require_diffusers()
+    folder = Path(folder)
+    unet_dir = folder if (folder / "config.json").is_file() else folder / "unet"
+    config = _read_json(unet_dir / "config.json")
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise CheckpointError(f"{unet_dir / 'config.json'} describes a {config['_class_name']}, "
+                              "but only UNet2DModel (pixel-space DDPM) networks are supported")
+    sched_path = next((p for p in (folder / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json")
+                       if p.is_file()), None)
+    sched = _read_json(sched_path) if sched_path else {}
+    schedule = schedule_from_diffusers(sched, str(sched_path))
+
+    unet = diffusers.UNet2DModel.from_config(config)
+    state = _rename_legacy_attention(_read_weights(unet_dir), set(unet.state_dict()))
+    load_state_strict(unet, state, f"diffusers weights in {unet_dir}")
+
+    channels, out = int(unet.config.in_channels), int(unet.config.out_channels)
+    learned = sched.get("variance_type") == "learned_range"
+    if out != (2 * channels if learned else channels):
+        raise CheckpointError(f"{unet_dir}: the UNet has {channels} input and {out} output channels, but an epsilon "
+                              f"prior needs {channels} outputs ({2 * channels} with variance_type learned_range)")
+    size = unet.config.sample_size
+    if size is None:
+        raise CheckpointError(f"{unet_dir / 'config.json'} gives no sample_size (the image size)")
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    meta = {"architecture": "diffusers-UNet2DModel", "source": str(folder), "network": config, "scheduler": sched}
+    return NetworkPrior(DiffusersUNet(unet).eval(), schedule, (channels, int(h), int(w)),
+                        learned_variance=learned, config=meta)
+
+
+def schedule_from_diffusers(sched: dict, source: str = "scheduler_config.json") -> Schedule:
+    """The training noise schedule a diffusers scheduler config describes ({} gives DDPM's linear 1e-4..0.02)."""
+    prediction = sched.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(f"{source}: prediction_type is {prediction!r}; diffprior priors need an epsilon-predicting "
+                         "network (prediction_type 'epsilon')")
+    if sched.get("rescale_betas_zero_snr"):
+        raise ValueError(f"{source}: rescale_betas_zero_snr (abar_T = 0) is not supported")
+    T = int(sched.get("num_train_timesteps", 1000))
+    start, end = float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02))
+    kind = sched.get("beta_schedule", "linear")
+    if sched.get("trained_betas") is not None:
+        return Schedule(torch.tensor(sched["trained_betas"], dtype=torch.float64))
+    if kind == "linear":
+        return Schedule.linear(T, start, end)
+    if kind == "scaled_linear":  # linear in sqrt(beta)
+        return Schedule(torch.linspace(start ** 0.5, end ** 0.5, T, dtype=torch.float64) ** 2)
+    if kind == "squaredcos_cap_v2":  # Nichol & Dhariwal cosine, s = 0.008, betas capped at 0.999
+        return Schedule.cosine(T)
+    raise ValueError(f"{source}: beta_schedule {kind!r} is not supported "
+                     "(expected linear, scaled_linear or squaredcos_cap_v2)")
+
+
+# Attention projections as named by diffusers before 0.14 (checkpoints converted in 2022, such as
+# google/ddpm-*), and their current names; group_norm kept its name.
+LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def _rename_legacy_attention(state: dict[str, Tensor], own: set[str]) -> dict[str, Tensor]:
+    """Rename old attention keys to the current layout, only where the network expects the new name."""
+    renamed = {}
+    for k, v in state.items():
+        prefix, _, leaf = k.rpartition(".")  # e.g. "mid_block.attentions.0.query", "weight"
+        path, _, old = prefix.rpartition(".")
+        new = f"{path}.{LEGACY_ATTENTION[old]}.{leaf}" if old in LEGACY_ATTENTION and path else k
+        renamed[new if k not in own and new in own else k] = v
+    return renamed
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing (a diffusers folder needs config.json and its weights)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+
+
+def _read_weights(unet_dir: Path) -> dict[str, Tensor]:
+    path = next((unet_dir / f for f in WEIGHT_FILES if (unet_dir / f).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{unet_dir} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or truncated files raise many different error types
+        raise CheckpointError(f"cannot read the weights in {path} ({e})") from e
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -1,0 +1,132 @@
+"""The diffusers UNet2DModel adapter: exact outputs, the schedule, strict loading, clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffprior import load_prior  # noqa: E402
+from diffprior.models import CheckpointError  # noqa: E402
+from diffprior.networks.hub import schedule_from_diffusers  # noqa: E402
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def small_unet(out_channels: int = 3) -> "diffusers.UNet2DModel":
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=out_channels, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ).eval()
+
+
+def save_model(folder, unet=None, **scheduler):
+    unet = unet or small_unet()
+    unet.save_pretrained(folder, safe_serialization=True)
+    sched = diffusers.DDPMScheduler(**scheduler)
+    sched.save_pretrained(folder)
+    return unet, sched
+
+
+def test_eps_and_schedule_match_diffusers(tmp_path):
+    unet, sched = save_model(tmp_path, num_train_timesteps=500, beta_start=2e-4, beta_end=0.03)
+    prior = load_prior(tmp_path)
+    assert prior.shape == (3, 16, 16) and not prior.learned_variance
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([3, 420])
+    with torch.no_grad():
+        assert torch.equal(prior.eps(x, t), unet(x, t).sample)
+        assert torch.equal(prior.eps(x, 7), unet(x, torch.tensor([7, 7])).sample)
+    assert prior.schedule.T == 500
+    torch.testing.assert_close(prior.schedule.betas.float(), sched.betas)
+
+
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_beta_schedules(kind):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=kind, beta_start=1e-4, beta_end=0.02)
+    ours = schedule_from_diffusers(dict(sched.config))
+    torch.testing.assert_close(ours.betas.float(), sched.betas.float())
+
+
+def test_pipeline_layout_and_default_schedule(tmp_path):
+    unet = small_unet()
+    unet.save_pretrained(tmp_path / "unet")  # no scheduler at all: DDPM's linear 1e-4..0.02, T = 1000
+    prior = load_prior(tmp_path)
+    torch.testing.assert_close(prior.schedule.betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    diffusers.DDPMScheduler(num_train_timesteps=200).save_pretrained(tmp_path / "scheduler")
+    assert load_prior(tmp_path).schedule.T == 200
+
+
+def test_bin_weights(tmp_path):
+    unet = small_unet()
+    unet.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "diffusion_pytorch_model.bin").is_file()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(load_prior(tmp_path).eps(x, 10), unet(x, torch.tensor([10])).sample)
+
+
+def test_legacy_attention_names(tmp_path):
+    """Checkpoints converted for diffusers < 0.14 (google/ddpm-*) name attention projections query/key/value/
+    proj_attn; they load into the current layout."""
+    unet, _ = save_model(tmp_path)
+    new_to_old = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    state = {}
+    for k, v in load_file(tmp_path / WEIGHTS).items():
+        for new, old in new_to_old.items():
+            k = k.replace(new, old)
+        state[k] = v
+    assert any(".proj_attn." in k for k in state)
+    save_file(state, tmp_path / WEIGHTS)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(load_prior(tmp_path).eps(x, 9), unet(x, torch.tensor([9])).sample)
+
+
+def test_missing_tensor_fails_loudly(tmp_path):
+    save_model(tmp_path)
+    state = load_file(tmp_path / WEIGHTS)
+    dropped = sorted(state)[0]
+    del state[dropped]
+    save_file(state, tmp_path / WEIGHTS)
+    with pytest.raises(CheckpointError, match="missing") as err:
+        load_prior(tmp_path)
+    assert dropped in str(err.value)
+
+
+def test_wrong_shape_fails_loudly(tmp_path):
+    save_model(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["block_out_channels"] = [16, 64]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_prior(tmp_path)
+
+
+def test_non_epsilon_prediction_fails_clearly(tmp_path):
+    save_model(tmp_path, prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="prediction_type.*v_prediction.*epsilon"):
+        load_prior(tmp_path)
+
+
+def test_learned_range_variance(tmp_path):
+    unet, _ = save_model(tmp_path, unet=small_unet(out_channels=6), variance_type="learned_range")
+    prior = load_prior(tmp_path)
+    assert prior.learned_variance
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        eps, v = prior.predict(x, 5)
+        assert torch.equal(eps, unet(x, torch.tensor([5])).sample[:, :3])
+        assert v.shape == eps.shape
+
+
+def test_missing_diffusers_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+    save_model(tmp_path)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` raise ImportError
+    with pytest.raises(ImportError, match=r'pip install "diffprior\[diffusers\]"'):
+        load_prior(tmp_path)

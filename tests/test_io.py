@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffprior.io import image_grid, list_images, load_image, save_image, tensor_to_pil
+
+
+def test_round_trip_is_exact_for_8_bit_images(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    x = load_image(tmp_path / "a.png")
+    assert x.shape == (1, 3, 12, 10) and float(x.min()) >= -1 and float(x.max()) <= 1
+    save_image(x, tmp_path / "b.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), arr)
+
+
+def test_rgba_is_composited_onto_white(tmp_path):
+    arr = np.zeros((4, 4, 4), dtype=np.uint8)
+    arr[..., 0] = 255  # red
+    arr[:2, :, 3] = 255  # top half opaque, bottom half transparent
+    Image.fromarray(arr, "RGBA").save(tmp_path / "rgba.png")
+    x = load_image(tmp_path / "rgba.png")
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+    assert torch.allclose(x[0, :, 3, 0], torch.tensor([1.0, 1.0, 1.0]))
+    assert torch.allclose(load_image(tmp_path / "rgba.png", alpha="black")[0, :, 3, 0], torch.tensor([-1.0, -1.0, -1.0]))
+
+
+def test_greyscale_and_16_bit_become_rgb(tmp_path):
+    Image.fromarray(np.full((5, 5), 128, dtype=np.uint8), "L").save(tmp_path / "g.png")
+    x = load_image(tmp_path / "g.png")
+    assert x.shape == (1, 3, 5, 5) and torch.allclose(x[0, 0], x[0, 2])
+    Image.fromarray(np.full((5, 5), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert torch.allclose(load_image(tmp_path / "g16.png"), torch.ones(1, 3, 5, 5))
+
+
+def test_odd_sizes_are_centre_cropped_and_resized(tmp_path):
+    arr = np.zeros((109, 89, 3), dtype=np.uint8)  # a CelebA-shaped image with a bright central square
+    arr[10:99, :] = 255
+    Image.fromarray(arr).save(tmp_path / "c.jpg", quality=95)
+    x = load_image(tmp_path / "c.jpg", 64)
+    assert x.shape == (1, 3, 64, 64)
+    assert float(x.mean()) > 0.95  # the crop is the central 89x89, all bright
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_image(tmp_path / "corrupt.png")
+
+
+def test_grid_and_listing(tmp_path):
+    grid = image_grid(torch.zeros(5, 3, 4, 4), nrow=2, padding=1)
+    assert grid.shape == (3, 3 * 5 + 1, 2 * 5 + 1)
+    save_image(grid, tmp_path / "grid.png")
+    (tmp_path / "notes.txt").write_text("x")
+    assert list_images(tmp_path) == [tmp_path / "grid.png"]
+    assert tensor_to_pil(torch.zeros(3, 2, 2)).size == (2, 2)
