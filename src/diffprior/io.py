@@ -95,7 +95,8 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
     silently resized."""
     im = open_image(path).convert("L")
     if (im.size[1], im.size[0]) != tuple(size):
-        raise ValueError(f"mask {path} is {im.size[0]}x{im.size[1]} (WxH) but the image is {size[1]}x{size[0]}")
+        raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH) but the image is "
+                         f"{size[1]}x{size[0]}")
     arr = np.asarray(im, dtype=np.float32) / 255.0
     return torch.from_numpy((arr >= 0.5).astype(np.float32))
 

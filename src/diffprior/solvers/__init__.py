@@ -7,7 +7,14 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from .daps import daps
+from .ddnm import ddnm
+from .ddrm import ddrm
+from .diffpir import diffpir
 from .dps import dps
+from .pigdm import pigdm
+from .reddiff import reddiff
+from .repaint import repaint
 from .sampling import ddim_step, ddpm_step, denoise, sample
 from .scoreald import scoreald
 from .sdedit import sdedit
@@ -16,6 +23,13 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
     "sdedit": sdedit,
     "scoreald": scoreald,
     "dps": dps,
+    "daps": daps,
+    "reddiff": reddiff,
+    "repaint": repaint,
+    "ddrm": ddrm,
+    "ddnm": ddnm,
+    "pigdm": pigdm,
+    "diffpir": diffpir,
 }
 
 
@@ -24,6 +38,8 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
 TASK_SETTINGS: dict[str, dict[str, dict]] = {
     "dps": {"box-inpaint": {"scale": 0.5}, "random-inpaint": {"scale": 0.5}, "gaussian-blur": {"scale": 0.3},
             "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}},
+    # DiffPIR's official inpainting script draws all of each step's noise afresh (zeta 1; 0.1 elsewhere)
+    "diffpir": {"box-inpaint": {"zeta": 1.0}, "random-inpaint": {"zeta": 1.0}},
 }
 
 
@@ -48,7 +64,11 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     if not bool(y.isfinite().all()):
         raise ValueError("the measurement contains NaN or infinite values")
     solver = SOLVERS[method]
-    if sigma_y is not None and "sigma_y" in inspect.signature(solver).parameters:
+    accepted = [name for name, p in inspect.signature(solver).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise TypeError(f"{method} has no setting {', '.join(unknown)}; its settings are {', '.join(accepted)}")
+    if sigma_y is not None and "sigma_y" in accepted:
         settings.setdefault("sigma_y", sigma_y)
     x = solver(prior, op.to(y.device), y, **settings)
     if not bool(x.isfinite().all()):
@@ -57,4 +77,5 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     return x
 
 
-__all__ = ["SOLVERS", "TASK_SETTINGS", "settings_for", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", "sdedit", "scoreald", "dps"]
+__all__ = ["SOLVERS", "TASK_SETTINGS", "settings_for", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", "sdedit", "scoreald", "dps", "daps", "reddiff", "repaint",
+           "ddrm", "ddnm", "pigdm", "diffpir"]

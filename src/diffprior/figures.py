@@ -1,0 +1,76 @@
+"""Figures: labelled image grids written as PNG (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def displayable(y: Tensor, size: tuple[int, int]) -> Tensor:
+    """A measurement shown as an image of `size`: nearest-neighbour upsampling when it is smaller."""
+    if y.dim() == 4 and y.shape[1] == 3 and tuple(y.shape[-2:]) != tuple(size):
+        return F.interpolate(y, size=size, mode="nearest")
+    return y
+
+
+def image_table(rows: list[list[Tensor | None]], path: str | Path, *, col_titles: list[str] | None = None,
+                row_titles: list[str] | None = None, captions: list[list[str]] | None = None,
+                cell: float = 1.6, title: str | None = None) -> Path:
+    """Save a table of images (each (3, H, W) or (1, 3, H, W) in [-1, 1]; None leaves a cell empty), with
+    column titles, row titles and a caption under each image (e.g. its PSNR)."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + 0.4 * bool(title)),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            img = row[j] if j < len(row) else None
+            if img is not None:
+                img = img[0] if img.dim() == 4 else img
+                ax.imshow(((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(),
+                          interpolation="nearest")
+            if captions and j < len(captions[i]) and captions[i][j]:
+                ax.set_xlabel(captions[i][j], fontsize=7)
+            if i == 0 and col_titles and j < len(col_titles):
+                ax.set_title(col_titles[j], fontsize=8)
+            if j == 0 and row_titles:
+                ax.set_ylabel(row_titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | Path, *, xlabel: str, ylabel: str,
+              title: str | None = None, logy: bool = False) -> Path:
+    """Save a simple line plot of named (x, y) series."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
