@@ -27,3 +27,25 @@ def gaussian_problem():
     M = torch.stack([op.A(e.reshape(1, *shape)).flatten() for e in torch.eye(d, dtype=torch.float64)], 1)
     posterior = prior.posterior(M, y.flatten(), sigma_y)
     return dict(prior=prior, op=op, x=x, y=y, sigma_y=sigma_y, posterior=posterior)
+
+
+@pytest.fixture
+def gaussian_blur_problem():
+    """A 64-dimensional Gaussian prior on (1, 8, 8) images, blurred (circular 3x3 Gaussian, std 1) with
+    noise 0.05, and the exact posterior of one measurement: a problem with a complex (Fourier) SVD and
+    no exactly unobserved direction."""
+    from diffprior.operators import Blur, gaussian_kernel
+
+    g = torch.Generator().manual_seed(10)
+    shape, d = (1, 8, 8), 64
+    L = torch.randn(d, d, generator=g, dtype=torch.float64)
+    cov = L @ L.T / d * 0.5 + 0.05 * torch.eye(d, dtype=torch.float64)
+    mean = 0.3 * torch.randn(d, generator=g, dtype=torch.float64)
+    prior = GaussianPrior(mean.reshape(shape), cov)
+    op = Blur(gaussian_kernel(3, 1.0), (8, 8))
+    x = prior.sample(1, torch.Generator().manual_seed(12))
+    sigma_y = 0.05
+    y = op.A(x) + sigma_y * torch.randn(x.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    M = torch.stack([op.A(e.reshape(1, *shape)).flatten() for e in torch.eye(d, dtype=torch.float64)], 1)
+    posterior = prior.posterior(M, y.flatten(), sigma_y)
+    return dict(prior=prior, op=op, x=x, y=y, sigma_y=sigma_y, posterior=posterior)

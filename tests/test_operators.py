@@ -158,3 +158,119 @@ def test_mask_file(tmp_path):
 def test_identity_is_identity():
     x = torch.randn(1, *SHAPE)
     assert torch.equal(Identity().A(x), x)
+
+
+# -- the SVD, the least-squares step and colourisation -------------------------------------------------
+from diffprior.operators import LUMINANCE, Colorize, LinearOperator  # noqa: E402
+
+SVD_OPS = {name: op for name, op in OPS.items() if op.has_svd}
+
+
+def test_every_linear_operator_here_has_an_svd():
+    assert set(SVD_OPS) == set(OPS)
+
+
+@pytest.mark.parametrize("name", SVD_OPS)
+def test_svd_reconstructs_the_operator(name):
+    """A = U diag(s) V^T with V orthonormal, U^T and U consistent, A^T and A^+ from the same factors (float64)."""
+    op = SVD_OPS[name]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    y = op.A(torch.randn(2, *SHAPE, generator=g, dtype=torch.float64))  # a measurement in the range of A
+    c, s = op.V_T(x), op.singulars(x)
+    assert c.shape == x.shape and not s.is_complex() and bool((s >= 0).all())
+    assert torch.allclose(op.V(c), x, atol=1e-10)  # V V^T = I
+    assert torch.allclose(c.abs().square().sum(), x.square().sum(), rtol=1e-10)  # norms preserved
+    assert torch.allclose(op.V_T(op.V(c)), c, atol=1e-10)  # V^T V = I
+    assert torch.allclose(op.U(s * c), op.A(x), atol=1e-10)  # A = U diag(s) V^T
+    d = op.U_T(y)
+    assert d.shape == x.shape and float((d * (s == 0)).abs().max()) == 0  # U^T y vanishes where s = 0
+    assert torch.allclose(op.U(d), y, atol=1e-10)  # U U^T = I on the range
+    assert torch.allclose(op.V(s * d), op.A_adjoint(y), atol=1e-10)  # A^T = V diag(s) U^T
+    pinv = op.V(torch.where(s > 0, d / torch.where(s > 0, s, 1), 0))
+    assert torch.allclose(pinv, op.A_pinv(y), atol=1e-6)  # A^+ = V diag(1/s) U^T (SR stores A^+ in float32)
+
+
+def test_blur_svd_drops_the_frequencies_its_pseudo_inverse_drops():
+    op = Blur(gaussian_kernel(9, 2.0), (32, 32))  # |K| spans 1e-6 .. 1: many frequencies below rcond
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    s, d = op.singulars(x), op.U_T(op.A(x))
+    assert bool((s == 0).any()) and bool((s > 0).any())
+    assert torch.allclose(op.V(torch.where(s > 0, d / torch.where(s > 0, s, 1), 0)), op.A_pinv(op.A(x)), atol=1e-10)
+    assert float((op.U(s * op.V_T(x)) - op.A(x)).norm()) <= 1e-3 * float(x.norm())  # A, up to rcond max|K|
+    assert not op.V(op.V_T(x)).is_complex()
+
+
+@pytest.mark.parametrize("name", SVD_OPS)
+@pytest.mark.parametrize("rho", [0.0, 0.05, 2.0])
+def test_prox_closed_form_solves_the_least_squares_problem(name, rho):
+    """prox(z, y, rho) = argmin ||y - A x||^2 + rho ||x - z||^2: the gradient vanishes; it matches conjugate
+    gradients; rho = 0 gives A^+ y + (I - A^+ A) z."""
+    op = SVD_OPS[name]
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    y = op.A(torch.randn(2, *SHAPE, generator=g, dtype=torch.float64))
+    y = y + 0.1 * torch.randn(y.shape, generator=g, dtype=torch.float64)
+    x = op.prox(z, y, rho)
+    grad = op.A_adjoint(op.A(x) - y) + rho * (x - z)
+    assert float(grad.abs().max()) < 1e-8
+    if rho > 0:
+        assert torch.allclose(x, op.prox_cg(z, y, rho, iters=500, rtol=1e-12), atol=1e-6)
+    else:
+        assert torch.allclose(x, op.A_pinv(y) + z - op.A_pinv(op.A(z)), atol=1e-6)
+
+
+class _NoSVD(LinearOperator):
+    """Another operator's A and adjoint only: `prox` must fall back to conjugate gradients."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def A(self, x):
+        return self.op.A(x)
+
+    def A_adjoint(self, y):
+        return self.op.A_adjoint(y)
+
+
+@pytest.mark.parametrize("name", ["gaussian-blur", "sr4", "random-inpaint", "colorize"])
+def test_prox_falls_back_to_conjugate_gradients(name):
+    op = OPS[name]
+    z = torch.randn(2, *SHAPE, dtype=torch.float64)
+    y = op.A(torch.randn(2, *SHAPE, dtype=torch.float64))
+    generic = _NoSVD(op)
+    assert not generic.has_svd
+    for rho in (0.0, 0.3):
+        assert torch.allclose(generic.prox(z, y, rho), op.prox(z, y, rho), atol=1e-6)
+    with pytest.raises(ValueError, match="rho"):
+        op.prox(z, y, -1.0)
+    with pytest.raises(NotImplementedError, match="SVD"):
+        generic.V_T(z)
+
+
+def test_prox_in_float32():
+    op = OPS["motion-blur"]
+    z, y = torch.randn(2, *SHAPE), op.A(torch.randn(2, *SHAPE))
+    x = op.prox(z, y, 0.1)
+    assert x.dtype == torch.float32
+    assert torch.allclose(x.double(), op.prox(z.double(), y.double(), 0.1), atol=1e-4)
+
+
+def test_colorize():
+    op = make_operator("colorize", SHAPE)
+    grey = torch.rand(2, 1, 32, 32).expand(-1, 3, -1, -1)
+    y = op.A(grey)
+    assert y.shape == (2, 1, 32, 32) and torch.allclose(y, grey[:, :1], atol=1e-6)  # the mean of equal channels
+    assert torch.allclose(op.A_pinv(y), grey, atol=1e-6) and torch.equal(op.naive(y), op.A_pinv(y))
+    luma = Colorize("luminance")
+    flat = torch.full((1, 3, 4, 4), 0.4, dtype=torch.float64)
+    assert torch.allclose(luma.A(flat), flat[:, :1])  # the weights sum to one
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    assert torch.allclose(luma.A(luma.A_pinv(luma.A(x))), luma.A(x))
+    s = luma.singulars(x)
+    assert s.shape == (1, 3, 1, 1) and float(s[0, 0]) == pytest.approx(float(torch.tensor(LUMINANCE).norm()))
+    with pytest.raises(ValueError, match="3-channel"):
+        op.A(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="colour weights"):
+        Colorize("sepia")

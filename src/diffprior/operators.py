@@ -8,7 +8,12 @@ pixel mask, a motion-blur kernel) is drawn once, at construction, from a seed.
 
 Blur is circular convolution, computed with FFTs: that makes A, its adjoint and its pseudo-inverse
 exact and fast. Super-resolution is separable resampling by explicit matrices (MATLAB-style
-antialiased bicubic by default, as the DPS reference, or box averaging).
+antialiased bicubic by default, as the DPS reference, or box averaging). Colourisation averages the
+channels.
+
+Every linear operator here also has a closed-form SVD (`V_T`, `V`, `U_T`, `U`, `singulars`; see
+`LinearOperator`), which the spectral solvers (DDRM, DDNM+) need, and the least-squares step `prox`
+of the proximal and plug-and-play solvers: closed-form through the SVD, by conjugate gradients otherwise.
 """
 
 from __future__ import annotations
@@ -41,7 +46,19 @@ class Operator(nn.Module):
 
 
 class LinearOperator(Operator):
+    """A linear forward model. Subclasses with a closed-form singular value decomposition set `has_svd`.
+
+    The SVD A = U diag(s) V^T is exposed through four maps and the singular values. Spectral coefficients
+    are tensors shaped like the image x, (B, C, H, W) (their `flatten(1)` is the (B, N) coefficient vector),
+    real except for Blur, whose basis is the unitary DFT (see there). `singulars(x)` broadcasts against
+    them and is zero on the null space of A; `U_T(y)` is zero there too and `U` ignores those entries, so
+        A x = U(s * V_T(x)),   A^T y = V(s * U_T(y)),   A^+ y = V(U_T(y) / s)  (where s > 0).
+    For complex coefficients V_T and U_T are the conjugate transposes. Standard normal noise in the
+    spectral domain is V_T(z) for pixel noise z: that keeps the symmetry of complex coefficients.
+    """
+
     linear = True
+    has_svd = False
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -51,6 +68,63 @@ class LinearOperator(Operator):
 
     def naive(self, y: Tensor) -> Tensor:
         return self.A_pinv(y)
+
+    # -- the SVD, where one is closed-form -------------------------------------------------------------
+    def V_T(self, x: Tensor) -> Tensor:
+        """Image -> spectral coefficients (shaped like x)."""
+        raise NotImplementedError(f"{self.name} has no closed-form SVD")
+
+    def V(self, c: Tensor) -> Tensor:
+        """Spectral coefficients -> image; V(V_T(x)) = x."""
+        raise NotImplementedError(f"{self.name} has no closed-form SVD")
+
+    def U_T(self, y: Tensor) -> Tensor:
+        """Measurement -> spectral coefficients (shaped like x, zero where s = 0)."""
+        raise NotImplementedError(f"{self.name} has no closed-form SVD")
+
+    def U(self, c: Tensor) -> Tensor:
+        """Spectral coefficients -> measurement; entries where s = 0 are ignored."""
+        raise NotImplementedError(f"{self.name} has no closed-form SVD")
+
+    def singulars(self, x: Tensor) -> Tensor:
+        """The singular values s for images like x: real, x's dtype, broadcastable against V_T(x)."""
+        raise NotImplementedError(f"{self.name} has no closed-form SVD")
+
+    # -- the least-squares step that proximal and plug-and-play solvers take ------------------------------
+    def prox(self, z: Tensor, y: Tensor, rho: float) -> Tensor:
+        """argmin_x ||y - A x||^2 + rho ||x - z||^2 = (A^T A + rho I)^-1 (A^T y + rho z), for rho >= 0.
+
+        rho = 0 is the limit rho -> 0: A^+ y + (I - A^+ A) z, the point of {x : A x = proj y} nearest z.
+        In closed form through the SVD where there is one: per coefficient (s U_T(y) + rho V_T(z)) / (s^2 + rho);
+        otherwise by conjugate gradients.
+        """
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if not self.has_svd:
+            return self.prox_cg(z, y, rho)
+        c, d, s = self.V_T(z), self.U_T(y), self.singulars(z)
+        denom = s ** 2 + rho
+        return self.V(torch.where(denom > 0, (s * d + rho * c) / denom.clamp_min(torch.finfo(s.dtype).tiny), c))
+
+    def prox_cg(self, z: Tensor, y: Tensor, rho: float, *, iters: int = 200, rtol: float = 1e-7) -> Tensor:
+        """`prox` by conjugate gradients on (A^T A + rho I) x = A^T y + rho z, started at z, for any linear
+        operator. Started at z, CG also finds the rho = 0 limit: the correction stays in the range of A^T."""
+        dims = tuple(range(1, z.dim()))
+        dot = lambda a, b: (a * b).sum(dims, keepdim=True)  # noqa: E731  per-image inner products
+        normal = lambda v: self.A_adjoint(self.A(v)) + rho * v  # noqa: E731
+        x = z.clone()
+        r = self.A_adjoint(y) + rho * z - normal(x)
+        p, rr = r.clone(), dot(r, r)
+        stop = rtol ** 2 * dot(self.A_adjoint(y) + rho * z, self.A_adjoint(y) + rho * z).clamp_min(1e-30)
+        for _ in range(iters):
+            if bool((rr <= stop).all()):
+                break
+            Ap = normal(p)
+            alpha = rr / dot(p, Ap).clamp_min(1e-30)
+            x, r = x + alpha * p, r - alpha * Ap
+            rr_new = dot(r, r)
+            p, rr = r + (rr_new / rr.clamp_min(1e-30)) * p, rr_new
+        return x
 
 
 def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator | None = None) -> Tensor:
@@ -64,6 +138,7 @@ class Identity(LinearOperator):
     """Denoising: A = I."""
 
     name = "denoise"
+    has_svd = True
 
     def A(self, x):
         return x
@@ -74,15 +149,24 @@ class Identity(LinearOperator):
     def A_pinv(self, y):
         return y
 
+    def V_T(self, x):
+        return x
+
+    V = U_T = U = V_T
+
+    def singulars(self, x):
+        return torch.ones_like(x[:1])
+
 
 class Inpaint(LinearOperator):
     """y = m * x for a binary mask m (1 = observed pixel, 0 = missing), shared by all channels.
 
     A is an orthogonal projection, so A_adjoint = A_pinv = A. `naive` fills the holes with each
-    image's mean observed colour.
+    image's mean observed colour. SVD: U = V = I and s = m, pixel by pixel.
     """
 
     name = "inpaint"
+    has_svd = True
 
     def __init__(self, mask: Tensor):
         super().__init__()
@@ -114,6 +198,19 @@ class Inpaint(LinearOperator):
         m = self._check(y)
         mean = (y * m).sum((-2, -1), keepdim=True) / m.sum((-2, -1), keepdim=True)
         return y * m + mean * (1 - m)
+
+    def V_T(self, x):
+        return x
+
+    V = V_T
+
+    def U_T(self, y):
+        return y * self._check(y)
+
+    U = U_T
+
+    def singulars(self, x):
+        return self._check(x)
 
 
 def box_mask(size: int, height: int, width: int | None = None, *, position: tuple[int, int] | None = None,
@@ -154,9 +251,16 @@ class Blur(LinearOperator):
     A = F^-1 diag(K) F, so A_adjoint uses conj(K) and A_pinv uses conj(K) / |K|^2 on the frequencies
     where |K| > rcond * max |K| (zero elsewhere): the exact Moore-Penrose inverse of the thresholded
     operator. `naive` returns y itself (deconvolving noisy data amplifies the noise).
+
+    SVD: with the unitary 2-D DFT F, A = F^-1 diag(K) F = U diag(|K|) V^H for V^H = F and U = F^-1 diag(K / |K|).
+    The coefficients are complex, shaped like x, with the Hermitian symmetry of the DFT of a real image;
+    real scalings that are symmetric in frequency (all the solvers do) keep it, so V and U return the real
+    part of the inverse DFT. Like A_pinv, the SVD is that of the thresholded operator: frequencies with
+    |K| <= rcond * max |K| count as null space (s = 0), so U diag(s) V^H = A up to rcond * max |K|.
     """
 
     name = "blur"
+    has_svd = True
 
     def __init__(self, kernel: Tensor, image_size: tuple[int, int], *, rcond: float = 1e-3):
         super().__init__()
@@ -174,6 +278,9 @@ class Blur(LinearOperator):
         self.register_buffer("K", K)
         self.register_buffer("K_pinv", torch.where(keep, K.conj() / K.abs().clamp_min(1e-30) ** 2, 0))
         self.image_size = (H, W)
+        full = torch.fft.fft2(padded)  # the full (H, W) spectrum, for the SVD
+        self.register_buffer("sv", torch.where(full.abs() > rcond * full.abs().max(), full.abs(), 0))
+        self.register_buffer("phase", torch.where(self.sv > 0, full / full.abs().clamp_min(1e-30), 1))
 
     def A(self, x):
         return _circular(x, self.K, self.image_size)
@@ -186,6 +293,30 @@ class Blur(LinearOperator):
 
     def naive(self, y):
         return y
+
+    def _spectral(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(f"this blur was built for {self.image_size} images, got {tuple(x.shape[-2:])}")
+        return torch.fft.fft2(x if x.dtype == torch.float64 else x.float(), norm="ortho")
+
+    def _phase(self, c: Tensor) -> Tensor:
+        return self.phase.to(c.dtype) * (self.sv > 0)
+
+    def V_T(self, x):
+        return self._spectral(x)
+
+    def V(self, c):
+        return torch.fft.ifft2(c, norm="ortho").real
+
+    def U_T(self, y):
+        c = self._spectral(y)
+        return c * self._phase(c).conj()
+
+    def U(self, c):
+        return torch.fft.ifft2(c * self._phase(c), norm="ortho").real
+
+    def singulars(self, x):
+        return self.sv.to(device=x.device, dtype=x.dtype)
 
 
 def _circular(x: Tensor, spectrum: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -246,21 +377,33 @@ class SuperResolution(LinearOperator):
     kernel="bicubic": MATLAB's imresize (antialiased cubic, a = -0.5, symmetric borders), as the DPS
     reference; kernel="box": average pooling. The adjoint is R_h^T y R_w and the pseudo-inverse
     pinv(R_h) y pinv(R_w)^T, both exact. `naive` is the pseudo-inverse.
+
+    SVD: from R_h = U_h diag(s_h) V_h^T and R_w = U_w diag(s_w) V_w^T (V square), A = R_h (.) R_w^T has
+    V_T(x) = V_h^T x V_w, singular values s_h[i] s_w[j] in the top-left (H/f, W/f) block of the (H, W)
+    coefficient array and zeros elsewhere, and U_T(y) = U_h^T y U_w in that block.
     """
 
     name = "super-resolution"
+    has_svd = True
 
     def __init__(self, factor: int, image_size: tuple[int, int], *, kernel: str = "bicubic"):
         super().__init__()
         H, W = image_size
         if factor < 1 or H % factor or W % factor:
             raise ValueError(f"the image size {H}x{W} is not divisible by the factor {factor}")
-        Rh, Rw = (resize_matrix(n, factor, kernel) for n in (H, W))
-        self.register_buffer("Rh", Rh.float())
-        self.register_buffer("Rw", Rw.float())
-        self.register_buffer("Rh_pinv", torch.linalg.pinv(Rh).float())
-        self.register_buffer("Rw_pinv", torch.linalg.pinv(Rw).float())
+        Rh, Rw = (resize_matrix(n, factor, kernel).float() for n in (H, W))
+        self.register_buffer("Rh", Rh)
+        self.register_buffer("Rw", Rw)
+        self.register_buffer("Rh_pinv", torch.linalg.pinv(Rh.double()).float())
+        self.register_buffer("Rw_pinv", torch.linalg.pinv(Rw.double()).float())
         self.factor, self.image_size = factor, (H, W)
+        # the SVD of the stored (float32-rounded) matrices, kept in float64
+        (Uh, sh, Vh_T), (Uw, sw, Vw_T) = (torch.linalg.svd(R.double()) for R in (Rh, Rw))
+        for name, value in (("Uh", Uh), ("Vh", Vh_T.T), ("Uw", Uw), ("Vw", Vw_T.T)):
+            self.register_buffer(name, value.contiguous())
+        s = torch.zeros(H, W, dtype=torch.float64)
+        s[:H // factor, :W // factor] = sh[:, None] * sw[None, :]
+        self.register_buffer("sv", s)
 
     def _check(self, x, size):
         if tuple(x.shape[-2:]) != size:
@@ -277,6 +420,26 @@ class SuperResolution(LinearOperator):
     def A_pinv(self, y):
         self._check(y, (self.image_size[0] // self.factor, self.image_size[1] // self.factor))
         return self.Rh_pinv.to(y.dtype) @ y @ self.Rw_pinv.to(y.dtype).T
+
+    def V_T(self, x):
+        self._check(x, self.image_size)
+        return self.Vh.to(x.dtype).T @ x @ self.Vw.to(x.dtype)
+
+    def V(self, c):
+        return self.Vh.to(c.dtype) @ c @ self.Vw.to(c.dtype).T
+
+    def U_T(self, y):
+        h, w = self.image_size[0] // self.factor, self.image_size[1] // self.factor
+        self._check(y, (h, w))
+        block = self.Uh.to(y.dtype).T @ y @ self.Uw.to(y.dtype)
+        return F.pad(block, (0, self.image_size[1] - w, 0, self.image_size[0] - h))
+
+    def U(self, c):
+        h, w = self.image_size[0] // self.factor, self.image_size[1] // self.factor
+        return self.Uh.to(c.dtype) @ c[..., :h, :w] @ self.Uw.to(c.dtype).T
+
+    def singulars(self, x):
+        return self.sv.to(device=x.device, dtype=x.dtype)
 
 
 def _cubic(x: Tensor, a: float = -0.5) -> Tensor:
@@ -309,6 +472,68 @@ def resize_matrix(n: int, factor: int, kernel: str = "bicubic") -> Tensor:
         mirrored = torch.where(mirrored >= n, period - 1 - mirrored, mirrored)  # symmetric borders
         R[i].index_add_(0, mirrored, w)
     return R
+
+
+# ---------------------------------------------------------------------------------------------------
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights
+
+
+class Colorize(LinearOperator):
+    """RGB -> grey: y = sum_c w_c x_c, shape (B, 1, H, W), with weights w = (1/3, 1/3, 1/3) (the mean of the
+    channels, as DDNM) or the luminance weights.
+
+    Per pixel A is the 1 x 3 row w^T, so A_adjoint y = w y, A_pinv y = w y / |w|^2 (for the mean: y in every
+    channel) and the SVD has one singular value |w|: V is a 3 x 3 orthonormal basis whose first vector is
+    w / |w|, s = (|w|, 0, 0) over the channel axis of the coefficients, U = 1 on channel 0.
+    """
+
+    name = "colorize"
+    has_svd = True
+
+    def __init__(self, weights: str | tuple[float, float, float] = "mean"):
+        super().__init__()
+        if isinstance(weights, str):
+            if weights not in ("mean", "luminance"):
+                raise ValueError(f"unknown colour weights {weights!r}; expected 'mean', 'luminance' or three numbers")
+            weights = (1 / 3,) * 3 if weights == "mean" else LUMINANCE
+        w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        if w.numel() != 3 or float(w.norm()) == 0:
+            raise ValueError(f"colour weights must be three numbers, not all zero; got {weights}")
+        Q, _ = torch.linalg.qr(torch.cat([w[:, None], torch.eye(3, dtype=torch.float64)], 1), mode="complete")
+        Q = Q[:, :3] * torch.sign(Q[:, 0] @ w)  # first column +w / |w|
+        self.register_buffer("w", w)
+        self.register_buffer("basis", Q)  # (3, 3), columns orthonormal
+
+    def _weights(self, x: Tensor, size: int = 3) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != size:
+            raise ValueError(f"colourisation expects {size}-channel input (B, {size}, H, W), got {tuple(x.shape)}")
+        return self.w.to(x.dtype)[:, None, None]
+
+    def A(self, x):
+        return (self._weights(x) * x).sum(1, keepdim=True)
+
+    def A_adjoint(self, y):
+        return self._weights(y, 1) * y
+
+    def A_pinv(self, y):
+        return self._weights(y, 1) * y / self.w.square().sum().to(y.dtype)
+
+    def V_T(self, x):
+        self._weights(x)
+        return torch.einsum("kc,bkhw->bchw", self.basis.to(x.dtype), x)
+
+    def V(self, c):
+        return torch.einsum("kc,bchw->bkhw", self.basis.to(c.dtype), c)
+
+    def U_T(self, y):
+        self._weights(y, 1)
+        return F.pad(y, (0, 0, 0, 0, 0, 2))
+
+    def U(self, c):
+        return c[:, :1]
+
+    def singulars(self, x):
+        return F.pad(self.w.norm().reshape(1, 1, 1, 1), (0, 0, 0, 0, 0, 2)).to(device=x.device, dtype=x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -356,6 +581,7 @@ TASKS: dict[str, Callable[..., Operator]] = {
     "motion-blur": _motion,
     "sr4": _sr(4),
     "denoise": lambda shape, seed: Identity(),
+    "colorize": lambda shape, seed, weights="mean": Colorize(weights),
 }
 
 

@@ -78,6 +78,19 @@ def ddim_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, *, eta:
     return x_prev, x0
 
 
+def ddim_update(prior: Prior, x0: Tensor, eps: Tensor, t_prev: int, sigma: float, *,
+                generator: torch.Generator | None = None) -> Tensor:
+    """DDIM's update (Song et al. 2021, eq. 12) from a pair (x0, eps) that a solver has already corrected:
+    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z, with fresh noise of std sigma
+    (at most sqrt(1 - abar_prev)). t_prev = -1 returns x0."""
+    a_prev = prior.schedule.abar_at(t_prev)
+    if t_prev < 0:
+        return x0
+    sigma = min(sigma, (1 - a_prev) ** 0.5)
+    x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    return x_prev + sigma * randn_like(x0, generator) if sigma > 0 else x_prev
+
+
 def initial_noise(prior: Prior, n: int, generator: torch.Generator | None = None,
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """x_T ~ N(0, I) for n samples of the prior's shape, on the prior's device."""
