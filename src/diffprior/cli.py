@@ -98,7 +98,7 @@ def cmd_restore(args) -> int:
         op = _operator(task, args, size)
         y = measure(op.to(device), x, args.sigma_y, gen)
     op = op.to(device)
-    naive = op.naive(y)
+    naive = naive_or_none(op, y)
     settings = settings_for(args.method, task, steps=args.steps, **parse_settings(args.set))
     start = time.perf_counter()
     restored = solve(args.method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=not args.json, **settings)
@@ -111,22 +111,32 @@ def cmd_restore(args) -> int:
     report = {"task": task, "method": args.method, "model": str(args.model), "settings": settings,
               "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3)}
     for name, img in (("naive", naive), ("restored", restored)):
-        report[name] = quality(img, x) if x is not None else {}
-        report[name]["residual"] = round(float(residual(op, img, y)[0]), 4)
+        if img is not None:
+            report[name] = quality(img, x) if x is not None else {}
+            report[name]["residual"] = round(float(residual(op, img, y)[0]), 4)
     figure = out.with_name(out.stem + "_figure.png")
     cols = ([x] if x is not None else []) + [displayable(y, (size, size)), naive, restored]
     titles = (["input"] if x is not None else []) + ["measurement", "naive", args.method]
     captions = ([""] if x is not None else []) + [""] + [
-        f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None else "" for k in ("naive", "restored")]
+        f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else "" for k in ("naive", "restored")]
     image_table([cols], figure, col_titles=titles, captions=[captions], cell=2.0)
     if args.json:
         print(json.dumps(report))
     else:
         print(f"{task} / {args.method} on {args.input} ({size}x{size}, {seconds:.1f} s)")
         for k in ("naive", "restored"):
-            print(f"  {k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
+            if k in report:
+                print(f"  {k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
         print(f"wrote {out} and {figure}")
     return 0
+
+
+def naive_or_none(op, y):
+    """The operator's naive reconstruction, or None for the (non-linear) operators that have none."""
+    try:
+        return op.naive(y)
+    except NotImplementedError:
+        return None
 
 
 def _operator(task: str, args, size: int):
@@ -302,6 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_metrics)
 
+    p = sub.add_parser("bench", help="benchmarks: `bench posterior` scores every solver against an exact posterior")
+    bench = p.add_subparsers(dest="bench", required=True)
+    from . import bench_posterior
+    q = bench.add_parser("posterior", help="solvers against the exact posterior of a Gaussian-mixture prior",
+                         description=bench_posterior.__doc__.split("\n\n")[0])
+    bench_posterior.add_arguments(q)
+    q.set_defaults(run=bench_posterior.main)
+
+    from . import data, train
+    p = sub.add_parser("train", help="train the compact UNet on a folder of images (denoising score matching)")
+    train.add_train_arguments(p)
+    p.set_defaults(run=train.run_train)
+
+    p = sub.add_parser("pack", help="preprocess an image folder into one compact file for training")
+    data.add_pack_arguments(p)
+    p.set_defaults(run=data.run_pack)
+
     p = sub.add_parser("models", help="list the built-in and downloadable priors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_models)
@@ -311,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        return code if isinstance(code, int) else 0
     except (FileNotFoundError, ValueError, TypeError, RuntimeError, ImportError) as e:
         print(f"diffprior {args.command}: error: {e}", file=sys.stderr)
         return 2

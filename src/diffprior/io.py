@@ -59,10 +59,14 @@ def center_square(im: Image.Image, size: int | None) -> Image.Image:
     return im if s == size else im.resize((size, size), Image.LANCZOS)
 
 
+def from_uint8(images: Tensor) -> Tensor:
+    """uint8 values in [0, 255] -> float32 in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
 def pil_to_tensor(im: Image.Image) -> Tensor:
     """An RGB PIL image -> (1, 3, H, W) float32 in [-1, 1]."""
-    arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1.0
+    return from_uint8(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)[None])
 
 
 def tensor_to_pil(x: Tensor) -> Image.Image:

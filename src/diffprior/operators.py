@@ -595,3 +595,10 @@ def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options
     op = TASKS[task](tuple(shape), seed, **options)
     op.name = task
     return op
+
+
+# The non-linear tasks live in nonlinear.py (which builds on this module); register them here so that
+# every named task is in one table.
+from .nonlinear import NONLINEAR_TASKS  # noqa: E402
+
+TASKS.update(NONLINEAR_TASKS)

@@ -1,0 +1,418 @@
+"""Training a SmallUNet face prior by denoising score matching.
+
+The loss is Ho et al. 2020's "simple" objective: for x_0 from the data (randomly flipped left-right),
+t uniform in 0..T-1 and z ~ N(0, I), the mean squared error between z and eps(sqrt(abar_t) x_0 +
+sqrt(1 - abar_t) z, t). AdamW with a linear warm-up, gradient-norm clipping, and an exponential moving
+average (EMA) of the weights, which is the model that gets exported and sampled.
+
+Everything that a run needs to continue lives in `out/state.pt` (network, EMA, optimiser, step, and
+every random state: the global torch generators, the noise generator and the data sampler's position),
+written atomically every `checkpoint_every` steps, when the time budget runs out, on Ctrl-C and at the
+end. `resume=True` continues from it: the data order, noise and dropout continue exactly where they
+stopped, so on the CPU the weights are bit-identical to an uninterrupted run's (CUDA kernels such as
+the convolutions' backward passes are not deterministic unless torch.use_deterministic_algorithms is
+set, so there the runs agree only up to rounding). At each checkpoint the EMA network is exported as
+`out/model.safetensors` + `out/model.json`, loadable with `diffprior.load_prior`. `out/log.csv` records the loss curve; with
+`val`, it also records the loss on held-out images and on as many training images, at fixed timesteps
+and noise, so that the two are comparable (a gap between them is a sign of memorisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import io
+from .data import FaceSet, load_faces
+from .io import from_uint8
+from .models import atomic_write, save_checkpoint
+from .networks import build_network
+from .networks.small import CONFIGS, SmallUNet, network_config
+from .prior import NetworkPrior
+from .schedule import Schedule
+from .solvers.sampling import sample
+
+STATE, MODEL, LOG = "state.pt", "model.safetensors", "log.csv"
+LOG_FIELDS = ["step", "images", "seconds", "lr", "loss", "val_loss", "train_eval_loss"]
+EVAL_SEED = 1234  # the fixed timesteps and noise of the evaluation losses
+SAMPLE_SEED = 0   # the fixed initial noise of the sample grids
+
+
+class EpochSampler:
+    """Batches of (index, flip) that walk through a fresh random permutation of the data every epoch.
+
+    Epoch e's permutation and flips come from a generator seeded with (seed, e), so the whole state is
+    (epoch, position) and a resumed run draws exactly the batches an uninterrupted one would."""
+
+    def __init__(self, n: int, batch: int, seed: int, device: torch.device):
+        self.n, self.batch, self.seed, self.device = n, batch, seed, device
+        self.epoch, self.pos = 0, 0
+        self._arrays: tuple[int, Tensor, Tensor] | None = None
+
+    def _epoch_arrays(self) -> tuple[Tensor, Tensor]:
+        if self._arrays is None or self._arrays[0] != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g)
+            flips = torch.randint(0, 2, (self.n,), generator=g, dtype=torch.bool)
+            self._arrays = (self.epoch, perm.to(self.device), flips.to(self.device))
+        return self._arrays[1], self._arrays[2]
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        idx, flip, need = [], [], self.batch
+        while need:
+            perm, flips = self._epoch_arrays()
+            k = min(need, self.n - self.pos)
+            idx.append(perm[self.pos:self.pos + k])
+            flip.append(flips[self.pos:self.pos + k])
+            self.pos, need = self.pos + k, need - k
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return torch.cat(idx), torch.cat(flip)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch, self.pos = state["seed"], state["epoch"], state["pos"]
+
+
+class StopRequest:
+    """While active, the first Ctrl-C only asks the loop to stop after the current step (so that the
+    checkpoint is consistent); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def resolve_network(network: str | dict, size: int) -> dict:
+    """A config name or a dict of SmallUNet settings -> full settings, attention placed for `size`."""
+    cfg = network_config(network) if isinstance(network, str) else dict(network)
+    return SmallUNet.full_config(**{**cfg, "image_size": size})
+
+
+class EpsLoss:
+    """The objective: || eps(sqrt(abar_t) x0 + sqrt(1 - abar_t) z, t) - z ||^2 (Ho et al. 2020, L_simple).
+
+    The schedule's tables are copied to the device once: indexing them there keeps every step free of
+    device synchronisation (Schedule.q_sample reads its CPU table). bf16 autocast on CUDA only."""
+
+    def __init__(self, schedule: Schedule, device: torch.device):
+        self.T = schedule.T
+        self.sqrt_a = schedule.abar.sqrt().float().to(device)
+        self.sqrt_1ma = (1 - schedule.abar).sqrt().float().to(device)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, reduction: str = "mean") -> Tensor:
+        x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
+        with self.autocast:
+            pred = net(x_t, t)
+        return F.mse_loss(pred.float(), noise, reduction=reduction)
+
+    @torch.no_grad()
+    def evaluate(self, net: nn.Module, images: Tensor, batch: int) -> float:
+        """Mean loss on uint8 `images` at fixed timesteps (spread evenly over 0..T-1) and fixed noise,
+        the same on every call and device, so that values are comparable across steps and image sets."""
+        n, size = len(images), images.shape[-1]
+        g = torch.Generator().manual_seed(EVAL_SEED)
+        t_all, noise_all = torch.arange(n) * self.T // n, torch.randn(n, 3, size, size, generator=g)
+        total = 0.0
+        for i in range(0, n, batch):
+            t, noise = t_all[i:i + batch].to(images.device), noise_all[i:i + batch].to(images.device)
+            total += self(net, from_uint8(images[i:i + batch]), t, noise, reduction="sum").item()
+        return total / noise_all.numel()
+
+
+def train(data: str | Path | FaceSet, out: str | Path, *,
+          size: int = 64,                       # square image size
+          steps: int = 10_000,                  # total optimiser steps (a resumed run continues up to it)
+          batch: int = 256,                     # images per step
+          lr: float = 2e-4,                     # AdamW learning rate after the warm-up
+          warmup: int = 500,                    # steps of linear learning-rate warm-up
+          ema: float = 0.9995,                  # EMA decay (ramped up as min(ema, (1+s)/(10+s)))
+          weight_decay: float = 0.0,            # AdamW weight decay
+          grad_clip: float | None = 1.0,        # clip the gradient's global norm; None: no clipping
+          network: str | dict = "default",      # SmallUNet config name (tiny, default, large) or settings
+          first: str | None = None,             # data: first file-name stem to use, e.g. "000001"
+          last: str | None = None,              # data: last file-name stem to use, e.g. "009500"
+          count: int | None = None,             # data: at most this many images
+          val: str | Path | FaceSet | None = None,  # held-out images (folder or pack) for a validation loss
+          val_first: str | None = None,         # validation: selection, as for the data
+          val_last: str | None = None,
+          val_count: int | None = 500,
+          eval_every: int = 1000,               # steps between validation losses (and at the end)
+          checkpoint_every: int = 1000,         # steps between checkpoints and model exports (and at the end)
+          sample_every: int = 0,                # steps between sample grids in out/samples (and at the end); 0: none
+          sample_n: int = 16,                   # images in a sample grid
+          sample_steps: int = 100,              # sampler steps for the grids
+          sampler: str = "ddpm",                # "ddpm" or "ddim"
+          log_every: int = 10,                  # steps averaged into one row of out/log.csv
+          max_minutes: float | None = None,     # wall-clock budget of this call: stop cleanly, with a checkpoint
+          resume: bool = False,                 # continue from out/state.pt when it exists
+          device: str | torch.device | None = None,  # default: cuda when available, else cpu
+          compile: bool = False,                # torch.compile the training forward pass
+          channels_last: bool = False,          # channels-last memory format (CUDA only; measured slower)
+          seed: int = 0,                        # seeds the initial weights, data order and noise
+          progress: bool = True) -> Path:       # a tqdm bar with the loss
+    """Train (or continue training) a SmallUNet epsilon-prior; returns the path of the exported model."""
+    started = time.monotonic()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    channels_last = channels_last and cuda
+    state_path = out / STATE
+    if state_path.exists() and not resume:
+        raise FileExistsError(f"{state_path} exists: pass resume=True to continue that run, or use a new folder")
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    # Data: the whole uint8 set lives on the device; batches are gathered, flipped and scaled there.
+    faces = load_faces(data, size, first=first, last=last, count=count, cache=out / f"data-{size}.zip")
+    images = faces.images.to(device)
+    val_faces = None if val is None else load_faces(val, size, first=val_first, last=val_last, count=val_count,
+                                                     cache=out / f"val-{size}.zip")
+    val_images = None if val_faces is None else val_faces.images.to(device)
+
+    # Model, EMA copy, optimiser and every source of randomness.
+    schedule = Schedule.linear()
+    objective = EpsLoss(schedule, device)
+    net_config = resolve_network(network, size)
+    torch.manual_seed(seed)
+    net = build_network("small-unet", **net_config).to(device)
+    ema_net = copy.deepcopy(net).eval().requires_grad_(False)
+    if channels_last:
+        net, ema_net = net.to(memory_format=torch.channels_last), ema_net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay, fused=cuda)
+    data_sampler = EpochSampler(len(faces), batch, seed, device)
+    noise_gen = torch.Generator(device).manual_seed(seed + 1)
+    model = torch.compile(net) if compile else net
+    params, ema_params = list(net.parameters()), list(ema_net.parameters())
+
+    identity = {"network": net_config, "size": size, "data": faces.describe()}  # must match to resume
+    step, seen, seconds, last_loss = 0, 0, 0.0, float("nan")
+    evals: dict = {}  # the latest evaluation losses and the step they were measured at
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        for key in identity:
+            if state["identity"][key] != identity[key]:
+                raise ValueError(f"cannot resume: the checkpoint's {key} differs\n  checkpoint: "
+                                 f"{state['identity'][key]}\n  now:        {identity[key]}")
+        net.load_state_dict(state["net"])
+        ema_net.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, seen, seconds, last_loss = state["step"], state["images"], state["seconds"], state["loss"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if cuda and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        noise_gen.set_state(state["rng"]["noise"])
+        data_sampler.load_state_dict(state["rng"]["sampler"])
+        _truncate_log(out / LOG, step)
+
+    def train_step() -> Tensor:
+        idx, flip = data_sampler.next()
+        x0 = from_uint8(images[idx])
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        t = torch.randint(0, schedule.T, (batch,), device=device, generator=noise_gen)
+        noise = torch.randn(x0.shape, device=device, generator=noise_gen)
+        loss = objective(model, x0, t, noise)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / max(warmup, 1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(ema, (1 + step) / (10 + step)))
+        return loss.detach()
+
+    def record() -> dict:
+        """The exported model's self-description."""
+        return {"architecture": "small-unet", "network": net_config, "schedule": schedule.config,
+                "image_size": size, "channels": 3, "learned_variance": False,
+                "training": {"data": faces.describe(), "validation": val_faces and val_faces.describe(),
+                             "objective": "epsilon MSE, t uniform in 0..T-1, random horizontal flips",
+                             "steps": step, "batch": batch, "images_seen": seen, "lr": lr, "warmup": warmup,
+                             "ema": ema, "ema_decay_at_step_s": "min(ema, (1 + s) / (10 + s))",
+                             "weight_decay": weight_decay, "grad_clip": grad_clip,
+                             "bf16_autocast": cuda, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                             "seconds": round(seconds, 1), "final_loss": last_loss, "seed": seed,
+                             **{k: v for k, v in evals.items() if k != "step"}}}
+
+    def checkpoint() -> None:
+        state = {"identity": identity, "step": step, "images": seen, "seconds": seconds, "loss": last_loss,
+                 "net": net.state_dict(), "ema": ema_net.state_dict(), "opt": opt.state_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None,
+                         "noise": noise_gen.get_state(), "sampler": data_sampler.state_dict()}}
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        save_checkpoint(ema_net, record(), out / MODEL)
+
+    def sample_grid() -> None:
+        prior = NetworkPrior(ema_net, schedule, (3, size, size))
+        with objective.autocast:
+            x = sample(prior, sample_n, steps=sample_steps, sampler=sampler,
+                       generator=torch.Generator().manual_seed(SAMPLE_SEED))
+        io.save_image(io.image_grid(x.float().clamp(-1, 1), nrow=math.ceil(math.sqrt(sample_n))),
+                      out / "samples" / f"step-{step:07d}.png")
+
+    def evaluate() -> None:
+        n = min(len(val_images), len(images))  # as many training images, for a like-for-like comparison
+        evals.update(step=step, val_loss=objective.evaluate(ema_net, val_images[:n], batch),
+                     train_eval_loss=objective.evaluate(ema_net, images[:n], batch))
+
+    log = _Log(out / LOG)
+    loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, -1
+
+    def log_row() -> None:
+        nonlocal last_loss, loss_sum, loss_n, logged_step
+        if loss_n:
+            last_loss = loss_sum.item() / loss_n
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"the training loss became {last_loss} at step {step}")
+        fresh = {k: v for k, v in evals.items() if k != "step"} if evals.get("step") == step else {}
+        log.write(step=step, images=seen, seconds=round(seconds, 2), lr=opt.param_groups[0]["lr"],
+                  loss=last_loss, **fresh)
+        loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, step
+
+    deadline = None if max_minutes is None else started + 60 * max_minutes
+    bar = tqdm(total=steps, initial=step, desc="training", dynamic_ncols=True, disable=not progress)
+    net.train()
+    with StopRequest() as stop:
+        while step < steps and not stop.requested and (deadline is None or time.monotonic() < deadline):
+            tick = time.monotonic()
+            loss_sum, loss_n = loss_sum + train_step(), loss_n + 1
+            step, seen = step + 1, seen + batch
+            seconds += time.monotonic() - tick
+            bar.update(1)
+            if val_images is not None and eval_every and step % eval_every == 0:
+                evaluate()
+            if step % log_every == 0 or step == steps or evals.get("step") == step:
+                log_row()
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if sample_every and step % sample_every == 0:
+                sample_grid()
+            if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+                checkpoint()
+        bar.close()
+        final_eval = val_images is not None and evals.get("step") != step
+        if final_eval:
+            evaluate()
+        if loss_n or logged_step != step or final_eval:
+            log_row()
+        checkpoint()
+        if sample_every and step % sample_every:
+            sample_grid()
+        if stop.requested:
+            raise KeyboardInterrupt(f"training interrupted at step {step}; checkpoint saved in {state_path}")
+    return out / MODEL
+
+
+class _Log:
+    """Rows of LOG_FIELDS appended to a CSV file (header written once)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, **row) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint a run resumes from."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The rows of a training log, numbers as floats (empty cells as None)."""
+    with Path(path).open(newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# -- command line: `diffprior train` ------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--data", required=True, help="folder of training images, or a pack file (see `diffprior pack`)")
+    a("--out", required=True, help="output folder: state.pt, model.safetensors/.json, log.csv, samples/")
+    a("--size", type=int, default=64, help="square image size (default 64)")
+    a("--config", default="default", choices=sorted(CONFIGS), help="network configuration (default: default)")
+    a("--dropout", type=float, help="override the configuration's dropout")
+    a("--steps", type=int, default=10_000, help="total optimiser steps (default 10000)")
+    a("--batch", type=int, default=256, help="images per step (default 256)")
+    a("--lr", type=float, default=2e-4, help="learning rate (default 2e-4)")
+    a("--warmup", type=int, default=500, help="learning-rate warm-up steps (default 500)")
+    a("--ema", type=float, default=0.9995, help="EMA decay (default 0.9995)")
+    a("--first", help="first file-name stem of the data folder to use, e.g. 000001")
+    a("--last", help="last file-name stem to use, e.g. 009500")
+    a("--count", type=int, help="use at most this many files")
+    a("--val", help="held-out images (folder or pack) for the validation loss")
+    a("--val-first", help="first file-name stem of the validation folder, e.g. 009501")
+    a("--val-last", help="last file-name stem of the validation folder")
+    a("--val-count", type=int, default=500, help="at most this many validation images (default 500)")
+    a("--eval-every", type=int, default=1000, help="steps between validation losses (default 1000)")
+    a("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
+    a("--sample-every", type=int, default=0, help="steps between sample grids, also drawn at the end (default 0: none)")
+    a("--sample-steps", type=int, default=100, help="sampler steps for the grids (default 100)")
+    a("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="sampler for the grids (default ddpm)")
+    a("--max-minutes", type=float, help="stop cleanly, with a checkpoint, after this many minutes")
+    a("--resume", action="store_true", help="continue from OUT/state.pt")
+    a("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    a("--compile", action="store_true", help="torch.compile the training forward pass")
+    a("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    a("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def run_train(args: argparse.Namespace) -> Path:
+    network: str | dict = args.config
+    if args.dropout is not None:
+        network = {**network_config(args.config), "dropout": args.dropout}
+    path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
+                 warmup=args.warmup, ema=args.ema, network=network, first=args.first, last=args.last,
+                 count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
+                 val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                 sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
+                 max_minutes=args.max_minutes, resume=args.resume, device=args.device, compile=args.compile,
+                 channels_last=args.channels_last, seed=args.seed)
+    print(f"model written to {path}")
+    return path

@@ -1,0 +1,105 @@
+"""SmallUNet: shapes, timestep conditioning, size of the default config, checkpoint round trip."""
+
+import pytest
+import torch
+
+from diffprior import load_prior
+from diffprior.models import CheckpointError, save_checkpoint
+from diffprior.networks import build_network
+from diffprior.networks.small import CONFIGS, SmallUNet, network_config
+from diffprior.schedule import Schedule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny networks here gain nothing from threads, and lose a lot on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def randomised(net: SmallUNet, seed: int = 0) -> SmallUNet:
+    """Give every weight, the zero-initialised ones included, a small random value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+def tiny(**kw) -> SmallUNet:
+    return SmallUNet(**{**CONFIGS["tiny"], **kw})
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_shapes(size):
+    net = randomised(tiny())
+    x = torch.randn(2, 3, size, size)
+    assert net(x, torch.tensor([3, 700])).shape == x.shape
+
+
+def test_rejects_sizes_the_levels_cannot_halve():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny()(torch.randn(1, 3, 15, 15), torch.tensor([1]))
+
+
+def test_starts_as_zero_predictor():
+    """Zero-initialised output and residual branches: the untrained network predicts eps = 0."""
+    out = tiny()(torch.randn(2, 3, 16, 16), torch.tensor([5, 500]))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_timestep_conditioning_changes_the_output():
+    net = randomised(tiny(dropout=0.0))
+    x = torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        same = net(x, torch.tensor([10, 10]))
+        diff = net(x, torch.tensor([10, 900]))
+    assert torch.equal(same[0], same[1])
+    assert (diff[0] - diff[1]).abs().max() > 1e-3
+
+
+def test_default_config_size():
+    net = SmallUNet(**CONFIGS["default"])
+    n = sum(p.numel() for p in net.parameters())
+    assert 5.0e6 < n < 6.5e6  # 5.8M: 12 MB of weights in float16
+    assert 19.0e6 < sum(p.numel() for p in SmallUNet(**CONFIGS["large"]).parameters()) < 19.8e6
+    assert 1e5 < sum(p.numel() for p in tiny().parameters()) < 1e6
+
+
+def test_config_is_complete_and_json_friendly():
+    cfg = network_config("tiny")
+    assert SmallUNet(**cfg).config == cfg
+    assert all(not isinstance(v, tuple) for v in cfg.values())
+    with pytest.raises(TypeError, match="unknown"):
+        SmallUNet.full_config(width=3)
+    with pytest.raises(ValueError, match="unknown SmallUNet config"):
+        network_config("huge")
+
+
+def checkpoint_config(network: dict) -> dict:
+    return {"architecture": "small-unet", "network": network, "schedule": Schedule.linear().config,
+            "image_size": 16, "channels": 3, "learned_variance": False}
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = randomised(build_network("small-unet", **network_config("tiny")))
+    path = save_checkpoint(net, checkpoint_config(net.config), tmp_path / "m.safetensors")
+    prior = load_prior(path)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([4, 400])
+    with torch.no_grad():
+        assert torch.equal(prior.eps(x, t), net(x, t))
+    assert prior.shape == (3, 16, 16)
+
+
+def test_strict_load_fails_on_the_wrong_network(tmp_path):
+    net = randomised(tiny())
+    wrong = {**net.config, "base": 32}  # the weights do not fit this description
+    path = save_checkpoint(net, checkpoint_config(wrong), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_prior(path)
+    fewer = {**net.config, "blocks": 2}
+    path = save_checkpoint(net, checkpoint_config(fewer), tmp_path / "n.safetensors")
+    with pytest.raises(CheckpointError, match="missing"):
+        load_prior(path)

@@ -1,0 +1,167 @@
+"""Training: exact resume, time budget, Ctrl-C, unreadable files, packs, the exported model.
+
+Everything runs the tiny network on a handful of generated 16x16 images."""
+
+import argparse
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffprior import load_prior
+from diffprior.data import load_faces, load_folder, load_pack, save_pack
+from diffprior.networks.small import network_config
+from diffprior.train import add_train_arguments, read_log, run_train, train
+import diffprior.train as train_module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny networks here gain nothing from threads, and lose a lot on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+SIZE = 16
+NET = {**network_config("tiny"), "dropout": 0.1}  # dropout: the global RNG state must resume too
+FAST = dict(size=SIZE, batch=4, network=NET, warmup=2, log_every=2, checkpoint_every=0, eval_every=0,
+            device="cpu", progress=False)
+
+
+def write_images(folder, n=6, seed=0):
+    """n smooth random colour pictures, PNG and JPEG, some not square (the centre square is used)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = (SIZE, SIZE) if i % 2 else (SIZE + 6, SIZE + 2)
+        base = rng.uniform(0, 255, (2, 2, 3)).astype(np.uint8)
+        im = Image.fromarray(base).resize((w, h), Image.BILINEAR)
+        im.save(folder / f"{i:06d}.{'png' if i % 3 else 'jpg'}")
+    return folder
+
+
+@pytest.fixture
+def faces(tmp_path):
+    return write_images(tmp_path / "faces")
+
+
+def state(out):
+    return torch.load(out / "state.pt", weights_only=True)
+
+
+def assert_same_tree(a, b, path="state"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_resume_is_bit_identical(faces, tmp_path):
+    train(faces, tmp_path / "straight", steps=6, **FAST)
+    train(faces, tmp_path / "split", steps=3, **FAST)
+    assert state(tmp_path / "split")["step"] == 3
+    train(faces, tmp_path / "split", steps=6, resume=True, **FAST)
+    a, b = state(tmp_path / "straight"), state(tmp_path / "split")
+    assert a["step"] == b["step"] == 6
+    for key in ("net", "ema", "opt", "rng", "images"):
+        assert_same_tree(a[key], b[key], key)
+    assert not torch.equal(a["net"]["conv_in.weight"], a["ema"]["conv_in.weight"])  # EMA lags the weights
+    assert [r["step"] for r in read_log(tmp_path / "split" / "log.csv")] == [2, 3, 4, 6]
+
+
+def test_refuses_to_overwrite_a_run(faces, tmp_path):
+    train(faces, tmp_path / "run", steps=1, **FAST)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(faces, tmp_path / "run", steps=2, **FAST)
+    with pytest.raises(ValueError, match="network"):
+        train(faces, tmp_path / "run", steps=2, resume=True, **{**FAST, "network": network_config("tiny")})
+
+
+def test_time_budget_stops_with_a_checkpoint(faces, tmp_path):
+    out = tmp_path / "run"
+    train(faces, out, steps=10**6, max_minutes=0.02, **FAST)  # the budget counts from the call
+    s = state(out)
+    assert s["step"] < 10**6
+    assert (out / "model.safetensors").is_file()
+    train(faces, out, steps=s["step"] + 2, resume=True, **FAST)
+    assert state(out)["step"] == s["step"] + 2
+
+
+def test_ctrl_c_saves_a_checkpoint(faces, tmp_path, monkeypatch):
+    real_sample = train_module.sample
+
+    def interrupted_sample(*args, **kwargs):  # Ctrl-C arrives while the step-2 sample grid is drawn
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample", interrupted_sample)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(faces, out, steps=100, sample_every=2, sample_n=2, sample_steps=2, **FAST)
+    assert state(out)["step"] == 2
+    assert (out / "samples" / "step-0000002.png").is_file()
+    assert (out / "model.safetensors").is_file()
+
+
+def test_exported_model_loads_and_describes_itself(faces, tmp_path):
+    out = tmp_path / "run"
+    holdout = write_images(tmp_path / "holdout", n=3, seed=1)
+    path = train(faces, out, steps=4, val=holdout, eval_every=2, **{k: v for k, v in FAST.items() if k != "eval_every"})
+    prior = load_prior(path)
+    assert prior.shape == (3, SIZE, SIZE)
+    record = prior.config["training"]
+    assert record["steps"] == 4 and record["images_seen"] == 16 and record["data"]["count"] == 6
+    assert record["val_loss"] > 0 and record["train_eval_loss"] > 0
+    ema = state(out)["ema"]
+    assert all(torch.equal(v, ema[k]) for k, v in prior.net.state_dict().items())
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [2, 4]
+
+
+def test_unreadable_files_are_skipped(faces):
+    (faces / "000099.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        got = load_folder(faces, SIZE)
+    assert len(got) == 6 and got.images.dtype == torch.uint8 and got.images.shape[1:] == (3, SIZE, SIZE)
+    assert got.skipped[0].startswith("000099.png")
+
+
+def test_selection_and_cache(faces, tmp_path):
+    got = load_folder(faces, SIZE, first="000001", last="000004", count=3)
+    assert got.names == ["000001.png", "000002.png", "000003.jpg"]
+    cache = tmp_path / "cache.zip"
+    a = load_faces(faces, SIZE, count=4, cache=cache)
+    cache.write_bytes(cache.read_bytes())  # the cache is read back, not rebuilt
+    b = load_faces(faces, SIZE, count=4, cache=cache)
+    assert torch.equal(a.images, b.images) and len(b) == 4
+    with pytest.raises(ValueError, match="size"):
+        load_faces(cache, 32)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "webp", "jpeg"])
+def test_pack_round_trip(faces, tmp_path, fmt):
+    got = load_folder(faces, SIZE)
+    back = load_pack(save_pack(got, tmp_path / f"p-{fmt}.zip", format=fmt))
+    assert back.names == got.names and back.images.shape == got.images.shape
+    err = (back.images.float() - got.images.float()).abs()
+    assert err.max() == 0 if fmt != "jpeg" else err.mean() < 3
+
+
+def test_command_line(faces, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--data", str(faces), "--out", str(tmp_path / "run"), "--size", str(SIZE),
+                              "--config", "tiny", "--steps", "2", "--batch", "2", "--device", "cpu"])
+    assert load_prior(run_train(args)).config["training"]["steps"] == 2
