@@ -12,7 +12,7 @@ from diffprior.models import load_prior
 
 @pytest.fixture
 def clean_image(tmp_path):
-    """A 16x16 image drawn from the built-in Gaussian-mixture prior, saved as PNG."""
+    """A 64x64 image drawn from the built-in Gaussian-mixture prior, saved as PNG."""
     prior = load_prior("gmm-demo")
     x = prior.sample(1, torch.Generator().manual_seed(5)).float().clamp(-1, 1)
     return save_image(x, tmp_path / "clean.png")
@@ -33,8 +33,8 @@ def test_restore_beats_the_naive_reconstruction(clean_image, tmp_path, capsys, t
 
 
 def test_restore_with_a_mask_file_and_a_measured_input(clean_image, tmp_path, capsys):
-    mask = torch.ones(3, 16, 16)
-    mask[:, 4:10, 4:10] = -1
+    mask = torch.ones(3, 64, 64)
+    mask[:, 16:40, 16:40] = -1
     save_image(mask, tmp_path / "mask.png")
     code = main(["restore", "--input", str(clean_image), "--mask", str(tmp_path / "mask.png"), "--measured",
                  "--method", "dps", "--model", "gmm-demo", "--steps", "50", "--out", str(tmp_path / "r.png"),
@@ -55,7 +55,7 @@ def test_restore_with_a_mask_file_and_a_measured_input(clean_image, tmp_path, ca
 def test_bad_input_gives_a_clear_error(clean_image, tmp_path, capsys, argv, message):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not an image")
-    big = save_image(torch.ones(3, 32, 32), tmp_path / "big_mask.png")  # the model's images are 16x16
+    big = save_image(torch.ones(3, 32, 32), tmp_path / "small_mask.png")  # the model's images are 64x64
     argv = [a.format(clean=clean_image, corrupt=corrupt, big=big) for a in argv]
     if argv[0] == "restore" and "--model" not in argv:
         argv += ["--model", "gmm-demo"]
@@ -72,7 +72,7 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert main(["metrics", str(clean_image), str(clean_image), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["psnr"] is None and scores["ssim"] == pytest.approx(1)  # identical: PSNR is infinite
-    assert scores["lpips"] is None  # LPIPS (AlexNet) needs images of at least 31x31
+    assert scores["lpips"] == pytest.approx(0, abs=1e-6)
 
     assert main(["sample", "--model", "gmm-demo", "--n", "4", "--steps", "20", "--out", str(tmp_path / "s.png"),
                  "--device", "cpu"]) == 0

@@ -113,3 +113,21 @@ def test_network_prior_splits_learned_variance():
     eps, v = prior.predict(x, 10)
     assert torch.equal(eps, x * 0.5) and torch.all(v == 0.25)
     assert prior.eps(x, torch.tensor([3, 4])).shape == x.shape
+
+
+def test_low_rank_mixture_equals_its_full_covariance_form():
+    g = torch.Generator().manual_seed(5)
+    K, d, r = 3, 10, 2
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    means = torch.randn(K, d, generator=g, dtype=torch.float64)
+    factors = torch.randn(K, d, r, generator=g, dtype=torch.float64)
+    floor = torch.tensor([0.05, 0.1, 0.02], dtype=torch.float64)
+    low = GaussianMixturePrior.low_rank(w, means, factors, floor)
+    covs = factors @ factors.transpose(1, 2) + floor[:, None, None] * torch.eye(d, dtype=torch.float64)
+    full = GaussianMixturePrior(w, means, covs)
+    assert torch.allclose(low.covariances(), covs, atol=1e-12)
+    xt = 2 * torch.randn(6, d, generator=g, dtype=torch.float64)
+    for t in (0, 300, 999):
+        assert torch.allclose(low.x0(xt, t), full.x0(xt, t), atol=1e-9)
+    x = low.sample(100_000, torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.cov(x.T), low.covariance(), atol=0.05)

@@ -108,25 +108,28 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
 
 
 # -- built-in analytic priors ------------------------------------------------------------------------
-def demo_mixture(size: int = 16, components: int = 4, seed: int = 0) -> GaussianMixturePrior:
-    """A Gaussian mixture over small RGB images: each component is a smooth random colour picture with a
-    smooth (low-frequency) covariance. Its exact denoiser makes it a ground truth for the solvers."""
+def demo_mixture(size: int = 64, components: int = 4, seed: int = 0) -> GaussianMixturePrior:
+    """A Gaussian mixture over RGB images: each component is a smooth colour field with a soft disc in it,
+    varying along smooth (low-frequency) directions, plus a faint isotropic texture. Its exact denoiser
+    makes it a ground truth for the solvers and a stand-in prior that needs no trained network."""
     g = torch.Generator().manual_seed(seed)
-    d = 3 * size * size
-    coords = torch.stack(torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij"), -1)
-    freqs = [(i, j) for i in range(3) for j in range(3)]
-    basis = torch.stack([torch.cos(math.pi * (i * coords[..., 0] + j * coords[..., 1])) for i, j in freqs])  # (9, s, s)
-    basis = basis.reshape(len(freqs), -1)
-    basis = torch.linalg.qr(basis.T.double()).Q.T  # orthonormal smooth patterns (9, s*s)
-    means, covs = [], []
+    rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size, dtype=torch.float64),
+                            torch.linspace(0, 1, size, dtype=torch.float64), indexing="ij")
+    waves = torch.stack([torch.cos(math.pi * (i * yy)) * torch.cos(math.pi * (j * xx))
+                         for i in range(4) for j in range(4)]).reshape(16, -1)  # smooth patterns (16, s*s)
+    waves = waves / waves.norm(dim=1, keepdim=True)
+    means, factors = [], []
     for _ in range(components):
-        colour = torch.rand(3, 1, generator=g, dtype=torch.float64) * 1.2 - 0.6
-        pattern = torch.randn(3, len(freqs), generator=g, dtype=torch.float64) @ basis * (size * 0.25)
-        means.append((colour + pattern).clamp(-0.9, 0.9).reshape(-1))
-        smooth = torch.kron(torch.eye(3, dtype=torch.float64), basis.T.contiguous())  # (d, 27): per-channel smooth patterns
-        loadings = 0.35 * smooth @ torch.randn(smooth.shape[1], 6, generator=g, dtype=torch.float64)
-        covs.append(loadings @ loadings.T + 1e-3 * torch.eye(d, dtype=torch.float64))
-    return GaussianMixturePrior(torch.ones(components), torch.stack(means), torch.stack(covs), shape=(3, size, size))
+        field = (rand(3, 16) - 0.5) * torch.tensor([8.0] + [3.0] * 15, dtype=torch.float64) @ waves / size * 8
+        cy, cx, radius = 0.25 + 0.5 * rand(1), 0.25 + 0.5 * rand(1), 0.12 + 0.12 * rand(1)
+        disc = torch.sigmoid((radius - ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()) * size / 2).reshape(1, -1)
+        colour = rand(3, 1) * 1.6 - 0.8
+        means.append((field * (1 - disc) + colour * disc).clamp(-0.95, 0.95).reshape(-1))
+        per_channel = torch.kron(torch.eye(3, dtype=torch.float64), waves.T.contiguous())  # (3 s^2, 48)
+        factors.append(per_channel @ (torch.randn(48, 12, generator=g, dtype=torch.float64) * 0.07 * size / 8))
+    return GaussianMixturePrior.low_rank(torch.ones(components), torch.stack(means), torch.stack(factors), 1e-3,
+                                         shape=(3, size, size))
 
 
 BUILTIN_ANALYTIC = {

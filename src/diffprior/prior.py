@@ -14,6 +14,7 @@ measurements: they are the ground truth the tests and the posterior benchmark me
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,14 @@ class Prior(nn.Module):
         return (x_t - a ** 0.5 * x0) / (1 - a) ** 0.5
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How a NetworkPrior runs its network (see `NetworkPrior.configure`); the defaults are plain float32."""
+    dtype: str = "fp32"              # "fp32" or "bf16" (autocast, CUDA only)
+    channels_last: bool = False      # NHWC memory format for the network's weights and inputs
+    compile: str | None = None       # a torch.compile mode, or None for eager execution
+
+
 class NetworkPrior(Prior):
     """A trained epsilon-predicting network. With `learned_variance`, the network returns 2C channels:
     eps, then guided-diffusion's variance interpolation v (Nichol & Dhariwal 2021), used by the DDPM step."""
@@ -71,17 +80,59 @@ class NetworkPrior(Prior):
         self.net = net
         self._learned_variance = learned_variance
         self.config = config or {}  # what the checkpoint says of itself (architecture, training, ...)
+        self.speed = Speed()  # plain float32, eager: see `configure`
+        self._compiled = None  # torch.compile'd `_forward`, when speed.compile is set
 
     @property
     def learned_variance(self) -> bool:
         return self._learned_variance
+
+    def configure(self, *,
+                  dtype: str = "fp32",            # "fp32", or "bf16": bfloat16 autocast of the network (CUDA only)
+                  channels_last: bool = False,    # NHWC weights and inputs (faster convolutions on some GPUs)
+                  compile: str | None = None,     # None: eager; a torch.compile mode: "default", "max-autotune", ...
+                  ) -> "NetworkPrior":
+        """Set how the network runs; everything else (the schedule arithmetic, x0 and the solvers' updates,
+        the likelihood gradients) stays in the input's dtype, and eps comes back in it too. Each call sets
+        all three settings, so `configure()` restores plain float32 eager execution. Returns self.
+
+        bf16 autocast is refused on the CPU, where it is slower than float32: configure it once the prior
+        is on a CUDA device. compile freezes the network's parameters (requires_grad False): solvers
+        differentiate with respect to x_t only, and a compiled backward would compute weight gradients too.
+        One graph is compiled per batch size and grad mode (dynamic=False); the first call of each is slow.
+        """
+        if dtype not in ("fp32", "bf16"):
+            raise ValueError(f"unknown dtype {dtype!r}; expected 'fp32' or 'bf16'")
+        if dtype == "bf16" and self.device.type != "cuda":
+            raise ValueError(f"bf16 autocast needs the prior on a CUDA device (it is on {self.device}); on the "
+                             "CPU it is slower than fp32, so it is not offered there")
+        self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.speed = Speed(dtype, channels_last, compile)
+        self._compiled = None
+        if compile is not None:
+            self.net.requires_grad_(False)
+            self._compiled = torch.compile(self._forward, mode=compile, dynamic=False)
+        return self
+
+    def _forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The network's output under the speed settings, in x's dtype and device."""
+        if self.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.speed.dtype == "fp32":
+            return self.net(x, t)
+        if x.device.type != "cuda":
+            raise RuntimeError(f"this prior is configured for bf16 autocast, which runs on CUDA only; got an input "
+                               f"on {x.device} (call configure(dtype='fp32') first)")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = self.net(x, t)
+        return out.to(x.dtype)
 
     def predict(self, x_t, t):
         if isinstance(t, int):
             t = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         else:
             t = torch.as_tensor(t, device=x_t.device).reshape(-1).long().expand(x_t.shape[0])
-        out = self.net(x_t, t)
+        out = (self._compiled or self._forward)(x_t, t)
         if self._learned_variance:
             eps, v = out.chunk(2, dim=1)
             return eps, v
@@ -91,16 +142,19 @@ class NetworkPrior(Prior):
 class GaussianMixturePrior(Prior):
     """p(x_0) = sum_k w_k N(mu_k, Sigma_k) on samples of shape `shape` (flattened to d = prod(shape)).
 
-    Covariances are (K, d) diagonals or (K, d, d) full matrices (positive semi-definite). Each is kept
-    as its eigendecomposition, so E[x_0 | x_t] is exact at every t:
+    Covariances are (K, d) diagonals, (K, d, d) full matrices (positive semi-definite), or, through
+    `low_rank`, factors plus an isotropic floor, Sigma_k = F_k F_k^T + f_k I, for images too large for
+    d x d matrices. Each is kept as an eigendecomposition, Sigma_k = U diag(lam) U^T + f_k (I - U U^T),
+    so E[x_0 | x_t] is exact at every t:
       p(x_t | k) = N(sqrt(a) mu_k, a Sigma_k + (1 - a) I),
       E[x_0 | x_t, k] = mu_k + sqrt(a) Sigma_k (a Sigma_k + (1 - a) I)^-1 (x_t - sqrt(a) mu_k),
       E[x_0 | x_t] = sum_k p(k | x_t) E[x_0 | x_t, k].
     Computations run in float64; results come back in the input's dtype.
     """
 
-    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor, *,
-                 shape: tuple[int, ...] | None = None, schedule: Schedule | None = None):
+    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor | None = None, *,
+                 shape: tuple[int, ...] | None = None, schedule: Schedule | None = None,
+                 _eig: tuple[Tensor, Tensor, Tensor] | None = None):
         means = torch.as_tensor(means, dtype=torch.float64)
         K = means.shape[0]
         means = means.reshape(K, -1)
@@ -111,20 +165,35 @@ class GaussianMixturePrior(Prior):
         weights = torch.as_tensor(weights, dtype=torch.float64).reshape(K)
         if (weights < 0).any() or float(weights.sum()) <= 0:
             raise ValueError("mixture weights must be non-negative with a positive sum")
-        covs = torch.as_tensor(covs, dtype=torch.float64)
-        if covs.shape == (K, d):
-            lam, U = covs, None
-        elif covs.shape == (K, d, d):
-            lam, U = torch.linalg.eigh((covs + covs.transpose(1, 2)) / 2)
+        if _eig is not None:  # (U, lam, floor) from `low_rank`
+            U, lam, floor = _eig
         else:
-            raise ValueError(f"covariances must have shape ({K}, {d}) or ({K}, {d}, {d}), got {tuple(covs.shape)}")
-        if (lam < -1e-9 * lam.abs().max().clamp_min(1)).any():
+            covs = torch.as_tensor(covs, dtype=torch.float64)
+            floor = torch.zeros(K, dtype=torch.float64)
+            if covs.shape == (K, d):
+                lam, U = covs, None
+            elif covs.shape == (K, d, d):
+                lam, U = torch.linalg.eigh((covs + covs.transpose(1, 2)) / 2)
+            else:
+                raise ValueError(f"covariances must have shape ({K}, {d}) or ({K}, {d}, {d}), got {tuple(covs.shape)}")
+        if (lam < -1e-9 * lam.abs().max().clamp_min(1)).any() or (floor < 0).any():
             raise ValueError("covariances must be positive semi-definite")
         super().__init__(schedule or Schedule.linear(), shape, bounded=False)
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("means", means)
-        self.register_buffer("eigvals", lam.clamp_min(0))  # (K, d)
-        self.register_buffer("eigvecs", U if U is not None else torch.empty(0, dtype=torch.float64))
+        self.register_buffer("eigvals", lam.clamp_min(0))  # (K, r): variances along the eigenvectors
+        self.register_buffer("eigvecs", U if U is not None else torch.empty(0, dtype=torch.float64))  # (K, d, r)
+        self.register_buffer("floor", floor)  # (K,): the variance off the eigenvectors' span
+
+    @classmethod
+    def low_rank(cls, weights: Tensor, means: Tensor, factors: Tensor, floor: float | Tensor, *,
+                 shape: tuple[int, ...] | None = None, schedule: Schedule | None = None) -> "GaussianMixturePrior":
+        """Covariances F_k F_k^T + floor_k I from factors F of shape (K, d, r), with r << d."""
+        factors = torch.as_tensor(factors, dtype=torch.float64)
+        K = factors.shape[0]
+        floor = torch.as_tensor(floor, dtype=torch.float64).expand(K).clone()
+        U, S, _ = torch.linalg.svd(factors, full_matrices=False)  # (K, d, r), (K, r)
+        return cls(weights, means, shape=shape, schedule=schedule, _eig=(U, S ** 2 + floor[:, None], floor))
 
     # -- the mixture's own quantities ---------------------------------------------------------------
     @property
@@ -133,9 +202,11 @@ class GaussianMixturePrior(Prior):
 
     def covariances(self) -> Tensor:
         """(K, d, d) covariance matrices."""
-        if self.full:
-            return self.eigvecs @ torch.diag_embed(self.eigvals) @ self.eigvecs.transpose(1, 2)
-        return torch.diag_embed(self.eigvals)
+        if not self.full:
+            return torch.diag_embed(self.eigvals)
+        U = self.eigvecs
+        eye = torch.eye(U.shape[1], dtype=U.dtype, device=U.device)
+        return U @ torch.diag_embed(self.eigvals - self.floor[:, None]) @ U.transpose(1, 2) + self.floor[:, None, None] * eye
 
     def mean(self) -> Tensor:
         return (self.weights[:, None] * self.means).sum(0).reshape(self.shape)
@@ -150,10 +221,13 @@ class GaussianMixturePrior(Prior):
         """n exact draws x_0 ~ p, shape (n, *shape), float64, on the prior's device."""
         k = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator).to(self.means.device)
         z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64).to(self.means.device)
-        z = z * self.eigvals[k].sqrt()
-        if self.full:
-            z = (self.eigvecs[k] @ z[:, :, None])[:, :, 0]
-        return (self.means[k] + z).reshape(n, *self.shape)
+        if not self.full:
+            return (self.means[k] + z * self.eigvals[k].sqrt()).reshape(n, *self.shape)
+        U = self.eigvecs[k]  # (n, d, r)
+        c = (U.transpose(1, 2) @ z[:, :, None])[:, :, 0]  # z's coordinates along the eigenvectors
+        off = z - (U @ c[:, :, None])[:, :, 0]  # and its part off their span
+        x = (U @ (c * self.eigvals[k].sqrt())[:, :, None])[:, :, 0] + self.floor[k, None].sqrt() * off
+        return (self.means[k] + x).reshape(n, *self.shape)
 
     def posterior(self, M: Tensor, y: Tensor, sigma_y: float) -> "GaussianMixturePrior":
         """The exact posterior p(x_0 | y) for y = M x_0 + sigma_y n, with M a (m, d) matrix and y of shape (m,).
@@ -179,18 +253,22 @@ class GaussianMixturePrior(Prior):
     # -- the Prior contract ---------------------------------------------------------------------------
     def x0(self, x_t, t):
         a = self.schedule.abar_like(t, x_t)
-        a = a.reshape(-1, 1, 1).double() if isinstance(a, Tensor) else a  # (B, 1, 1) against (B, K, d)
+        a = a.reshape(-1, 1, 1).double() if isinstance(a, Tensor) else a  # (B, 1, 1) against (B, K, r)
         x = x_t.reshape(x_t.shape[0], 1, -1).double()  # (B, 1, d)
         r = x - a ** 0.5 * self.means  # (B, K, d) residual against each component's mean
-        var = a * self.eigvals + (1 - a)  # (B or 1, K, d): the eigenvalues of a Sigma_k + (1 - a) I
-        if self.full:
-            r = torch.einsum("kde,bkd->bke", self.eigvecs, r)  # into each component's eigenbasis
+        var = a * self.eigvals + (1 - a)  # the eigenvalues of a Sigma_k + (1 - a) I along the eigenvectors
         gain = a ** 0.5 * self.eigvals / var
-        shift = gain * r
-        if self.full:
-            shift = torch.einsum("kde,bke->bkd", self.eigvecs, shift)
-        logp = self.weights.log() - 0.5 * ((r ** 2) / var + var.log()).sum(-1)  # (B, K), up to a constant
-        resp = torch.softmax(logp, dim=1)
+        if not self.full:
+            shift, logp = gain * r, -0.5 * ((r ** 2) / var + var.log()).sum(-1)
+        else:
+            c = torch.einsum("kdr,bkd->bkr", self.eigvecs, r)  # coordinates in each eigenbasis
+            off = r - torch.einsum("kdr,bkr->bkd", self.eigvecs, c)  # the part off the eigenvectors' span
+            var_off = (a * self.floor + (1 - a))[..., None]  # (B or 1, K, 1)
+            shift = torch.einsum("kdr,bkr->bkd", self.eigvecs, gain * c) + a ** 0.5 * self.floor[:, None] / var_off * off
+            dims_off = self.means.shape[1] - self.eigvecs.shape[2]
+            logp = -0.5 * ((c ** 2) / var + var.log()).sum(-1) \
+                - 0.5 * ((off ** 2).sum(-1, keepdim=True) / var_off + dims_off * var_off.log())[..., 0]
+        resp = torch.softmax(self.weights.log() + logp, dim=1)  # p(k | x_t), (B, K)
         x0 = ((self.means + shift) * resp[:, :, None]).sum(1)
         return x0.reshape(x_t.shape).to(x_t.dtype)
 
