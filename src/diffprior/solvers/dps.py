@@ -13,7 +13,7 @@ from .sampling import clip_x0, ddpm_step, initial_noise, steps_of
 
 def dps(prior: Prior, op: Operator, y: Tensor, *,
         steps: int | None = None,     # reverse steps; None: all T (the paper uses 1000)
-        scale: float = 0.5,           # zeta: the step scale (reference: 0.5 inpainting, 0.3 blur and SR)
+        scale: float = 0.5,           # zeta for a T-step chain (reference: 0.5 inpainting, 0.3 blur and SR)
         loss: str = "norm",           # "norm": gradient of ||y - A(x0_hat)|| as the reference code;
                                       # "squared": gradient of ||y - A(x0_hat)||^2 with a constant step
         generator: torch.Generator | None = None,
@@ -25,10 +25,17 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     The gradient flows through the network by autograd, so A may be non-linear and y may have any shape.
     The default, the unsquared norm, is the official code's choice; it equals the paper's squared-norm
     step with zeta_t = zeta' / ||y - A(x0_hat)|| and zeta' = zeta / 2. Norms are per image.
+
+    With all T = 1000 steps, zeta = scale, the reference's setting. A respaced chain of S steps takes
+    zeta = scale * sqrt(T / S) per step. With the reference's per-step zeta, 100 steps fit y too little
+    and the restorations fall back on the prior's guesses; with zeta growing as T / S (the same summed
+    guidance), 20 steps overshoot. sqrt(T / S) kept PSNR within about 1 dB from 20 to 1000 steps on
+    the built-in prior's inpainting, deblurring and super-resolution.
     """
     if loss not in ("norm", "squared"):
         raise ValueError(f"unknown DPS loss {loss!r}; expected 'norm' or 'squared'")
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
+    zeta = scale * (prior.schedule.T / len(prior.schedule.timesteps(steps))) ** 0.5
     for t, t_prev in steps_of(prior, steps, progress=progress, desc="dps"):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -40,5 +47,5 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
         with torch.no_grad():
             x, _ = ddpm_step(prior, x.detach(), t, t_prev, eps.detach(), None if v is None else v.detach(),
                              generator=generator)
-            x = x - scale * grad
+            x = x - zeta * grad
     return clip_x0(prior, x.detach())

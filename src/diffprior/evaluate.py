@@ -1,0 +1,661 @@
+"""`diffprior eval`: solvers over a folder of images, with resumable CSV rows and a summary with CIs.
+
+    diffprior eval --data celeba/ --first 009501 --last 010000 --tasks box-inpaint,sr4 \\
+        --methods sdedit,dps --set sdedit.t0=400,500,600 --seeds 2 --batch 8 --out runs/celeba
+
+Work items are (image, task, method, settings, seed), one row each in OUT/rows.csv: image, task, method,
+settings (the solver's settings as compact JSON), seed, psnr, ssim, lpips, residual, seconds (per image)
+and nfe (network evaluations per image, counted on the prior). Rows are appended as each batch finishes.
+`--set METHOD.KEY=V1,V2,...` makes a grid: every combination of values is a cell of its own. Every
+(image, task, seed) also gets a `naive` row: the operator's simple reconstruction, the baseline.
+Metrics a size does not allow (LPIPS under 31x31) and those of a diverged solver are empty fields.
+`--save-images K` also keeps the restorations of the first K images as PNG under OUT/images/.
+
+Randomness. A task's operator is drawn once per (task, seed) (box position, random mask, motion kernel) and
+is the same for every image: that is what lets images share a batch. An image's measurement noise comes
+from a generator seeded by (seed, task, image name), so every method sees the same y. A solver's noise
+comes from one generator per batch, seeded by (seed, task, method, settings, the batch's image names).
+Batches are fixed chunks of --batch consecutive images, so a resumed or distributed run gives the numbers
+of an uninterrupted single-process run (on the same kind of device).
+
+Resume. A row is written only once complete, each batch is flushed to disk, and rerunning the same command
+skips the rows present (key: image, task, method, settings, seed), drops a torn last line left by a hard
+kill, and redoes only what is missing. OUT/run.json records what fixes the numbers (model, image size,
+steps, sigma_y, batch, data folder): a command that differs there is refused. Tasks, methods, settings,
+seeds or images may be added to a finished run.
+
+Summary (OUT/summary.md and OUT/summary.json), per cell task x method x settings: each image's metric is
+first averaged over its seeds, then mean +- t(0.975, n - 1) s / sqrt(n) is taken over the n images (a 95%
+Student-t interval): images are the independent units, the seeds of one image are not. summary.json also
+gives the mean of each seed alone. Empty (NaN) values are left out and counted.
+
+Distributed. `torchrun --nproc-per-node 4 -m diffprior eval ...` spreads the batches over the processes
+(cuda:LOCAL_RANK each with NCCL where CUDA is available, Gloo on CPUs). Each rank appends to
+OUT/rows.rank{r}.csv; after a barrier rank 0 merges every file into OUT/rows.csv and writes the summary.
+Across nodes, start the same command on every node, with OUT on a shared file system:
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        --rdzv-id eval1 -m diffprior eval ...
+
+Any number of processes may resume any run. The progress bar (rank 0) counts rank 0's share, which is
+balanced with the others': every cell's batches are dealt over the ranks in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import inspect
+import io
+import itertools
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .io import list_images, load_image, open_image, save_image
+from .metrics import image_metrics, residual
+from .models import DEFAULT_MODEL, atomic_write, load_prior
+from .operators import TASKS, Operator, make_operator, measure
+from .prior import NetworkPrior, Prior
+from .solvers import SOLVERS, DivergenceError, settings_for, solve
+
+COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
+METRICS = COLUMNS[5:]
+IDENTITY = ("model", "config", "size", "steps", "sigma_y", "batch", "data")  # run.json: what fixes the numbers
+NAIVE = "naive"
+Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed
+
+
+class RunMismatch(ValueError):
+    """The output folder holds a run made with other settings."""
+
+
+# -- the work --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """One batch: a chunk of images through one (task, seed, method, settings) cell."""
+
+    chunk: int
+    task: str
+    seed: int
+    method: str  # a solver's name, or "naive"
+    settings: str  # compact JSON of the solver's settings
+
+    def keys(self, chunks: list[list[Path]]) -> list[Key]:
+        return [(p.name, self.task, self.method, self.settings, str(self.seed)) for p in chunks[self.chunk]]
+
+
+def compact(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+
+
+def solver_settings(method: str) -> list[str]:
+    """The settings a solver takes from the command line (its keyword-only arguments but the plumbing)."""
+    params = inspect.signature(SOLVERS[method]).parameters.items()
+    return [k for k, p in params if p.kind == p.KEYWORD_ONLY and k not in ("generator", "progress", "init")]
+
+
+def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[dict]]:
+    """`METHOD.KEY=V1,V2 ...` -> per method, every combination of the values (values read as JSON where
+    they parse: numbers, true, null; text otherwise). A method without --set has one cell, {}."""
+    axes: dict[str, dict[str, list]] = {m: {} for m in methods}
+    for pair in pairs:
+        lhs, eq, rhs = pair.partition("=")
+        method, dot, key = lhs.partition(".")
+        if not (eq and dot and key and rhs):
+            raise ValueError(f"--set expects METHOD.KEY=VALUE[,VALUE...], got {pair!r}")
+        if method not in axes:
+            raise ValueError(f"--set {pair}: {method!r} is not one of the --methods ({', '.join(methods)})")
+        key = key.replace("-", "_")
+        if key not in solver_settings(method):
+            raise ValueError(f"--set {pair}: {method} has no setting {key!r}; its settings are "
+                             + ", ".join(solver_settings(method)))
+        axes[method][key] = [_json_or_text(v) for v in rhs.split(",")]
+    return {m: [dict(zip(a, combo)) for combo in itertools.product(*a.values())] for m, a in axes.items()}
+
+
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def select_images(folder: str | Path, *, first: str | None = None, last: str | None = None,
+                  n: int | None = None) -> list[Path]:
+    """The folder's images sorted by name, those whose stem lies in [first, last], then the first n."""
+    paths = [p for p in list_images(folder)
+             if (first is None or p.stem >= first) and (last is None or p.stem <= last)]
+    return paths if n is None else paths[:n]
+
+
+def readable(paths: list[Path], n: int | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The first n image files that decode (all with n None), and (path, reason) for those before that fail."""
+    good, bad = [], []
+    for p in paths:
+        if n is not None and len(good) == n:
+            break
+        try:
+            open_image(p)
+            good.append(p)
+        except (ValueError, OSError) as e:
+            bad.append((p, str(e)))
+    return good, bad
+
+
+def has_naive(task: str, size: int) -> bool:
+    op = make_operator(task, (3, size, size))
+    try:
+        op.naive(op.A(torch.zeros(1, 3, size, size)))
+        return True
+    except NotImplementedError:
+        return False
+
+
+def work_units(n_chunks: int, cells: dict[str, list[tuple[str, str]]], seeds: int) -> list[tuple[Unit, int]]:
+    """Every unit, image chunk by image chunk, with its cell's index (for dealing the units over ranks)."""
+    units = []
+    for c in range(n_chunks):
+        k = 0
+        for task, task_cells in cells.items():
+            for seed in range(seeds):
+                for method, settings in task_cells:
+                    units.append((Unit(c, task, seed, method, settings), k))
+                    k += 1
+    return units
+
+
+def saved_image(out: Path, task: str, method: str, settings: str, seed: int | str, image: str) -> Path:
+    """Where `evaluate(save=K)` keeps a restoration: OUT/images/TASK/METHOD[_KEY=VALUE,...]/seedS/IMAGE.png."""
+    pairs = ",".join(f"{k}={v}" for k, v in json.loads(settings).items())
+    cell = re.sub(r"[^\w.=,+-]", "_", f"{method}_{pairs}" if pairs else method)
+    return Path(out) / "images" / task / cell / f"seed{seed}" / (Path(image).stem + ".png")
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any JSON-able parts: the same parts give the same seed in every process."""
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def counting(prior: Prior) -> Iterator[list[int]]:
+    """Count network evaluations: calls of `prior.predict` or `prior.x0` from outside the prior (the
+    calls they make of each other are part of the same evaluation). Yields [count]."""
+    count, depth = [0], [0]
+
+    def wrap(fn: Callable) -> Callable:
+        def counted(*args, **kwargs):
+            if depth[0] == 0:
+                count[0] += 1
+            depth[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return counted
+
+    names = ("predict", "x0")
+    for name in names:
+        setattr(prior, name, wrap(getattr(prior, name)))
+    try:
+        yield count
+    finally:
+        for name in names:
+            delattr(prior, name)
+
+
+# -- row files -------------------------------------------------------------------------------------------
+def row_files(out: Path) -> list[Path]:
+    return [f for f in [out / "rows.csv", *sorted(out.glob("rows.rank*.csv"))] if f.is_file()]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of a row file (a torn last line, without its newline, is not a row)."""
+    text = path.read_text()
+    text = text[:text.rfind("\n") + 1]
+    lines = list(csv.reader(io.StringIO(text)))
+    if lines and lines[0] != COLUMNS:
+        raise ValueError(f"{path} is not a diffprior eval row file (its header is {','.join(lines[0])})")
+    return [dict(zip(COLUMNS, r)) for r in lines[1:] if len(r) == len(COLUMNS)]
+
+
+def row_key(row: dict) -> Key:
+    return (row["image"], row["task"], row["method"], row["settings"], row["seed"])
+
+
+class RowWriter:
+    """Append-only rows: a torn last line (from a hard kill) is cut off first; each `write` is flushed and
+    synced, so a row on disk is a complete row."""
+
+    def __init__(self, path: Path):
+        if path.is_file():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                os.truncate(path, data.rfind(b"\n") + 1)
+                print(f"note: dropped the incomplete last line of {path}", file=sys.stderr)
+            read_rows(path)  # checks the header
+        self.file = open(path, "a", newline="")
+        if self.file.tell() == 0:
+            self._put(",".join(COLUMNS) + "\n")
+
+    def write(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, COLUMNS, lineterminator="\n").writerows(rows)
+        self._put(buffer.getvalue())
+
+    def _put(self, text: str) -> None:
+        self.file.write(text)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def merge_rows(out: Path, order: list[Key]) -> list[dict]:
+    """Merge rows.csv and every rank's file into rows.csv (each key once, in work order, then any rows of
+    other commands), written atomically; the rank files are removed after."""
+    files = row_files(out)
+    rows: dict[Key, dict] = {}
+    for f in files:
+        for r in read_rows(f):
+            rows.setdefault(row_key(r), r)
+    position = {k: i for i, k in enumerate(order)}
+    merged = sorted(rows.values(), key=lambda r: (position.get(row_key(r), len(position)), row_key(r)))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(merged)
+    atomic_write(out / "rows.csv", write)
+    for f in files:
+        if f.name != "rows.csv":
+            f.unlink()
+    return merged
+
+
+def _number(v: float, spec: str) -> str:
+    return "" if math.isnan(v) else format(v, spec)
+
+
+# -- the run's identity, devices and ranks --------------------------------------------------------------
+def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
+    """Refuse to add to a run made with other settings; record this run's settings if it is the first."""
+    if path.is_file():
+        stored = json.loads(path.read_text()).get("identity", {})
+        diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in IDENTITY if stored.get(k) != identity[k]]
+        if diff:
+            raise RunMismatch(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}). "
+                              "Rerun with the same settings to continue it, or choose another --out.")
+    elif write:
+        text = json.dumps({"identity": identity, **info}, indent=2) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@dataclass
+class Ranks:
+    """This process's place among torch.distributed ranks (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    device_ids: list[int] | None = None
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.barrier(device_ids=self.device_ids)
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def start_ranks(device: str) -> tuple[Ranks, torch.device]:
+    """Join the process group when torchrun started this process (WORLD_SIZE > 1), and pick the device:
+    with "auto" or "cuda", cuda:LOCAL_RANK where CUDA is available, else the CPU."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device in ("auto", "cuda"):
+        dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+    if world == 1:
+        return Ranks(), dev
+    import torch.distributed as dist
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    # a long timeout: ranks that finish first wait at the final barrier for the others
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(days=7))
+    return Ranks(dist.get_rank(), dist.get_world_size(), [dev.index] if dev.type == "cuda" else None), dev
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[tuple[Ranks, torch.device]]:
+    """`start_ranks`, and leave the process group at the end."""
+    ranks, dev = start_ranks(device)
+    try:
+        yield ranks, dev
+    finally:
+        ranks.close()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the evaluation --------------------------------------------------------------------------------------
+def evaluate(data: str | Path, out: str | Path, *,
+             tasks: Sequence[str] = ("box-inpaint", "random-inpaint", "gaussian-blur", "sr4"),
+             methods: Sequence[str] = ("sdedit", "scoreald", "dps"),
+             grid: dict[str, list[dict]] | None = None,  # per method, its settings cells (parse_grid)
+             n: int | None = None,                # only the first n images (after first/last)
+             first: str | None = None,            # file-name range [first, last] of stems, inclusive
+             last: str | None = None,
+             seeds: int = 1,                      # seeds 0 .. seeds - 1
+             steps: int | None = None,            # solver steps; None: each solver's default
+             batch: int = 8,                      # images per solver call
+             model: str = DEFAULT_MODEL,
+             config: str | None = None,           # architecture of a guided-diffusion .pt
+             device: str = "auto",
+             sigma_y: float = 0.05,
+             size: int | None = None,             # image side; default the prior's
+             save: int = 0,                       # keep the first `save` images' restorations (saved_image)
+             progress: bool = True) -> dict | None:
+    """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
+    data, out, tasks, methods, grid = Path(data), Path(out), list(tasks), list(methods), grid or {}
+    for given, known, what in ((tasks, TASKS, "task"), (methods, SOLVERS, "method")):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
+    if not tasks or batch < 1 or seeds < 1:
+        raise ValueError("give at least one task, and --batch and --seeds of at least 1")
+    with process_group(device) as (ranks, dev):
+        prior = load_prior(model, dev, config=config)
+        size = _image_size(prior, size)
+        out.mkdir(parents=True, exist_ok=True)
+        identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
+                    "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch, "data": str(data.resolve())}
+        check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
+                  write=ranks.rank == 0)
+
+        images, skipped = readable(select_images(data, first=first, last=last), n)
+        if ranks.rank == 0:
+            report_skipped(out, skipped)
+        if not images:
+            raise ValueError(f"no readable image selected in {data}")
+        chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+        cells = {task: [(NAIVE, "{}")] * has_naive(task, size)
+                 + [(m, compact(settings_for(m, task, **{"steps": steps, **combo}))) for m in methods
+                    for combo in grid.get(m, [{}])] for task in tasks}
+        units = work_units(len(chunks), cells, seeds)
+        order = [k for u, _ in units for k in u.keys(chunks)]
+        mine = [u for u, k in units if (u.chunk + k) % ranks.world == ranks.rank]  # each cell dealt over the ranks
+        done = {row_key(r) for f in row_files(out) for r in read_rows(f)}
+        if ranks.rank == 0:
+            left = sum(k not in done for k in order)
+            print(f"{len(images)} images ({len(skipped)} skipped), {sum(map(len, cells.values()))} cells "
+                  f"(task x method x settings), {seeds} seed(s): {len(order)} rows, {len(order) - left} done, "
+                  f"{left} to do" + (f" over {ranks.world} processes" if ranks.world > 1 else ""), file=sys.stderr)
+
+        writer = RowWriter(out / ("rows.csv" if ranks.world == 1 else f"rows.rank{ranks.rank}.csv"))
+        bar = tqdm(total=sum(len(chunks[u.chunk]) for u in mine), unit="row", smoothing=0, dynamic_ncols=True,
+                   initial=sum(k in done for u in mine for k in u.keys(chunks)),
+                   desc="eval" if ranks.world == 1 else f"eval (rank 0 of {ranks.world})",
+                   disable=not progress or ranks.rank != 0)
+        runner = Runner(prior, chunks, size, sigma_y, dev, out, {p.name for p in images[:save]})
+        try:
+            for unit in mine:
+                keys = unit.keys(chunks)
+                todo = [k not in done for k in keys]
+                if not any(todo):
+                    continue
+                rows = runner.run(unit)
+                writer.write([r for r, new in zip(rows, todo) if new])
+                done.update(keys)
+                bar.update(sum(todo))
+        finally:
+            bar.close()
+            writer.close()
+        ranks.barrier()
+        if ranks.rank != 0:
+            return None
+        rows = merge_rows(out, order)
+        wanted = set(order)
+        summary = summarize([r for r in rows if row_key(r) in wanted],
+                            {**identity, "seeds": seeds, "images": len(images)})
+        write_summary(out, summary)
+        print(f"wrote {out / 'rows.csv'}, {out / 'summary.md'} and {out / 'summary.json'}", file=sys.stderr)
+        return summary
+
+
+def _image_size(prior: Prior, size: int | None) -> int:
+    """The image side: the prior's, or `size` for a (fully convolutional) network prior run at another size."""
+    if size is None or size == prior.shape[-1]:
+        return prior.shape[-1]
+    if not isinstance(prior, NetworkPrior):
+        raise ValueError(f"this prior only models {prior.shape[-1]}x{prior.shape[-1]} images; leave out --size")
+    prior.shape = (prior.shape[0], size, size)
+    return size
+
+
+def report_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
+    text = "".join(f"{p.name}\t{reason}\n" for p, reason in skipped)
+    for p, reason in skipped:
+        print(f"skipping {p.name}: {reason}", file=sys.stderr)
+    atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(text))
+
+
+class Runner:
+    """Runs units one after another, keeping the current chunk's images and measurements and the operators."""
+
+    def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
+                 out: Path | None = None, keep: set[str] = frozenset()):
+        self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
+        self.out, self.keep = out, keep  # the images whose restorations are saved under out
+        self.ops: dict[tuple[str, int], Operator] = {}
+        self.images: tuple[int, Tensor] | None = None
+        self.measured: tuple[tuple[int, str, int], Tensor] | None = None
+
+    def operator(self, task: str, seed: int) -> Operator:
+        if (task, seed) not in self.ops:
+            self.ops[task, seed] = make_operator(task, (3, self.size, self.size), seed=seed).to(self.device)
+        return self.ops[task, seed]
+
+    def clean(self, chunk: int) -> Tensor:
+        if self.images is None or self.images[0] != chunk:
+            x = torch.cat([load_image(p, self.size) for p in self.chunks[chunk]]).to(self.device)
+            self.images = (chunk, x)
+        return self.images[1]
+
+    def measurement(self, chunk: int, task: str, seed: int) -> Tensor:
+        """y per image, its noise from a generator seeded by (seed, task, image name), on the CPU."""
+        if self.measured is None or self.measured[0] != (chunk, task, seed):
+            op, x = self.operator(task, seed), self.clean(chunk)
+            y = torch.cat([measure(op, x[i:i + 1], self.sigma_y,
+                                   torch.Generator().manual_seed(derive_seed("measure", seed, task, p.name)))
+                           for i, p in enumerate(self.chunks[chunk])])
+            self.measured = ((chunk, task, seed), y)
+        return self.measured[1]
+
+    def run(self, unit: Unit) -> list[dict]:
+        """Restore one batch and score it: one row per image."""
+        names = [p.name for p in self.chunks[unit.chunk]]
+        x, op = self.clean(unit.chunk), self.operator(unit.task, unit.seed)
+        y = self.measurement(unit.chunk, unit.task, unit.seed)
+        _sync(self.device)
+        start, nfe = time.perf_counter(), 0
+        if unit.method == NAIVE:
+            x_hat = op.naive(y)
+        else:
+            gen = torch.Generator(self.device).manual_seed(
+                derive_seed("solve", unit.seed, unit.task, unit.method, unit.settings, names))
+            try:
+                with counting(self.prior) as count:
+                    x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen,
+                                  progress=False, **json.loads(unit.settings))
+                nfe = count[0]
+            except DivergenceError as e:
+                tqdm.write(f"warning: {unit.task} / {unit.method} {unit.settings} seed {unit.seed} on "
+                           f"{names[0]}...: {e}", file=sys.stderr)
+                x_hat, nfe = torch.full_like(x, math.nan), count[0]
+        _sync(self.device)
+        seconds = (time.perf_counter() - start) / len(names)
+        for i, name in enumerate(names):
+            if name in self.keep and bool(x_hat[i].isfinite().all()):
+                save_image(x_hat[i], saved_image(self.out, unit.task, unit.method, unit.settings, unit.seed, name))
+        scores = {k: v.tolist() for k, v in image_metrics(x_hat.float(), x).items()}
+        scores["residual"] = residual(op, x_hat, y).tolist()
+        return [{"image": name, "task": unit.task, "method": unit.method, "settings": unit.settings,
+                 "seed": str(unit.seed), "psnr": _number(scores["psnr"][i], ".6f"),
+                 "ssim": _number(scores["ssim"][i], ".6f"), "lpips": _number(scores["lpips"][i], ".6f"),
+                 "residual": _number(scores["residual"][i], ".6f"), "seconds": f"{seconds:.4f}", "nfe": str(nfe)}
+                for i, name in enumerate(names)]
+
+
+# -- the summary -----------------------------------------------------------------------------------------
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with df degrees of freedom: bisection on the closed-form
+    distribution function for integer df up to 100, the Cornish-Fisher expansion beyond."""
+    z = statistics.NormalDist().inv_cdf(p)
+    if df > 100:
+        g = [(z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96, (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+             (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160]
+        return z + sum(gi / df ** (i + 1) for i, gi in enumerate(g))
+    lo, hi = 0.0, 1e7
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central(mid, df) < 2 * p - 1 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _t_central(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer df (the finite series in cos(theta), tan(theta) = t / sqrt(df))."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2 == 0:  # sin(theta) (1 + 1/2 c^2 + 1.3/(2.4) c^4 + ...)
+        total = term = 1.0
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * c2
+            total += term
+        return s * total
+    total = term = 1.0  # 2/pi (theta + sin cos (1 + 2/3 c^2 + 2.4/(3.5) c^4 + ...))
+    for k in range(1, (df - 1) // 2):
+        term *= (2 * k) / (2 * k + 1) * c2
+        total += term
+    return 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean and the half-width of its 95% Student-t interval (None for fewer than two values)."""
+    if not values:
+        return {"mean": None, "ci95": None, "n": 0}
+    n = len(values)
+    ci = t_quantile(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n) if n > 1 else None
+    return {"mean": statistics.fmean(values), "ci95": ci, "n": n}
+
+
+def summarize(rows: list[dict], run: dict) -> dict:
+    """Per cell (task, method, settings), in the rows' order: each metric averaged per image over its
+    seeds, then mean and 95% t-interval over the images; also each seed's mean, and the NaN count."""
+    cells: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["method"], r["settings"]), []).append(r)
+    out = []
+    for (task, method, settings), cell in cells.items():
+        entry = {"task": task, "method": method, "settings": json.loads(settings),
+                 "images": len({r["image"] for r in cell}), "seeds": len({r["seed"] for r in cell}), "rows": len(cell)}
+        for m in METRICS:
+            per_image: dict[str, list[float]] = {}
+            per_seed: dict[str, list[float]] = {}
+            missing = 0
+            for r in cell:
+                v = float(r[m]) if r[m] else math.nan
+                if not math.isfinite(v):  # empty, or an infinite PSNR (an exact restoration)
+                    missing += 1
+                    continue
+                per_image.setdefault(r["image"], []).append(v)
+                per_seed.setdefault(r["seed"], []).append(v)
+            seed_means = {s: statistics.fmean(per_seed[s]) for s in sorted(per_seed, key=int)}
+            entry[m] = {**mean_ci([statistics.fmean(v) for v in per_image.values()]), "missing": missing,
+                        "seed_means": seed_means}
+        out.append(entry)
+    note = ("mean +- 95% Student-t interval over images; each image's value is first averaged over its seeds; "
+            "empty or infinite values are left out and counted as missing")
+    return {"run": run, "ci": note, "cells": out}
+
+
+FORMATS = {"psnr": ".2f", "ssim": ".3f", "lpips": ".3f", "residual": ".3f", "seconds": ".3f", "nfe": ".0f"}
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    run = summary["run"]
+    lines = [f"# diffprior eval: {Path(run['model']).name}, {run['images']} images, {run['seeds']} seed(s)", "",
+             f"steps {run['steps'] or 'solver default'}, sigma_y {run['sigma_y']}, batch {run['batch']}, "
+             f"images {run['size']}x{run['size']} from {Path(run['data']).name}. Each value: {summary['ci']}.", ""]
+    for task in dict.fromkeys(c["task"] for c in summary["cells"]):
+        lines += [f"## {task}", "",
+                  "| method | settings | images | PSNR (dB) | SSIM | LPIPS | residual | s / image | NFE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in (c for c in summary["cells"] if c["task"] == task):
+            values = []
+            for m in METRICS:
+                s, spec = c[m], FORMATS[m]
+                value = "-" if s["mean"] is None else format(s["mean"], spec)
+                if s["ci95"] is not None and m not in ("seconds", "nfe"):
+                    value += f" ± {s['ci95']:{spec}}"
+                values.append(value)
+            lines.append(f"| {c['method']} | `{compact(c['settings'])}` | {c['images']} | " + " | ".join(values) + " |")
+        lines.append("")
+    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+# -- the command line ------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a folder of images (taken in file-name order)")
+    p.add_argument("--out", required=True, help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")
+    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4", help="comma-separated tasks")
+    p.add_argument("--methods", default="sdedit,scoreald,dps", help="comma-separated solvers (naive is always added)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
+                   help="solver settings; several values make a grid of cells, e.g. sdedit.t0=400,500,600")
+    p.add_argument("--n", type=int, default=None, help="only the first N readable images (after --first/--last)")
+    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
+    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
+    p.add_argument("--seeds", type=int, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps (default: each solver's own)")
+    p.add_argument("--batch", type=int, default=8, help="images per solver call (default 8)")
+    p.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side (default: the prior's; another size only for fully convolutional networks)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
+    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--save-images", type=int, default=0, metavar="K",
+                   help="keep the restorations of the first K images as PNG under OUT/images/ (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = [m for m in args.methods.split(",") if m and m != NAIVE]
+    evaluate(args.data, args.out, tasks=[t for t in args.tasks.split(",") if t], methods=methods,
+             grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
+             steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
+             sigma_y=args.sigma_y, size=args.size, save=args.save_images, progress=not args.no_progress)
+    return 0

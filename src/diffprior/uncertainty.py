@@ -1,0 +1,68 @@
+"""Posterior uncertainty: K posterior samples of one measurement in one batch, their per-pixel mean and
+standard deviation, and how well that standard deviation predicts the actual error (calibration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .solvers import solve
+
+
+def posterior_samples(method: str, prior, op, y: Tensor, k: int, **settings) -> Tensor:
+    """K samples (K, C, H, W) of p(x | y) for one measurement y (1, ...), drawn as one batch of K."""
+    if y.shape[0] != 1:
+        raise ValueError(f"expected one measurement, got a batch of {y.shape[0]}")
+    if k < 2:
+        raise ValueError("at least 2 samples are needed for a standard deviation")
+    return solve(method, prior, op, y.expand(k, *y.shape[1:]).contiguous(), **settings)
+
+
+def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dict:
+    """How the per-pixel posterior std compares with the actual error |mean - truth|.
+
+    Pixels (all channels) are grouped into `bins` quantile bins of predicted std; per bin, the root mean
+    square error against the root mean square predicted std (equal for a calibrated sampler). Also the
+    coverage of the central 90% Gaussian interval mean +- 1.645 std (0.90 when calibrated)."""
+    s, e = std.flatten().double(), (mean - truth).abs().flatten().double()
+    order = torch.argsort(s)
+    groups = [g for g in torch.tensor_split(order, bins) if g.numel()]
+    return {
+        "std_rms": [float(s[g].square().mean().sqrt()) for g in groups],
+        "error_rms": [float(e[g].square().mean().sqrt()) for g in groups],
+        "coverage90": float((e <= 1.645 * s).double().mean()),
+    }
+
+
+def calibration_figure(cal: dict, path: str | Path, title: str = "") -> Path:
+    """Plot RMS error against RMS predicted std per bin, with the diagonal of perfect calibration."""
+    from .figures import plt
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    top = max(max(cal["std_rms"]), max(cal["error_rms"])) * 1.1 or 1.0
+    ax.plot([0, top], [0, top], "k--", lw=1, label="calibrated")
+    ax.plot(cal["std_rms"], cal["error_rms"], "o-", label=f"samples (90% coverage {cal['coverage90']:.2f})")
+    ax.set_xlabel("predicted std (per pixel, binned)")
+    ax.set_ylabel("RMS error of the posterior mean")
+    ax.set_xlim(0, top), ax.set_ylim(0, top)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def std_image(std: Tensor) -> Tensor:
+    """A (3, H, W) image in [-1, 1] of the per-pixel std averaged over channels, scaled to its maximum."""
+    m = std.mean(0, keepdim=True)
+    m = m / m.max().clamp_min(1e-12)
+    return (2 * m - 1).expand(3, -1, -1)
+
+
+__all__ = ["posterior_samples", "calibration", "calibration_figure", "std_image"]

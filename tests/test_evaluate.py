@@ -1,0 +1,233 @@
+"""`diffprior eval`: rows and summary, resume after a hard kill, the settings check, and a 2-process run.
+
+Everything runs a tiny random network prior (32x32) on a few generated pictures and one corrupt file."""
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffprior.cli import main
+from diffprior.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile
+from diffprior.io import save_image
+from diffprior.models import save_checkpoint
+from diffprior.networks import build_network
+from diffprior.networks.small import network_config
+from diffprior.schedule import Schedule
+
+STEPS = 4
+IMAGES = 4
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread everywhere: the same float sums in every process
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A folder of smooth random pictures plus a corrupt file, and a tiny random network prior."""
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    g = torch.Generator().manual_seed(0)
+    for i in range(IMAGES):
+        x = F.interpolate(torch.rand(1, 3, 4, 4, generator=g) * 2 - 1, size=(32, 32), mode="bilinear")
+        save_image(x, data / f"img_{i:03d}.png")
+    (data / "broken.png").write_bytes(b"this is not a PNG file")
+    net = build_network("small-unet", **{**network_config("tiny"), "image_size": 32})
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    config = {"architecture": "small-unet", "network": net.config, "schedule": Schedule.linear().config,
+              "image_size": 32, "channels": 3, "learned_variance": False}
+    model = save_checkpoint(net, config, root / "tiny.safetensors")
+    return root, data, model
+
+
+def command(data, model, out, *extra) -> list[str]:
+    return ["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
+            "--tasks", "box-inpaint,random-inpaint", "--methods", "sdedit,dps", "--set", "sdedit.t0=300,600",
+            "--seeds", "2", "--batch", "3", "--steps", str(STEPS), "--no-progress", *extra]
+
+
+def rows_of(out: Path) -> list[dict]:
+    with open(out / "rows.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def numbers(rows: list[dict]) -> list[dict]:
+    """The rows without their timings: what must be identical between runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One uninterrupted single-process run."""
+    root, data, model = setup
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(command(data, model, root / "reference")) == 0
+    finally:
+        torch.set_num_threads(n)
+    return root / "reference"
+
+
+def test_rows_summary_and_skipped_file(reference):
+    rows = rows_of(reference)
+    cells = 1 + 2 + 1  # naive, sdedit at two t0, dps
+    assert len(rows) == IMAGES * 2 * 2 * cells
+    keys = [(r["image"], r["task"], r["method"], r["settings"], r["seed"]) for r in rows]
+    assert len(set(keys)) == len(keys)
+    assert {r["image"] for r in rows} == {f"img_{i:03d}.png" for i in range(IMAGES)}
+    assert {r["settings"] for r in rows if r["method"] == "sdedit"} == {
+        json.dumps({"steps": STEPS, "t0": t0}, separators=(",", ":")) for t0 in (300, 600)}
+    for r in rows:
+        assert int(r["nfe"]) == (0 if r["method"] == "naive" else STEPS)
+        assert all(math.isfinite(float(r[m])) for m in ("psnr", "ssim", "lpips", "residual", "seconds"))
+    assert "broken.png" in (reference / "skipped.txt").read_text()
+    assert json.loads((reference / "run.json").read_text())["identity"]["steps"] == STEPS
+
+    summary = json.loads((reference / "summary.json").read_text())
+    assert len(summary["cells"]) == 2 * cells
+    for cell in summary["cells"]:
+        assert cell["images"] == IMAGES and cell["seeds"] == 2 and cell["rows"] == 2 * IMAGES
+        assert cell["psnr"]["n"] == IMAGES and cell["psnr"]["ci95"] > 0 and cell["psnr"]["missing"] == 0
+        assert set(cell["psnr"]["seed_means"]) == {"0", "1"}
+    # the summary's mean is the mean over images of each image's mean over seeds
+    dps = next(c for c in summary["cells"] if c["method"] == "dps" and c["task"] == "box-inpaint")
+    per_image = {}
+    for r in rows:
+        if r["method"] == "dps" and r["task"] == "box-inpaint":
+            per_image.setdefault(r["image"], []).append(float(r["psnr"]))
+    assert dps["psnr"]["mean"] == pytest.approx(sum(sum(v) / 2 for v in per_image.values()) / IMAGES)
+    text = (reference / "summary.md").read_text()
+    assert "## box-inpaint" in text and "±" in text and "| naive |" in text
+
+
+def test_rerun_of_a_finished_run_changes_nothing(reference, tmp_path, setup, capsys):
+    _, data, model = setup
+    out = tmp_path / "again"
+    shutil.copytree(reference, out)
+    assert main(command(data, model, out)) == 0
+    assert rows_of(out) == rows_of(reference)
+    err = capsys.readouterr().err
+    assert err.count("skipping broken.png") == 1 and "0 to do" in err
+
+
+def test_resume_after_a_hard_kill_gives_the_same_rows(reference, setup, tmp_path):
+    _, data, model = setup
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "diffprior", *command(data, model, out)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows_file, deadline = out / "rows.csv", time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if rows_file.is_file() and rows_file.read_text().count("\n") >= 6:  # the header and 5 rows
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    before = rows_file.read_text()
+    with open(rows_file, "a") as f:  # a torn last line, as a kill in the middle of a write leaves
+        f.write("img_003.png,random-inpaint,dps,\"{\"\"sca")
+    assert main(command(data, model, out)) == 0
+    rows = rows_of(out)
+    assert numbers(rows) == numbers(rows_of(reference))
+    done_before = before.count("\n") - 1
+    assert 5 <= done_before < len(rows)
+    # the rows written before the kill are kept as they were (their timings included)
+    kept = {tuple(r.values()) for r in csv.DictReader(before.splitlines())}
+    assert kept <= {tuple(r.values()) for r in rows}
+
+
+def test_other_settings_are_refused(reference, setup, tmp_path, capsys):
+    _, data, model = setup
+    out = tmp_path / "mismatch"
+    shutil.copytree(reference, out)
+    other = command(data, model, out)
+    other[other.index("--steps") + 1] = str(STEPS + 1)
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "steps: 4 there, 5 now" in err
+    assert main(command(data, model, out, "--sigma-y", "0.1")) == 2
+    assert "sigma_y" in capsys.readouterr().err
+    assert rows_of(out) == rows_of(reference)
+
+
+def test_two_processes_with_torchrun_give_the_same_rows(reference, setup, tmp_path):
+    _, data, model = setup
+    out = tmp_path / "torchrun"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "diffprior", *command(data, model, out)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
+    assert proc.returncode == 0, err[-3000:]
+    assert numbers(rows_of(out)) == numbers(rows_of(reference))
+    assert not list(out.glob("rows.rank*.csv"))
+    untimed = lambda path: [{k: v for k, v in c.items() if k != "seconds"}  # noqa: E731
+                            for c in json.loads((path / "summary.json").read_text())["cells"]]
+    assert untimed(out) == untimed(reference)
+
+
+def test_small_images_have_no_lpips(setup, tmp_path):
+    """At 16x16 LPIPS is undefined: empty fields in rows.csv, None in the summary, '-' in the table."""
+    _, data, model = setup
+    out = tmp_path / "small"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
+                 "--size", "16", "--n", "2", "--tasks", "box-inpaint", "--methods", "sdedit", "--steps", "2",
+                 "--no-progress"]) == 0
+    rows = rows_of(out)
+    assert len(rows) == 4 and all(r["lpips"] == "" and r["psnr"] for r in rows)
+    cell = json.loads((out / "summary.json").read_text())["cells"][0]
+    assert cell["lpips"]["mean"] is None and cell["lpips"]["missing"] == 2
+    assert "| - |" in (out / "summary.md").read_text()
+
+
+def test_selection_by_name_range(tmp_path):
+    for name in ("009500", "009501", "009502", "010000", "010001"):
+        save_image(torch.zeros(1, 3, 8, 8), tmp_path / f"{name}.jpg")
+    names = lambda paths: [p.stem for p in paths]  # noqa: E731
+    assert names(select_images(tmp_path, first="009501", last="010000")) == ["009501", "009502", "010000"]
+    assert names(select_images(tmp_path, first="009501", n=2)) == ["009501", "009502"]
+    assert names(select_images(tmp_path, n=1)) == ["009500"]
+
+
+def test_settings_grid():
+    grid = parse_grid(["sdedit.t0=400,500", "dps.scale=0.3,0.5", "dps.loss=norm,squared"], ["sdedit", "dps", "ddrm"])
+    assert grid["sdedit"] == [{"t0": 400}, {"t0": 500}]
+    assert len(grid["dps"]) == 4 and {"scale": 0.3, "loss": "squared"} in grid["dps"]
+    assert grid["ddrm"] == [{}]
+    with pytest.raises(ValueError, match="no setting"):
+        parse_grid(["dps.t0=1"], ["dps"])
+    with pytest.raises(ValueError, match="not one of"):
+        parse_grid(["sdedit.t0=1"], ["dps"])
+
+
+def test_student_t_quantiles_and_intervals():
+    for df, t in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622), (30, 2.0423), (120, 1.9799),
+                  (1000, 1.9623)]:
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == 2.0 and ci["ci95"] == pytest.approx(4.3027 / math.sqrt(3), abs=1e-4)
+    assert mean_ci([5.0])["ci95"] is None
+    summary = summarize([{"image": "a", "task": "t", "method": "m", "settings": "{}", "seed": "0", "psnr": "inf",
+                          "ssim": "", "lpips": "", "residual": "1", "seconds": "0.1", "nfe": "3"}], {})
+    assert summary["cells"][0]["psnr"]["missing"] == 1 and summary["cells"][0]["nfe"]["mean"] == 3

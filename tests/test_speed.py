@@ -1,0 +1,156 @@
+"""Speed settings of NetworkPrior and the `bench speed` command (no timing is asserted)."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from diffprior.bench_speed import compare_dtypes, random_prior
+from diffprior.cli import main
+from diffprior.operators import make_operator, measure
+from diffprior.solvers import dps, sdedit
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on a busy machine, extra threads only add waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_ADM = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
+                num_head_channels=32, learn_sigma=True, use_scale_shift_norm=True, resblock_updown=True)
+
+
+def problem(prior, batch=2, seed=1):
+    op = make_operator("box-inpaint", prior.shape)
+    x = torch.rand(batch, *prior.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return op, measure(op, x, 0.05, torch.Generator().manual_seed(seed + 1))
+
+
+def run_dps(prior, op, y, steps=3):
+    return dps(prior, op, y, steps=steps, generator=torch.Generator().manual_seed(0))
+
+
+def test_random_prior_is_not_degenerate_and_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b = random_prior("small-unet:tiny", seed=3), random_prior("small-unet:tiny", seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    x = torch.randn(2, *a.shape)
+    with torch.no_grad():
+        eps = a.eps(x, 500)
+        assert torch.equal(eps, b.eps(x, 500))
+    assert 0.05 < float(eps.std()) < 5  # the zero-initialised output layers were randomised too
+    assert random_prior(TINY_ADM).learned_variance
+
+
+def test_default_configure_changes_nothing():
+    prior = random_prior("small-unet:tiny")
+    assert prior.speed.dtype == "fp32" and not prior.speed.channels_last and prior.speed.compile is None
+    op, y = problem(prior)
+    x = torch.randn(2, *prior.shape)
+    with torch.no_grad():
+        eps = prior.eps(x, 400)
+    out = run_dps(prior, op, y)
+    sde = sdedit(prior, op, y, t0=300, steps=3, generator=torch.Generator().manual_seed(0))
+    assert prior.configure() is prior
+    with torch.no_grad():
+        assert torch.equal(prior.eps(x, 400), eps)
+    assert torch.equal(run_dps(prior, op, y), out)
+    assert torch.equal(sdedit(prior, op, y, t0=300, steps=3, generator=torch.Generator().manual_seed(0)), sde)
+    prior.configure(channels_last=True).configure()  # and back: the weights are contiguous again
+    assert all(p.is_contiguous() for p in prior.net.parameters())
+    with torch.no_grad():
+        assert torch.equal(prior.eps(x, 400), eps)
+
+
+@pytest.mark.parametrize("config", ["small-unet:tiny", "adm"])
+def test_channels_last_gives_the_same_eps_and_gradients(config):
+    prior = random_prior(TINY_ADM if config == "adm" else config)
+    x = torch.randn(2, *prior.shape)
+    w = torch.randn(2, *prior.shape)
+
+    def input_gradient():  # a vector-Jacobian product through the network, as DPS takes
+        xg = x.clone().requires_grad_(True)
+        return torch.autograd.grad((prior.eps(xg, 250) * w).sum(), xg)[0]
+
+    with torch.no_grad():
+        eps, v = prior.predict(x, 250)
+    grad = input_gradient()
+    prior.configure(channels_last=True)
+    assert prior.speed.channels_last
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in prior.net.parameters())
+    with torch.no_grad():
+        eps_cl, v_cl = prior.predict(x, 250)
+    assert eps_cl.dtype == torch.float32
+    assert torch.allclose(eps_cl, eps, atol=1e-5)
+    if v is not None:
+        assert torch.allclose(v_cl, v, atol=1e-5)
+    assert (input_gradient() - grad).norm() <= 1e-5 * grad.norm()  # through autograd too
+
+
+def test_bf16_is_refused_on_the_cpu():
+    prior = random_prior("small-unet:tiny")
+    with pytest.raises(ValueError, match="CUDA"):
+        prior.configure(dtype="bf16")
+    assert prior.speed.dtype == "fp32"  # the refusal changed nothing
+    with pytest.raises(ValueError, match="dtype"):
+        prior.configure(dtype="fp16")
+
+
+def test_compile_setting_freezes_the_network_and_is_undone(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(kw) or fn)  # no compilation here
+    prior = random_prior("small-unet:tiny")
+    prior.configure(compile="max-autotune")
+    assert compiled == [{"mode": "max-autotune", "dynamic": False}]
+    assert prior.speed.compile == "max-autotune" and prior._compiled is not None
+    assert not any(p.requires_grad for p in prior.net.parameters())
+    op, y = problem(prior)
+    assert run_dps(prior, op, y).shape == y.shape  # DPS differentiates with respect to x only
+    prior.configure()
+    assert prior._compiled is None and prior.speed.compile is None
+
+
+def test_bench_speed_end_to_end(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    code = main(["bench", "speed", "--random-weights", "--config", "small-unet:tiny", "--method", "dps,sdedit",
+                 "--batch", "1,2", "--steps", "2", "--warmup", "1", "--forward-reps", "1", "--device", "cpu",
+                 "--out", str(out)])
+    assert code == 0
+    assert "ms/step/img" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    for key in ("device", "device_name", "torch", "parameters", "image_shape", "settings", "note", "runs"):
+        assert key in doc
+    assert doc["device"] == "cpu" and doc["settings"]["dtype"] == "fp32" and doc["settings"]["compile"] is None
+    assert "extrapolated" in doc["note"]
+    assert [(r["method"], r["batch"]) for r in doc["runs"]] == [("dps", 1), ("dps", 2), ("sdedit", 1), ("sdedit", 2)]
+    for r in doc["runs"]:
+        for key in ("ms_per_step_per_image", "images_per_second", "seconds_per_1000_step_image",
+                    "peak_memory_bytes", "forward_ms_per_image", "step_over_floor"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+        assert r["peak_memory_kind"].startswith("process max RSS")
+        assert math.isclose(r["images_per_second"] * r["seconds_per_1000_step_image"], 1, rel_tol=1e-3)
+        assert ("forward_backward_ms_per_image" in r) == (r["method"] == "dps")
+
+
+def test_bench_speed_refuses_bf16_on_the_cpu(tmp_path, capsys):
+    args = ["bench", "speed", "--random-weights", "--config", "small-unet:tiny", "--batch", "1", "--steps", "1",
+            "--device", "cpu"]
+    assert main(args + ["--dtype", "bf16"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    assert main(args + ["--compare-fp32"]) == 2
+
+
+def test_compare_dtypes_reports_psnr_between_runs():
+    prior = random_prior("small-unet:tiny")
+    args = argparse.Namespace(seed=0, sigma_y=0.05, compare_steps=2)
+    clean = torch.rand(1, *prior.shape, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    same = compare_dtypes(prior, "dps", "box-inpaint", 2, args, dtype="fp32", clean=clean)
+    assert same["psnr_between_db"] is None and same["max_abs_difference"] == 0  # identical: infinite PSNR
+    assert set(same["psnr_vs_reference_db"]) == {"fp32"} and same["psnr_vs_reference_db"]["fp32"] > 0
+    assert prior.speed.dtype == "fp32"

@@ -1,0 +1,32 @@
+import torch
+
+from diffprior.uncertainty import calibration, calibration_figure, posterior_samples
+
+
+def test_calibration_of_exact_samples_is_perfect():
+    """Draws x ~ N(m, s^2) per pixel, scored with the true mean and std: error matches std per bin."""
+    g = torch.Generator().manual_seed(0)
+    std = torch.rand(3, 64, 64, generator=g) * 0.5 + 0.05
+    mean = torch.zeros(3, 64, 64)
+    truth = mean + std * torch.randn(3, 64, 64, generator=g)
+    cal = calibration(mean, std, truth)
+    assert abs(cal["coverage90"] - 0.90) < 0.02
+    for s, e in zip(cal["std_rms"], cal["error_rms"]):
+        assert abs(e - s) < 0.1 * s
+    over = calibration(mean, std * 3, truth)  # an over-dispersed sampler covers too much
+    assert over["coverage90"] > 0.99
+
+
+def test_posterior_samples_of_the_exact_gaussian_problem(gaussian_problem, tmp_path):
+    p = gaussian_problem
+    x = posterior_samples("dps", p["prior"], p["op"], p["y"], 400, steps=100, scale=0.1,
+                          generator=torch.Generator().manual_seed(0))
+    assert x.shape == (400, 1, 4, 4)
+    std = x.std(0)
+    post_std = p["posterior"].covariance().diagonal().sqrt().reshape(1, 4, 4)
+    observed = p["op"].mask[0].bool().expand(1, 4, 4)
+    # observed pixels are pinned by y, missing ones keep the prior's spread
+    assert float(std[observed].mean()) < float(std[~observed].mean())
+    assert float((std - post_std).abs().mean()) < float(post_std.mean())
+    cal = calibration(x.mean(0), std, p["x"][0])
+    assert calibration_figure(cal, tmp_path / "cal.png").is_file()
