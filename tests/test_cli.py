@@ -93,3 +93,14 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"]
     assert {(r["task"], r["method"]) for r in rows} >= {("box-inpaint", "dps"), ("sr4", "naive")}
     assert (tmp_path / "demo" / "demo.png").is_file()
+
+
+def test_restore_with_posterior_samples(clean_image, tmp_path, capsys):
+    out = tmp_path / "mean.png"
+    assert main(["restore", "--input", str(clean_image), "--task", "box-inpaint", "--method", "dps", "--model",
+                 "gmm-demo", "--steps", "30", "--samples", "4", "--out", str(out), "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["uncertainty"]["samples"] == 4 and 0 <= report["uncertainty"]["coverage90"] <= 1
+    assert report["uncertainty"]["mean_std"] > 0
+    for name in ("mean.png", "mean_std.png", "mean_calibration.png", "mean_figure.png"):
+        assert (tmp_path / name).is_file()

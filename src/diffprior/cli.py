@@ -101,7 +101,15 @@ def cmd_restore(args) -> int:
     naive = naive_or_none(op, y)
     settings = settings_for(args.method, task, steps=args.steps, **parse_settings(args.set))
     start = time.perf_counter()
-    restored = solve(args.method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=not args.json, **settings)
+    std = None
+    if args.samples > 1:  # K posterior samples in one batch: their mean is the restoration
+        from .uncertainty import posterior_samples
+        samples = posterior_samples(args.method, prior, op, y, args.samples, sigma_y=args.sigma_y, generator=gen,
+                                    progress=not args.json, **settings)
+        restored, std = samples.mean(0, keepdim=True), samples.std(0)
+    else:
+        restored = solve(args.method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=not args.json,
+                         **settings)
     seconds = time.perf_counter() - start
 
     out = Path(args.out)
@@ -114,12 +122,27 @@ def cmd_restore(args) -> int:
         if img is not None:
             report[name] = quality(img, x) if x is not None else {}
             report[name]["residual"] = round(float(residual(op, img, y)[0]), 4)
+    written = [out]
+    if std is not None:
+        from .uncertainty import calibration, calibration_figure, std_image
+        written.append(save_image(std_image(std), out.with_name(out.stem + "_std.png")))
+        report["uncertainty"] = {"samples": args.samples, "mean_std": round(float(std.mean()), 4)}
+        if x is not None:
+            cal = calibration(restored[0], std, x[0])
+            report["uncertainty"]["coverage90"] = round(cal["coverage90"], 4)
+            written.append(calibration_figure(cal, out.with_name(out.stem + "_calibration.png"),
+                                              title=f"{task} / {args.method}, {args.samples} samples"))
     figure = out.with_name(out.stem + "_figure.png")
     cols = ([x] if x is not None else []) + [displayable(y, (size, size)), naive, restored]
-    titles = (["input"] if x is not None else []) + ["measurement", "naive", args.method]
+    titles = (["input"] if x is not None else []) + ["measurement", "naive",
+                                                      args.method + (" (mean)" if std is not None else "")]
     captions = ([""] if x is not None else []) + [""] + [
         f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else "" for k in ("naive", "restored")]
+    if std is not None:
+        cols, titles, captions = cols + [std_image(std)], titles + ["posterior std"], captions + [
+            f"mean {report['uncertainty']['mean_std']:.3f}"]
     image_table([cols], figure, col_titles=titles, captions=[captions], cell=2.0)
+    written.append(figure)
     if args.json:
         print(json.dumps(report))
     else:
@@ -127,7 +150,9 @@ def cmd_restore(args) -> int:
         for k in ("naive", "restored"):
             if k in report:
                 print(f"  {k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
-        print(f"wrote {out} and {figure}")
+        if std is not None:
+            print("  posterior " + "  ".join(f"{m} {v}" for m, v in report["uncertainty"].items()))
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -274,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing")
     p.add_argument("--measured", action="store_true", help="the input is already the degraded measurement")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="draw K posterior samples in one batch: write their mean, a per-pixel std map and a "
+                        "calibration figure (error against predicted std)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other solver settings, e.g. scale=0.3")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_model_arguments(p)
