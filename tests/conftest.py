@@ -7,7 +7,12 @@ from diffprior.prior import GaussianPrior
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    """A fixed seed, and one thread: the tests' tensors are small, and two threads contend on a busy machine."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -12,13 +12,6 @@ from diffprior.bench_posterior import (MatrixOperator, make_problem, projections
 from diffprior.solvers import sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_sliced_wasserstein():
     g = torch.Generator().manual_seed(0)

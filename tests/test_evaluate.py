@@ -30,13 +30,6 @@ IMAGES = 4
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread everywhere: the same float sums in every process
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -12,14 +12,6 @@ from diffprior.solvers.diffpir import diffpir_timesteps
 N = 1000  # posterior samples per check
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids the overhead of many small parallel kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _stats(x):
     flat = x.flatten(1)

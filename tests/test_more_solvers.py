@@ -19,14 +19,6 @@ SETTINGS = {  # small budgets: the tests run on a CPU
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is several times faster than two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_the_solvers_are_registered():
     assert SOLVERS["daps"] is daps and SOLVERS["reddiff"] is reddiff and SOLVERS["repaint"] is repaint

@@ -22,13 +22,6 @@ FIGURES = ["fig1_denoising", "fig2_samples", "fig3_sdedit", "fig4_scoreald_dps",
 FOLDERS = ["denoising", "sdedit", "scoreald_dps", "solvers"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to a busy machine
-    yield
-    torch.set_num_threads(n)
-
 
 def command(out: Path) -> list[str]:
     return ["reproduce", "--quick", "--data", "generated:3", "--out", str(out), "--device", "cpu", "--no-progress"]
@@ -37,8 +30,12 @@ def command(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "run"
-    torch.set_num_threads(1)
-    assert main(command(out)) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: runs before the per-test one-thread fixture
+    try:
+        assert main(command(out)) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

@@ -10,14 +10,6 @@ from diffprior.networks.small import CONFIGS, SmallUNet, network_config
 from diffprior.schedule import Schedule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny networks here gain nothing from threads, and lose a lot on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def randomised(net: SmallUNet, seed: int = 0) -> SmallUNet:
     """Give every weight, the zero-initialised ones included, a small random value."""

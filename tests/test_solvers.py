@@ -5,7 +5,7 @@ import torch
 
 from diffprior.operators import Operator
 from diffprior.prior import GaussianMixturePrior
-from diffprior.solvers import denoise, dps, sample, scoreald, sdedit, solve
+from diffprior.solvers import denoise, dps, sample, scoreald, solve
 
 N = 1000  # posterior samples per check
 

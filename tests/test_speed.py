@@ -12,14 +12,6 @@ from diffprior.cli import main
 from diffprior.operators import make_operator, measure
 from diffprior.solvers import dps, sdedit
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a busy machine, extra threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY_ADM = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
                 num_head_channels=32, learn_sigma=True, use_scale_shift_norm=True, resblock_updown=True)

@@ -18,14 +18,6 @@ from diffprior.train import add_train_arguments, read_log, run_train, train
 import diffprior.train as train_module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny networks here gain nothing from threads, and lose a lot on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SIZE = 16
 NET = {**network_config("tiny"), "dropout": 0.1}  # dropout: the global RNG state must resume too
 FAST = dict(size=SIZE, batch=4, network=NET, warmup=2, log_every=2, checkpoint_every=0, eval_every=0,

@@ -10,14 +10,6 @@ from diffprior.solvers import SOLVERS, settings_for, solve
 from diffprior.solvers.tv import grad, grad_adjoint, objective, operator_norm, tv, tv_norm
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a busy machine, extra threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def piecewise_constant(n: int = 32, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """Images in [-0.9, 0.9] made of a few flat rectangles and discs on a flat background."""

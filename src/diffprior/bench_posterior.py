@@ -352,9 +352,7 @@ def markdown(doc: dict) -> str:
 def plot_2d(problem: dict, draws: dict[str, Tensor], path: Path, *, title: str = "", points: int = 600) -> Path:
     """One scatter panel per method: its samples (the exact posterior's first) over prior samples, the
     true x as a star."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .figures import plt, save_figure
 
     g = torch.Generator().manual_seed(0)
     back = problem["prior"].sample(2000, g).reshape(-1, 2)
@@ -375,10 +373,7 @@ def plot_2d(problem: dict, draws: dict[str, Tensor], path: Path, *, title: str =
     axes[0][0].set_ylim(-lim, lim)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # -- command line (`diffprior bench posterior`) ----------------------------------------------------------

@@ -46,31 +46,14 @@ def image_table(rows: list[list[Tensor | None]], path: str | Path, *, col_titles
                 ax.set_ylabel(row_titles[i], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
+    """Write a matplotlib figure to `path` (folders made as needed) and close it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
-
-
-def line_plot(series: dict[str, tuple[list[float], list[float]]], path: str | Path, *, xlabel: str, ylabel: str,
-              title: str | None = None, logy: bool = False) -> Path:
-    """Save a simple line plot of named (x, y) series."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name)
-    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title, fontsize=9)
-    if len(series) > 1:
-        ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

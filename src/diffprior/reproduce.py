@@ -469,39 +469,39 @@ def _baselines(task: str, cells: list[dict]) -> list[tuple[str, dict | None]]:
 
 
 def table2(plan: Plan, prior: Prior, cells: list[dict]) -> tuple[str, str]:
-    rows, doc = [], []
+    entries = []
     for task in REPORT_TASKS:
         sdedit = [cell_settings("sdedit", task, sdedit_cell(prior, plan, t0)) for t0 in SDEDIT_T0S]
-        entries = _baselines(task, cells) + [(f"SDEdit t0 = {t0}", find(cells, task, "sdedit", settings))
-                                             for t0, settings in zip(SDEDIT_T0S, sdedit)]
-        for (label, cell), t0 in zip(entries, (None, None, *SDEDIT_T0S)):
-            psnr, lp = REPORT["table2"][task][t0] if t0 else (None, None)
-            rows.append([task, label, stat(cell, "psnr"), _ref(psnr, ".2f"), stat(cell, "lpips"), _ref(lp, ".2f"),
-                         stat(cell, "ssim"), stat(cell, "nfe", False), stat(cell, "seconds", False)])
-            doc.append({"task": task, "method": label, "settings": cell and cell["settings"],
-                        "ours": cell and ours(cell), "report": t0 and {"psnr": psnr, "lpips": lp}})
-    md = markdown(["task", "method", "PSNR (ours)", "PSNR (report)", "LPIPS (ours)", "LPIPS (report)", "SSIM (ours)",
-                   "NFE", "s / image"], rows)
-    return write_table(plan, "table2_sdedit", "Table 2: SDEdit from the naive reconstruction, with the naive and TV "
-                       "baselines", md, {"report_source": REPORT_SOURCE, "rows": doc})
+        entries += [(task, label, cell, None) for label, cell in _baselines(task, cells)]
+        entries += [(task, f"SDEdit t0 = {t0}", find(cells, task, "sdedit", settings), REPORT["table2"][task][t0])
+                    for t0, settings in zip(SDEDIT_T0S, sdedit)]
+    return _report_table(plan, "table2_sdedit", "Table 2: SDEdit from the naive reconstruction, with the naive and "
+                         "TV baselines", entries)
 
 
 def table3(plan: Plan, cells: list[dict]) -> tuple[str, str]:
-    rows, doc = [], []
+    entries = []
     for task in REPORT_TASKS:
-        entries = _baselines(task, cells) + [
-            (label, find(cells, task, m, cell_settings(m, task, {"steps": plan.steps})))
-            for label, m in (("ScoreALD", "scoreald"), ("DPS", "dps"))]
-        for (label, cell), m in zip(entries, (None, None, "scoreald", "dps")):
-            psnr, lp = REPORT["table3"][m][task] if m else (None, None)
-            rows.append([task, label, stat(cell, "psnr"), _ref(psnr, ".2f"), stat(cell, "lpips"), _ref(lp, ".2f"),
-                         stat(cell, "ssim"), stat(cell, "nfe", False), stat(cell, "seconds", False)])
-            doc.append({"task": task, "method": label, "settings": cell and cell["settings"],
-                        "ours": cell and ours(cell), "report": m and {"psnr": psnr, "lpips": lp}})
+        entries += [(task, label, cell, None) for label, cell in _baselines(task, cells)]
+        entries += [(task, label, find(cells, task, m, cell_settings(m, task, {"steps": plan.steps})),
+                     REPORT["table3"][m][task]) for label, m in (("ScoreALD", "scoreald"), ("DPS", "dps"))]
+    return _report_table(plan, "table3_scoreald_dps", "Table 3: ScoreALD against DPS, with the naive and TV "
+                         "baselines", entries)
+
+
+def _report_table(plan: Plan, name: str, title: str,
+                  entries: list[tuple[str, str, dict | None, tuple[float, float] | None]]) -> tuple[str, str]:
+    """A restoration table beside the report: (task, label, our cell, the report's (PSNR, LPIPS) or None)."""
+    rows, doc = [], []
+    for task, label, cell, theirs in entries:
+        psnr, lp = theirs or (None, None)
+        rows.append([task, label, stat(cell, "psnr"), _ref(psnr, ".2f"), stat(cell, "lpips"), _ref(lp, ".2f"),
+                     stat(cell, "ssim"), stat(cell, "nfe", False), stat(cell, "seconds", False)])
+        doc.append({"task": task, "method": label, "settings": cell and cell["settings"],
+                    "ours": cell and ours(cell), "report": theirs and {"psnr": psnr, "lpips": lp}})
     md = markdown(["task", "method", "PSNR (ours)", "PSNR (report)", "LPIPS (ours)", "LPIPS (report)", "SSIM (ours)",
                    "NFE", "s / image"], rows)
-    return write_table(plan, "table3_scoreald_dps", "Table 3: ScoreALD against DPS, with the naive and TV baselines",
-                       md, {"report_source": REPORT_SOURCE, "rows": doc})
+    return write_table(plan, name, title, md, {"report_source": REPORT_SOURCE, "rows": doc})
 
 
 def table4(plan: Plan, cells: list[dict], skipped: list[dict], budget_of: dict) -> tuple[str, str]:

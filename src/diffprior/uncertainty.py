@@ -38,7 +38,7 @@ def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dic
 
 def calibration_figure(cal: dict, path: str | Path, title: str = "") -> Path:
     """Plot RMS error against RMS predicted std per bin, with the diagonal of perfect calibration."""
-    from .figures import plt
+    from .figures import plt, save_figure
     fig, ax = plt.subplots(figsize=(4, 3.6))
     top = max(max(cal["std_rms"]), max(cal["error_rms"])) * 1.1 or 1.0
     ax.plot([0, top], [0, top], "k--", lw=1, label="calibrated")
@@ -50,12 +50,7 @@ def calibration_figure(cal: dict, path: str | Path, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def std_image(std: Tensor) -> Tensor:
