@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from .download import DownloadError, RemoteFile, cache_dir, fetch
 from .networks import build_network
@@ -48,6 +48,31 @@ def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: st
         raise CheckpointError(f"{source} does not fit the network:" + show("missing", missing)
                               + show("unexpected", unexpected) + show("wrong shape", misshaped))
     net.load_state_dict(state, strict=True)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint file: a .safetensors file, or a torch.save'd state dict (read with
+    weights_only=True, so no code runs), possibly wrapped under "state_dict" or "model" or saved from
+    DataParallel ("module." prefixes). Unreadable files raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling and safetensors raise many error types
+        raise CheckpointError(f"cannot read {path} as a state dict ({e})") from e
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (names -> tensors)")
+    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 # -- diffprior's own checkpoint format ---------------------------------------------------------------
@@ -94,11 +119,7 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         net = build_network(config["architecture"], **config.get("network", {}))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"cannot read the weights in {weights} ({e})") from e
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
     load_state_strict(net, state, str(weights))
     size = int(config["image_size"])
     prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),

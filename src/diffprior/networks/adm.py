@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import CheckpointError, load_state_strict
+from ..models import load_state_strict, read_state_dict
 from ..prior import NetworkPrior
 from ..schedule import Schedule
 from . import register
@@ -346,31 +346,6 @@ def build_adm(name_or_yaml: str | Path | dict, device: torch.device | str | None
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a guided-diffusion checkpoint: a torch.save'd state dict (read with weights_only=True),
-    possibly wrapped under "state_dict" or "model", or a .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling and safetensors raise many error types
-        raise CheckpointError(f"cannot read {path} as a state dict ({e})") from e
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict (names -> tensors)")
-    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def load_guided_diffusion(path: str | Path, config: str | Path | dict) -> NetworkPrior:
     """A guided-diffusion checkpoint as a Prior, loaded strictly: `config` is a built-in name ("ffhq256",
     "imagenet256-uncond"), a model_config.yaml, or a settings dict. The schedule is linear, 1000 steps."""

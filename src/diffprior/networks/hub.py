@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..models import CheckpointError, load_state_strict
+from ..models import CheckpointError, load_state_strict, read_state_dict
 from ..prior import NetworkPrior
 from ..schedule import Schedule
 
@@ -127,11 +126,5 @@ def _read_weights(unet_dir: Path) -> dict[str, Tensor]:
     path = next((unet_dir / f for f in WEIGHT_FILES if (unet_dir / f).is_file()), None)
     if path is None:
         raise FileNotFoundError(f"{unet_dir} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or truncated files raise many different error types
-        raise CheckpointError(f"cannot read the weights in {path} ({e})") from e
+    state = read_state_dict(path)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
