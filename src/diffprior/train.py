@@ -45,7 +45,9 @@ from .schedule import Schedule
 from .solvers.sampling import sample
 
 STATE, MODEL, LOG = "state.pt", "model.safetensors", "log.csv"
-LOG_FIELDS = ["step", "images", "seconds", "lr", "loss", "val_loss", "train_eval_loss"]
+PSNR_STEPS = (100, 300, 500)  # timesteps of the Tweedie PSNR tracked on the validation images
+LOG_FIELDS = ["step", "images", "seconds", "lr", "loss", "val_loss", "train_eval_loss",
+              *(f"val_psnr_{t}" for t in PSNR_STEPS)]
 EVAL_SEED = 1234  # the fixed timesteps and noise of the evaluation losses
 SAMPLE_SEED = 0   # the fixed initial noise of the sample grids
 
@@ -118,35 +120,62 @@ def resolve_network(network: str | dict, size: int) -> dict:
 
 
 class EpsLoss:
-    """The objective: || eps(sqrt(abar_t) x0 + sqrt(1 - abar_t) z, t) - z ||^2 (Ho et al. 2020, L_simple).
+    """The objective: w(t) || eps(sqrt(abar_t) x0 + sqrt(1 - abar_t) z, t) - z ||^2.
 
-    The schedule's tables are copied to the device once: indexing them there keeps every step free of
-    device synchronisation (Schedule.q_sample reads its CPU table). bf16 autocast on CUDA only."""
+    w = 1 is Ho et al. 2020's L_simple; `min_snr` = gamma gives Hang et al. 2023's min-SNR-gamma
+    weighting for epsilon prediction, w(t) = min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t),
+    which stops the nearly clean timesteps from dominating the gradient. The schedule's tables are copied
+    to the device once, so that no step synchronises with it. `bf16`: run the network under bfloat16
+    autocast (on CUDA, and on CPUs with native bf16 instructions)."""
 
-    def __init__(self, schedule: Schedule, device: torch.device):
+    def __init__(self, schedule: Schedule, device: torch.device, min_snr: float | None = None, bf16: bool = False):
         self.T = schedule.T
         self.sqrt_a = schedule.abar.sqrt().float().to(device)
         self.sqrt_1ma = (1 - schedule.abar).sqrt().float().to(device)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        snr = schedule.abar / (1 - schedule.abar)
+        self.weight = (snr.clamp(max=min_snr) / snr if min_snr else torch.ones_like(snr)).float().to(device)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
-    def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor, reduction: str = "mean") -> Tensor:
+    def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
         with self.autocast:
             pred = net(x_t, t)
-        return F.mse_loss(pred.float(), noise, reduction=reduction)
+        per_image = (pred.float() - noise).square().mean(dim=(1, 2, 3))
+        return (self.weight[t] * per_image).mean()
 
     @torch.no_grad()
     def evaluate(self, net: nn.Module, images: Tensor, batch: int) -> float:
-        """Mean loss on uint8 `images` at fixed timesteps (spread evenly over 0..T-1) and fixed noise,
-        the same on every call and device, so that values are comparable across steps and image sets."""
+        """Mean unweighted loss on uint8 `images` at fixed timesteps (spread evenly over 0..T-1) and fixed
+        noise, the same on every call and device, so that values are comparable across steps, image sets
+        and weightings."""
         n, size = len(images), images.shape[-1]
         g = torch.Generator().manual_seed(EVAL_SEED)
         t_all, noise_all = torch.arange(n) * self.T // n, torch.randn(n, 3, size, size, generator=g)
         total = 0.0
         for i in range(0, n, batch):
             t, noise = t_all[i:i + batch].to(images.device), noise_all[i:i + batch].to(images.device)
-            total += self(net, from_uint8(images[i:i + batch]), t, noise, reduction="sum").item()
+            x0 = from_uint8(images[i:i + batch])
+            x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
+            with self.autocast:
+                total += (net(x_t, t).float() - noise).square().sum().item()
         return total / noise_all.numel()
+
+    @torch.no_grad()
+    def tweedie_psnr(self, net: nn.Module, images: Tensor, batch: int, t: int) -> float:
+        """Mean PSNR (dB, images in [-1, 1]) of the one-step estimate x0_hat(x_t) at timestep `t`, with
+        fixed noise: the single-step denoising of the report's Table 1, tracked during training."""
+        g = torch.Generator().manual_seed(EVAL_SEED + t)
+        noise_all = torch.randn(len(images), 3, images.shape[-2], images.shape[-1], generator=g)
+        a, s = self.sqrt_a[t], self.sqrt_1ma[t]
+        psnrs = []
+        for i in range(0, len(images), batch):
+            x0 = from_uint8(images[i:i + batch])
+            x_t = a * x0 + s * noise_all[i:i + batch].to(images.device)
+            with self.autocast:
+                eps = net(x_t, torch.full((len(x0),), t, device=images.device)).float()
+            x0_hat = ((x_t - s * eps) / a).clamp(-1, 1)
+            psnrs.append(10 * torch.log10(4 / (x0_hat - x0).square().mean(dim=(1, 2, 3))))
+        return torch.cat(psnrs).mean().item()
 
 
 def train(data: str | Path | FaceSet, out: str | Path, *,
@@ -159,6 +188,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           weight_decay: float = 0.0,            # AdamW weight decay
           grad_clip: float | None = 1.0,        # clip the gradient's global norm; None: no clipping
           network: str | dict = "default",      # SmallUNet config name (tiny, default, large) or settings
+          min_snr: float | None = None,         # min-SNR-gamma loss weighting (Hang et al. 2023); None: L_simple
+          bf16: bool | None = None,             # bfloat16 autocast; default: on CUDA only
           first: str | None = None,             # data: first file-name stem to use, e.g. "000001"
           last: str | None = None,              # data: last file-name stem to use, e.g. "009500"
           count: int | None = None,             # data: at most this many images
@@ -167,6 +198,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           val_last: str | None = None,
           val_count: int | None = 500,
           eval_every: int = 1000,               # steps between validation losses (and at the end)
+          psnr_count: int = 200,                # validation images of the tracked Tweedie PSNR
           checkpoint_every: int = 1000,         # steps between checkpoints and model exports (and at the end)
           sample_every: int = 0,                # steps between sample grids in out/samples (and at the end); 0: none
           sample_n: int = 16,                   # images in a sample grid
@@ -204,7 +236,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 
     # Model, EMA copy, optimiser and every source of randomness.
     schedule = Schedule.linear()
-    objective = EpsLoss(schedule, device)
+    bf16 = cuda if bf16 is None else bf16
+    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16)
     net_config = resolve_network(network, size)
     torch.manual_seed(seed)
     net = build_network("small-unet", **net_config).to(device)
@@ -261,11 +294,12 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         return {"architecture": "small-unet", "network": net_config, "schedule": schedule.config,
                 "image_size": size, "channels": 3, "learned_variance": False,
                 "training": {"data": faces.describe(), "validation": val_faces and val_faces.describe(),
-                             "objective": "epsilon MSE, t uniform in 0..T-1, random horizontal flips",
+                             "objective": "epsilon MSE, t uniform in 0..T-1, random horizontal flips"
+                                              + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""),
                              "steps": step, "batch": batch, "images_seen": seen, "lr": lr, "warmup": warmup,
                              "ema": ema, "ema_decay_at_step_s": "min(ema, (1 + s) / (10 + s))",
                              "weight_decay": weight_decay, "grad_clip": grad_clip,
-                             "bf16_autocast": cuda, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                             "bf16_autocast": bf16, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
                              "seconds": round(seconds, 1), "final_loss": last_loss, "seed": seed,
                              **{k: v for k, v in evals.items() if k != "step"}}}
 
@@ -288,7 +322,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     def evaluate() -> None:
         n = min(len(val_images), len(images))  # as many training images, for a like-for-like comparison
         evals.update(step=step, val_loss=objective.evaluate(ema_net, val_images[:n], batch),
-                     train_eval_loss=objective.evaluate(ema_net, images[:n], batch))
+                     train_eval_loss=objective.evaluate(ema_net, images[:n], batch),
+                     **{f"val_psnr_{t}": objective.tweedie_psnr(ema_net, val_images[:psnr_count], batch, t)
+                        for t in PSNR_STEPS})
 
     log = _Log(out / LOG)
     loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, -1
@@ -378,6 +414,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--size", type=int, default=64, help="square image size (default 64)")
     a("--config", default="default", choices=sorted(CONFIGS), help="network configuration (default: default)")
     a("--dropout", type=float, help="override the configuration's dropout")
+    a("--min-snr", type=float, help="min-SNR-gamma loss weighting with this gamma (e.g. 5; default: none)")
+    a("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA only)")
     a("--steps", type=int, default=10_000, help="total optimiser steps (default 10000)")
     a("--batch", type=int, default=256, help="images per step (default 256)")
     a("--lr", type=float, default=2e-4, help="learning rate (default 2e-4)")
@@ -408,7 +446,7 @@ def run_train(args: argparse.Namespace) -> Path:
     if args.dropout is not None:
         network = {**network_config(args.config), "dropout": args.dropout}
     path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
-                 warmup=args.warmup, ema=args.ema, network=network, first=args.first, last=args.last,
+                 warmup=args.warmup, ema=args.ema, network=network, min_snr=args.min_snr, bf16=args.bf16, first=args.first, last=args.last,
                  count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
                  val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                  sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,

@@ -8,7 +8,9 @@ The last layer of every residual branch, of every attention block and of the out
 zero-initialised, so each block starts as the identity and the untrained network predicts eps = 0.
 
 Input (B, C, H, W) images in [-1, 1] and integer timesteps (B,); output the noise estimate (B, C, H, W).
-H and W must be divisible by 2 ** (len(mult) - 1); attention resolutions refer to `image_size`.
+With `patch` p > 1 the stem is a pixel-unshuffle (each p x p block of pixels becomes p^2 C channels) and
+the output a pixel-shuffle, so the first level runs at H / p: about p^2 times cheaper at full resolution.
+H and W must be divisible by p * 2 ** (len(mult) - 1); attention resolutions refer to `image_size`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ CONFIGS: dict[str, dict] = {
     "tiny": dict(base=16, mult=(1, 2), blocks=1, attn=(8,), head_channels=16, image_size=16),
     # 5.8M parameters (12 MB in float16), about 70 ms per image (35 ms batched): the embedded face model
     "default": dict(base=32, mult=(1, 2, 3, 4), blocks=2, attn=(16, 8), head_channels=32),
+    # 18.4M parameters, a 2x2 pixel-unshuffle stem: as fast as "default" on the CPU, three times its width
+    "wide": dict(base=64, mult=(1, 2, 2, 4), blocks=2, attn=(16, 8), head_channels=32, patch=2),
+    # 5.5M parameters, the "default" shape behind a 2x2 pixel-unshuffle stem: about 2.5x faster
+    "fast": dict(base=32, mult=(1, 2, 3, 4), blocks=2, attn=(16, 8), head_channels=32, patch=2),
     # 19.4M parameters (39 MB in float16), about 140 ms per image: the ADM-style model of a first GPU probe
     "large": dict(base=64, mult=(1, 2, 2, 4), blocks=2, attn=(16, 8)),
 }
@@ -126,23 +132,25 @@ class SmallUNet(nn.Module):
                  attn: tuple[int, ...] = (16, 8),          # feature-map sizes (of image_size) with attention
                  head_channels: int = 64,                  # channels per attention head
                  dropout: float = 0.0,                     # dropout inside the residual blocks
-                 image_size: int = 64):                    # the training size, to place attention by resolution
+                 image_size: int = 64,                     # the training size, to place attention by resolution
+                 patch: int = 1):                          # pixel-unshuffle stem: the first level runs at H / patch
         super().__init__()
         self.config = self.full_config(channels=channels, base=base, mult=mult, blocks=blocks, attn=attn,
-                                       head_channels=head_channels, dropout=dropout, image_size=image_size)
+                                       head_channels=head_channels, dropout=dropout, image_size=image_size,
+                                       patch=patch)
         mult, attn = tuple(mult), set(attn)
         emb_dim = 4 * base
-        self.base = base
+        self.base, self.patch = base, patch
         self.levels = len(mult)
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
+        self.conv_in = nn.Conv2d(channels * patch ** 2, base, 3, padding=1)
 
         def block(cin, cout, res):
             return Block(cin, cout, emb_dim, dropout, res in attn, head_channels)
 
         # Down path: every block's output (and the input conv's, and each downsample's) is a skip.
         self.down = nn.ModuleList()
-        skips, ch, res = [base], base, image_size
+        skips, ch, res = [base], base, image_size // patch
         for i, m in enumerate(mult):
             for _ in range(blocks):
                 self.down.append(block(ch, base * m, res))
@@ -164,7 +172,7 @@ class SmallUNet(nn.Module):
             if i > 0:
                 self.up.append(Upsample(ch))
                 res *= 2
-        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, channels, 3, padding=1)))
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, channels * patch ** 2, 3, padding=1)))
 
     @staticmethod
     def full_config(**kwargs) -> dict:
@@ -177,11 +185,11 @@ class SmallUNet(nn.Module):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        factor = 2 ** (self.levels - 1)
+        factor = self.patch * 2 ** (self.levels - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor}")
         emb = self.time_mlp(timestep_embedding(t.reshape(-1).expand(x.shape[0]), self.base))
-        h = self.conv_in(x)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         skips = [h]
         for layer in self.down:
             h = layer(h) if isinstance(layer, Downsample) else layer(h, emb)
@@ -190,4 +198,5 @@ class SmallUNet(nn.Module):
             h = layer(h, emb)
         for layer in self.up:
             h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        h = self.out(h)
+        return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
