@@ -31,6 +31,19 @@ def test_shapes(size):
     assert net(x, torch.tensor([3, 700])).shape == x.shape
 
 
+def test_patch_stem_is_a_unet_on_the_pixel_unshuffled_image():
+    """patch=2 is exactly pixel_shuffle(UNet_12ch(pixel_unshuffle(x))): the same weights loaded into a
+    12-channel network at half the size give the same output; sizes must divide by patch * 2 ** (levels-1)."""
+    F = torch.nn.functional
+    net = randomised(tiny(patch=2, image_size=32))
+    inner = tiny(channels=12, image_size=16).eval()
+    inner.load_state_dict(net.state_dict(), strict=True)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    assert torch.allclose(net(x, t), F.pixel_shuffle(inner(F.pixel_unshuffle(x, 2), t), 2), atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 3, 18, 18), torch.tensor([1]))
+
+
 def test_rejects_sizes_the_levels_cannot_halve():
     with pytest.raises(ValueError, match="divisible"):
         tiny()(torch.randn(1, 3, 15, 15), torch.tensor([1]))

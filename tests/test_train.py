@@ -157,3 +157,52 @@ def test_command_line(faces, tmp_path):
     args = parser.parse_args(["--data", str(faces), "--out", str(tmp_path / "run"), "--size", str(SIZE),
                               "--config", "tiny", "--steps", "2", "--batch", "2", "--device", "cpu"])
     assert load_prior(run_train(args)).config["training"]["steps"] == 2
+
+
+def test_min_snr_weighting_is_min_snr_over_snr():
+    """min-SNR-gamma for epsilon prediction: w(t) = min(SNR_t, gamma) / SNR_t, so the loss of a network
+    that predicts zeros (per-image error exactly 1 in expectation, here the mean of z^2) is the mean weight."""
+    from diffprior.schedule import Schedule
+    from diffprior.train import EpsLoss
+    schedule = Schedule.linear()
+    snr = schedule.abar / (1 - schedule.abar)
+    loss = EpsLoss(schedule, torch.device("cpu"), min_snr=5.0)
+    assert torch.allclose(loss.weight.double(), torch.minimum(snr, torch.tensor(5.0)) / snr, rtol=1e-6)
+    assert loss.weight[0] < 0.01 and loss.weight[-1] == 1.0  # nearly clean steps down-weighted, noisy ones not
+    zero_net = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    t = torch.tensor([0, 10, 500, 999])
+    noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = (loss.weight[t] * noise.square().mean(dim=(1, 2, 3))).mean()
+    assert torch.allclose(loss(zero_net, torch.zeros(4, 3, 8, 8), t, noise), expected)
+    plain = EpsLoss(schedule, torch.device("cpu"))
+    assert torch.allclose(plain(zero_net, torch.zeros(4, 3, 8, 8), t, noise), noise.square().mean())
+
+
+def test_tweedie_psnr_of_the_exact_denoiser():
+    """The tracked validation PSNR: a network whose eps is the true noise recovers x0 exactly (infinite
+    PSNR is avoided by clamping the error); one that predicts zeros gives x_t / sqrt(abar_t)."""
+    from diffprior.schedule import Schedule
+    from diffprior.train import EVAL_SEED, EpsLoss
+    schedule = Schedule.linear()
+    loss = EpsLoss(schedule, torch.device("cpu"))
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    x0 = images.float() / 127.5 - 1
+    t = 300
+    noise = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(EVAL_SEED + t))
+    a, s = schedule.abar[t].sqrt().float(), (1 - schedule.abar[t]).sqrt().float()
+    x_t = a * x0 + s * noise
+    expected = (10 * torch.log10(4 / (((x_t / a).clamp(-1, 1) - x0).square().mean(dim=(1, 2, 3))))).mean()
+    zero_net = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    assert loss.tweedie_psnr(zero_net, images, batch=2, t=t) == pytest.approx(float(expected), abs=1e-4)
+    oracle = lambda x, tt: (x - a * x0[:len(x)]) / s if len(x) == 3 else (x - a * x0[2:]) / s  # noqa: E731
+    assert loss.tweedie_psnr(oracle, images, batch=3, t=t) > 80
+
+
+def test_bf16_autocast_on_the_cpu_trains(faces, tmp_path):
+    """bf16=True runs the network under CPU bfloat16 autocast, records it, and still lowers the loss."""
+    train(faces, tmp_path / "run", steps=6, bf16=True, min_snr=5.0, lr=1e-3, **FAST)
+    import json
+    record = json.loads((tmp_path / "run" / "model.json").read_text())["training"]
+    assert record["bf16_autocast"] is True and "min-SNR-5" in record["objective"]
+    log = read_log(tmp_path / "run" / "log.csv")
+    assert log[-1]["loss"] < log[0]["loss"]
