@@ -185,7 +185,7 @@ def test_small_images_have_no_lpips(setup, tmp_path):
     _, data, model = setup
     out = tmp_path / "small"
     assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
-                 "--size", "16", "--n", "2", "--tasks", "box-inpaint", "--methods", "sdedit", "--steps", "2",
+                 "--size", "16", "--limit", "2", "--tasks", "box-inpaint", "--methods", "sdedit", "--steps", "2",
                  "--no-progress"]) == 0
     rows = rows_of(out)
     assert len(rows) == 4 and all(r["lpips"] == "" and r["psnr"] for r in rows)

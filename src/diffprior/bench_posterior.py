@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .io import atomic_write
 from .operators import Inpaint, LinearOperator
 from .prior import GaussianMixturePrior
 from .solvers import SOLVERS, DivergenceError, sample, solve
@@ -231,8 +232,9 @@ def run_posterior_benchmark(out_dir: str | Path, *, quick: bool = False,
     doc = dict(config=dict(quick=quick, seeds=list(seeds), step_budgets=list(budgets), dims=list(dims),
                            kinds=list(kinds), n_samples=n, sigma_y=sigma_y, methods=list(methods)),
                skipped=skipped, summary=summary, runs=rows)
-    (out / "posterior_benchmark.json").write_text(json.dumps(doc, indent=1, default=_jsonable))
-    (out / "posterior_benchmark.md").write_text(markdown(doc))
+    text = json.dumps(doc, indent=1, default=_jsonable)
+    atomic_write(out / "posterior_benchmark.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "posterior_benchmark.md", lambda tmp: Path(tmp).write_text(markdown(doc)))
     if figure:
         for kind, (problem, draws) in shown.items():
             plot_2d(problem, draws, out / f"posterior_2d_{kind}.png", title=f"{kind}, NFE {budgets[-1]}")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import arguments
 from .models import atomic_write, load_prior
 from .operators import make_operator, measure
 from .prior import NetworkPrior
@@ -266,9 +267,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="dps", help=f"comma-separated: {', '.join(METHODS)} (default dps)")
     parser.add_argument("--task", default="box-inpaint", help="the degradation the solvers invert (box-inpaint)")
     parser.add_argument("--batch", type=ints, default=[1, 8], help="comma-separated batch sizes (default 1,8)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per batch size (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps first (default 3)")
-    parser.add_argument("--forward-reps", type=int, default=10,
+    parser.add_argument("--steps", type=arguments.positive, default=20, help="timed steps per batch size (default 20)")
+    parser.add_argument("--warmup", type=arguments.count, default=3, help="untimed warm-up steps first (default 3)")
+    parser.add_argument("--forward-reps", type=arguments.positive, default=10,
                         help="network passes timed for the forward floor (default 10; 0 skips it)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, CUDA only")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
@@ -276,13 +277,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the network")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN pick the fastest convolution algorithms (torch.backends.cudnn.benchmark)")
-    parser.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std (0.05)")
+    parser.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std (0.05)")
     parser.add_argument("--compare-fp32", action="store_true",
                         help="instead of timing: the PSNR between fp32 and bf16 results of the same seed")
-    parser.add_argument("--compare-steps", type=int, default=None, help="steps of the comparison (default --steps)")
+    parser.add_argument("--compare-steps", type=arguments.positive, default=None,
+                        help="steps of the comparison (default --steps)")
     parser.add_argument("--reference", default=None, help="with --compare-fp32: the clean image to measure and score")
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--device", type=arguments.device, default="auto",
+                        help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's); 1 avoids oversubscription on a busy machine")

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import io
+from . import arguments, io
 
 PACK_FORMATS = ("npy", "webp", "jpeg")
 _ATLAS_LIMIT = 16383  # WebP's largest side in pixels (JPEG allows 65535)
@@ -153,13 +153,14 @@ def save_pack(faces: FaceSet, path: str | Path, *, format: str = "npy", quality:
             Image.fromarray(atlas).save(buf, format="JPEG", quality=quality, subsampling=0)
             member = "atlas.jpg"
     meta["member"] = member
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("faces.json", json.dumps(meta, indent=1))
-        z.writestr(member, buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the pack's file name, e.g. {path / 'faces.zip'}")
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr("faces.json", json.dumps(meta, indent=1))
+            z.writestr(member, buf.getvalue())
+    return io.atomic_write(path, write)
 
 
 def load_pack(path: str | Path) -> FaceSet:
@@ -168,8 +169,13 @@ def load_pack(path: str | Path) -> FaceSet:
     try:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read("faces.json"))
+            missing = [k for k in ("format", "member", "count", "size", "names", "source") if k not in meta]
+            if missing:
+                raise KeyError(f"faces.json has no {', '.join(missing)}")
+            if meta["format"] not in PACK_FORMATS or (meta["format"] != "npy" and "columns" not in meta):
+                raise KeyError(f"faces.json: unknown format {meta['format']!r} or no columns")
             data = z.read(meta["member"])
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as e:
+    except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a diffprior face pack ({e})") from e
     n, S = int(meta["count"]), int(meta["size"])
     if meta["format"] == "npy":
@@ -215,16 +221,20 @@ def load_faces(source: str | Path | FaceSet, size: int, *, first: str | None = N
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder of images")
     parser.add_argument("out", help="the pack to write (.zip)")
-    parser.add_argument("--size", type=int, default=64, help="square image size (default 64)")
+    parser.add_argument("--size", type=arguments.integer(8, 4096), default=64, help="square image size (default 64)")
     parser.add_argument("--first", help="first file-name stem to include, e.g. 000001")
     parser.add_argument("--last", help="last file-name stem to include, e.g. 009500")
-    parser.add_argument("--count", type=int, help="at most this many files")
+    parser.add_argument("--count", type=arguments.positive, help="at most this many files")
     parser.add_argument("--format", choices=PACK_FORMATS, default="jpeg",
                         help="npy (exact, large), webp (exact, ~half), jpeg (smallest; default)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    parser.add_argument("--quality", type=arguments.integer(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
+    arguments.add_overwrite_argument(parser)
 
 
 def run_pack(args: argparse.Namespace) -> None:
+    if not Path(args.folder).is_dir():
+        raise FileNotFoundError(f"no folder at {args.folder}")
+    arguments.check_outputs([args.out], inputs=[args.folder], overwrite=args.overwrite, images=False)
     faces = load_folder(args.folder, args.size, first=args.first, last=args.last, count=args.count)
     path = save_pack(faces, args.out, format=args.format, quality=args.quality)
     print(f"{path}: {len(faces)} images of {faces.size}x{faces.size}, {path.stat().st_size / 2**20:.1f} MiB "

@@ -3,7 +3,9 @@
 The cache folder is `$DIFFPRIOR_HOME`, else `$XDG_CACHE_HOME/diffprior`, else `~/.cache/diffprior`.
 A download goes to `NAME.part` first; an interrupted one is continued with an HTTP Range request
 (or restarted cleanly when the server ignores Range). Size and sha256 are checked before the file is
-renamed into place, so a file at its final path is always complete. `DIFFPRIOR_OFFLINE=1` (or
+renamed into place, so a file at its final path is always complete. A file found in the cache (put there
+by hand, or by an older version) has its sha256 checked once; `NAME.verified` beside it remembers the
+check for as long as the file's size and modification time stay the same. `DIFFPRIOR_OFFLINE=1` (or
 `offline=True`) forbids network access; every failure says which URL to fetch by hand and where to put it.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import urllib.error
@@ -72,7 +75,7 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
           offline: bool | None = None, progress: bool = True, attempts: int = 3, timeout: float = 60.0) -> Path:
     """Return `dest`, downloading `url` there first unless it is already present.
 
-    A present file is trusted when its size matches (its sha256 was checked when it was downloaded).
+    A present file must have the right size, and its sha256 is checked once (see `verified`).
     offline: forbid network access (None reads DIFFPRIOR_OFFLINE).
     attempts: how many times an interrupted transfer is resumed within this call; a partial file is kept
     for the next call either way.
@@ -83,6 +86,13 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
             raise DownloadError(f"{dest} has {dest.stat().st_size} bytes, expected {size}: it is incomplete or a "
                                 f"different file. Delete it to download it again, or replace it.\n"
                                 + manual_instructions(url, dest))
+        if sha256 is not None and not verified(dest, sha256):
+            digest = sha256_of(dest)
+            if digest != sha256.lower():
+                raise ChecksumError(f"{dest} has sha256 {digest}, expected {sha256}: it is corrupt or a different "
+                                    "file. Delete it to download it again, or replace it.\n"
+                                    + manual_instructions(url, dest))
+            remember_verified(dest, sha256)
         return dest
     if offline_mode() if offline is None else offline:
         raise DownloadError(f"{dest.name} is not in the cache and downloading is disabled "
@@ -100,7 +110,30 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
                                     f"run again to resume from {part}.\n" + manual_instructions(url, dest)) from e
     _verify(part, url, dest, size, sha256)
     os.replace(part, dest)
+    if sha256 is not None:
+        remember_verified(dest, sha256)
     return dest
+
+
+def _stamp(path: Path, sha256: str) -> str:
+    st = path.stat()
+    return json.dumps({"sha256": sha256.lower(), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def verified(path: Path, sha256: str) -> bool:
+    """True when `path` was checked against `sha256` and has not changed since (size and mtime)."""
+    mark = path.with_name(path.name + ".verified")
+    try:
+        return mark.read_text() == _stamp(path, sha256)
+    except OSError:
+        return False
+
+
+def remember_verified(path: Path, sha256: str) -> None:
+    """Record that `path` has the content `sha256` (its size and mtime with it), so it is not hashed again."""
+    from .io import atomic_write
+    stamp = _stamp(path, sha256)
+    atomic_write(path.with_name(path.name + ".verified"), lambda tmp: Path(tmp).write_text(stamp))
 
 
 def _transfer(url: str, part: Path, dest: Path, size: int | None, progress: bool, timeout: float) -> None:

@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import csv
 import hashlib
-import inspect
 import io
 import itertools
 import json
@@ -66,12 +65,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import arguments
 from .io import list_images, load_image, open_image, save_image
 from .metrics import image_metrics, residual
 from .models import DEFAULT_MODEL, atomic_write, load_prior
 from .operators import TASKS, Operator, make_operator, measure
 from .prior import NetworkPrior, Prior
-from .solvers import SOLVERS, DivergenceError, settings_for, solve
+from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -103,12 +103,6 @@ def compact(settings: dict) -> str:
     return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
 
-def solver_settings(method: str) -> list[str]:
-    """The settings a solver takes from the command line (its keyword-only arguments but the plumbing)."""
-    params = inspect.signature(SOLVERS[method]).parameters.items()
-    return [k for k, p in params if p.kind == p.KEYWORD_ONLY and k not in ("generator", "progress", "init")]
-
-
 def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[dict]]:
     """`METHOD.KEY=V1,V2 ...` -> per method, every combination of the values (values read as JSON where
     they parse: numbers, true, null; text otherwise). A method without --set has one cell, {}."""
@@ -125,6 +119,8 @@ def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
             raise ValueError(f"--set {pair}: {method} has no setting {key!r}; its settings are "
                              + ", ".join(solver_settings(method)))
         axes[method][key] = [_json_or_text(v) for v in rhs.split(",")]
+        for value in axes[method][key]:
+            check_settings(method, {key: value})
     return {m: [dict(zip(a, combo)) for combo in itertools.product(*a.values())] for m, a in axes.items()}
 
 
@@ -403,6 +399,8 @@ def evaluate(data: str | Path, out: str | Path, *,
         cells = {task: [(NAIVE, "{}")] * has_naive(task, size)
                  + [(m, compact(settings_for(m, task, **{"steps": steps, **combo}))) for m in methods
                     for combo in grid.get(m, [{}])] for task in tasks}
+        for method, settings in {c for task_cells in cells.values() for c in task_cells if c[0] != NAIVE}:
+            check_settings(method, json.loads(settings), prior.schedule.T)  # before any work, not mid-run
         units = work_units(len(chunks), cells, seeds)
         order = [k for u, _ in units for k in u.keys(chunks)]
         mine = [u for u, k in units if (u.chunk + k) % ranks.world == ranks.rank]  # each cell dealt over the ranks
@@ -634,20 +632,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="sdedit,scoreald,dps", help="comma-separated solvers (naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
                    help="solver settings; several values make a grid of cells, e.g. sdedit.t0=400,500,600")
-    p.add_argument("--n", type=int, default=None, help="only the first N readable images (after --first/--last)")
+    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N",
+                   help="only the first N readable images (after --first/--last)")
     p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
     p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
-    p.add_argument("--seeds", type=int, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="solver steps (default: each solver's own)")
-    p.add_argument("--batch", type=int, default=8, help="images per solver call (default 8)")
-    p.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    p.add_argument("--steps", type=arguments.positive, default=None, help="solver steps (default: each solver's own)")
+    p.add_argument("--batch", type=arguments.positive, default=8, help="images per solver call (default 8)")
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
+    p.add_argument("--size", type=arguments.integer(8, 4096), default=None,
                    help="image side (default: the prior's; another size only for fully convolutional networks)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
     p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when available)")
-    p.add_argument("--save-images", type=int, default=0, metavar="K",
+    p.add_argument("--device", type=arguments.device, default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--save-images", type=arguments.count, default=0, metavar="K",
                    help="keep the restorations of the first K images as PNG under OUT/images/ (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -11,9 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .io import atomic_write  # noqa: E402
+
 
 def displayable(y: Tensor, size: tuple[int, int]) -> Tensor:
-    """A measurement shown as an image of `size`: nearest-neighbour upsampling when it is smaller."""
+    """A measurement shown as an image of `size`: grey for one channel, nearest-neighbour upsampling when
+    it is smaller."""
+    if y.dim() == 4 and y.shape[1] == 1:
+        y = y.expand(-1, 3, -1, -1)
     if y.dim() == 4 and y.shape[1] == 3 and tuple(y.shape[-2:]) != tuple(size):
         return F.interpolate(y, size=size, mode="nearest")
     return y
@@ -50,10 +55,11 @@ def image_table(rows: list[list[Tensor | None]], path: str | Path, *, col_titles
 
 
 def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
-    """Write a matplotlib figure to `path` (folders made as needed) and close it."""
+    """Write a matplotlib figure to `path` atomically (folders made as needed; the format follows the
+    suffix) and close it."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:].lower() or "png"))
+    finally:
+        plt.close(fig)

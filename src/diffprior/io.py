@@ -8,6 +8,8 @@ resize, so odd sizes and aspect ratios are handled the same, documented way.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +21,22 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 
 def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
-    """Open an image file as an RGB PIL image, with clear errors for missing or unreadable files."""
+    """Open an image file as an RGB PIL image, with clear errors for missing or unreadable files.
+
+    A file whose header claims more than Pillow's `Image.MAX_IMAGE_PIXELS` pixels (a decompression bomb)
+    is refused before it is decoded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
     try:
         with Image.open(path) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.size[0] * im.size[1] > limit:
+                raise ValueError(f"it claims {im.size[0]}x{im.size[1]} pixels, more than the {limit} that "
+                                 "PIL.Image.MAX_IMAGE_PIXELS allows (a decompression bomb?)")
             im.load()
             return to_rgb(im, alpha=alpha)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read {path} as an image ({e})") from e
 
 
@@ -84,23 +93,57 @@ def load_image(path: str | Path, size: int | None = None, *, alpha: str = "white
     return pil_to_tensor(center_square(open_image(path, alpha=alpha), size))
 
 
-def save_image(x: Tensor, path: str | Path) -> Path:
-    """Write one image (3, H, W) or (1, 3, H, W) in [-1, 1] to a file; the format follows the suffix."""
+def image_format(path: str | Path) -> str:
+    """The Pillow format that writes files with `path`'s suffix (PNG for .png, ...); ValueError if none."""
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"cannot write an image to {path}: use a suffix such as .png, .jpg or .webp"
+                         + (f" ({suffix!r} is not an image format Pillow writes)" if suffix else ""))
+    return fmt
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place: readers see either
+    the old file or the complete new one, never a partial write (a full disk leaves the old file as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensor_to_pil(x).save(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
-def load_mask(path: str | Path, size: tuple[int, int]) -> Tensor:
+def save_image(x: Tensor, path: str | Path) -> Path:
+    """Write one image (3, H, W) or (1, 3, H, W) in [-1, 1] to a file, atomically; the format follows the
+    suffix."""
+    im, fmt = tensor_to_pil(x), image_format(path)
+    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
+
+
+def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None) -> Tensor:
     """Read a mask image: white (>= 50% grey) marks observed pixels, black marks missing ones.
 
-    The mask must already have the image's size (H, W): a mask that does not fit is an error, never
-    silently resized."""
+    The mask has either the photo's size `photo_size` (W, H), and then goes through the photo's own
+    central square crop and resize to `size` (H, W), or already the size `size`. Any other size is an
+    error, never silently resized."""
     im = open_image(path).convert("L")
+    if photo_size is not None and im.size == tuple(photo_size) and im.size != (size[1], size[0]):
+        if size[0] != size[1]:
+            raise ValueError(f"a mask of the photo's size needs a square image size, got {size}")
+        im = center_square(im, size[0])
     if (im.size[1], im.size[0]) != tuple(size):
-        raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH) but the image is "
-                         f"{size[1]}x{size[0]}")
+        photo = f"the photo's {photo_size[0]}x{photo_size[1]} or " if photo_size else ""
+        raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected "
+                         f"{photo}the model's {size[1]}x{size[0]}")
     arr = np.asarray(im, dtype=np.float32) / 255.0
     return torch.from_numpy((arr >= 0.5).astype(np.float32))
 

@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .download import DownloadError, RemoteFile, cache_dir, fetch
+from .io import atomic_write
 from .networks import build_network
 from .prior import GaussianMixturePrior, NetworkPrior, Prior
 from .schedule import Schedule
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+MAX_IMAGE_SIZE = 8192  # the largest image side a checkpoint description may claim
 
 
 class CheckpointError(ValueError):
@@ -37,17 +38,21 @@ class CheckpointError(ValueError):
 
 def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load `state` into `net`, failing with the names of missing, unexpected and mis-shaped tensors."""
-    own = net.state_dict()
+    check_shapes({k: v.shape for k, v in net.state_dict().items()}, {k: v.shape for k, v in state.items()}, source)
+    net.load_state_dict(state, strict=True)
+
+
+def check_shapes(own: dict[str, tuple], state: dict[str, tuple], source: str = "checkpoint") -> None:
+    """Fail with the names of missing, unexpected and mis-shaped tensors of `state` against a network's `own`."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    misshaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-                       for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    misshaped = sorted(f"{k}: checkpoint {tuple(state[k])} vs network {tuple(own[k])}"
+                       for k in set(own) & set(state) if tuple(own[k]) != tuple(state[k]))
     if missing or unexpected or misshaped:
         def show(title, items):
             return f"\n  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else "") if items else ""
         raise CheckpointError(f"{source} does not fit the network:" + show("missing", missing)
                               + show("unexpected", unexpected) + show("wrong shape", misshaped))
-    net.load_state_dict(state, strict=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -90,20 +95,13 @@ def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: to
     return path
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it into place: readers see either
-    the old file or the complete new one, never a partial write."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of a .safetensors file's tensors, from its header (no tensor is read)."""
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {path} as a safetensors file ({e})") from e
 
 
 def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
@@ -116,12 +114,20 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
                                     "with NAME.json beside it)")
     try:
         config = json.loads(meta.read_text())
-        net = build_network(config["architecture"], **config.get("network", {}))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        size = int(config["image_size"])
+        if not 1 <= size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
+        # The description is checked against the weights file's header before the network is built for real:
+        # a description that does not fit the file never allocates anything (it is built on the meta device).
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in build_network(config["architecture"], **config.get("network", {}))
+                      .state_dict().items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
+    check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
+    net = build_network(config["architecture"], **config.get("network", {}))
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
     load_state_strict(net, state, str(weights))
-    size = int(config["image_size"])
     prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
                          (int(config.get("channels", 3)), size, size),
                          learned_variance=bool(config.get("learned_variance", False)), config=config)

@@ -27,7 +27,7 @@ as levels x ODE steps, RePaint through its resampling jumps, DPS and PiGDM also 
 network), with the seconds per image; solvers that do not apply are listed with the reason.
 
 Data: --data FOLDER (image files, centre-cropped and resized to the model's size; --first/--last select a
-range of file names, --n caps the count) or --data generated:N (N clean images drawn from the prior by
+range of file names, --limit caps the count) or --data generated:N (N clean images drawn from the prior by
 --steps ancestral steps, or 100 DDIM steps with --quick, seeded, saved under OUT/generated/; figures meant for
 publication should use these, never photos of people).
 
@@ -59,6 +59,7 @@ from .evaluate import (NAIVE, RowWriter, Runner, check_run, compact, derive_seed
                        read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        write_summary)
 from .figures import displayable, image_table
+from . import arguments
 from .io import load_image, tensor_to_pil
 from .metrics import image_metrics
 from .models import DEFAULT_MODEL, atomic_write, load_prior
@@ -152,9 +153,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if solvers and "tv" not in solvers:
         solvers.append("tv")  # the classical baseline is always in table 4
     steps = args.steps or (20 if quick else 1000)
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([20] if quick else [100, 1000])
+    try:
+        budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([20] if quick else [100, 1000])
+    except ValueError:
+        raise ValueError(f"--budgets expects whole numbers separated by commas, got {args.budgets!r}") from None
     if n is not None and n < 1 or args.seeds < 1 or args.batch < 1 or steps < 1 or min(budgets) < 1:
-        raise ValueError("--n, --seeds, --batch, --steps and --budgets must be at least 1")
+        raise ValueError("--limit, generated:N, --seeds, --batch, --steps and --budgets must be at least 1")
     return Plan(out=Path(args.out), data=data, n=n, first=args.first, last=args.last, seeds=args.seeds, steps=steps,
                 budgets=budgets, solvers=solvers, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
                 config=args.config, device=args.device, quick=quick, progress=not args.no_progress,
@@ -165,7 +169,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def canonical_command(args: argparse.Namespace) -> str:
     """The command line that repeats this run, every option spelled out."""
     words = ["diffprior", "reproduce", "--out", args.out, "--data", args.data]
-    for flag, value in (("--n", args.n), ("--first", args.first), ("--last", args.last), ("--seeds", args.seeds),
+    for flag, value in (("--limit", args.n), ("--first", args.first), ("--last", args.last), ("--seeds", args.seeds),
                         ("--steps", args.steps), ("--budgets", args.budgets), ("--solvers", args.solvers),
                         ("--batch", args.batch), ("--sigma-y", args.sigma_y), ("--model", args.model),
                         ("--config", args.config), ("--device", args.device)):
@@ -175,9 +179,7 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def pick_device(name: str) -> torch.device:
-    if name in ("auto", "cuda"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return arguments.resolve_device(name)
 
 
 def stage(plan: Plan, text: str) -> None:
@@ -659,6 +661,8 @@ def reproduce(plan: Plan) -> Path:
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config)
     size, plan.T = prior.shape[-1], prior.schedule.T
+    if plan.steps > plan.T:
+        raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")
     plan.out.mkdir(parents=True, exist_ok=True)
     stage(plan, f"data: {plan.data if plan.data != 'generated' else f'{plan.n} images from the prior'}")
     folder, images = data_folder(prior, plan, device)
@@ -706,21 +710,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="generated",
                    help="a folder of images, or generated:N for N images drawn from the prior (default: generated, "
                         "16 images, 4 with --quick)")
-    p.add_argument("--n", type=int, default=None, help="only the first N readable images of the folder")
+    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N",
+                   help="only the first N readable images of the folder")
     p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
     p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
-    p.add_argument("--seeds", type=int, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default 1000; 20 with --quick)")
+    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    p.add_argument("--steps", type=arguments.positive, default=None, help="diffusion steps (default 1000; 20 with --quick)")
     p.add_argument("--budgets", default=None, help="NFE budgets of table 4, comma-separated (default 100,1000; 20 "
                    "with --quick)")
     p.add_argument("--solvers", default=None, help="table 4's solvers: all, report (no table 4) or a comma-separated "
                    f"list (default all; {','.join(QUICK_SOLVERS)} with --quick)")
-    p.add_argument("--batch", type=int, default=8, help="images per network call (default 8)")
-    p.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
+    p.add_argument("--batch", type=arguments.positive, default=8, help="images per network call (default 8)")
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
     p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", type=arguments.device, default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="a reduced run for CPUs and tests (about two minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -23,6 +23,7 @@ import argparse
 import copy
 import csv
 import math
+import pickle
 import signal
 import threading
 import time
@@ -34,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import io
+from . import arguments, io
 from .data import FaceSet, load_faces
 from .io import from_uint8
-from .models import atomic_write, save_checkpoint
+from .models import CheckpointError, atomic_write, save_checkpoint
 from .networks import build_network
 from .networks.small import CONFIGS, SmallUNet, network_config
 from .prior import NetworkPrior
@@ -45,6 +46,7 @@ from .schedule import Schedule
 from .solvers.sampling import sample
 
 STATE, MODEL, LOG = "state.pt", "model.safetensors", "log.csv"
+STATE_KEYS = ("identity", "net", "ema", "opt", "step", "images", "seconds", "loss", "rng")
 PSNR_STEPS = (100, 300, 500)  # timesteps of the Tweedie PSNR tracked on the validation images
 LOG_FIELDS = ["step", "images", "seconds", "lr", "loss", "val_loss", "train_eval_loss",
               *(f"val_psnr_{t}" for t in PSNR_STEPS)]
@@ -178,6 +180,22 @@ class EpsLoss:
         return torch.cat(psnrs).mean().item()
 
 
+def read_state(path: Path) -> dict:
+    """A training state written by `train` (tensors and plain containers only: nothing else is unpickled)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not set(STATE_KEYS) <= set(state):
+            raise KeyError(f"it has no {', '.join(STATE_KEYS)}")
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"cannot resume from {path}: it holds Python objects besides tensors, and loading "
+                              "those could run code; it was not written by `diffprior train`") from e
+    except Exception as e:  # torch.load raises many error types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot resume from {path}: it is not a training state written by "
+                              f"`diffprior train` ({reason})") from e
+    return state
+
+
 def train(data: str | Path | FaceSet, out: str | Path, *,
           size: int = 64,                       # square image size
           steps: int = 10_000,                  # total optimiser steps (a resumed run continues up to it)
@@ -215,8 +233,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     """Train (or continue training) a SmallUNet epsilon-prior; returns the path of the exported model."""
     started = time.monotonic()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = arguments.resolve_device(device)
     cuda = device.type == "cuda"
     channels_last = channels_last and cuda
     state_path = out / STATE
@@ -224,6 +241,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         raise FileExistsError(f"{state_path} exists: pass resume=True to continue that run, or use a new folder")
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    state = read_state(state_path) if resume and state_path.exists() else None
     if cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -233,6 +251,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     val_faces = None if val is None else load_faces(val, size, first=val_first, last=val_last, count=val_count,
                                                      cache=out / f"val-{size}.zip")
     val_images = None if val_faces is None else val_faces.images.to(device)
+    out.mkdir(parents=True, exist_ok=True)
 
     # Model, EMA copy, optimiser and every source of randomness.
     schedule = Schedule.linear()
@@ -253,8 +272,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     identity = {"network": net_config, "size": size, "data": faces.describe()}  # must match to resume
     step, seen, seconds, last_loss = 0, 0, 0.0, float("nan")
     evals: dict = {}  # the latest evaluation losses and the step they were measured at
-    if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state is not None:
         for key in identity:
             if state["identity"][key] != identity[key]:
                 raise ValueError(f"cannot resume: the checkpoint's {key} differs\n  checkpoint: "
@@ -394,10 +412,12 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -411,34 +431,34 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--data", required=True, help="folder of training images, or a pack file (see `diffprior pack`)")
     a("--out", required=True, help="output folder: state.pt, model.safetensors/.json, log.csv, samples/")
-    a("--size", type=int, default=64, help="square image size (default 64)")
+    a("--size", type=arguments.integer(8, 4096), default=64, help="square image size (default 64)")
     a("--config", default="default", choices=sorted(CONFIGS), help="network configuration (default: default)")
-    a("--dropout", type=float, help="override the configuration's dropout")
-    a("--min-snr", type=float, help="min-SNR-gamma loss weighting with this gamma (e.g. 5; default: none)")
+    a("--dropout", type=arguments.number(0.0, 0.99), help="override the configuration's dropout")
+    a("--min-snr", type=arguments.number(0.0, above=True), help="min-SNR-gamma loss weighting with this gamma (e.g. 5; default: none)")
     a("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA only)")
-    a("--steps", type=int, default=10_000, help="total optimiser steps (default 10000)")
-    a("--batch", type=int, default=256, help="images per step (default 256)")
-    a("--lr", type=float, default=2e-4, help="learning rate (default 2e-4)")
-    a("--warmup", type=int, default=500, help="learning-rate warm-up steps (default 500)")
-    a("--ema", type=float, default=0.9995, help="EMA decay (default 0.9995)")
+    a("--steps", type=arguments.positive, default=10_000, help="total optimiser steps (default 10000)")
+    a("--batch", type=arguments.positive, default=256, help="images per step (default 256)")
+    a("--lr", type=arguments.number(0.0, above=True), default=2e-4, help="learning rate (default 2e-4)")
+    a("--warmup", type=arguments.count, default=500, help="learning-rate warm-up steps (default 500)")
+    a("--ema", type=arguments.number(0.0, 1.0), default=0.9995, help="EMA decay, 0 to 1 (default 0.9995)")
     a("--first", help="first file-name stem of the data folder to use, e.g. 000001")
     a("--last", help="last file-name stem to use, e.g. 009500")
-    a("--count", type=int, help="use at most this many files")
+    a("--count", type=arguments.positive, help="use at most this many files")
     a("--val", help="held-out images (folder or pack) for the validation loss")
     a("--val-first", help="first file-name stem of the validation folder, e.g. 009501")
     a("--val-last", help="last file-name stem of the validation folder")
-    a("--val-count", type=int, default=500, help="at most this many validation images (default 500)")
-    a("--eval-every", type=int, default=1000, help="steps between validation losses (default 1000)")
-    a("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
-    a("--sample-every", type=int, default=0, help="steps between sample grids, also drawn at the end (default 0: none)")
-    a("--sample-steps", type=int, default=100, help="sampler steps for the grids (default 100)")
+    a("--val-count", type=arguments.positive, default=500, help="at most this many validation images (default 500)")
+    a("--eval-every", type=arguments.positive, default=1000, help="steps between validation losses (default 1000)")
+    a("--checkpoint-every", type=arguments.positive, default=1000, help="steps between checkpoints (default 1000)")
+    a("--sample-every", type=arguments.count, default=0, help="steps between sample grids, also drawn at the end (default 0: none)")
+    a("--sample-steps", type=arguments.positive, default=100, help="sampler steps for the grids (default 100)")
     a("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="sampler for the grids (default ddpm)")
-    a("--max-minutes", type=float, help="stop cleanly, with a checkpoint, after this many minutes")
+    a("--max-minutes", type=arguments.number(0.0, above=True), help="stop cleanly, with a checkpoint, after this many minutes")
     a("--resume", action="store_true", help="continue from OUT/state.pt")
-    a("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    a("--device", type=arguments.device, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     a("--compile", action="store_true", help="torch.compile the training forward pass")
     a("--channels-last", action="store_true", help="channels-last memory format on CUDA")
-    a("--seed", type=int, default=0, help="random seed (default 0)")
+    a("--seed", type=arguments.seed, default=0, help="random seed (default 0)")
 
 
 def run_train(args: argparse.Namespace) -> Path:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from .daps import daps
@@ -56,31 +58,95 @@ def settings_for(method: str, task: str | None, **overrides) -> dict:
     return settings
 
 
+PLUMBING = ("generator", "progress", "init")  # keyword arguments of every solver that are not settings
+DIVERGED_ABOVE = 100.0  # |x| beyond this is no image: the data live in about [-1, 1]
+
+
 class DivergenceError(RuntimeError):
-    """A solver's iterates left the finite numbers: its step size is too large for this problem."""
+    """A solver's iterates left the range of images (or the finite numbers), or its residual exploded:
+    its step size is too large for this problem."""
+
+
+def solver_settings(method: str) -> dict:
+    """The settings of a solver (its keyword-only arguments but the plumbing) with their defaults."""
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(SOLVERS)}")
+    params = inspect.signature(SOLVERS[method]).parameters.items()
+    return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
+
+
+def check_settings(method: str, settings: dict, T: int | None = None) -> None:
+    """Refuse a setting the solver does not have (TypeError) or a value of the wrong kind or out of range
+    (ValueError), naming the setting, the value and what is allowed. T: the prior's number of timesteps."""
+    known = solver_settings(method)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise TypeError(f"{method} has no setting {', '.join(unknown)}; its settings are {', '.join(known)}")
+    for key, value in settings.items():
+        default = known[key]
+        if value is None:
+            continue
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{method} setting {key}={value!r}: expected true or false")
+            continue
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError(f"{method} setting {key}={value!r}: expected a name such as {default!r}")
+            continue
+        if not isinstance(default, (int, float)) and key not in ("steps", "t0", "weight"):
+            continue  # a setting without a numeric default (e.g. a kernel): the solver checks it
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{method} setting {key}={value!r}: expected a finite number")
+        if (key in ("steps", "t0") or (isinstance(default, int) and not isinstance(default, bool))) \
+                and not float(value).is_integer():
+            raise ValueError(f"{method} setting {key}={value!r}: expected a whole number")
+        if value < 0:
+            raise ValueError(f"{method} setting {key}={value!r}: must not be negative")
+        if key == "steps" and value < 1:
+            raise ValueError(f"{method} setting steps={value!r}: must be at least 1")
+        if T is not None and key == "t0" and value > T - 1:
+            raise ValueError(f"{method} setting t0={value!r}: a timestep in [0, {T - 1}] (the prior has T = {T})")
+        if T is not None and key == "steps" and value > T and method != "tv":
+            raise ValueError(f"{method} setting steps={value!r}: at most the prior's T = {T} diffusion steps")
+
+
+def divergence(op, x: Tensor, y: Tensor) -> str | None:
+    """Why x is a diverged result for measurement y, or None: non-finite values, values far outside the
+    data's range, or a residual ||y - A x|| more than ten times what any image in range could leave."""
+    if not bool(x.isfinite().all()):
+        return "non-finite output"
+    if float(x.abs().max()) > DIVERGED_ABOVE:
+        return f"output values up to {float(x.abs().max()):.3g}, far outside the data's [-1, 1]"
+    with torch.no_grad():
+        r = float((y - op.A(x)).flatten(1).norm(dim=1).max())
+    bound = 10 * max(float(y.flatten(1).norm(dim=1).max()), y[0].numel() ** 0.5)
+    if not r <= bound:
+        return f"residual ||y - A x|| = {r:.3g}, more than ten times what any image in range leaves ({bound:.3g})"
+    return None
 
 
 def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **settings) -> Tensor:
     """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
-    measurement noise. Unknown settings raise a TypeError, a measurement with NaNs a ValueError, and a
-    run that diverges a DivergenceError."""
+    measurement noise. Unknown settings raise a TypeError, a bad value or a measurement with NaNs a
+    ValueError, and a run that diverges (see `divergence`) a DivergenceError."""
     if method not in SOLVERS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(SOLVERS)}")
     if not bool(y.isfinite().all()):
         raise ValueError("the measurement contains NaN or infinite values")
-    solver = SOLVERS[method]
-    accepted = [name for name, p in inspect.signature(solver).parameters.items() if p.kind == p.KEYWORD_ONLY]
-    unknown = sorted(set(settings) - set(accepted))
-    if unknown:
-        raise TypeError(f"{method} has no setting {', '.join(unknown)}; its settings are {', '.join(accepted)}")
-    if sigma_y is not None and "sigma_y" in accepted:
+    schedule = getattr(prior, "schedule", None)
+    check_settings(method, {k: v for k, v in settings.items() if k not in PLUMBING},
+                   schedule.T if schedule is not None else None)
+    if sigma_y is not None and "sigma_y" in solver_settings(method):
         settings.setdefault("sigma_y", sigma_y)
-    x = solver(prior, op.to(y.device), y, **settings)
-    if not bool(x.isfinite().all()):
-        raise DivergenceError(f"{method} diverged (non-finite output) with settings {settings}: "
-                              "lower its step size (scale / step_size) or use more steps")
+    x = SOLVERS[method](prior, op.to(y.device), y, **settings)
+    why = divergence(op, x, y)
+    if why is not None:
+        shown = {k: v for k, v in settings.items() if k not in PLUMBING}
+        raise DivergenceError(f"{method} diverged ({why}) with settings {shown}: lower its step size "
+                              "(scale / step_size / lr) or use more steps")
     return x
 
 
-__all__ = ["SOLVERS", "TASK_SETTINGS", "settings_for", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", "sdedit", "scoreald", "dps", "daps", "reddiff", "repaint",
+__all__ = ["SOLVERS", "TASK_SETTINGS", "settings_for", "solver_settings", "check_settings", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", "sdedit", "scoreald", "dps", "daps", "reddiff", "repaint",
            "ddrm", "ddnm", "pigdm", "diffpir", "tv"]

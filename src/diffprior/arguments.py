@@ -1,0 +1,118 @@
+"""What every command checks before it does any work: argument values (argparse types that name the
+allowed range), the device, and the files it will write (never an input; an existing file only with
+--overwrite; a folder that can be written; a suffix the writer knows)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from .io import image_format
+
+
+def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (either bound may be None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        _check_range(value, text, low, high)
+        return value
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] ((low, high] with above=True)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if above and low is not None and value <= low:
+            raise argparse.ArgumentTypeError(f"must be greater than {low:g}, got {text}")
+        _check_range(value, text, None if above else low, high)
+        return value
+    return parse
+
+
+def _check_range(value, text: str, low, high) -> None:
+    if low is not None and value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
+
+
+positive = integer(1)
+count = integer(0)
+seed = integer(0, 2 ** 63 - 1)
+noise_std = number(0.0)  # --sigma-y
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'auto' (or None): CUDA when available, else the CPU; otherwise a device that exists on this
+    machine, or a ValueError saying what is available."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"device {name!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def device(text: str) -> str:
+    """An argparse type: a device name that `resolve_device` accepts (kept as text)."""
+    try:
+        resolve_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"device {text!r}: ")) from None
+    return text
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that already exist (an input is never replaced)")
+
+
+def check_outputs(outputs: Iterable[str | Path], *, inputs: Iterable[str | Path | None] = (),
+                  overwrite: bool = False, images: bool = True) -> None:
+    """Refuse, before any work, to write where it would fail or destroy something: an output that is an
+    input (also through a link), an existing file without `overwrite`, a folder, a suffix that is no
+    image format (`images`), or a folder that cannot be created or written."""
+    inputs = [Path(p) for p in inputs if p is not None]
+    for out in map(Path, outputs):
+        if images:
+            image_format(out)
+        if out.is_dir():
+            raise IsADirectoryError(f"the output {out} is a folder: give a file name")
+        for p in inputs:
+            if out.exists() and p.exists() and os.path.samefile(out, p) or out.resolve() == p.resolve():
+                raise FileExistsError(f"the output {out} is the input {p}: choose another output file "
+                                      "(inputs are never overwritten)")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists: pass --overwrite to replace it, or choose another name")
+        folder = out.parent
+        while not folder.exists():  # the nearest existing folder must let us create the rest
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(f"cannot write {out}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write {out}: the folder {folder} is not writable")

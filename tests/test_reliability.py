@@ -1,0 +1,346 @@
+"""Bad input and faults: every one gets one clear line and exit code 2, before any heavy work, and no
+existing file is ever destroyed; outputs are written atomically."""
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from diffprior import cli, download
+from diffprior.cli import main
+from diffprior.data import load_folder
+from diffprior.evaluate import readable
+from diffprior.io import load_mask, open_image, save_image
+from diffprior.models import CheckpointError, load_prior, save_checkpoint
+from diffprior.networks import build_network
+from diffprior.networks.small import network_config
+from diffprior.operators import make_operator, measure
+from diffprior.schedule import Schedule
+from diffprior.solvers import DivergenceError, divergence, solve
+
+
+def bomb_png(path: Path, width: int = 60000, height: int = 60000) -> Path:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """A working folder with inputs of every kind, an existing output, and broken files."""
+    monkeypatch.chdir(tmp_path)
+    prior = load_prior("gmm-demo")
+    save_image(prior.sample(1, torch.Generator().manual_seed(5)).float().clamp(-1, 1), tmp_path / "clean.png")
+    Image.new("RGB", (256, 256), (120, 60, 30)).save(tmp_path / "big.png")
+    Image.new("RGB", (300, 200), (120, 60, 30)).save(tmp_path / "wide.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "mask32.png")
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "existing.png")
+    bomb_png(tmp_path / "bomb.png")
+    (tmp_path / "folder.zip").mkdir()
+    (tmp_path / "dir.png").mkdir()
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(2):
+        Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(faces / f"{i:03d}.png")
+    with zipfile.ZipFile(tmp_path / "noformat.zip", "w") as z:  # a pack whose faces.json lacks its format
+        z.writestr("faces.json", json.dumps({"size": 8, "count": 1, "member": "images.npy"}))
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"identity": {}, "net": {}, "note": os.path.join}, run / "state.pt")  # code: refused
+    return tmp_path
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+# (arguments, words the one error line must contain). Each case must fail before any solver, sampler or
+# training step runs (those are replaced by a function that fails the test).
+BAD = [
+    ("restore --input big.png --task sr4 --out big.png", "is the input"),
+    ("restore --input big.png --task sr4 --out big.png --overwrite", "is the input"),
+    ("restore --input clean.png --task sr4 --out existing.png", "--overwrite"),
+    ("restore --input clean.png --task sr4 --out out.txt", "suffix"),
+    ("restore --input clean.png --task sr4 --out dir.png", "is a folder"),
+    ("restore --input clean.png --task sr4 --out existing.png/x.png", "is a file"),
+    ("restore --input clean.png --task sr4 --device cuda:99", "argument --device"),
+    ("restore --input clean.png --task sr4 --device tpu", "argument --device"),
+    ("restore --input clean.png --task box-inpaint --method sdedit --set t0=2000", "t0=2000"),
+    ("restore --input clean.png --task box-inpaint --set scale=abc", "scale='abc'"),
+    ("restore --input clean.png --task box-inpaint --set scale=-1", "negative"),
+    ("restore --input clean.png --task box-inpaint --set generator=1", "no setting generator"),
+    ("restore --input clean.png --task box-inpaint --set sigma_y=1", "--sigma-y"),
+    ("restore --input clean.png --task box-inpaint --set steps=2.5", "whole number"),
+    ("restore --input clean.png --task box-inpaint --sigma-y nan", "finite"),
+    ("restore --input clean.png --task box-inpaint --sigma-y -1", "at least 0"),
+    ("restore --input clean.png --task box-inpaint --samples 0", "--samples"),
+    ("restore --input clean.png --task box-inpaint --steps 0", "--steps"),
+    ("restore --input clean.png --task box-inpaint --steps 5000", "at most the prior's T"),
+    ("restore --input clean.png --task inpaint", "needs --mask"),
+    ("restore --input clean.png --mask mask32.png", "does not fit"),
+    ("restore --input big.png --task sr4 --measured", "16x16"),
+    ("restore --input big.png --task gaussian-blur --measured", "64x64"),
+    ("restore --input bomb.png --task sr4", "decompression bomb"),
+    ("restore --input missing.png --task sr4", "no image file"),
+    ("denoise --input clean.png --t 2000", "[0, 999]"),
+    ("denoise --input clean.png --t -5", "--t"),
+    ("denoise --input clean.png --out clean.png --overwrite", "is the input"),
+    ("sample --nrow 0", "--nrow"),
+    ("sample --n 0", "--n"),
+    ("sample --eta 2", "--eta"),
+    ("sample --steps 5000", "at most the prior's T"),
+    ("sample --out existing.png", "--overwrite"),
+    ("demo --tasks box-inpaint,unblur", "unblur"),
+    ("demo --out existing.png", "is a file"),
+    ("metrics clean.png wide.png", "aspect ratio"),
+    ("metrics clean.png bomb.png", "decompression bomb"),
+    ("eval --data faces --out ev --limit 0", "--limit"),
+    ("eval --data faces --out ev --batch 0", "--batch"),
+    ("eval --data faces --out ev --set dps.scale=abc", "scale='abc'"),
+    ("reproduce --out rep --limit 0", "--limit"),
+    ("reproduce --out rep --budgets 10,abc", "--budgets"),
+    ("train --data faces --out tr --steps 0", "--steps"),
+    ("train --data faces --out tr --ema 1.5", "--ema"),
+    ("train --data noformat.zip --out tr --steps 1", "not a diffprior face pack"),
+    ("train --data faces --out run --size 8 --config tiny --steps 1 --resume", "cannot resume"),
+    ("pack faces folder.zip", "is a folder"),
+    ("pack faces existing.png", "--overwrite"),
+    ("pack faces faces.zip --quality 0", "--quality"),
+]
+
+
+def forbidden(*args, **kwargs):
+    raise AssertionError("heavy work started before the arguments were checked")
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[a for a, _ in BAD])
+def test_bad_input_is_one_clear_line_before_any_work(files, capsys, monkeypatch, argv, message):
+    for name in ("solve", "sample", "denoise"):
+        monkeypatch.setattr(cli, name, forbidden)
+    monkeypatch.setattr("diffprior.uncertainty.posterior_samples", forbidden)
+    before = snapshot(files)
+    words = argv.split()
+    if words[0] in ("restore", "sample", "denoise", "demo") and "--device" not in words:
+        words += ["--device", "cpu"]
+    try:
+        code = main(words)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("diffprior") and "Traceback" not in err, err
+    assert message in lines[0]
+    assert snapshot(files) == before  # nothing written, nothing removed, no temporary file left
+
+
+@pytest.mark.parametrize("argv", [["restore", "--input", "missing.png", "--task", "sr4"], ["sample", "--n", "0"]])
+def test_the_real_command_exits_2_without_a_traceback(tmp_path, argv):
+    done = subprocess.run([sys.executable, "-m", "diffprior", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_debug_shows_the_traceback(files):
+    with pytest.raises(FileNotFoundError):
+        main(["restore", "--input", "missing.png", "--task", "sr4", "--device", "cpu", "--debug"])
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "restore", "--input", "missing.png", "--task", "sr4", "--device", "cpu"])
+
+
+# -- outputs: atomic, never an input, overwritten only when asked -------------------------------------
+def test_overwriting_is_the_users_choice(files, capsys):
+    argv = ["restore", "--input", "clean.png", "--task", "sr4", "--steps", "5", "--out", "r.png", "--device", "cpu",
+            "--json"]
+    assert main(argv) == 0
+    first = snapshot(files)
+    assert {"r.png", "r_figure.png"} <= set(first)
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert snapshot(files) == first
+    assert main(argv + ["--overwrite", "--seed", "1"]) == 0
+    assert snapshot(files)["r.png"] != first["r.png"]
+
+
+@pytest.mark.parametrize("argv,target", [
+    (["sample", "--n", "2", "--steps", "3", "--out", "existing.png"], "existing.png"),
+    (["restore", "--input", "clean.png", "--task", "sr4", "--steps", "3", "--out", "existing.png"], "existing.png"),
+])
+def test_a_full_disk_leaves_the_old_file_whole(files, capsys, monkeypatch, argv, target):
+    """The writer fails half-way (as on a full disk): the previous file is intact and nothing is left over."""
+    import matplotlib.figure
+
+    def half_then_full(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device", str(fp))
+    monkeypatch.setattr(Image.Image, "save", half_then_full)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_full)
+    before = snapshot(files)
+    assert main(argv + ["--overwrite", "--device", "cpu"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert snapshot(files) == before
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from diffprior.figures import image_table
+    path = image_table([[torch.zeros(3, 8, 8)]], tmp_path / "f.png")
+    old = path.read_bytes()
+
+    def fail(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
+    with pytest.raises(OSError):
+        image_table([[torch.ones(3, 8, 8)]], path)
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["f.png"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_folder_is_refused_before_work(files, capsys):
+    ro = files / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert main(["sample", "--out", str(ro / "s.png"), "--device", "cpu"]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+
+
+# -- files that are not what they claim ------------------------------------------------------------------
+def test_decompression_bombs_are_refused_and_skipped(tmp_path):
+    bomb = bomb_png(tmp_path / "a_bomb.png")
+    bomb_png(tmp_path / "b_just_over.png", 10_000, 10_000)  # over MAX_IMAGE_PIXELS, under twice it
+    Image.new("RGB", (16, 16)).save(tmp_path / "c_good.png")
+    with pytest.raises(ValueError, match="decompression bomb"):
+        open_image(bomb)
+    good, bad = readable(sorted(tmp_path.iterdir()))  # what eval and reproduce read
+    assert [p.name for p in good] == ["c_good.png"] and [p.name for p, _ in bad] == ["a_bomb.png", "b_just_over.png"]
+    with pytest.warns(UserWarning, match="skipped 2"):
+        faces = load_folder(tmp_path, 8)  # what pack and train read
+    assert faces.names == ["c_good.png"] and len(faces.skipped) == 2
+
+
+def test_pack_into_a_folder_is_refused_and_leaves_nothing(files, capsys):
+    before = snapshot(files)
+    assert main(["pack", "faces", "folder.zip"]) == 2
+    assert snapshot(files) == before
+    assert main(["pack", "faces", "faces.zip", "--size", "8", "--format", "npy"]) == 0
+    assert [p.name for p in files.iterdir() if p.name.startswith(".")] == []
+
+
+def test_checkpoint_description_is_checked_against_the_weights_before_building(tmp_path):
+    net = build_network("small-unet", **network_config("tiny"))
+    config = {"architecture": "small-unet", "network": net.config, "schedule": Schedule.linear().config,
+              "image_size": 16, "channels": 3}
+    path = save_checkpoint(net, config, tmp_path / "m.safetensors")
+    huge = {**config, "network": {**net.config, "base": 1_000_000}}  # would need terabytes
+    path.with_suffix(".json").write_text(json.dumps(huge))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_prior(path)
+    path.with_suffix(".json").write_text(json.dumps({**config, "image_size": 10 ** 9}))
+    with pytest.raises(CheckpointError, match="image_size"):
+        load_prior(path)
+
+
+def test_cached_download_is_hashed_once(tmp_path, monkeypatch):
+    content = b"weights" * 100
+    good = hashlib.sha256(content).hexdigest()
+    dest = tmp_path / "m.bin"
+    dest.write_bytes(b"x" * len(content))  # the right size, the wrong content
+    with pytest.raises(download.ChecksumError, match="sha256"):
+        download.fetch("http://127.0.0.1:9/m.bin", dest, size=len(content), sha256=good, offline=True)
+    assert dest.is_file()  # a file the user placed is never deleted
+    dest.write_bytes(content)
+    calls = []
+    real = download.sha256_of
+    monkeypatch.setattr(download, "sha256_of", lambda p: calls.append(p) or real(p))
+    for _ in range(3):
+        assert download.fetch("http://127.0.0.1:9/m.bin", dest, size=len(content), sha256=good, offline=True) == dest
+    assert len(calls) == 1  # verified once, then remembered
+    os.utime(dest, ns=(0, 0))  # the file changed (as far as anyone can tell): checked again
+    download.fetch("http://127.0.0.1:9/m.bin", dest, size=len(content), sha256=good, offline=True)
+    assert len(calls) == 2
+
+
+# -- silently wrong before -------------------------------------------------------------------------------
+def test_divergence_is_detected_by_range_and_by_residual():
+    prior = load_prior("gmm-demo")
+    x = prior.sample(1, torch.Generator().manual_seed(0)).float()
+    op = make_operator("box-inpaint", x.shape[1:], seed=0)
+    y = measure(op, x, 0.05, torch.Generator().manual_seed(0))
+    assert divergence(op, x, y) is None
+    assert "non-finite" in divergence(op, torch.full_like(x, float("nan")), y)
+    assert "outside" in divergence(op, torch.full_like(x, 1e4), y)
+    assert "residual" in divergence(op, torch.full_like(x, 50.0), y)
+    with pytest.raises(DivergenceError, match="lower its step size"):
+        solve("dps", prior, op, y, sigma_y=0.05, steps=10, scale=1e30, generator=torch.Generator().manual_seed(1))
+
+
+def test_metrics_do_not_depend_on_the_order(files, capsys):
+    Image.open(files / "big.png").resize((128, 128)).rotate(10).save(files / "half.png")
+    scores = []
+    for a, b in (("big.png", "half.png"), ("half.png", "big.png")):
+        assert main(["metrics", a, b, "--json"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+
+
+# -- documented, and now usable from the command line ------------------------------------------------------
+def test_a_mask_drawn_on_the_photo_follows_its_crop_and_resize(tmp_path):
+    mask = Image.new("L", (300, 200), 255)
+    mask.paste(0, (100, 50, 200, 150))  # a hole at the centre of the photo
+    mask.save(tmp_path / "m.png")
+    m = load_mask(tmp_path / "m.png", (64, 64), photo_size=(300, 200))
+    # the central 200x200 square holds the hole at (50..150, 50..150): a quarter to three quarters
+    assert m.shape == (64, 64) and m[16:48, 16:48].sum() == 0 and m.sum() == 64 * 64 - 32 * 32
+    with pytest.raises(ValueError, match="300x200"):
+        load_mask(tmp_path / "m.png", (64, 64), photo_size=(256, 256))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--input", "big.png", "--mask", "m256.png", "--measured"],
+    ["--input", "big.png", "--mask", "m256.png"],
+    ["--input", "big.png", "--task", "colorize", "--measured"],
+    ["--input", "grey.png", "--task", "colorize", "--measured"],
+    ["--input", "small.png", "--task", "sr4", "--measured"],
+])
+def test_measured_inputs_documented_in_the_readme_work(files, capsys, argv):
+    mask = Image.new("L", (256, 256), 255)
+    mask.paste(0, (64, 64, 192, 192))
+    mask.save(files / "m256.png")
+    Image.new("L", (300, 300), 90).save(files / "grey.png")
+    Image.new("RGB", (16, 16), (90, 30, 200)).save(files / "small.png")
+    assert main(["restore", *argv, "--steps", "5", "--out", "o.png", "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["restored"]["residual"] is not None
+    assert Image.open(files / "o.png").size == (64, 64)
+
+
+def test_torchrun_passes_every_eval_and_reproduce_option_through():
+    """torchrun's own parser takes an abbreviation of its options (as --n was) for itself."""
+    run = pytest.importorskip("torch.distributed.run")
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for command in ("eval", "reproduce"):
+        options = [s for a in sub[command]._actions for s in a.option_strings if s.startswith("--")]
+        for option in options:
+            argv = [command, option, "1"]
+            args = run.get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "diffprior", *argv])
+            assert args.training_script_args == argv, option
