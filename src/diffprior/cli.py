@@ -129,8 +129,9 @@ def cmd_restore(args) -> int:
     gen = generator(device, args.seed)
     op = (Inpaint(load_mask(args.mask, (size, size), photo.size)) if task == "inpaint"
           else make_operator(task, (3, size, size), seed=args.seed)).to(device)
-    settings = settings_for(args.method, task, steps=args.steps, **user_settings)
     check_steps(prior, args.steps, args.method)
+    steps = args.steps if args.method == "tv" else cpu_steps_note(device, args.steps, 100)
+    settings = settings_for(args.method, task, steps=steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
 
     x = None
@@ -229,11 +230,11 @@ def cmd_demo(args) -> int:
     steps = cpu_steps_note(device, args.steps, 100)
     gen = generator(device, args.seed)
     size = prior.shape[-1]
-    print(f"drawing a clean image from the prior {args.model} ...", file=sys.stderr)
-    if hasattr(prior, "sample") and not prior.bounded:
+    if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
         x = prior.sample(1, torch.Generator().manual_seed(args.seed)).float().to(device)
     else:
-        x = sample(prior, 1, steps=steps, generator=gen, progress=True)
+        print(f"drawing a clean image from {args.model} (100 DDIM steps) ...", file=sys.stderr)
+        x = sample(prior, 1, steps=100, sampler="ddim", generator=gen, progress=True)
     rows, captions, table = [], [], []
     for task in tasks:
         op = make_operator(task, (3, size, size), seed=args.seed).to(device)
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=list(SOLVERS), default="dps")
     p.add_argument("--out", default="restored.png")
     p.add_argument("--steps", type=arguments.positive, default=None,
-                   help="solver steps (default: the solver's, all 1000)")
+                   help="solver steps (default: 100 on a CPU; on a GPU the solver's own, all 1000 for most)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
                    help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sample a clean image, degrade it with each task, restore it with each method")
     p.add_argument("--out", default="diffprior-demo")
     p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4")
-    p.add_argument("--methods", default="sdedit,scoreald,dps")
+    p.add_argument("--methods", default="sdedit,scoreald,dps,ddnm")
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: 1000 on a GPU, 100 on a CPU)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05)

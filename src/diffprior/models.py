@@ -163,7 +163,12 @@ BUILTIN_ANALYTIC = {
     "gmm-demo": demo_mixture,
 }
 
-DEFAULT_MODEL = "gmm-demo"  # the prior every command uses unless --model says otherwise
+# Trained networks shipped inside the package (float16 weights + their self-description, see docs/MODEL_CARD.md).
+EMBEDDED = {
+    "faces64": PACKAGE_WEIGHTS / "faces64.safetensors",
+}
+
+DEFAULT_MODEL = "faces64"  # the prior every command uses unless --model says otherwise
 
 
 # -- remote checkpoints, downloaded once into the cache (see download.py) ------------------------------
@@ -251,6 +256,11 @@ def list_models() -> list[dict]:
     licence, notes."""
     rows = [{"name": name, "kind": "analytic", "source": "built-in", "size": None, "cached": False, "builtin": True,
              "licence": "", "notes": "a Gaussian mixture with an exact denoiser"} for name in BUILTIN_ANALYTIC]
+    for name, path in EMBEDDED.items():
+        meta = json.loads(path.with_suffix(".json").read_text())
+        rows.append({"name": name, "kind": "embedded", "source": "built-in", "size": path.stat().st_size,
+                     "cached": False, "builtin": True, "licence": meta.get("licence", ""),
+                     "notes": meta.get("description", "")})
     rows += [{"name": m.name, "kind": m.kind, "source": m.source, "size": m.size, "cached": is_cached(m.name),
               "licence": m.licence, "notes": m.notes} for m in REMOTE_MODELS.values()]
     return rows
@@ -263,6 +273,8 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
         prior = name_or_path
     elif str(name_or_path) in BUILTIN_ANALYTIC:
         prior = BUILTIN_ANALYTIC[str(name_or_path)]()
+    elif str(name_or_path) in EMBEDDED:
+        prior = load_checkpoint(EMBEDDED[str(name_or_path)])
     elif str(name_or_path) in REMOTE_MODELS:
         prior = load_remote(str(name_or_path))
     else:
@@ -285,6 +297,6 @@ def _load_path(path: Path, config: str | None) -> Prior:
         from .networks.adm import load_guided_diffusion
         return load_guided_diffusion(path, config)
     if not path.exists():
-        names = ", ".join([*BUILTIN_ANALYTIC, *REMOTE_MODELS])
+        names = ", ".join([*BUILTIN_ANALYTIC, *EMBEDDED, *REMOTE_MODELS])
         raise FileNotFoundError(f"no prior called {str(path)!r}: not a named model ({names}) and no such file or folder")
     raise ValueError(f"cannot tell what kind of checkpoint {path} is (expected .safetensors+.json, .pt, or a folder)")

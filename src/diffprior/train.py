@@ -391,6 +391,19 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     return out / MODEL
 
 
+def export(model: str | Path, dest: str | Path, *, name: str, description: str, licence: str) -> Path:
+    """Write a trained run's exported model (`out/model.safetensors`) as a float16 checkpoint `dest`,
+    its description extended with a name, a one-line description and the licence its data imposes."""
+    from .models import load_checkpoint
+    prior = load_checkpoint(model)
+    config = {**prior.config, "name": name, "description": description, "licence": licence}
+    return save_checkpoint(prior.net, config, dest, dtype=torch.float16)
+
+
+FACES64 = dict(name="faces64", description="64x64 faces: compact UNet trained on CelebA 000001-009500",
+               licence="trained on CelebA images: non-commercial research use only (the CelebA terms)")
+
+
 class _Log:
     """Rows of LOG_FIELDS appended to a CSV file (header written once)."""
 
