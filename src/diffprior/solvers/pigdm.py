@@ -15,6 +15,7 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
           steps: int | None = 100,      # DDIM steps, respaced (the paper: 100)
           eta: float = 1.0,             # DDIM eta: 0 deterministic, 1 ancestral-like
           sigma_y: float = 0.05,        # measurement noise std, in the units of x ([-1, 1])
+          clip: bool = False,           # clip x0_hat to [-1, 1] before the VJP (the RED-diff code does not)
           generator: torch.Generator | None = None,
           progress: bool = False) -> Tensor:
     """Pseudoinverse-guided diffusion (Song et al. 2023). It takes p(x_0 | x_t) ~ N(x0_hat, r_t^2 I) with
@@ -40,11 +41,12 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
         a = sched.abar_at(t)
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            x0 = clip_x0(prior, prior.x0(x, t))
+            x0 = clip_x0(prior, prior.x0(x, t), clip)
             with torch.no_grad():
                 h = op.prox(torch.zeros_like(x0), y - op.A(x0), sigma_y ** 2 / (1 - a))
             (vjp,) = torch.autograd.grad(x0, x, grad_outputs=h)
         with torch.no_grad():
             x0 = x0.detach() + vjp / a ** 0.5
-            x, _ = ddim_step(prior, x.detach(), t, t_prev, prior.eps_from_x0(x, t, x0), eta=eta, generator=generator)
+            x, _ = ddim_step(prior, x.detach(), t, t_prev, prior.eps_from_x0(x, t, x0), eta=eta, clip=clip,
+                           generator=generator)
     return x.detach()
