@@ -26,7 +26,7 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
     is op.prox(0, r, sigma_y^2 / r_t^2) (closed form with the SVD, conjugate gradients otherwise); for
     sigma_y = 0 it is A^+ (y - A x0_hat), the pseudo-inverse guidance of the title. Each step t -> t_prev
     runs DDIM (eta) on the guided score, i.e. on the consistent pair
-        x0_y  = x0_hat + (1 - abar_t) / sqrt(abar_t) g = x0_hat + J^T h / sqrt(abar_t)   (Tweedie, x0_hat clipped)
+        x0_y  = x0_hat + (1 - abar_t) / sqrt(abar_t) g = x0_hat + J^T h / sqrt(abar_t)   (Tweedie)
         eps_y = (x_t - sqrt(abar_t) x0_y) / sqrt(1 - abar_t)
     which samples the exact posterior when r_t^2 is exact (a N(0, I) prior). The paper's Algorithm 1 (and the
     RED-diff and azula implementations) instead add the guidance to x0_hat alone, keep the network's eps, and
@@ -34,6 +34,13 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
     eta = 1 samples the posterior more closely than eta = 0 on the exact Gaussian problems of the tests (RED-diff's
     PiGDM configuration uses 0). x_T is pure noise. Assumes a linear A (the paper also covers non-linear
     ones through their own pseudo-inverse; not here).
+
+    This is a re-derivation, not the published algorithm: the guided pair (x0_y, eps_y) above, eta = 1, and
+    r_t^2 = 1 - abar_t differ from the paper's Algorithm 1, so its results are not comparable with published
+    PiGDM numbers. Clipping: with clip=True, x0_hat is clipped to [-1, 1] before the vector-Jacobian product;
+    the clip has zero derivative where it is active, so saturated pixels then get no guidance at all (and
+    DDIM's eps is recomputed from the clipped x0). The default, clip=False, follows the RED-diff code, which
+    does not clip.
     """
     sched = prior.schedule
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
