@@ -52,15 +52,15 @@ def daps(prior: Prior, op: Operator, y: Tensor, *,
     while r_i >> sigma_y). The official code instead takes an absolute step, lr 5e-5 (box inpainting) or 1e-4
     (random inpainting, deblurring, SR), against a likelihood of fixed width tau = 0.01 whatever the noise (its
     loss ||y - A x||^2 / tau^2 is sigma_y = tau / sqrt(2) = 0.0071 here): lr = 1 and 2 in these units.
-    Keeping the absolute 5e-5 with the true sigma_y = 0.05, as this function once did, made each data step
-    50x weaker than the official one (lr = 0.02), too weak to fit y (20.3 dB against the naive 29.2 on sr4
-    of the built-in prior at 100 levels). On the built-in prior (100 levels, sigma_y = 0.05, 8 seeds) lr
-    trades two failures: with lr = 0.1 the data pull at high noise is too weak on sr4 and 3 of 8 runs settled
-    in a wrong mixture component (18-21 dB); from lr = 0.25 the chain mixes into N(x0_hat, r_i^2), whose
-    spread at the last level (r = sigma_min = 0.1) exceeds the posterior's, and deblurring fell below the
-    naive reconstruction (30.6 against 30.8 dB, 8 of 8 seeds). lr = 0.15, for every task, beat the naive
-    reconstruction in all 36 runs of 6 tasks (box and random inpainting, both blurs, sr4, denoising) x 6 seeds. Clipping the ODE's x0 estimates
-    and the output to [-1, 1] is a setting, `clip`, off by default as in the official code.
+    The absolute 5e-5 against the true sigma_y = 0.05 would make each data step 50x weaker than the official
+    one (lr = 0.02 here), too weak to fit y: 18.3 dB against the naive 29.0 on sr4 of the built-in prior at
+    100 levels (seed 0). On the built-in prior (100 levels, sigma_y = 0.05, 8 seeds) lr trades two failures:
+    with lr = 0.1 the data pull at high noise is too weak on sr4 and 3 of 8 runs settled in a wrong mixture
+    component (18-21 dB); from lr = 0.25 the chain mixes into N(x0_hat, r_i^2), whose spread at the last
+    level (r = sigma_min = 0.1) exceeds the posterior's, and deblurring fell below the naive reconstruction
+    (30.6 against 30.8 dB, 8 of 8 seeds). lr = 0.15, for every task, beat the naive reconstruction in all 36
+    runs of 6 tasks (box and random inpainting, both blurs, sr4, denoising) x 6 seeds. Clipping the ODE's x0
+    estimates and the output to [-1, 1] is a setting, `clip`, off by default as in the official code.
 
     Defaults otherwise: the official pixel-space configs (edm_daps: 200 levels from 100 to 0.1, rho 7, 5 ODE
     steps; Langevin: 100 steps, the step decaying linearly to 1%). The likelihood uses the true noise sigma_y;
