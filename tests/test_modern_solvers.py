@@ -212,7 +212,7 @@ def test_diffpir_timesteps():
 def test_dps_reference_on_the_blur_problem(gaussian_blur_problem):
     """For comparison with the table above: DPS (100 steps, scale 0.3) on the blur problem."""
     p = gaussian_blur_problem
-    x = dps(p["prior"], p["op"], p["y"].expand(N, -1, -1, -1), steps=100, scale=0.1, generator=torch.Generator().manual_seed(0))
+    x = dps(p["prior"], p["op"], p["y"].expand(N, -1, -1, -1), steps=100, scale=0.032, ref_size=None, generator=torch.Generator().manual_seed(0))
     error, prior_error, _ = _errors(p, x)
     print(f"dps on gaussian_blur_problem: posterior-mean error {error:.3f} (prior mean: {prior_error:.3f})")
     assert error < prior_error

@@ -13,7 +13,7 @@ from diffprior.solvers.repaint import jump_schedule, repaint_nfe
 N = 500  # posterior samples per check
 
 SETTINGS = {  # small budgets: the tests run on a CPU
-    "daps": dict(steps=50, ode_steps=1, langevin_steps=20, lr=0.01),  # lr = sigma_y^2 (see the benchmark)
+    "daps": dict(steps=50, ode_steps=1, langevin_steps=20, lr=1.0),   # a step of ~sigma_y^2 (see the benchmark)
     "reddiff": dict(steps=100, lr=0.5),                               # the official 100-step example
     "repaint": dict(steps=50, jump_length=5, jump_n_sample=3),
 }
@@ -59,7 +59,7 @@ def test_nonlinear_operators_are_fitted(gaussian_problem, name, op, threshold):
     y = op.A(x_true)
     settings = dict(SETTINGS[name])
     if name == "daps":
-        settings.update(steps=30, sigma_y=0.05, lr=0.05 ** 2)
+        settings.update(steps=30, sigma_y=0.05, lr=1.0)
     x = solve(name, prior, op, y.expand(300, *y.shape[1:]), generator=torch.Generator().manual_seed(0), **settings)
     fit = (op.A(x) - y).flatten(1).norm(dim=1).mean()
     prior_fit = (op.A(prior.sample(300, torch.Generator().manual_seed(1))) - y).flatten(1).norm(dim=1).mean()

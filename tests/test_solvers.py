@@ -50,8 +50,8 @@ def test_single_step_denoising_attains_the_mmse(gaussian_problem):
 SETTINGS = {
     "sdedit": dict(t0=100),
     "scoreald": dict(steps=300, step_size=1.0),
-    "dps": dict(steps=100, scale=0.1),
-    "dps-squared": dict(steps=100, scale=0.03, loss="squared"),
+    "dps": dict(steps=100, scale=0.032, ref_size=None),                # zeta = 0.32 per step
+    "dps-squared": dict(steps=100, scale=0.0095, loss="squared"),      # zeta = 0.095 per step
 }
 
 
@@ -97,7 +97,7 @@ def test_dps_with_a_nonlinear_operator_of_another_shape(gaussian_problem):
     x_true = gaussian_problem["x"]
     y = op.A(x_true)
     assert y.shape == (1, 8)
-    x = dps(prior, op, y.expand(200, -1), steps=100, scale=0.06, generator=torch.Generator().manual_seed(0))
+    x = dps(prior, op, y.expand(200, -1), steps=100, scale=0.019, ref_size=None, generator=torch.Generator().manual_seed(0))
     fit = (op.A(x) - y).norm(dim=1).mean()
     prior_fit = (op.A(prior.sample(200, torch.Generator().manual_seed(1))) - y).norm(dim=1).mean()
     assert float(fit) < 0.5 * float(prior_fit)

@@ -157,14 +157,14 @@ def score(samples: Tensor, reference: Tensor, problem: dict, dirs: Tensor) -> di
 def budget_settings(name: str, solver: Callable, nfe: int, problem: dict) -> dict | None:
     """The settings that make `solver` spend about `nfe` network evaluations on `problem` (None when it has
     no step setting). Beyond the budget, solvers run at their defaults, except two step sizes tuned for
-    images, rescaled to these small problems: DAPS's absolute Langevin step (see below) and DPS's scale
-    (0.1, chosen on the quick problems; the images' 0.3-0.5 overshoot)."""
+    images, rescaled to these small problems: DAPS's Langevin step (see below) and DPS's step (zeta
+    0.1 sqrt(T / S) for S steps, chosen on the quick problems; the images' 0.3-0.5 overshoot)."""
     params = inspect.signature(solver).parameters
     if name == "daps":
         ode = 5 if nfe >= 1000 else 2 if nfe >= 100 else 1  # DAPS-1K: 200 levels x 5 ODE steps
-        # The official lr 5e-5 goes with an effective likelihood std of 0.0071 (lr / sigma^2 = 1);
-        # keep that ratio for this problem's sigma_y.
-        return dict(steps=max(1, nfe // ode), ode_steps=ode, lr=problem["sigma_y"] ** 2)
+        # lr 1: a step of about sigma_y^2, the official box-inpainting ratio of lr to the likelihood
+        # variance (5e-5 against 0.0071^2), for this problem's sigma_y; these small problems mix well with it.
+        return dict(steps=max(1, nfe // ode), ode_steps=ode, lr=1.0)
     if name == "repaint":  # the default resampling (r = 5), jumps of steps / 10 (at most the paper's 10)
         for steps in range(nfe, 0, -1):
             jump = min(10, max(1, steps // 10))
@@ -173,7 +173,7 @@ def budget_settings(name: str, solver: Callable, nfe: int, problem: dict) -> dic
     if name == "sdedit":
         return dict(steps=min(nfe, params["t0"].default + 1))
     if name == "dps":
-        return dict(steps=nfe, scale=0.1)
+        return dict(steps=nfe, scale=0.1 * (nfe / problem["prior"].schedule.T) ** 0.5, ref_size=None)
     return dict(steps=nfe) if "steps" in params else None
 
 

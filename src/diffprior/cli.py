@@ -228,17 +228,19 @@ def cmd_demo(args) -> int:
     prior = load_prior(args.model, device, config=args.config)
     check_steps(prior, args.steps)
     steps = cpu_steps_note(device, args.steps, 100)
-    gen = generator(device, args.seed)
+    # Every random draw has its own generator, seeded by what it is for (the image; each task's measurement;
+    # each method on each task), so a result does not depend on which other tasks and methods ran before it.
+    from .evaluate import derive_seed
     size = prior.shape[-1]
     if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
         x = prior.sample(1, torch.Generator().manual_seed(args.seed)).float().to(device)
     else:
         print(f"drawing a clean image from {args.model} (100 DDIM steps) ...", file=sys.stderr)
-        x = sample(prior, 1, steps=100, sampler="ddim", generator=gen, progress=True)
+        x = sample(prior, 1, steps=100, sampler="ddim", generator=generator(device, args.seed), progress=True)
     rows, captions, table = [], [], []
     for task in tasks:
         op = make_operator(task, (3, size, size), seed=args.seed).to(device)
-        y = measure(op, x, args.sigma_y, gen)
+        y = measure(op, x, args.sigma_y, generator(device, derive_seed("measure", args.seed, task)))
         naive = op.naive(y)
         row, cap = [x, displayable(y, (size, size)), naive], ["", "", ""]
         scores = quality(naive, x)
@@ -246,6 +248,7 @@ def cmd_demo(args) -> int:
         cap[2] = f"{fmt(scores['psnr'], '.1f')} dB / {fmt(scores['lpips'], '.2f')}"
         for method in methods:
             start = time.perf_counter()
+            gen = generator(device, derive_seed("solve", args.seed, task, method))
             restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=True,
                              **settings_for(method, task, steps=steps))
             seconds = time.perf_counter() - start

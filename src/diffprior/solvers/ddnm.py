@@ -20,11 +20,12 @@ def ddnm(prior: Prior, op: LinearOperator, y: Tensor, *,
          sigma_y: float = 0.05,        # measurement noise std ([-1, 1] units); 0: DDNM, > 0: DDNM+
          travel_length: int = 1,       # time travel (DDNM+): jump back this many steps ...
          travel_repeat: int = 1,       # ... this many times minus one; 1 and 1: no time travel
+         clip: bool = False,           # clip x0_hat to [-1, 1] for image priors (the official code does not)
          generator: torch.Generator | None = None,
          progress: bool = False) -> Tensor:
     """Denoising Diffusion Null-space Model (Wang et al. 2023) in the DDIM form of the official code.
 
-    Each step t -> t_prev corrects the network's estimate x0_hat (clipped for images) in the range of A^T
+    Each step t -> t_prev corrects the network's estimate x0_hat (clipped for images if clip) in the range of A^T
     and keeps its null-space part, then re-noises it with the network's eps and fresh noise z
     (sigma = sqrt(1 - abar_prev)):
       DDNM  (sigma_y = 0):  x0 = A^+ y + (I - A^+ A) x0_hat = x0_hat - A^+ (A x0_hat - y)
@@ -58,7 +59,7 @@ def ddnm(prior: Prior, op: LinearOperator, y: Tensor, *,
             x = ratio ** 0.5 * x + (1 - ratio) ** 0.5 * randn_like(x, generator)
             continue
         eps = prior.eps(x, t)
-        x0 = clip_x0(prior, prior.x0_from_eps(x, t, eps))
+        x0 = clip_x0(prior, prior.x0_from_eps(x, t, eps), clip)
         a_prev = sched.abar_at(t_next)
         sigma = (1 - a_prev) ** 0.5
         correction = op.A_pinv(op.A(x0) - y)

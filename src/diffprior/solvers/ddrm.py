@@ -18,6 +18,7 @@ def ddrm(prior: Prior, op: LinearOperator, y: Tensor, *,
          eta: float = 0.85,            # eta: the share of fresh noise (paper default 0.85)
          eta_b: float = 1.0,           # eta_b: the weight of y on components noisier than y (paper default 1)
          sigma_y: float = 0.05,        # measurement noise std, in the units of x ([-1, 1])
+         clip: bool = False,           # clip x0_hat to [-1, 1] for image priors (the official code does not)
          generator: torch.Generator | None = None,
          progress: bool = False) -> Tensor:
     """Denoising Diffusion Restoration Models (Kawar et al. 2022), for a linear operator with an SVD
@@ -25,7 +26,7 @@ def ddrm(prior: Prior, op: LinearOperator, y: Tensor, *,
 
     It works on u_t = x_t / sqrt(abar_t) = x_0 + sigma_t z (sigma_t = sqrt((1 - abar_t) / abar_t)) in the
     spectral basis: ubar = V^T u, ybar = U^T y / s, whose noise has std n_i = sigma_y / s_i. With
-    x0bar = V^T x0_hat (the network's estimate, clipped for images) and z standard normal, one step
+    x0bar = V^T x0_hat (the network's estimate, clipped for images if clip) and z standard normal, one step
     t -> t_prev sets each spectral component i to
         s_i = 0 (unobserved):  x0bar + sqrt(1 - eta^2) sigma_prev (ubar_t - x0bar) / sigma_t + eta sigma_prev z
         sigma_prev < n_i:      x0bar + sqrt(1 - eta^2) sigma_prev (ybar - x0bar) / n_i + eta sigma_prev z
@@ -52,7 +53,7 @@ def ddrm(prior: Prior, op: LinearOperator, y: Tensor, *,
     x = sched.abar_at(pairs[0][0]) ** 0.5 * op.V(ubar)
     for t, t_prev in pairs:
         a, sigma, sigma_prev = sched.abar_at(t), sched.sigma_at(t), sched.sigma_at(t_prev)
-        x0 = clip_x0(prior, prior.x0(x, t))
+        x0 = clip_x0(prior, prior.x0(x, t), clip)
         x0bar, ubar = op.V_T(x0), op.V_T(x / a ** 0.5)
         z = spectral_noise()
         unobserved = x0bar + (1 - eta ** 2) ** 0.5 * sigma_prev * (ubar - x0bar) / sigma + eta * sigma_prev * z

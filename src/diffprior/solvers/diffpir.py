@@ -17,16 +17,18 @@ from .sampling import clip_x0, ddim_update, initial_noise
 @torch.no_grad()
 def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
             steps: int = 100,             # reverse steps = network evaluations (the paper: NFE 100)
-            lam: float = 1.0,             # lambda: rho_t = lam sigma_y^2 / sigma_t^2 (see below)
-            zeta: float = 0.1,            # zeta: the share of fresh noise per step (official code: 0.1 for
-                                          # deblurring and SR, 1.0 for noiseless inpainting)
+            lam: float = 1.0,             # lambda: rho_t = lam sigma_y^2 / sigma_t^2 (see below; official
+                                          # scripts: 1.75 deblurring, 0.5..3 SR, in these units)
+            zeta: float = 0.1,            # zeta: the share of fresh noise per step (official scripts: 0.3
+                                          # deblurring, 0.25 SR, 1.0 noiseless inpainting)
             sigma_y: float = 0.05,        # measurement noise std, in the units of x ([-1, 1])
             skip: str = "quad",           # timestep spacing: "quad" (the official default) or "uniform"
+            clip: bool = True,            # clip x0_hat to [-1, 1] for image priors (official: clip_denoised)
             generator: torch.Generator | None = None,
             progress: bool = False) -> Tensor:
     """Plug-and-play restoration with a diffusion denoiser (Zhu et al. 2023, Algorithm 1): half-quadratic
     splitting whose prior step is the network's denoiser. Each step t -> t_prev:
-        x0     = x0_hat(x_t)                                         (clipped for images)
+        x0     = x0_hat(x_t)                                         (clipped for images if clip)
         x0_hat = argmin_x ||y - A x||^2 + rho_t ||x - x0||^2 = op.prox(x0, y, rho_t),
                  rho_t = lam sigma_y^2 / sigma_t^2,  sigma_t = sqrt((1 - abar_t) / abar_t)
         eps    = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)       (the effective noise)
@@ -34,12 +36,16 @@ def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
     and the last step returns x0_hat. rho_t weighs the data fit against the denoiser's estimate, whose error
     is taken as N(0, sigma_t^2 / lam): lam = 1 is the half-quadratic-splitting value (data term
     ||y - A x||^2 / (2 sigma_y^2), prior term ||x - x0||^2 / (2 sigma_t^2)), and the best of 0.25 .. 20 on the
-    exact Gaussian problems of the tests. sigma_y and sigma_t are both in the units of x here; the official
-    code measures sigma_y in [0, 1] units but sigma_t in [-1, 1] units, so its lambda_ = 1 (all its scripts)
-    is lam = 1/4 here, and deepinv's default lambda_ = 7 is lam = 7/4. sigma_y = 0 makes the data step a
-    projection onto {A x = y} (rho_t = 0). The data step is the operator's closed form where it has an SVD,
-    conjugate gradients otherwise. x_T is pure noise (the official code starts from y noised to t = T-1,
-    which differs by sqrt(abar_{T-1}) ~ 0.006). Assumes a linear A with Gaussian noise.
+    exact Gaussian problems of the tests. Units: sigma_y and sigma_t are both in the units of x here; the
+    official code measures sigma_y on [0, 1] images but sigma_t on [-1, 1] ones (its rho_t is
+    lambda_ sigma_y'^2 / sigma_t^2 with sigma_y' = sigma_y / 2), so its lambda_ is 4 lam: its deblurring
+    script (lambda_ 7, zeta 0.3) is lam = 1.75 here, its super-resolution script sweeps lambda_ over 2 .. 12
+    (lam 0.5 .. 3) with zeta 0.25, and its inpainting script (lambda_ 1, zeta 1) is noiseless, where lambda
+    hardly matters. These per-task values are `TASK_SETTINGS["diffpir"]`; the defaults, lam 1 and zeta 0.1,
+    serve the other tasks. sigma_y = 0 makes the data step a projection onto {A x = y} (rho_t = 0). The data
+    step is the operator's closed form where it has an SVD, conjugate gradients otherwise. x_T is pure noise
+    (the official code starts from y noised to t = T-1, which differs by sqrt(abar_{T-1}) ~ 0.006). Assumes a
+    linear A with Gaussian noise.
     """
     sched = prior.schedule
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
@@ -49,7 +55,7 @@ def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
         from tqdm.auto import tqdm
         pairs = tqdm(pairs, desc="diffpir", leave=False, dynamic_ncols=True)
     for t, t_prev in pairs:
-        x0 = clip_x0(prior, prior.x0(x, t))
+        x0 = clip_x0(prior, prior.x0(x, t), clip)
         x0 = op.prox(x0, y, lam * sigma_y ** 2 / sched.sigma_at(t) ** 2)
         eps = prior.eps_from_x0(x, t, x0)
         x = ddim_update(prior, x0, eps, t_prev, (zeta * (1 - sched.abar_at(t_prev))) ** 0.5, generator=generator)

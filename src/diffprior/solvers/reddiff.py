@@ -23,7 +23,7 @@ WEIGHTINGS: dict[str, Callable[[float], float]] = {
 
 def reddiff(prior: Prior, op: Operator, y: Tensor, *,
             steps: int = 1000,           # timesteps, descending from T-1 to 0, one Adam step each
-            lr: float = 0.1,             # Adam learning rate (official config 0.1; its 100-step example 0.5)
+            lr: float | None = None,     # Adam learning rate; None: 0.1 sqrt(T / steps) (0.1 at 1000 steps)
             lam: float = 0.25,           # lambda: the weight of the diffusion regulariser
             weighting: str = "linear",   # lambda_t = lam * sigma_t ("linear"), sqrt(sigma_t) or lam ("const")
             init: Tensor | None = None,  # mu at the start; default A^+ y (op.naive(y) if A is non-linear), else 0
@@ -43,7 +43,11 @@ def reddiff(prior: Prior, op: Operator, y: Tensor, *,
     RED-diff fits the mode of a Dirac variational distribution, not samples from the posterior: its
     outputs vary only through the noise of the regulariser and hence underestimate the posterior spread.
     Defaults: the official algo config (lr 0.1, lambda 0.25, linear weighting, no noise on x0) and
-    1000 steps, the paper's setting.
+    1000 steps, the paper's setting. Shorter runs take a larger rate, lr = 0.1 sqrt(T / steps), between
+    the official config's 0.1 (1000 steps) and its 100-step example's 0.5: at 100 steps on the built-in
+    prior (sigma_y = 0.05, 6 seeds, inpainting, blur, SR, denoising) the fixed 0.1 left Adam short of the
+    data (2 of 36 runs below the naive reconstruction), 0.5 overshot on Gaussian deblurring (6 of 6 below),
+    and 0.32 beat the naive reconstruction in all 36.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown RED-diff weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
@@ -54,6 +58,8 @@ def reddiff(prior: Prior, op: Operator, y: Tensor, *,
         except NotImplementedError:
             init = torch.zeros(y.shape[0], *prior.shape, device=y.device, dtype=y.dtype)
     mu = init.detach().clone().to(y.dtype).requires_grad_(True)
+    if lr is None:
+        lr = 0.1 * (sched.T / len(sched.timesteps(steps))) ** 0.5
     optimizer = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     m, d = y[0].numel(), mu[0].numel()
     timesteps = sched.timesteps(steps)

@@ -17,6 +17,7 @@ def repaint(prior: Prior, op: Operator, y: Tensor, *,
             steps: int = 100,            # reverse steps of the respaced chain (paper: 250)
             jump_length: int = 10,       # j: how many steps each resampling jumps back up (paper: 10)
             jump_n_sample: int = 5,      # r: how often each jump point is passed (paper: 10)
+            clip: bool = True,           # clip x0_hat to [-1, 1] for image priors (official: clip_denoised)
             generator: torch.Generator | None = None,
             progress: bool = False) -> Tensor:
     """RePaint (Lugmayr et al. 2022) for an `Inpaint` operator with mask m (1 = known). At each reverse
@@ -50,7 +51,7 @@ def repaint(prior: Prior, op: Operator, y: Tensor, *,
         t, t_next = ts[i], (ts[i_next] if i_next >= 0 else -1)
         if i_next < i:  # a reverse step, then the known region pasted in at the new level
             eps, v = prior.predict(x, t)
-            x, _ = ddpm_step(prior, x, t, t_next, eps, v, generator=generator)
+            x, _ = ddpm_step(prior, x, t, t_next, eps, v, clip=clip, generator=generator)
             known = y if t_next < 0 else sched.q_sample(y, t_next, generator=generator)
             x = mask * known + (1 - mask) * x
         else:  # resampling: back up to t_next by the forward process

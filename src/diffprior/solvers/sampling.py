@@ -27,24 +27,25 @@ def steps_of(prior: Prior, steps: int | None, start: int | None = None, progress
     return iter(tqdm(pairs, desc=desc, leave=False, dynamic_ncols=True) if progress else pairs)
 
 
-def clip_x0(prior: Prior, x0: Tensor) -> Tensor:
-    """Clip an x0 estimate to the data range when the prior's data are images in [-1, 1]."""
-    return x0.clamp(-1, 1) if prior.bounded else x0
+def clip_x0(prior: Prior, x0: Tensor, clip: bool = True) -> Tensor:
+    """Clip an x0 estimate to the data range when the prior's data are images in [-1, 1] (and `clip`)."""
+    return x0.clamp(-1, 1) if clip and prior.bounded else x0
 
 
 def ddpm_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, v: Tensor | None = None, *,
-              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+              clip: bool = True, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """One ancestral step of Ho et al. 2020, eq. 6-7: x_prev ~ q(x_prev | x_t, x0_hat).
 
     mean = sqrt(abar_prev) beta / (1 - abar_t) x0_hat + sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t) x_t,
     variance = the posterior variance beta (1 - abar_prev) / (1 - abar_t), or, when the network learned it,
     exp(f log beta + (1 - f) log posterior variance) with f = (v + 1) / 2 (Nichol & Dhariwal 2021).
+    x0_hat is clipped to the data range for image priors unless `clip` is False.
     Returns (x_prev, x0_hat); the final step (t_prev = -1) returns the mean, x0_hat itself.
     """
     sched = prior.schedule
     a, a_prev = sched.abar_at(t), sched.abar_at(t_prev)
     beta = 1 - a / a_prev
-    x0 = clip_x0(prior, prior.x0_from_eps(x, t, eps))
+    x0 = clip_x0(prior, prior.x0_from_eps(x, t, eps), clip)
     if t_prev < 0:
         return x0, x0
     mean = (a_prev ** 0.5 * beta / (1 - a)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * x
@@ -57,16 +58,17 @@ def ddpm_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, v: Tens
     return mean + std * randn_like(x, generator), x0
 
 
-def ddim_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, *, eta: float = 0.0,
+def ddim_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, *, eta: float = 0.0, clip: bool = True,
               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """One step of Song, Meng & Ermon 2021 (DDIM, eq. 12), eta = 0 deterministic, eta = 1 ancestral-like.
 
-    When x0_hat is clipped, eps is recomputed from the clipped x0_hat so that both stay consistent.
+    When x0_hat is clipped (image priors, unless `clip` is False), eps is recomputed from the clipped x0_hat
+    so that both stay consistent.
     """
     sched = prior.schedule
     a, a_prev = sched.abar_at(t), sched.abar_at(t_prev)
     x0 = prior.x0_from_eps(x, t, eps)
-    if prior.bounded:
+    if clip and prior.bounded:
         x0 = x0.clamp(-1, 1)
         eps = prior.eps_from_x0(x, t, x0)
     if t_prev < 0:
