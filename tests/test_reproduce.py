@@ -24,7 +24,8 @@ FOLDERS = ["denoising", "sdedit", "scoreald_dps", "solvers"]
 
 
 def command(out: Path) -> list[str]:
-    return ["reproduce", "--quick", "--data", "generated:3", "--out", str(out), "--device", "cpu", "--no-progress"]
+    return ["reproduce", "--quick", "--data", "generated:3", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--model", "gmm-demo"]
 
 
 @pytest.fixture(scope="module")
