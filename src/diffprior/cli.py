@@ -453,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_pack_arguments(p)
     p.set_defaults(run=data.run_pack)
 
+    from . import serve
+    p = sub.add_parser("serve", help="a local web app: restore your own photo, compare methods, see the uncertainty",
+                       description=serve.__doc__.split("\n\n")[0])
+    serve.add_arguments(p)
+    p.set_defaults(run=serve.run)
+
     p = sub.add_parser("models", help="list the built-in and downloadable priors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_models)

@@ -1,0 +1,504 @@
+"""`diffprior serve`: a local web app (Gradio) to restore your own photo with a diffusion prior.
+
+Upload a photo or draw a face from the prior; damage it with a task (box / random inpainting, Gaussian /
+motion blur, x4 super-resolution, colourisation, denoising) or paint the missing region with the brush, or
+mark the upload as already damaged; restore it with one or several methods side by side, with the
+measurement, the naive reconstruction, PSNR / SSIM / LPIPS when the clean photo is known and the residual
+||y - A x|| always; K posterior samples give their mean and a per-pixel standard-deviation map. Every result
+can be downloaded with a settings JSON that holds the equivalent `diffprior restore` command lines.
+
+Safety: the server binds 127.0.0.1 unless --host says otherwise; uploads over --max-upload-mb or over
+--max-pixels (checked in the header, before decoding) are refused with a message, and so are decompression
+bombs; one job runs at a time (a queue); the app reads and writes files only inside its own temporary
+folder, which it removes when it stops.
+
+Needs the optional extra: pip install "diffprior[web]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import arguments
+from .io import center_square, open_image, pil_to_tensor, tensor_to_pil
+from .models import DEFAULT_MODEL, load_prior
+from .operators import Colorize, Inpaint, make_operator, measure
+from .solvers import SOLVERS, check_settings, sample, settings_for, solve
+
+# The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
+APP_TASKS = {
+    "box-inpaint": "box inpainting",
+    "random-inpaint": "random inpainting (70% of the pixels)",
+    "gaussian-blur": "Gaussian blur",
+    "motion-blur": "motion blur",
+    "sr4": "x4 super-resolution",
+    "colorize": "colourisation",
+    "denoise": "denoising",
+    "inpaint": "painted mask (paint the missing region on the photo)",
+}
+DEFAULT_METHODS = ["ddnm", "dps"]
+MAX_SAMPLES = 16
+DISPLAY = 256  # the photo is shown enlarged (nearest neighbour) to about this many pixels for painting
+
+
+class AppError(ValueError):
+    """An error the user caused (a bad upload, a missing photo, a mask without strokes): shown as the
+    app's message."""
+
+
+def _install_hint() -> str:
+    return 'diffprior serve needs the web extra: pip install "diffprior[web]"'
+
+
+# -- the work, without any web framework ----------------------------------------------------------
+class Studio:
+    """The app's state and work: one prior on one device, and one folder that every file lives in."""
+
+    def __init__(self, model: str, device: torch.device, folder: str | Path, *, config: str | None = None,
+                 max_pixels: int = 25_000_000, max_bytes: int = 20_000_000):
+        self.model, self.device, self.folder = str(model), device, Path(folder).resolve()
+        self.prior = load_prior(model, device, config=config)
+        self.size = self.prior.shape[-1]
+        self.scale = max(1, DISPLAY // self.size)  # the display's enlargement of the model's pixels
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        self.default_steps = 50 if device.type == "cpu" else 200
+
+    # files ------------------------------------------------------------------------------------------
+    def job_folder(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.folder / "jobs"))
+
+    def inside(self, path: str | Path) -> Path:
+        """`path` resolved, refused unless it lies inside the app's own folder."""
+        p = Path(path).resolve()
+        if not p.is_relative_to(self.folder):
+            raise AppError("the app only reads files that were uploaded to it")
+        return p
+
+    # input ------------------------------------------------------------------------------------------
+    def open_upload(self, path: str | Path) -> Image.Image:
+        """An uploaded file as an RGB image, refused (AppError) when it is too large in bytes or pixels
+        (read from the header, before any decoding), a decompression bomb, or no image at all."""
+        p = self.inside(path)
+        name = p.name
+        size = p.stat().st_size
+        if size > self.max_bytes:
+            raise AppError(f"{name} is {size / 1e6:.1f} MB; this app takes uploads up to "
+                           f"{self.max_bytes / 1e6:.0f} MB")
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception as e:
+            raise AppError(f"cannot read {name} as an image ({type(e).__name__})") from None
+        if w * h > self.max_pixels:
+            raise AppError(f"{name} claims {w}x{h} pixels, more than the {self.max_pixels} this app decodes: "
+                           "make it smaller first (or start the app with a larger --max-pixels)")
+        try:
+            im = open_image(p)  # refuses decompression bombs and unreadable files
+        except ValueError as e:
+            raise AppError(str(e).replace(str(p), name)) from None
+        return im
+
+    def source_from_upload(self, path: str | Path) -> dict:
+        """What the app keeps of an upload: the photo at the model's size and, when the upload is not
+        larger than that, the upload itself (an already damaged low-resolution input is taken as it is)."""
+        im = self.open_upload(path)
+        return {"photo": center_square(im, self.size), "raw": im if max(im.size) <= self.size else None,
+                "name": Path(path).name, "size": im.size}
+
+    @torch.no_grad()
+    def draw(self, seed: int, steps: int = 50) -> dict:
+        """A face (or whatever the prior draws) from the prior: exact for an analytic prior, DDIM otherwise."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        if hasattr(self.prior, "sample") and not self.prior.bounded:
+            x = self.prior.sample(1, torch.Generator().manual_seed(seed)).float()
+        else:
+            x = sample(self.prior, 1, steps=steps, sampler="ddim", generator=g, progress=True)
+        im = tensor_to_pil(x.clamp(-1, 1))
+        return {"photo": im, "raw": im, "name": f"drawn from {self.model} (seed {seed})", "size": im.size}
+
+    def display(self, im: Image.Image) -> Image.Image:
+        """The model-resolution image enlarged by whole pixels, for viewing and painting."""
+        return im.resize((im.size[0] * self.scale, im.size[1] * self.scale), Image.NEAREST)
+
+    def mask_from_layers(self, layers) -> torch.Tensor | None:
+        """The painted region of the editor's layers as an inpainting mask (1 = known, 0 = missing) at the
+        model's size, or None when nothing was painted. A model pixel is missing when at least a quarter of
+        its area was painted."""
+        painted = None
+        for layer in layers or []:
+            if layer is None:
+                continue
+            if isinstance(layer, (str, Path)):
+                layer = Image.open(self.inside(layer))
+            alpha = np.asarray(layer.convert("RGBA"))[..., 3]
+            painted = alpha if painted is None else np.maximum(painted, alpha)
+        if painted is None or not painted.any():
+            return None
+        small = np.asarray(Image.fromarray(painted).resize((self.size, self.size), Image.BOX), dtype=np.float32)
+        missing = small >= 0.25 * 255
+        if not missing.any():
+            return None
+        return torch.from_numpy((~missing).astype(np.float32))
+
+    # restore ----------------------------------------------------------------------------------------
+    def restore(self, source: dict | None, mask: torch.Tensor | None, task: str, methods: list[str], *,
+                steps: int, sigma_y: float, seed: int, samples: int = 1, measured: bool = False,
+                progress=None) -> dict:
+        """Degrade (or take as measured) the photo, restore it with each method, score and save everything
+        in a new job folder. Returns the gallery, the metrics rows, the files to download and the report."""
+        if source is None:
+            raise AppError("upload a photo or draw a face first")
+        if task not in APP_TASKS:
+            raise AppError(f"unknown task {task!r}; choose one of {', '.join(APP_TASKS)}")
+        unknown = sorted(set(methods or []) - set(SOLVERS))
+        if unknown:
+            raise AppError(f"unknown method {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
+        methods = [m for m in SOLVERS if m in (methods or [])]
+        if not methods:
+            raise AppError("pick at least one method")
+        steps, seed, samples = _whole(steps, "steps", 1), _whole(seed, "seed", 0), _whole(samples, "samples", 1)
+        if samples > MAX_SAMPLES:
+            raise AppError(f"at most {MAX_SAMPLES} posterior samples")
+        if sigma_y is None or not math.isfinite(float(sigma_y)) or float(sigma_y) < 0:
+            raise AppError(f"sigma_y must be a number >= 0, got {sigma_y}")
+        sigma_y = float(sigma_y)
+        T = self.prior.schedule.T
+        if steps > T and methods != ["tv"]:
+            raise AppError(f"steps: at most the prior's T = {T} diffusion steps")
+        settings = {}
+        for m in methods:
+            settings[m] = settings_for(m, task, steps=steps)
+            check_settings(m, settings[m], T)
+
+        size, device = self.size, self.device
+        if task == "inpaint":
+            if mask is None:
+                raise AppError("paint the missing region on the photo with the brush first (or pick another task)")
+            op = Inpaint(mask)
+        else:
+            op = make_operator(task, (3, size, size), seed=seed)
+        op = op.to(device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        photo = source["photo"]
+        if measured:  # the photo is already the measurement y, as in `restore --measured`
+            side = None if task in ("inpaint", "colorize") else (size // op.factor if hasattr(op, "factor") else size)
+            if side is None:
+                given = photo
+            else:
+                raw = source.get("raw")
+                if raw is None or raw.size != (side, side):
+                    w, h = source["size"]
+                    what = "the low-resolution image" if side != size else "an image"
+                    raise AppError(f"an already damaged photo for {APP_TASKS[task]} must be {what} of exactly "
+                                   f"{side}x{side} pixels for this {size}x{size} model; this one is {w}x{h}")
+                given = raw
+            x = None
+            y = pil_to_tensor(given).to(device)
+            if isinstance(op, (Inpaint, Colorize)):
+                y = op.A(y)  # the holes (or the colours) carry nothing
+        else:
+            given = photo
+            x = pil_to_tensor(photo).to(device)
+            y = measure(op, x, sigma_y, gen)
+        after_measure = gen.get_state()  # each method starts here, as a separate `diffprior restore` would
+
+        from .figures import displayable
+        from .metrics import image_metrics, residual
+        job = self.job_folder("restore")
+        files, gallery, rows = [], [], []
+        results: dict[str, dict] = {}
+
+        def scores(img: torch.Tensor) -> dict:
+            out = {}
+            if x is not None:
+                out = {k: _finite(v[0]) for k, v in image_metrics(img, x).items()}
+            out["residual"] = _finite(residual(op, img, y)[0])
+            return out
+
+        def show(img: torch.Tensor, name: str, caption: str) -> None:
+            path = job / f"view_{name}.png"
+            self.display(tensor_to_pil(img.clamp(-1, 1))).save(path)
+            gallery.append((str(path), caption))
+
+        input_path = job / "input.png"
+        given.save(input_path)
+        files.append(input_path)
+        if task == "inpaint":
+            mask_path = job / "mask.png"
+            Image.fromarray((mask.cpu().numpy() * 255).astype(np.uint8), "L").save(mask_path)
+            files.append(mask_path)
+        if x is not None:
+            show(x, "photo", "photo (clean)")
+        show(displayable(y, (size, size)), "measurement",
+             "measurement (given)" if measured else f"measurement ({task})")
+        try:
+            naive = op.naive(y)
+        except NotImplementedError:
+            naive = None
+        if naive is not None:
+            results["naive"] = scores(naive)
+            show(naive, "naive", "naive" + _caption(results["naive"]))
+            rows.append(_row("naive", results["naive"], None))
+
+        commands = []
+        for i, method in enumerate(methods):
+            if progress is not None:
+                progress((i, len(methods)), desc=f"{method} ({i + 1} of {len(methods)})", unit="methods")
+            gen.set_state(after_measure)
+            start = time.perf_counter()
+            std = None
+            if samples > 1:
+                from .uncertainty import posterior_samples
+                draws = posterior_samples(method, self.prior, op, y, samples, sigma_y=sigma_y, generator=gen,
+                                          progress=True, **settings[method])
+                restored, std = draws.mean(0, keepdim=True), draws.std(0)
+            else:
+                restored = solve(method, self.prior, op, y, sigma_y=sigma_y, generator=gen, progress=True,
+                                 **settings[method])
+            seconds = time.perf_counter() - start
+            results[method] = scores(restored) | {"seconds": round(seconds, 2)}
+            out = job / f"restored_{method}.png"
+            tensor_to_pil(restored.clamp(-1, 1)).save(out)
+            files.append(out)
+            label = method + (f" mean (K={samples})" if std is not None else "")
+            show(restored, method, label + _caption(results[method]))
+            if std is not None:
+                from .uncertainty import std_image
+                results[method]["mean_std"] = _finite(std.mean())
+                std_path = job / f"restored_{method}_std.png"
+                tensor_to_pil(std_image(std)).save(std_path)
+                files.append(std_path)
+                show(std_image(std), method + "_std", f"{method} std {float(std.mean()):.3f}")
+            rows.append(_row(method, results[method], seconds))
+            commands.append(self.command(task, method, steps=steps, sigma_y=sigma_y, seed=seed, samples=samples,
+                                         measured=measured, out=out.name))
+        report = {"model": self.model, "device": str(device), "size": size, "input": source["name"],
+                  "task": task, "measured": measured, "sigma_y": sigma_y, "seed": seed, "steps": steps,
+                  "samples": samples, "methods": methods, "settings": settings, "results": results,
+                  "files": [p.name for p in files],
+                  "commands": commands,
+                  "note": "run the commands in a folder holding the downloaded input.png"
+                          + (" and mask.png" if task == "inpaint" else "")}
+        settings_path = job / "settings.json"
+        settings_path.write_text(json.dumps(report, indent=2) + "\n")
+        files.append(settings_path)
+        return {"gallery": gallery, "rows": rows, "files": [str(p) for p in files], "report": report}
+
+    def command(self, task: str, method: str, *, steps: int, sigma_y: float, seed: int, samples: int,
+                measured: bool, out: str) -> str:
+        """The `diffprior restore` command line that reproduces one method's result from the downloads."""
+        argv = ["diffprior", "restore", "--input", "input.png"]
+        argv += ["--mask", "mask.png"] if task == "inpaint" else ["--task", task]
+        if measured:
+            argv.append("--measured")
+        argv += ["--method", method, "--steps", str(steps), "--sigma-y", f"{sigma_y:g}", "--seed", str(seed)]
+        if samples > 1:
+            argv += ["--samples", str(samples)]
+        argv += ["--model", self.model, "--device", str(self.device), "--out", out]
+        return shlex.join(argv)
+
+
+def _whole(value, name: str, low: int) -> int:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise AppError(f"{name} must be a whole number, got {value!r}") from None
+    if not v.is_integer() or v < low:
+        raise AppError(f"{name} must be a whole number of at least {low}, got {value}")
+    return int(v)
+
+
+def _finite(v) -> float | None:
+    v = float(v)
+    return round(v, 4) if math.isfinite(v) else None
+
+
+def _caption(s: dict) -> str:
+    """A short caption: the PSNR when the clean photo is known, else the residual (the table has all)."""
+    return f": {s['psnr']:.2f} dB" if s.get("psnr") is not None else f": ||y - Ax|| {s['residual']:.2f}"
+
+
+METRIC_HEADERS = ["result", "PSNR (dB)", "SSIM", "LPIPS", "||y - A x||", "seconds"]
+
+
+def _row(name: str, s: dict, seconds: float | None) -> list:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+    return [name, f(s.get("psnr"), ".2f"), f(s.get("ssim"), ".3f"), f(s.get("lpips"), ".3f"),
+            f(s.get("residual"), ".4f"), f(seconds, ".1f")]
+
+
+# -- the web page ---------------------------------------------------------------------------------
+CSS = """
+#photo canvas { image-rendering: pixelated; }
+#results img { image-rendering: pixelated; }
+"""
+
+
+def build_app(studio: Studio):
+    """The Gradio Blocks of the app (not launched)."""
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise ImportError(_install_hint()) from e
+
+    def guarded(fn):
+        """Errors a user can cause become the app's message; anything else is reported as an internal error
+        (with the traceback on the server's terminal), never a bare stack trace in the page."""
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except (AppError, ValueError, TypeError, RuntimeError, OSError) as e:
+                raise gr.Error(str(e) or type(e).__name__, print_exception=False) from None
+            except Exception as e:
+                traceback.print_exc()
+                raise gr.Error(f"internal error: {type(e).__name__}: {e} (please report it)",
+                               print_exception=False) from None
+        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+        return run
+
+    def editor_value(source: dict) -> dict:
+        shown = studio.display(source["photo"])
+        return {"background": shown, "layers": [], "composite": shown}
+
+    def describe(source: dict) -> str:
+        w, h = source["size"]
+        return (f"**{source['name']}**, {w}x{h}, shown at the model's {studio.size}x{studio.size} "
+                "(centre crop, Lanczos resize)")
+
+    @guarded
+    def upload(path):
+        if not path:
+            raise AppError("no file was uploaded")
+        source = studio.source_from_upload(path)
+        return editor_value(source), source, describe(source)
+
+    @guarded
+    def draw(seed, progress=gr.Progress(track_tqdm=True)):
+        source = studio.draw(_whole(seed, "seed", 0))
+        return editor_value(source), source, describe(source)
+
+    @guarded
+    def restore(editor, source, task, methods, steps, sigma_y, seed, samples, measured,
+                progress=gr.Progress(track_tqdm=True)):
+        mask = studio.mask_from_layers((editor or {}).get("layers")) if task == "inpaint" else None
+        result = studio.restore(source, mask, task, methods, steps=steps, sigma_y=sigma_y, seed=seed,
+                                samples=samples, measured=bool(measured), progress=progress)
+        return result["gallery"], result["rows"], result["files"], result["report"]
+
+    size = studio.size
+    with gr.Blocks(title="diffprior", analytics_enabled=False) as app:
+        gr.Markdown(f"## diffprior: restore a photo with a diffusion prior\n"
+                    f"Model **{studio.model}** ({size}x{size}) on **{studio.device}**. Upload a photo or draw "
+                    "one from the prior, pick a damage (or paint the missing region with the brush), pick the "
+                    "methods, restore.")
+        source = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                editor = gr.ImageEditor(
+                    label=f"photo at {size}x{size} (paint the missing region with the brush)", elem_id="photo",
+                    type="pil", image_mode="RGBA", sources=[], transforms=[], layers=False,
+                    brush=gr.Brush(default_size=max(4, 2 * studio.scale), colors=["#ff00ff"], color_mode="fixed"),
+                    canvas_size=(size * studio.scale, size * studio.scale), fixed_canvas=True, height=420)
+                with gr.Row():
+                    upload_button = gr.UploadButton("Upload a photo", file_types=["image"], type="filepath",
+                                                    elem_id="upload", variant="secondary")
+                    draw_button = gr.Button("Draw a face from the prior" if "face" in studio.model
+                                            else "Draw a picture from the prior", elem_id="draw")
+                about = gr.Markdown("no photo yet", elem_id="about")
+            with gr.Column(scale=1):
+                task = gr.Radio([(label, value) for value, label in APP_TASKS.items()], value="box-inpaint",
+                                label="damage", elem_id="task")
+                measured = gr.Checkbox(False, label="the photo is already damaged: restore it as it is "
+                                       "(x4 super-resolution takes the low-resolution image itself)", elem_id="measured")
+                methods = gr.CheckboxGroup(list(SOLVERS), value=DEFAULT_METHODS, label="methods", elem_id="methods")
+                with gr.Row():
+                    steps = gr.Number(studio.default_steps, label="steps", precision=0, minimum=1,
+                                      maximum=studio.prior.schedule.T, elem_id="steps")
+                    sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0, elem_id="sigma_y")
+                    seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed")
+                samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
+                                    "per-pixel std map when K > 1)", elem_id="samples")
+                run_button = gr.Button("Restore", variant="primary", elem_id="restore")
+        gallery = gr.Gallery(label="measurement, naive reconstruction and restorations", columns=7,
+                             object_fit="contain", height=250, elem_id="results")
+        table = gr.Dataframe(headers=METRIC_HEADERS, label="scores (PSNR / SSIM / LPIPS against the clean photo "
+                             "when it is known; the residual ||y - A x|| always)", interactive=False,
+                             elem_id="metrics")
+        downloads = gr.File(label="downloads: restorations (PNG) and settings.json (with the CLI commands)",
+                            file_count="multiple", elem_id="downloads")
+        report = gr.JSON(label="settings", visible=False)
+
+        upload_button.upload(upload, upload_button, [editor, source, about], api_name="upload")
+        draw_button.click(draw, seed, [editor, source, about], api_name="draw")
+        run_button.click(restore, [editor, source, task, methods, steps, sigma_y, seed, samples, measured],
+                         [gallery, table, downloads, report], api_name="restore")
+    return app
+
+
+# -- the command ----------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
+                        "the network)")
+    p.add_argument("--port", type=arguments.integer(1, 65535), default=7860, help="default 7860")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a built-in name (see `diffprior models`) or a checkpoint path (default: {DEFAULT_MODEL})")
+    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file (see restore)")
+    p.add_argument("--device", type=arguments.device, default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--max-upload-mb", type=arguments.number(0.0, above=True), default=20.0,
+                   help="refuse uploads larger than this (default 20 MB)")
+    p.add_argument("--max-pixels", type=arguments.positive, default=25_000_000,
+                   help="refuse images of more pixels than this, read from the file's header before decoding "
+                        "(default 25 million)")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args) -> int:
+    device = arguments.resolve_device(args.device)
+    folder = Path(tempfile.mkdtemp(prefix="diffprior-serve-"))
+    try:
+        (folder / "jobs").mkdir()
+        # Gradio keeps uploads and served files in GRADIO_TEMP_DIR, read when it is imported: inside the
+        # app's own folder, like every file the app writes.
+        os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+        try:
+            import gradio  # noqa: F401
+        except ImportError as e:
+            raise ImportError(_install_hint()) from e
+        max_bytes = int(args.max_upload_mb * 1e6)
+        studio = Studio(args.model, device, folder, config=args.config, max_pixels=args.max_pixels,
+                        max_bytes=max_bytes)
+        app = build_app(studio)
+        app.queue(default_concurrency_limit=1, max_size=32)  # one job at a time; others wait in line
+        print(f"diffprior serve: {args.model} on {device}, files in {folder}", file=sys.stderr)
+        if threading.current_thread() is threading.main_thread():  # `kill` stops it like Ctrl-C: cleanly
+            signal.signal(signal.SIGTERM, _interrupt)
+        app.launch(server_name=args.host, server_port=args.port, max_file_size=max_bytes, share=False,
+                   ssr_mode=False, show_error=True, css=CSS, footer_links=["api"], inbrowser=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0

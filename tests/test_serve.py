@@ -1,0 +1,260 @@
+"""`diffprior serve`, the web app, end to end: a real server started on 127.0.0.1 by the command line, driven
+through gradio_client (the app's functions as the page calls them) and through a headless Chromium (Debian's
+chromium and chromium-driver; .ci/run installs them). Everything runs on the built-in analytic prior with a
+few steps, so the whole file takes seconds."""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffprior.cli import build_parser
+from diffprior.cli import main as cli_main
+from diffprior.io import save_image
+from diffprior.models import load_prior
+
+import gradio_client  # the web extra, also in the test extra: pip install "diffprior[web]"
+from gradio_client import Client, handle_file
+
+SIZE = 64
+MAX_PIXELS = 1_000_000  # the server under test refuses larger images (checked in the header)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`diffprior serve` in its own process on a free port of 127.0.0.1 (the default host), with its temporary
+    folder under the test's own; yields (url, that temporary root). Stopping it (`kill`, SIGTERM) must remove
+    the app's folder."""
+    root = tmp_path_factory.mktemp("serve")
+    tmp = root / "tmp"
+    tmp.mkdir()
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp), OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "diffprior", "serve", "--model", "gmm-demo", "--device", "cpu",
+                             "--port", str(port), "--max-pixels", str(MAX_PIXELS)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail("diffprior serve exited early:\n" + (root / "server.log").read_text())
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("diffprior serve did not answer within 120 s:\n" + (root / "server.log").read_text())
+            time.sleep(0.3)
+    yield url, tmp
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+    text = (root / "server.log").read_text()
+    assert f"127.0.0.1:{port}" in text
+    # every file the app (and Gradio in it) wrote was inside its own folder, which it removed
+    assert not list(tmp.iterdir()), f"left behind: {list(tmp.iterdir())}"
+
+
+@pytest.fixture(scope="module")
+def clean_png(tmp_path_factory):
+    """A 64x64 picture drawn from the built-in Gaussian-mixture prior."""
+    x = load_prior("gmm-demo").sample(1, torch.Generator().manual_seed(5)).float().clamp(-1, 1)
+    return save_image(x, tmp_path_factory.mktemp("photo") / "clean.png")
+
+
+def client(url, tmp_path) -> Client:
+    """A fresh session (its own app state) that downloads the results into the test's folder."""
+    return Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+def restore(c, task, methods, *, steps=10, sigma_y=0.05, samples=1, measured=False, seed=0, layers=()):
+    editor = {"background": None, "layers": [handle_file(str(p)) for p in layers], "composite": None}
+    gallery, table, files, _ = c.predict(editor, task, methods, steps, sigma_y, seed, samples, measured,
+                                         api_name="/restore")
+    return gallery, table, {Path(f).name: Path(f) for f in files}
+
+
+def test_serve_binds_to_this_machine_only_unless_told():
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+
+
+def test_restore_two_methods_and_rerun_with_the_cli(server, clean_png, tmp_path, monkeypatch):
+    url, _ = server
+    c = client(url, tmp_path)
+    editor, about = c.predict(handle_file(str(clean_png)), api_name="/upload")
+    assert "64x64" in about
+    gallery, table, files = restore(c, "box-inpaint", ["dps", "ddnm"])
+    captions = [g["caption"] for g in gallery]
+    assert [cap.split(":")[0] for cap in captions] == ["photo (clean)", "measurement (box-inpaint)", "naive",
+                                                       "dps", "ddnm"]
+    assert set(files) == {"input.png", "restored_dps.png", "restored_ddnm.png", "settings.json"}
+    for name in ("restored_dps.png", "restored_ddnm.png"):
+        assert Image.open(files[name]).size == (SIZE, SIZE)
+    rows = {r[0]: r for r in table["data"]}
+    assert list(rows) == ["naive", "dps", "ddnm"]
+    psnr = {k: float(r[1]) for k, r in rows.items()}
+    assert psnr["ddnm"] > psnr["naive"] + 3  # DDNM fills the box far better than the mean colour
+    assert all(float(r[4]) > 0 for r in rows.values())  # the residual ||y - A x||, always shown
+
+    # settings.json holds the equivalent command lines: the CLI, run on the downloads, gives the same image
+    report = json.loads(files["settings.json"].read_text())
+    assert report["task"] == "box-inpaint" and report["steps"] == 10 and report["methods"] == ["dps", "ddnm"]
+    assert report["results"]["ddnm"]["psnr"] == pytest.approx(psnr["ddnm"], abs=0.01)
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copy(files["input.png"], rerun / "input.png")
+    monkeypatch.chdir(rerun)
+    for command in report["commands"]:
+        argv = shlex.split(command)
+        assert argv[:2] == ["diffprior", "restore"]
+        assert cli_main(argv[1:] + ["--json"]) == 0
+        out = argv[argv.index("--out") + 1]
+        mine = np.asarray(Image.open(rerun / out), dtype=int)
+        app = np.asarray(Image.open(files[out]), dtype=int)
+        assert np.abs(mine - app).max() <= 1, f"{command} does not reproduce the app's {out}"
+
+
+def test_painted_mask_with_posterior_samples(server, clean_png, tmp_path):
+    url, _ = server
+    c = client(url, tmp_path)
+    c.predict(handle_file(str(clean_png)), api_name="/upload")
+    # a brush stroke on the editor's canvas (the photo shown 4x enlarged): a painted square, 8x8 model pixels
+    layer = np.zeros((4 * SIZE, 4 * SIZE, 4), dtype=np.uint8)
+    layer[80:112, 120:152] = (255, 0, 255, 255)
+    Image.fromarray(layer, "RGBA").save(tmp_path / "stroke.png")
+    gallery, table, files = restore(c, "inpaint", ["ddnm"], samples=4, sigma_y=0.01, layers=[tmp_path / "stroke.png"])
+    assert {"mask.png", "restored_ddnm.png", "restored_ddnm_std.png", "settings.json"} <= set(files)
+    mask = np.asarray(Image.open(files["mask.png"])) > 127  # white = known
+    assert mask.shape == (SIZE, SIZE) and (~mask).sum() == 8 * 8 and not mask[20:28, 30:38].any()
+    std = np.asarray(Image.open(files["restored_ddnm_std.png"]).convert("L"), dtype=float)
+    # the samples disagree where the photo was painted over, and agree on the pixels measured (nearly noiseless)
+    assert std[~mask].mean() > 10 * std[mask].mean()
+    assert gallery[-2]["caption"].startswith("ddnm mean (K=4)") and gallery[-1]["caption"].startswith("ddnm std")
+    report = json.loads(files["settings.json"].read_text())
+    assert "--mask mask.png" in report["commands"][0] and "--samples 4" in report["commands"][0]
+
+
+def test_an_already_damaged_low_resolution_photo(server, tmp_path):
+    url, _ = server
+    c = client(url, tmp_path)
+    small = load_prior("gmm-demo").sample(1, torch.Generator().manual_seed(7)).float().clamp(-1, 1)
+    save_image(torch.nn.functional.avg_pool2d(small, 4), tmp_path / "low.png")  # 16x16
+    c.predict(handle_file(str(tmp_path / "low.png")), api_name="/upload")
+    gallery, table, files = restore(c, "sr4", ["ddnm"], measured=True)
+    assert Image.open(files["restored_ddnm.png"]).size == (SIZE, SIZE)
+    assert Image.open(files["input.png"]).size == (16, 16)  # the measurement itself, for the CLI's --measured
+    rows = {r[0]: r for r in table["data"]}
+    assert rows["ddnm"][1] == "-" and float(rows["ddnm"][4]) > 0  # no clean photo: no PSNR, a residual
+    assert "--measured" in json.loads(files["settings.json"].read_text())["commands"][0]
+
+
+def test_draw_a_picture_from_the_prior(server, tmp_path):
+    url, _ = server
+    editor, about = client(url, tmp_path).predict(3, api_name="/draw")
+    assert "drawn from gmm-demo" in about
+    assert Image.open(editor["background"]).size == (4 * SIZE, 4 * SIZE)  # shown enlarged for painting
+
+
+def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_path):
+    url, _ = server
+    c = client(url, tmp_path)
+    (tmp_path / "notes.png").write_bytes(b"not an image at all")
+    Image.new("L", (2000, 1000)).save(tmp_path / "huge.png")  # 2 million pixels, a few kB of PNG
+    expected = [
+        (lambda: restore(c, "box-inpaint", ["dps"]), "upload a photo or draw a face first"),
+        (lambda: c.predict(handle_file(str(tmp_path / "notes.png")), api_name="/upload"), "cannot read notes.png"),
+        (lambda: c.predict(handle_file(str(tmp_path / "huge.png")), api_name="/upload"), "claims 2000x1000 pixels"),
+    ]
+    for call, message in expected:
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            call()
+    c.predict(handle_file(str(clean_png)), api_name="/upload")
+    for kwargs, message in [
+        (dict(task="inpaint", methods=["dps"]), "paint the missing region"),
+        (dict(task="sr4", methods=["dps"], measured=True), "exactly 16x16 pixels"),
+        (dict(task="box-inpaint", methods=[]), "pick at least one method"),
+        (dict(task="box-inpaint", methods=["dps"], steps=5000), "greater than maximum value 1000"),  # the page's own limit
+    ]:
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            restore(c, **kwargs)
+
+
+# -- a real browser ---------------------------------------------------------------------------------
+def test_in_a_headless_browser_paint_a_mask_and_restore(server, clean_png, tmp_path):
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
+    if missing:  # not a skip: CI installs both (.ci/run), and a skipped browser test would hide a broken page
+        pytest.fail(f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver) to run the browser test")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1500", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(url)
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file], "
+                                                     "input[data-testid='Upload a photo-upload-button']"))
+        upload.send_keys(str(clean_png))
+        wait.until(lambda d: "clean.png" in d.find_element(By.ID, "about").text)
+        # paint a stroke across the middle of the photo with the brush (the editor's default tool)
+        canvas = driver.find_elements(By.CSS_SELECTOR, "#photo canvas")[-1]
+        stroke = ActionChains(driver).move_to_element_with_offset(canvas, -40, -30).click_and_hold()
+        for _ in range(8):
+            stroke = stroke.move_by_offset(10, 6)
+        stroke.release().perform()
+        driver.find_element(By.XPATH, "//*[@id='task']//label[contains(., 'painted mask')]").click()
+        steps = driver.find_element(By.CSS_SELECTOR, "#steps input")
+        steps.clear()
+        steps.send_keys("5")
+        driver.find_element(By.ID, "restore").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5
+                   or d.find_elements(By.CSS_SELECTOR, ".toast-body"))
+        errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")]
+        assert not errors, f"the app reported: {errors}"
+        wait.until(lambda d: "settings.json" in d.find_element(By.ID, "downloads").text)
+        assert "ddnm" in driver.find_element(By.ID, "metrics").text
+        driver.save_screenshot(str(tmp_path / "serve.png"))
+        images = driver.find_elements(By.CSS_SELECTOR, "#results img")
+        assert len(images) == 5  # photo, measurement, naive, dps, ddnm
+        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) > 0
+                   for im in images)
+        text = driver.find_element(By.ID, "results").text
+        assert "measurement (inpaint)" in text and "dps" in text and "ddnm" in text
+    finally:
+        driver.quit()
+    assert Image.open(tmp_path / "serve.png").size[0] > 0
