@@ -258,3 +258,53 @@ def test_in_a_headless_browser_paint_a_mask_and_restore(server, clean_png, tmp_p
     finally:
         driver.quit()
     assert Image.open(tmp_path / "serve.png").size[0] > 0
+
+
+# -- the upload limits, on the app's own object (no server) -------------------------------------------
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's header)."""
+    import io
+    import struct
+    import zlib
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # the IHDR chunk's type and data; its CRC follows
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path):
+    from diffprior.serve import AppError, Studio
+    folder = tmp_path / "app"
+    (folder / "jobs").mkdir(parents=True)
+    studio = Studio("gmm-demo", torch.device("cpu"), folder, max_pixels=10_000, max_bytes=20_000)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(folder / "noise.png")  # ~30 kB
+    Image.new("RGB", (101, 100)).save(folder / "wide.png")
+    (folder / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
+    Image.new("RGB", (64, 64)).save(tmp_path / "elsewhere.png")
+    for path, message in [(folder / "noise.png", "takes uploads up to 0.02 MB"),
+                          (folder / "wide.png", "claims 101x100 pixels, more than the 10000"),
+                          (folder / "bomb.png", "decompression bomb"),
+                          (tmp_path / "elsewhere.png", "only reads files that were uploaded")]:
+        with pytest.raises(AppError, match=message):
+            studio.open_upload(path)
+    source = studio.source_from_upload(_save(Image.new("RGB", (100, 80), "red"), folder / "ok.png"))
+    assert source["photo"].size == (SIZE, SIZE) and source["raw"] is None and source["size"] == (100, 80)
+
+
+def _save(im: Image.Image, path: Path) -> Path:
+    im.save(path)
+    return path
+
+
+def test_one_job_on_the_model_at_a_time(tmp_path):
+    """Drawing and restoring share one queue slot (for every user): the second job waits for the first."""
+    from diffprior.serve import Studio, build_app
+    app = build_app(Studio("gmm-demo", torch.device("cpu"), tmp_path))
+    jobs = {fn.api_name: fn for fn in app.fns.values()}
+    assert {jobs[name].concurrency_limit for name in ("draw", "restore")} == {1}
+    assert jobs["draw"].concurrency_id == jobs["restore"].concurrency_id

@@ -99,10 +99,13 @@ class Studio:
         size = p.stat().st_size
         if size > self.max_bytes:
             raise AppError(f"{name} is {size / 1e6:.1f} MB; this app takes uploads up to "
-                           f"{self.max_bytes / 1e6:.0f} MB")
+                           f"{self.max_bytes / 1e6:g} MB")
         try:
             with Image.open(p) as im:
                 w, h = im.size
+        except Image.DecompressionBombError:
+            raise AppError(f"{name} claims more than twice the {Image.MAX_IMAGE_PIXELS} pixels that Pillow decodes: "
+                           "refused as a decompression bomb") from None
         except Exception as e:
             raise AppError(f"cannot read {name} as an image ({type(e).__name__})") from None
         if w * h > self.max_pixels:
@@ -307,7 +310,7 @@ class Studio:
         argv += ["--mask", "mask.png"] if task == "inpaint" else ["--task", task]
         if measured:
             argv.append("--measured")
-        argv += ["--method", method, "--steps", str(steps), "--sigma-y", f"{sigma_y:g}", "--seed", str(seed)]
+        argv += ["--method", method, "--steps", str(steps), "--sigma-y", repr(sigma_y), "--seed", str(seed)]
         if samples > 1:
             argv += ["--samples", str(samples)]
         argv += ["--model", self.model, "--device", str(self.device), "--out", out]
@@ -448,9 +451,12 @@ def build_app(studio: Studio):
         report = gr.JSON(label="settings", visible=False)
 
         upload_button.upload(upload, upload_button, [editor, source, about], api_name="upload")
-        draw_button.click(draw, seed, [editor, source, about], api_name="draw")
+        # drawing and restoring share one line of the queue: one job on the model at a time, for all users
+        draw_button.click(draw, seed, [editor, source, about], api_name="draw", concurrency_limit=1,
+                          concurrency_id="model")
         run_button.click(restore, [editor, source, task, methods, steps, sigma_y, seed, samples, measured],
-                         [gallery, table, downloads, report], api_name="restore")
+                         [gallery, table, downloads, report], api_name="restore", concurrency_limit=1,
+                         concurrency_id="model")
     return app
 
 
