@@ -88,7 +88,7 @@ def clean_png(tmp_path_factory):
 
 
 def client(url, tmp_path) -> Client:
-    """A fresh session (its own app state) that downloads the results into the test's folder."""
+    """A new client (with its own app state) that downloads the results into the test's folder."""
     return Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
 
 

@@ -484,6 +484,8 @@ def _interrupt(signum, frame):
 
 def run(args) -> int:
     device = arguments.resolve_device(args.device)
+    if threading.current_thread() is threading.main_thread():  # `kill` stops it like Ctrl-C, also while starting
+        signal.signal(signal.SIGTERM, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="diffprior-serve-"))
     try:
         (folder / "jobs").mkdir()
@@ -501,8 +503,6 @@ def run(args) -> int:
         app = build_app(studio)
         app.queue(default_concurrency_limit=1, max_size=32)  # one job at a time; others wait in line
         print(f"diffprior serve: {args.model} on {device}, files in {folder}", file=sys.stderr)
-        if threading.current_thread() is threading.main_thread():  # `kill` stops it like Ctrl-C: cleanly
-            signal.signal(signal.SIGTERM, _interrupt)
         app.launch(server_name=args.host, server_port=args.port, max_file_size=max_bytes, share=False,
                    ssr_mode=False, show_error=True, css=CSS, footer_links=["api"], inbrowser=False)
     finally:
