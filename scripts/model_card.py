@@ -74,9 +74,13 @@ def curves(log: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def grid(prior, sampler: str, steps: int, n: int, batch: int, path: Path) -> Path:
-    xs = [sample(prior, min(batch, n - i), steps=steps, sampler=sampler, progress=True,
-                 generator=torch.Generator().manual_seed(i)) for i in range(0, n, batch)]
+def grid(prior, sampler: str, steps: int, n: int, batch: int, path: Path, bf16: bool) -> Path:
+    """n samples, batch by batch (batch i seeded with its first index), as one square grid. bf16: the
+    network's convolutions and matrix products under CPU bfloat16 autocast (about 1.5x faster on CPUs
+    with native bf16 instructions); the sampler's arithmetic stays float32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        xs = [sample(prior, min(batch, n - i), steps=steps, sampler=sampler, progress=True,
+                     generator=torch.Generator().manual_seed(i)).float() for i in range(0, n, batch)]
     return io.save_image(io.image_grid(torch.cat(xs).clamp(-1, 1), nrow=int(math.sqrt(n))), path)
 
 
@@ -89,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for card.json and the figures")
     p.add_argument("--samples", type=int, default=64, help="faces per sample grid (default 64; 0: no grids)")
     p.add_argument("--batch", type=int, default=32, help="images per network call (default 32)")
+    p.add_argument("--bf16", action="store_true", help="sample the grids under CPU bfloat16 autocast")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prior = load_prior(args.model)
     size = prior.shape[-1]
     card = {"command": shlex.join(["python", "scripts/model_card.py", *(argv or sys.argv[1:])]),
-            "model": Path(args.model).name, "training": prior.config.get("training"), "tweedie": {}, "seconds": {}}
+            "model": Path(args.model).name, "training": prior.config.get("training"), "tweedie": {}, "seconds": {}, "grids_bf16": args.bf16}
     with torch.inference_mode():
         for spec in args.eval:
             name, _, source = spec.partition("=")
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             curves(read_log(args.log), out / "training_curves.png")
         for sampler, steps in (("ddpm", 1000), ("ddim", 100)) if args.samples else ():
             started = time.perf_counter()
-            grid(prior, sampler, steps, args.samples, args.batch, out / f"samples_{sampler}{steps}.png")
+            grid(prior, sampler, steps, args.samples, args.batch, out / f"samples_{sampler}{steps}.png", args.bf16)
             card["seconds"][f"{sampler} {steps} x {args.samples}"] = round(time.perf_counter() - started, 1)
     atomic_write(out / "card.json", lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n"))
     print(f"wrote {out / 'card.json'}")
