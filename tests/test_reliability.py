@@ -20,7 +20,8 @@ from diffprior.cli import main
 from diffprior.data import load_folder
 from diffprior.evaluate import readable
 from diffprior.io import load_mask, open_image, save_image
-from diffprior.models import CheckpointError, load_prior, save_checkpoint
+from diffprior.checkpoints import CheckpointError, save_checkpoint
+from diffprior.models import load_prior
 from diffprior.networks import build_network
 from diffprior.networks.small import network_config
 from diffprior.operators import make_operator, measure

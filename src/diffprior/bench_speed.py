@@ -36,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from . import arguments
-from .models import atomic_write, load_prior
+from .io import atomic_write
+from .models import load_prior
 from .operators import make_operator, measure
 from .prior import NetworkPrior
 from .schedule import Schedule

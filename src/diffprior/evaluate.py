@@ -68,7 +68,8 @@ from tqdm.auto import tqdm
 from . import arguments
 from .io import list_images, load_image, open_image, save_image
 from .metrics import image_metrics, residual
-from .models import DEFAULT_MODEL, atomic_write, load_prior
+from .io import atomic_write
+from .models import DEFAULT_MODEL, load_prior
 from .operators import TASKS, Operator, make_operator, measure
 from .prior import NetworkPrior, Prior
 from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings

@@ -62,7 +62,8 @@ from .figures import displayable, image_table
 from . import arguments
 from .io import load_image, tensor_to_pil
 from .metrics import image_metrics
-from .models import DEFAULT_MODEL, atomic_write, load_prior
+from .io import atomic_write
+from .models import DEFAULT_MODEL, load_prior
 from .operators import Inpaint, LinearOperator, make_operator
 from .prior import GaussianMixturePrior, Prior
 from .solvers import SOLVERS, denoise, sample, settings_for

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from . import arguments, io
 from .data import FaceSet, load_faces
 from .io import from_uint8
-from .models import CheckpointError, atomic_write, save_checkpoint
+from .checkpoints import CheckpointError, save_checkpoint
+from .io import atomic_write
 from .networks import build_network
 from .networks.small import CONFIGS, SmallUNet, network_config
 from .prior import NetworkPrior
@@ -394,7 +395,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 def export(model: str | Path, dest: str | Path, *, name: str, description: str, licence: str) -> Path:
     """Write a trained run's exported model (`out/model.safetensors`) as a float16 checkpoint `dest`,
     its description extended with a name, a one-line description and the licence its data imposes."""
-    from .models import load_checkpoint
+    from .checkpoints import load_checkpoint
     prior = load_checkpoint(model)
     config = {**prior.config, "name": name, "description": description, "licence": licence}
     return save_checkpoint(prior.net, config, dest, dtype=torch.float16)
