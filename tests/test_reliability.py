@@ -24,7 +24,8 @@ from diffprior.checkpoints import CheckpointError, save_checkpoint
 from diffprior.models import load_prior
 from diffprior.networks import build_network
 from diffprior.networks.small import network_config
-from diffprior.operators import make_operator, measure
+from diffprior.operators import measure
+from diffprior.tasks import make_operator
 from diffprior.schedule import Schedule
 from diffprior.solvers import DivergenceError, divergence, solve
 

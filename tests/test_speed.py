@@ -9,7 +9,8 @@ import torch
 
 from diffprior.bench_speed import compare_dtypes, random_prior
 from diffprior.cli import main
-from diffprior.operators import make_operator, measure
+from diffprior.operators import measure
+from diffprior.tasks import make_operator
 from diffprior.solvers import dps, sdedit
 
 

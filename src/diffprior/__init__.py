@@ -1,7 +1,8 @@
 """diffprior: inverse imaging with a pretrained diffusion model as the prior."""
 
 from .models import load_prior
-from .operators import TASKS, Operator, LinearOperator, make_operator, measure
+from .operators import Operator, LinearOperator, measure
+from .tasks import TASKS, make_operator
 from .prior import GaussianMixturePrior, GaussianPrior, NetworkPrior, Prior
 from .schedule import Schedule
 from .solvers import SOLVERS, denoise, dps, sample, scoreald, sdedit, solve

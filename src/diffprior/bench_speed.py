@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from . import arguments
 from .io import atomic_write
 from .models import load_prior
-from .operators import make_operator, measure
+from .operators import measure
+from .tasks import make_operator
 from .prior import NetworkPrior
 from .schedule import Schedule
 from .solvers import SOLVERS, sample, settings_for

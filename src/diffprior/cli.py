@@ -14,7 +14,8 @@ import torch
 from . import __version__, arguments
 from .io import atomic_write, center_square, image_grid, load_mask, open_image, pil_to_tensor, save_image
 from .models import DEFAULT_MODEL, load_prior
-from .operators import TASKS, Colorize, Inpaint, make_operator, measure
+from .operators import Colorize, Inpaint, measure
+from .tasks import TASKS, make_operator
 from .solvers import SOLVERS, check_settings, denoise, sample, settings_for, solve
 
 

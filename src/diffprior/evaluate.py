@@ -70,7 +70,8 @@ from .io import list_images, load_image, open_image, save_image
 from .metrics import image_metrics, residual
 from .io import atomic_write
 from .models import DEFAULT_MODEL, load_prior
-from .operators import TASKS, Operator, make_operator, measure
+from .operators import Operator, measure
+from .tasks import TASKS, make_operator
 from .prior import NetworkPrior, Prior
 from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings
 

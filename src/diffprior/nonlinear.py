@@ -13,8 +13,6 @@ measured independently, and any randomness would be drawn once, at construction,
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -122,25 +120,3 @@ def measure_poisson(op: Operator, x: Tensor, rate: float, generator: torch.Gener
     else:
         counts = torch.poisson(draw, generator=generator)
     return (2 * counts / rate - 1).to(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Named tasks, in the form of operators.TASKS: factory(shape, seed, **options) -> Operator. None of them is
-# random, so the seed is unused.
-def _phase_retrieval(shape, seed, oversample=2.0, unit_range=True):
-    return PhaseRetrieval(oversample, unit_range=unit_range)
-
-
-def _hdr(shape, seed, scale=2.0):
-    return HighDynamicRange(scale)
-
-
-def _saturation(shape, seed, gain=2.0):
-    return Saturation(gain)
-
-
-NONLINEAR_TASKS: dict[str, Callable[..., Operator]] = {
-    "phase-retrieval": _phase_retrieval,
-    "hdr": _hdr,
-    "saturation": _saturation,
-}

@@ -64,7 +64,8 @@ from .io import load_image, tensor_to_pil
 from .metrics import image_metrics
 from .io import atomic_write
 from .models import DEFAULT_MODEL, load_prior
-from .operators import Inpaint, LinearOperator, make_operator
+from .operators import Inpaint, LinearOperator
+from .tasks import make_operator
 from .prior import GaussianMixturePrior, Prior
 from .solvers import SOLVERS, denoise, sample, settings_for
 from .schedule import Schedule
