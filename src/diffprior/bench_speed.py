@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import platform
 import resource
 import time
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import arguments
+from .devices import describe_device, pick_device, sync
 from .io import atomic_write
 from .models import load_prior
 from .operators import measure
@@ -84,11 +84,6 @@ def build_prior(args: argparse.Namespace, device: torch.device) -> NetworkPrior:
 
 
 # -- timing ----------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds that fn() takes, with the device synchronised before and after."""
     sync(device)
@@ -218,24 +213,9 @@ def compare_dtypes(prior: NetworkPrior, method: str, task: str, batch: int, args
 
 
 # -- the environment -------------------------------------------------------------------------------------
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name} ({cores} cores, {torch.get_num_threads()} torch threads)"
-
-
 def environment(device: torch.device) -> dict:
     from . import __version__
-    return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+    return {"device": str(device), "device_name": describe_device(device), "torch": torch.__version__,
             "cuda": torch.version.cuda, "diffprior": __version__, "python": platform.python_version(),
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "tf32_conv": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
@@ -294,7 +274,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     methods = [m for m in args.method.split(",") if m]
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
     if unknown:

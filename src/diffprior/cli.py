@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, arguments
+from .devices import pick_device
 from .io import atomic_write, center_square, image_grid, load_mask, open_image, pil_to_tensor, save_image
 from .models import DEFAULT_MODEL, load_prior
 from .operators import Colorize, Inpaint, measure
@@ -20,10 +21,6 @@ from .solvers import SOLVERS, check_settings, denoise, sample, settings_for, sol
 
 
 # -- shared helpers ---------------------------------------------------------------------------------
-def pick_device(name: str | None) -> torch.device:
-    return arguments.resolve_device(name)
-
-
 def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 

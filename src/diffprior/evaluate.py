@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 from . import arguments
 from .io import list_images, load_image, open_image, save_image
 from .metrics import image_metrics, residual
+from .devices import pick_device, sync
 from .io import atomic_write
 from .models import DEFAULT_MODEL, load_prior
 from .operators import Operator, measure
@@ -326,12 +327,9 @@ class Ranks:
 
 def start_ranks(device: str) -> tuple[Ranks, torch.device]:
     """Join the process group when torchrun started this process (WORLD_SIZE > 1), and pick the device:
-    with "auto" or "cuda", cuda:LOCAL_RANK where CUDA is available, else the CPU."""
+    `pick_device`, with "auto" and "cuda" meaning cuda:LOCAL_RANK."""
     world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device in ("auto", "cuda"):
-        dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
+    dev = pick_device(device, local)
     if world == 1:
         return Ranks(), dev
     import torch.distributed as dist
@@ -350,11 +348,6 @@ def process_group(device: str) -> Iterator[tuple[Ranks, torch.device]]:
         yield ranks, dev
     finally:
         ranks.close()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- the evaluation --------------------------------------------------------------------------------------
@@ -498,7 +491,7 @@ class Runner:
         names = [p.name for p in self.chunks[unit.chunk]]
         x, op = self.clean(unit.chunk), self.operator(unit.task, unit.seed)
         y = self.measurement(unit.chunk, unit.task, unit.seed)
-        _sync(self.device)
+        sync(self.device)
         start, nfe = time.perf_counter(), 0
         if unit.method == NAIVE:
             x_hat = op.naive(y)
@@ -514,7 +507,7 @@ class Runner:
                 tqdm.write(f"warning: {unit.task} / {unit.method} {unit.settings} seed {unit.seed} on "
                            f"{names[0]}...: {e}", file=sys.stderr)
                 x_hat, nfe = torch.full_like(x, math.nan), count[0]
-        _sync(self.device)
+        sync(self.device)
         seconds = (time.perf_counter() - start) / len(names)
         for i, name in enumerate(names):
             if name in self.keep and bool(x_hat[i].isfinite().all()):

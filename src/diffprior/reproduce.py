@@ -58,6 +58,7 @@ from . import __version__
 from .evaluate import (NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, has_naive, merge_rows,
                        read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        write_summary)
+from .devices import describe_device, pick_device
 from .figures import displayable, image_table
 from . import arguments
 from .io import load_image, tensor_to_pil
@@ -182,10 +183,6 @@ def canonical_command(args: argparse.Namespace) -> str:
         if value is not None:
             words += [flag, str(value)]
     return shlex.join(words + ["--quick"] * args.quick)
-
-
-def pick_device(name: str) -> torch.device:
-    return arguments.resolve_device(name)
 
 
 def stage(plan: Plan, text: str) -> None:
@@ -600,12 +597,6 @@ def source_version() -> str:
         return f"{head}{' (with local changes)' if dirty else ''}, diffprior {__version__}"
     except (OSError, subprocess.SubprocessError):
         return f"diffprior {__version__} (not a git checkout)"
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({device})"
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def differences(plan: Plan, prior: Prior, size: int) -> list[str]:

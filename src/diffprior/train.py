@@ -39,6 +39,7 @@ from . import arguments, io
 from .data import FaceSet, load_faces
 from .io import from_uint8
 from .checkpoints import CheckpointError, save_checkpoint
+from .devices import pick_device
 from .io import atomic_write
 from .networks import build_network
 from .networks.small import CONFIGS, SmallUNet, network_config
@@ -234,7 +235,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     """Train (or continue training) a SmallUNet epsilon-prior; returns the path of the exported model."""
     started = time.monotonic()
     out = Path(out)
-    device = arguments.resolve_device(device)
+    device = pick_device(device)
     cuda = device.type == "cuda"
     channels_last = channels_last and cuda
     state_path = out / STATE
