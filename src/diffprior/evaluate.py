@@ -59,7 +59,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -74,7 +74,7 @@ from .models import DEFAULT_MODEL, load_prior
 from .operators import Operator, measure
 from .tasks import TASKS, make_operator
 from .prior import NetworkPrior, Prior
-from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings
+from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -188,33 +188,6 @@ def saved_image(out: Path, task: str, method: str, settings: str, seed: int | st
 def derive_seed(*parts) -> int:
     """A 63-bit seed from any JSON-able parts: the same parts give the same seed in every process."""
     return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") >> 1
-
-
-@contextlib.contextmanager
-def counting(prior: Prior) -> Iterator[list[int]]:
-    """Count network evaluations: calls of `prior.predict` or `prior.x0` from outside the prior (the
-    calls they make of each other are part of the same evaluation). Yields [count]."""
-    count, depth = [0], [0]
-
-    def wrap(fn: Callable) -> Callable:
-        def counted(*args, **kwargs):
-            if depth[0] == 0:
-                count[0] += 1
-            depth[0] += 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-        return counted
-
-    names = ("predict", "x0")
-    for name in names:
-        setattr(prior, name, wrap(getattr(prior, name)))
-    try:
-        yield count
-    finally:
-        for name in names:
-            delattr(prior, name)
 
 
 # -- row files -------------------------------------------------------------------------------------------
@@ -498,15 +471,15 @@ class Runner:
         else:
             gen = torch.Generator(self.device).manual_seed(
                 derive_seed("solve", unit.seed, unit.task, unit.method, unit.settings, names))
+            settings = json.loads(unit.settings)
+            nfe = spec_of(unit.method).evaluations(self.prior.schedule, **settings)  # as the solver declares
             try:
-                with counting(self.prior) as count:
-                    x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen,
-                                  progress=False, **json.loads(unit.settings))
-                nfe = count[0]
+                x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen, progress=False,
+                              **settings)
             except DivergenceError as e:
                 tqdm.write(f"warning: {unit.task} / {unit.method} {unit.settings} seed {unit.seed} on "
                            f"{names[0]}...: {e}", file=sys.stderr)
-                x_hat, nfe = torch.full_like(x, math.nan), count[0]
+                x_hat = torch.full_like(x, math.nan)
         sync(self.device)
         seconds = (time.perf_counter() - start) / len(names)
         for i, name in enumerate(names):
