@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffprior import evaluate
+from diffprior.commands import evaluate
 from diffprior.cli import build_parser, main
-from diffprior.reproduce import budget_settings, make_plan
+from diffprior.commands.reproduce import budget_settings, make_plan
 from diffprior.schedule import Schedule
 from diffprior.solvers.diffpir import diffpir_timesteps
 from diffprior.solvers.repaint import repaint_nfe

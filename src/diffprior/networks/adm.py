@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register
 
 NUM_CLASSES = 1000  # class_cond models are ImageNet models
 
@@ -237,7 +236,6 @@ class Block(nn.ModuleList):
 
 
 # -- the network -------------------------------------------------------------------------------------------
-@register("adm")
 class ADMUNet(nn.Module):
     """The guided-diffusion UNet: forward(x (B, 3, S, S), t (B,) integer timesteps[, y (B,) labels])
     -> (B, 6, S, S) with learn_sigma (epsilon, then the variance interpolation), else (B, 3, S, S)."""

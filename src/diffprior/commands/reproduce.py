@@ -54,20 +54,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import __version__
+from ..version import __version__
 from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, merge_rows,
                        read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        write_summary)
-from .devices import describe_device, pick_device
-from .figures import displayable, image_table
-from . import arguments
-from .io import load_image, tensor_to_pil
-from .metrics import image_metrics
-from .io import atomic_write
-from .models import DEFAULT_MODEL, load_prior
-from .tasks import make_operator
-from .prior import GaussianMixturePrior, Prior
-from .solvers import SOLVERS, SPECS, denoise, sample, settings_for
+from ..devices import describe_device, pick_device
+from ..figures import displayable, image_table
+from .. import arguments
+from ..io import load_image, tensor_to_pil
+from ..metrics import image_metrics
+from ..io import atomic_write
+from ..models import DEFAULT_MODEL, load_prior
+from ..tasks import make_operator
+from ..prior import GaussianMixturePrior, Prior
+from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for
 
 # -- what the report measured ------------------------------------------------------------------------------
 REPORT_SOURCE = ("the report: a DDPM prior (VP, 1000 steps) trained on FFHQ at 256x256; Table 1 (one sample), "
@@ -660,6 +660,11 @@ def reproduce(plan: Plan) -> Path:
     path = write_report(plan, prior, size, device, folder, images, sections)
     stage(plan, f"wrote {path}")
     return path
+
+
+PARSER = dict(help="the report's experiments end to end: tables, figures and REPORT.md",
+              description="\n\n".join(__doc__.split("\n\n")[:2]), epilog="\n\n".join(__doc__.split("\n\n")[2:]),
+              formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .io import atomic_write
-from .operators import Inpaint, LinearOperator
-from .prior import GaussianMixturePrior
-from .solvers import SOLVERS, SPECS, DivergenceError, sample, solve
+from ..io import atomic_write
+from ..operators import Inpaint, LinearOperator
+from ..prior import GaussianMixturePrior
+from ..solvers import SOLVERS, SPECS, DivergenceError, sample, solve
 
 KINDS = ("mask", "matrix")
 
@@ -353,7 +353,7 @@ def markdown(doc: dict) -> str:
 def plot_2d(problem: dict, draws: dict[str, Tensor], path: Path, *, title: str = "", points: int = 600) -> Path:
     """One scatter panel per method: its samples (the exact posterior's first) over prior samples, the
     true x as a star."""
-    from .figures import plt, save_figure
+    from ..figures import plt, save_figure
 
     g = torch.Generator().manual_seed(0)
     back = problem["prior"].sample(2000, g).reshape(-1, 2)
@@ -378,6 +378,10 @@ def plot_2d(problem: dict, draws: dict[str, Tensor], path: Path, *, title: str =
 
 
 # -- command line (`diffprior bench posterior`) ----------------------------------------------------------
+PARSER = dict(help="solvers against the exact posterior of a Gaussian-mixture prior",
+              description=__doc__.split("\n\n")[0])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for posterior_benchmark.{md,json} and the figures")
     parser.add_argument("--quick", action="store_true", help="2 seeds, NFE 20 and 100, d = 2 and 8 (CI size)")
@@ -388,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples per run")
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     ints = lambda s: [int(v) for v in s.split(",")] if s else None  # noqa: E731
     doc = run_posterior_benchmark(args.out, quick=args.quick,
                                   methods=args.methods.split(",") if args.methods else None,

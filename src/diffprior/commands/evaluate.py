@@ -65,16 +65,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import arguments
-from .io import list_images, load_image, open_image, save_image
-from .metrics import image_metrics, residual
-from .devices import pick_device, sync
-from .io import atomic_write
-from .models import DEFAULT_MODEL, load_prior
-from .operators import Operator, measure
-from .tasks import TASKS, make_operator
-from .prior import NetworkPrior, Prior
-from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of
+from .. import arguments
+from ..io import list_images, load_image, open_image, save_image
+from ..metrics import image_metrics, residual
+from ..devices import pick_device, sync
+from ..io import atomic_write
+from ..models import DEFAULT_MODEL, load_prior
+from ..operators import Operator, measure
+from ..tasks import TASKS, make_operator
+from ..prior import NetworkPrior, Prior
+from ..solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -593,6 +593,10 @@ def write_summary(out: Path, summary: dict) -> None:
 
 
 # -- the command line ------------------------------------------------------------------------------------
+PARSER = dict(help="evaluate solvers over a folder of images: resumable rows.csv and a summary",
+              description=__doc__.split("\n\n")[0])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a folder of images (taken in file-name order)")
     p.add_argument("--out", required=True, help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")

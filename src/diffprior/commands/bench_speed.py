@@ -34,15 +34,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import arguments
-from .devices import describe_device, pick_device, sync
-from .io import atomic_write
-from .models import load_prior
-from .operators import measure
-from .tasks import make_operator
-from .prior import NetworkPrior
-from .schedule import Schedule
-from .solvers import SOLVERS, sample, settings_for
+from .. import arguments
+from ..devices import describe_device, pick_device, sync
+from ..io import atomic_write
+from ..models import load_prior
+from ..operators import measure
+from ..tasks import make_operator
+from ..prior import NetworkPrior
+from ..schedule import Schedule
+from ..solvers import SOLVERS, sample, settings_for
 
 METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if they take `steps`
 
@@ -50,8 +50,8 @@ METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if t
 # -- the prior -------------------------------------------------------------------------------------------
 def random_prior(config: str | dict, seed: int = 0) -> NetworkPrior:
     """A prior whose network has random weights: an ADM config (name, YAML or settings) or "small-unet:NAME"."""
-    from .networks.adm import adm_config, build_adm
-    from .networks.small import SmallUNet, network_config
+    from ..networks.adm import adm_config, build_adm
+    from ..networks.small import SmallUNet, network_config
 
     with torch.random.fork_rng(devices=[]):  # leave the global random state alone
         torch.manual_seed(seed)
@@ -184,7 +184,7 @@ def bench_one(prior: NetworkPrior, method: str, task: str, batch: int, args) -> 
 
 def psnr_or_none(x: Tensor, ref: Tensor) -> float | None:
     """Mean PSNR (dB) over the batch; None when the images are identical (infinite PSNR)."""
-    from .metrics import psnr
+    from ..metrics import psnr
     value = float(psnr(x.float().clamp(-1, 1), ref.float().clamp(-1, 1)).mean())
     return round(value, 4) if value != float("inf") else None
 
@@ -214,7 +214,7 @@ def compare_dtypes(prior: NetworkPrior, method: str, task: str, batch: int, args
 
 # -- the environment -------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
-    from . import __version__
+    from ..version import __version__
     return {"device": str(device), "device_name": describe_device(device), "torch": torch.__version__,
             "cuda": torch.version.cuda, "diffprior": __version__, "python": platform.python_version(),
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -238,6 +238,10 @@ def write_json(doc: dict, path: Path) -> None:
 # -- command line ----------------------------------------------------------------------------------------
 def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
+
+
+PARSER = dict(help="time a solver's steps and the network's forward pass, per batch size",
+              description=__doc__.split("\n\n")[0])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: torch's); 1 avoids oversubscription on a busy machine")
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     methods = [m for m in args.method.split(",") if m]
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
@@ -303,7 +307,7 @@ def main(args: argparse.Namespace) -> int:
         args.compare_steps = args.compare_steps or args.steps
         clean = None
         if args.reference:
-            from .io import load_image
+            from ..io import load_image
             clean = load_image(args.reference, prior.shape[-1])
         doc["comparisons"] = [compare_dtypes(prior, m, args.task, args.batch[0], args, clean=clean) for m in methods]
         for c in doc["comparisons"]:
