@@ -34,14 +34,15 @@ class Operator(nn.Module):
     linear = False
 
     def A(self, x: Tensor) -> Tensor:
+        """The noiseless measurement of images x, (B, C, H, W) -> (B, ...)."""
         raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:  # op(x) is A(x)
+        return self.A(x)
 
     def naive(self, y: Tensor) -> Tensor:
         """A simple reconstruction of x from y: the baseline a solver has to beat."""
         raise NotImplementedError(f"{self.name} has no naive reconstruction")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.A(x)
 
 
 class LinearOperator(Operator):
@@ -60,9 +61,11 @@ class LinearOperator(Operator):
     has_svd = False
 
     def A_adjoint(self, y: Tensor) -> Tensor:
+        """The adjoint: <A x, y> = <x, A_adjoint y> for every x and y."""
         raise NotImplementedError
 
     def A_pinv(self, y: Tensor) -> Tensor:
+        """The Moore-Penrose pseudo-inverse, where it is closed-form."""
         raise NotImplementedError(f"{self.name} has no closed-form pseudo-inverse")
 
     def naive(self, y: Tensor) -> Tensor:

@@ -71,15 +71,29 @@ def cpu_steps_note(device: torch.device, steps: int | None, cpu_default: int) ->
     return steps
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_prior_arguments(p: argparse.ArgumentParser, default_device: str = "cuda when available") -> None:
+    """--model, --config and --device: the prior to load and where it runs."""
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in name (see `diffprior models`) or a checkpoint path (default: {DEFAULT_MODEL})")
     p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file: a built-in config "
                    "name (ffhq256, imagenet256-uncond) or a model_config.yaml")
     p.add_argument("--device", type=arguments.device, default="auto",
-                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+                   help=f"cpu, cuda, cuda:1, ... (default: {default_device})")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The prior's options, --seed and --overwrite: what every image verb takes."""
+    add_prior_arguments(p)
     p.add_argument("--seed", type=arguments.seed, default=0, help="random seed (default 0)")
     arguments.add_overwrite_argument(p)
+
+
+def add_range_arguments(p: argparse.ArgumentParser, limit_help: str) -> None:
+    """--limit, --first, --last and --seeds: which images of a folder are run, and with how many seeds."""
+    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N", help=limit_help)
+    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
+    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
+    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
 
 
 def naive_or_none(op, y):

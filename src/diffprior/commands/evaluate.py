@@ -75,6 +75,7 @@ from ..operators import Operator, measure
 from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of
+from .common import add_prior_arguments, add_range_arguments
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -604,21 +605,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="sdedit,scoreald,dps", help="comma-separated solvers (naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
                    help="solver settings; several values make a grid of cells, e.g. sdedit.t0=400,500,600")
-    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N",
-                   help="only the first N readable images (after --first/--last)")
-    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
-    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
-    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    add_range_arguments(p, "only the first N readable images (after --first/--last)")
     p.add_argument("--steps", type=arguments.positive, default=None, help="solver steps (default: each solver's own)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per solver call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--size", type=arguments.integer(8, 4096), default=None,
                    help="image side (default: the prior's; another size only for fully convolutional networks)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
-    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
-    p.add_argument("--device", type=arguments.device, default="auto",
-                   help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when available)")
+    add_prior_arguments(p, "cuda:LOCAL_RANK when available")
     p.add_argument("--save-images", type=arguments.count, default=0, metavar="K",
                    help="keep the restorations of the first K images as PNG under OUT/images/ (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

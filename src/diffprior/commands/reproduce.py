@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from ..version import __version__
+from .common import add_prior_arguments, add_range_arguments
 from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, merge_rows,
                        read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        write_summary)
@@ -64,7 +65,7 @@ from .. import arguments
 from ..io import load_image, tensor_to_pil
 from ..metrics import image_metrics
 from ..io import atomic_write
-from ..models import DEFAULT_MODEL, load_prior
+from ..models import load_prior
 from ..tasks import make_operator
 from ..prior import GaussianMixturePrior, Prior
 from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for
@@ -673,11 +674,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="generated",
                    help="a folder of images, or generated:N for N images drawn from the prior (default: generated, "
                         "16 images, 4 with --quick)")
-    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N",
-                   help="only the first N readable images of the folder")
-    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
-    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
-    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    add_range_arguments(p, "only the first N readable images of the folder")
     p.add_argument("--steps", type=arguments.positive, default=None, help="diffusion steps (default 1000; 20 with --quick)")
     p.add_argument("--budgets", default=None, help="NFE budgets of table 4, comma-separated (default 100,1000; 20 "
                    "with --quick)")
@@ -685,11 +682,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"list (default all; {','.join(QUICK_SOLVERS)} with --quick)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per network call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
-    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
-    p.add_argument("--device", type=arguments.device, default="auto",
-                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_prior_arguments(p)
     p.add_argument("--quick", action="store_true", help="a reduced run for CPUs and tests (about two minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
