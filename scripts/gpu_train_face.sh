@@ -23,7 +23,7 @@ python3 - "$out" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 import torch
-from diffprior.models import load_checkpoint, save_checkpoint
+from diffprior.checkpoints import load_checkpoint, save_checkpoint
 out = Path(sys.argv[1])
 prior = load_checkpoint(out / "run" / "model.safetensors")
 config = dict(prior.config, name="faces64",

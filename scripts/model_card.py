@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from diffprior import io, metrics
 from diffprior.data import load_faces
-from diffprior.evaluate import mean_ci
+from diffprior.commands.evaluate import mean_ci
 from diffprior.figures import plt, save_figure
-from diffprior.models import atomic_write, load_prior
+from diffprior.io import atomic_write
+from diffprior.models import load_prior
 from diffprior.solvers.sampling import denoise, sample
 from diffprior.train import read_log
 

@@ -21,10 +21,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from diffprior import NetworkPrior, load_prior
-from diffprior.models import CheckpointError
+from diffprior.checkpoints import CheckpointError, read_state_dict
+from diffprior.checkpoints.guided_diffusion import load_guided_diffusion
 from diffprior.networks import build_network
-from diffprior.networks.adm import (ADMUNet, AttentionBlock, adm_config, build_adm, load_guided_diffusion,
-                                    read_state_dict)
+from diffprior.networks.adm import ADMUNet, AttentionBlock, adm_config, build_adm
 
 FIXTURE = Path(__file__).parent / "data" / "adm_reference_small.safetensors"
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from diffprior.bench_posterior import (MatrixOperator, make_problem, projections, run_posterior_benchmark,
-                                       sliced_wasserstein)
+from diffprior.commands.bench_posterior import (MatrixOperator, make_problem, projections, run_posterior_benchmark,
+                                                sliced_wasserstein)
 from diffprior.solvers import sample
 
 

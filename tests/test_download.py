@@ -211,10 +211,10 @@ def test_list_models_reports_the_cache(local_registry):
 
 
 def test_load_prior_by_name_downloads_then_loads(local_registry, monkeypatch):
-    import diffprior.networks.adm as adm
+    import diffprior.checkpoints.guided_diffusion as guided_diffusion
     calls = []
     stand_in = GaussianPrior(torch.zeros(3), torch.ones(3))  # the ADM loader itself is tested elsewhere
-    monkeypatch.setattr(adm, "load_guided_diffusion", lambda path, config: calls.append((path, config)) or stand_in,
+    monkeypatch.setattr(guided_diffusion, "load_guided_diffusion", lambda path, config: calls.append((path, config)) or stand_in,
                         raising=False)
     assert load_prior("ffhq256-dps") is stand_in
     assert calls == [(models.remote_path("ffhq256-dps"), "ffhq256")]

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from diffprior.cli import main
-from diffprior.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile
+from diffprior.commands.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile
 from diffprior.io import save_image
-from diffprior.models import save_checkpoint
+from diffprior.checkpoints import save_checkpoint
 from diffprior.networks import build_network
 from diffprior.networks.small import network_config
 from diffprior.schedule import Schedule

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from diffprior.nonlinear import (NONLINEAR_TASKS, HighDynamicRange, PhaseRetrieval, Saturation, measure_poisson)
+from diffprior.nonlinear import HighDynamicRange, PhaseRetrieval, Saturation, measure_poisson
+from diffprior.tasks import NONLINEAR_TASKS
 from diffprior.operators import Identity
 
 OPS = {"phase-retrieval": PhaseRetrieval(), "phase-retrieval-signed": PhaseRetrieval(unit_range=False),

@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from diffprior.io import load_mask, save_image
-from diffprior.operators import (TASKS, Blur, Identity, Inpaint, SuperResolution, box_mask, gaussian_kernel,
-                                 make_operator, measure, motion_kernel, random_mask, resize_matrix)
+from diffprior.operators import (Blur, Identity, Inpaint, SuperResolution, box_mask, gaussian_kernel, measure,
+                                 motion_kernel, random_mask, resize_matrix)
+from diffprior.tasks import TASKS, make_operator
 
 SHAPE = (3, 32, 32)
 

@@ -18,12 +18,14 @@ from PIL import Image
 from diffprior import cli, download
 from diffprior.cli import main
 from diffprior.data import load_folder
-from diffprior.evaluate import readable
+from diffprior.commands.evaluate import readable
 from diffprior.io import load_mask, open_image, save_image
-from diffprior.models import CheckpointError, load_prior, save_checkpoint
+from diffprior.checkpoints import CheckpointError, save_checkpoint
+from diffprior.models import load_prior
 from diffprior.networks import build_network
 from diffprior.networks.small import network_config
-from diffprior.operators import make_operator, measure
+from diffprior.operators import measure
+from diffprior.tasks import make_operator
 from diffprior.schedule import Schedule
 from diffprior.solvers import DivergenceError, divergence, solve
 
@@ -129,8 +131,10 @@ def forbidden(*args, **kwargs):
 
 @pytest.mark.parametrize("argv,message", BAD, ids=[a for a, _ in BAD])
 def test_bad_input_is_one_clear_line_before_any_work(files, capsys, monkeypatch, argv, message):
-    for name in ("solve", "sample", "denoise"):
-        monkeypatch.setattr(cli, name, forbidden)
+    for verb in ("restore", "demo", "sample", "denoise"):
+        for name in ("solve", "sample", "denoise"):
+            if hasattr(cli.VERBS[verb], name):
+                monkeypatch.setattr(cli.VERBS[verb], name, forbidden)
     monkeypatch.setattr("diffprior.uncertainty.posterior_samples", forbidden)
     before = snapshot(files)
     words = argv.split()

@@ -277,7 +277,7 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path):
-    from diffprior.serve import AppError, Studio
+    from diffprior.commands.serve import AppError, Studio
     folder = tmp_path / "app"
     (folder / "jobs").mkdir(parents=True)
     studio = Studio("gmm-demo", torch.device("cpu"), folder, max_pixels=10_000, max_bytes=20_000)
@@ -303,7 +303,7 @@ def _save(im: Image.Image, path: Path) -> Path:
 
 def test_one_job_on_the_model_at_a_time(tmp_path):
     """Drawing and restoring share one queue slot (for every user): the second job waits for the first."""
-    from diffprior.serve import Studio, build_app
+    from diffprior.commands.serve import Studio, build_app
     app = build_app(Studio("gmm-demo", torch.device("cpu"), tmp_path))
     jobs = {fn.api_name: fn for fn in app.fns.values()}
     assert {jobs[name].concurrency_limit for name in ("draw", "restore")} == {1}

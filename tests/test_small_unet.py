@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffprior import load_prior
-from diffprior.models import CheckpointError, save_checkpoint
+from diffprior.checkpoints import CheckpointError, save_checkpoint
 from diffprior.networks import build_network
 from diffprior.networks.small import CONFIGS, SmallUNet, network_config
 from diffprior.schedule import Schedule

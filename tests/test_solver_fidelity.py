@@ -8,7 +8,8 @@ import torch
 
 from diffprior.cli import main
 from diffprior.models import demo_mixture
-from diffprior.operators import make_operator, measure
+from diffprior.operators import measure
+from diffprior.tasks import make_operator
 from diffprior.solvers import settings_for, solve
 
 

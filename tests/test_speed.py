@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from diffprior.bench_speed import compare_dtypes, random_prior
+from diffprior.commands.bench_speed import compare_dtypes, random_prior
 from diffprior.cli import main
-from diffprior.operators import make_operator, measure
+from diffprior.operators import measure
+from diffprior.tasks import make_operator
 from diffprior.solvers import dps, sdedit
 
 

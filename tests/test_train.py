@@ -14,7 +14,8 @@ from PIL import Image
 from diffprior import load_prior
 from diffprior.data import load_faces, load_folder, load_pack, save_pack
 from diffprior.networks.small import network_config
-from diffprior.train import add_train_arguments, read_log, run_train, train
+from diffprior.commands.train import add_arguments as add_train_arguments, run as run_train
+from diffprior.train import read_log, train
 import diffprior.train as train_module
 
 

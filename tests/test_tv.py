@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from diffprior.metrics import psnr
-from diffprior.operators import Identity, make_operator, measure
+from diffprior.operators import Identity, measure
+from diffprior.tasks import make_operator
 from diffprior.solvers import SOLVERS, settings_for, solve
 from diffprior.solvers.tv import grad, grad_adjoint, objective, operator_norm, tv, tv_norm
 

@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import torch
 
+from .devices import pick_device
 from .io import image_format
 
 
@@ -56,32 +56,10 @@ seed = integer(0, 2 ** 63 - 1)
 noise_std = number(0.0)  # --sigma-y
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """'auto' (or None): CUDA when available, else the CPU; otherwise a device that exists on this
-    machine, or a ValueError saying what is available."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
-        if device.index is not None and device.index >= n:
-            raise ValueError(f"device {name!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
 def device(text: str) -> str:
-    """An argparse type: a device name that `resolve_device` accepts (kept as text)."""
+    """An argparse type: a device name that `pick_device` accepts (kept as text)."""
     try:
-        resolve_device(text)
+        pick_device(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix(f"device {text!r}: ")) from None
     return text

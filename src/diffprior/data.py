@@ -15,7 +15,6 @@ The npy form is the cache that training writes beside its output; webp and jpeg 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import arguments, io
+from . import io
 
 PACK_FORMATS = ("npy", "webp", "jpeg")
 _ATLAS_LIMIT = 16383  # WebP's largest side in pixels (JPEG allows 65535)
@@ -215,27 +214,3 @@ def load_faces(source: str | Path | FaceSet, size: int, *, first: str | None = N
     if faces.size != size:
         raise ValueError(f"the images are {faces.size}x{faces.size}, but size={size} was asked for")
     return faces
-
-
-# -- command line: `diffprior pack` ------------------------------------------------------------------
-def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="folder of images")
-    parser.add_argument("out", help="the pack to write (.zip)")
-    parser.add_argument("--size", type=arguments.integer(8, 4096), default=64, help="square image size (default 64)")
-    parser.add_argument("--first", help="first file-name stem to include, e.g. 000001")
-    parser.add_argument("--last", help="last file-name stem to include, e.g. 009500")
-    parser.add_argument("--count", type=arguments.positive, help="at most this many files")
-    parser.add_argument("--format", choices=PACK_FORMATS, default="jpeg",
-                        help="npy (exact, large), webp (exact, ~half), jpeg (smallest; default)")
-    parser.add_argument("--quality", type=arguments.integer(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
-    arguments.add_overwrite_argument(parser)
-
-
-def run_pack(args: argparse.Namespace) -> None:
-    if not Path(args.folder).is_dir():
-        raise FileNotFoundError(f"no folder at {args.folder}")
-    arguments.check_outputs([args.out], inputs=[args.folder], overwrite=args.overwrite, images=False)
-    faces = load_folder(args.folder, args.size, first=args.first, last=args.last, count=args.count)
-    path = save_pack(faces, args.out, format=args.format, quality=args.quality)
-    print(f"{path}: {len(faces)} images of {faces.size}x{faces.size}, {path.stat().st_size / 2**20:.1f} MiB "
-          f"({args.format}); {len(faces.skipped)} skipped")

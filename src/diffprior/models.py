@@ -18,120 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
 
+from .checkpoints import CheckpointError, load_checkpoint, load_file, save_checkpoint  # noqa: F401  (re-exported)
 from .download import DownloadError, RemoteFile, cache_dir, fetch
-from .io import atomic_write
-from .networks import build_network
-from .prior import GaussianMixturePrior, NetworkPrior, Prior
-from .schedule import Schedule
+from .prior import GaussianMixturePrior, Prior
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
-MAX_IMAGE_SIZE = 8192  # the largest image side a checkpoint description may claim
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the network it is loaded into, or cannot be read."""
-
-
-def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load `state` into `net`, failing with the names of missing, unexpected and mis-shaped tensors."""
-    check_shapes({k: v.shape for k, v in net.state_dict().items()}, {k: v.shape for k, v in state.items()}, source)
-    net.load_state_dict(state, strict=True)
-
-
-def check_shapes(own: dict[str, tuple], state: dict[str, tuple], source: str = "checkpoint") -> None:
-    """Fail with the names of missing, unexpected and mis-shaped tensors of `state` against a network's `own`."""
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshaped = sorted(f"{k}: checkpoint {tuple(state[k])} vs network {tuple(own[k])}"
-                       for k in set(own) & set(state) if tuple(own[k]) != tuple(state[k]))
-    if missing or unexpected or misshaped:
-        def show(title, items):
-            return f"\n  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else "") if items else ""
-        raise CheckpointError(f"{source} does not fit the network:" + show("missing", missing)
-                              + show("unexpected", unexpected) + show("wrong shape", misshaped))
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a checkpoint file: a .safetensors file, or a torch.save'd state dict (read with
-    weights_only=True, so no code runs), possibly wrapped under "state_dict" or "model" or saved from
-    DataParallel ("module." prefixes). Unreadable files raise CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file {path}")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling and safetensors raise many error types
-        raise CheckpointError(f"cannot read {path} as a state dict ({e})") from e
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict (names -> tensors)")
-    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-# -- diffprior's own checkpoint format ---------------------------------------------------------------
-def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write `path` (.safetensors) and its self-description `path.with_suffix('.json')`, each atomically.
-
-    config: {"architecture": ..., "network": {...}, "schedule": {...}, "image_size": ..., "channels": ...,
-    "learned_variance": ..., plus anything that documents the training}."""
-    path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in net.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-    return path
-
-
-def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """The names and shapes of a .safetensors file's tensors, from its header (no tensor is read)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {path} as a safetensors file ({e})") from e
-
-
-def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
-    """Load a diffprior checkpoint (NAME.safetensors + NAME.json) as a Prior."""
-    path = Path(path)
-    weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    for f in (weights, meta):
-        if not f.is_file():
-            raise FileNotFoundError(f"checkpoint file {f} is missing (a diffprior checkpoint is NAME.safetensors "
-                                    "with NAME.json beside it)")
-    try:
-        config = json.loads(meta.read_text())
-        size = int(config["image_size"])
-        if not 1 <= size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
-        # The description is checked against the weights file's header before the network is built for real:
-        # a description that does not fit the file never allocates anything (it is built on the meta device).
-        with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build_network(config["architecture"], **config.get("network", {}))
-                      .state_dict().items()}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
-    check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
-    net = build_network(config["architecture"], **config.get("network", {}))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
-    load_state_strict(net, state, str(weights))
-    prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
-                         (int(config.get("channels", 3)), size, size),
-                         learned_variance=bool(config.get("learned_variance", False)), config=config)
-    return prior.to(device) if device is not None else prior
 
 
 # -- built-in analytic priors ------------------------------------------------------------------------
@@ -244,11 +136,9 @@ def fetch_remote(name: str, *, offline: bool | None = None, progress: bool = Tru
 def load_remote(name: str, *, offline: bool | None = None, progress: bool = True) -> Prior:
     model = REMOTE_MODELS[name]
     if model.kind == "diffusers":
-        from .networks.hub import load_diffusers, require_diffusers
+        from .checkpoints.diffusers import require_diffusers
         require_diffusers()  # fail before a long download, not after it
-        return load_diffusers(fetch_remote(name, offline=offline, progress=progress))
-    from .networks.adm import load_guided_diffusion
-    return load_guided_diffusion(fetch_remote(name, offline=offline, progress=progress), model.config)
+    return load_file(fetch_remote(name, offline=offline, progress=progress), model.config)
 
 
 def list_models() -> list[dict]:
@@ -283,20 +173,7 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
 
 
 def _load_path(path: Path, config: str | None) -> Prior:
-    if path.is_dir():
-        if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
-            from .networks.hub import load_diffusers
-            return load_diffusers(path)
-        raise FileNotFoundError(f"{path} is a folder without a diffusers config.json")
-    if path.suffix in (".safetensors", ".json") and (config is None or path.with_suffix(".json").is_file()):
-        return load_checkpoint(path)
-    if path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
-        if config is None:
-            raise ValueError(f"{path} is a raw state dict: say which architecture it is with config= "
-                             "(a built-in name such as 'ffhq256' or a model_config.yaml)")
-        from .networks.adm import load_guided_diffusion
-        return load_guided_diffusion(path, config)
     if not path.exists():
         names = ", ".join([*BUILTIN_ANALYTIC, *EMBEDDED, *REMOTE_MODELS])
         raise FileNotFoundError(f"no prior called {str(path)!r}: not a named model ({names}) and no such file or folder")
-    raise ValueError(f"cannot tell what kind of checkpoint {path} is (expected .safetensors+.json, .pt, or a folder)")
+    return load_file(path, config)

@@ -13,13 +13,18 @@ measured independently, and any randomness would be drawn once, at construction,
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .operators import Operator
+
+
+def positive(value: float, what: str) -> float:
+    """value as a float, or a ValueError naming `what` when it is not positive."""
+    if not value > 0:
+        raise ValueError(f"{what} must be positive, got {value}")
+    return float(value)
 
 
 class PhaseRetrieval(Operator):
@@ -67,9 +72,7 @@ class HighDynamicRange(Operator):
 
     def __init__(self, scale: float = 2.0):
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"the exposure scale must be positive, got {scale}")
-        self.scale = float(scale)
+        self.scale = positive(scale, "the exposure scale")
 
     def A(self, x):
         return (self.scale * x).clamp(-1, 1)
@@ -91,9 +94,7 @@ class Saturation(Operator):
 
     def __init__(self, gain: float = 2.0):
         super().__init__()
-        if gain <= 0:
-            raise ValueError(f"the saturation gain must be positive, got {gain}")
-        self.gain = float(gain)
+        self.gain = positive(gain, "the saturation gain")
 
     def A(self, x):
         return torch.tanh(self.gain * x) / math.tanh(self.gain)
@@ -113,8 +114,7 @@ def measure_poisson(op: Operator, x: Tensor, rate: float, generator: torch.Gener
     of rate r draws Poisson(255 r u) for u in [0, 1]: that is rate = 255 r here (without its final clip).
     Solvers that assume Gaussian noise can be given sigma_y = sqrt(2 (mean(A(x)) + 1) / rate) or so.
     """
-    if rate <= 0:
-        raise ValueError(f"the photon rate must be positive, got {rate}")
+    positive(rate, "the photon rate")
     mean = (rate * (op.A(x).detach() + 1) / 2).clamp_min(0)
     draw = mean.double() if mean.dtype == torch.float64 else mean.float()
     if generator is not None and generator.device != draw.device:
@@ -122,25 +122,3 @@ def measure_poisson(op: Operator, x: Tensor, rate: float, generator: torch.Gener
     else:
         counts = torch.poisson(draw, generator=generator)
     return (2 * counts / rate - 1).to(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Named tasks, in the form of operators.TASKS: factory(shape, seed, **options) -> Operator. None of them is
-# random, so the seed is unused.
-def _phase_retrieval(shape, seed, oversample=2.0, unit_range=True):
-    return PhaseRetrieval(oversample, unit_range=unit_range)
-
-
-def _hdr(shape, seed, scale=2.0):
-    return HighDynamicRange(scale)
-
-
-def _saturation(shape, seed, gain=2.0):
-    return Saturation(gain)
-
-
-NONLINEAR_TASKS: dict[str, Callable[..., Operator]] = {
-    "phase-retrieval": _phase_retrieval,
-    "hdr": _hdr,
-    "saturation": _saturation,
-}

@@ -19,7 +19,6 @@ of the proximal and plug-and-play solvers: closed-form through the SVD, by conju
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +34,15 @@ class Operator(nn.Module):
     linear = False
 
     def A(self, x: Tensor) -> Tensor:
+        """The noiseless measurement of images x, (B, C, H, W) -> (B, ...)."""
         raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:  # op(x) is A(x)
+        return self.A(x)
 
     def naive(self, y: Tensor) -> Tensor:
         """A simple reconstruction of x from y: the baseline a solver has to beat."""
         raise NotImplementedError(f"{self.name} has no naive reconstruction")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.A(x)
 
 
 class LinearOperator(Operator):
@@ -61,9 +61,11 @@ class LinearOperator(Operator):
     has_svd = False
 
     def A_adjoint(self, y: Tensor) -> Tensor:
+        """The adjoint: <A x, y> = <x, A_adjoint y> for every x and y."""
         raise NotImplementedError
 
     def A_pinv(self, y: Tensor) -> Tensor:
+        """The Moore-Penrose pseudo-inverse, where it is closed-form."""
         raise NotImplementedError(f"{self.name} has no closed-form pseudo-inverse")
 
     def naive(self, y: Tensor) -> Tensor:
@@ -534,71 +536,3 @@ class Colorize(LinearOperator):
 
     def singulars(self, x):
         return F.pad(self.w.norm().reshape(1, 1, 1, 1), (0, 0, 0, 0, 0, 2)).to(device=x.device, dtype=x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Named tasks. Sizes default to the DPS reference values at 256x256, scaled to the image size.
-def _odd(v: float) -> int:
-    return max(3, int(round(v)) // 2 * 2 + 1)
-
-
-def _box(shape, seed, size=None, margin=None, position=None):
-    H, W = shape[-2:]
-    size = H // 2 if size is None else size  # 128 at 256x256
-    margin = H // 16 if margin is None else margin  # 16 at 256x256
-    g = torch.Generator().manual_seed(seed)
-    return Inpaint(box_mask(size, H, W, position=position, margin=margin, generator=g))
-
-
-def _random(shape, seed, fraction=0.7):
-    H, W = shape[-2:]
-    return Inpaint(random_mask(fraction, H, W, generator=torch.Generator().manual_seed(seed)))
-
-
-def _gaussian(shape, seed, size=None, std=None):
-    H, W = shape[-2:]
-    std = 3.0 * H / 256 if std is None else std  # 3.0 at 256x256
-    size = _odd(61 * H / 256) if size is None else size  # 61 at 256x256
-    return Blur(gaussian_kernel(size, std), (H, W))
-
-
-def _motion(shape, seed, size=None, intensity=0.5):
-    H, W = shape[-2:]
-    size = _odd(61 * H / 256) if size is None else size
-    return Blur(motion_kernel(size, intensity, generator=torch.Generator().manual_seed(seed)), (H, W))
-
-
-def _sr(factor):
-    def make(shape, seed, kernel="bicubic"):
-        return SuperResolution(factor, tuple(shape[-2:]), kernel=kernel)
-    return make
-
-
-TASKS: dict[str, Callable[..., Operator]] = {
-    "box-inpaint": _box,
-    "random-inpaint": _random,
-    "gaussian-blur": _gaussian,
-    "motion-blur": _motion,
-    "sr4": _sr(4),
-    "denoise": lambda shape, seed: Identity(),
-    "colorize": lambda shape, seed, weights="mean": Colorize(weights),
-}
-
-
-def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options) -> Operator:
-    """The operator of a named task for images of `shape` (..., H, W); `seed` draws its random parts.
-
-    Options override the defaults, e.g. make_operator("gaussian-blur", (3, 64, 64), std=1.5).
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    op = TASKS[task](tuple(shape), seed, **options)
-    op.name = task
-    return op
-
-
-# The non-linear tasks live in nonlinear.py (which builds on this module); register them here so that
-# every named task is in one table.
-from .nonlinear import NONLINEAR_TASKS  # noqa: E402
-
-TASKS.update(NONLINEAR_TASKS)

@@ -19,7 +19,6 @@ and noise, so that the two are comparable (a gap between them is a sign of memor
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import math
@@ -31,16 +30,17 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import arguments, io
+from . import io
 from .data import FaceSet, load_faces
 from .io import from_uint8
-from .models import CheckpointError, atomic_write, save_checkpoint
+from .checkpoints import CheckpointError, save_checkpoint
+from .devices import pick_device
+from .io import atomic_write
 from .networks import build_network
-from .networks.small import CONFIGS, SmallUNet, network_config
+from .networks.small import SmallUNet, network_config
 from .prior import NetworkPrior
 from .schedule import Schedule
 from .solvers.sampling import sample
@@ -233,7 +233,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     """Train (or continue training) a SmallUNet epsilon-prior; returns the path of the exported model."""
     started = time.monotonic()
     out = Path(out)
-    device = arguments.resolve_device(device)
+    device = pick_device(device)
     cuda = device.type == "cuda"
     channels_last = channels_last and cuda
     state_path = out / STATE
@@ -394,7 +394,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 def export(model: str | Path, dest: str | Path, *, name: str, description: str, licence: str) -> Path:
     """Write a trained run's exported model (`out/model.safetensors`) as a float16 checkpoint `dest`,
     its description extended with a name, a one-line description and the licence its data imposes."""
-    from .models import load_checkpoint
+    from .checkpoints import load_checkpoint
     prior = load_checkpoint(model)
     config = {**prior.config, "name": name, "description": description, "licence": licence}
     return save_checkpoint(prior.net, config, dest, dtype=torch.float16)
@@ -437,53 +437,3 @@ def read_log(path: str | Path) -> list[dict]:
     """The rows of a training log, numbers as floats (empty cells as None)."""
     with Path(path).open(newline="") as f:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-# -- command line: `diffprior train` ------------------------------------------------------------------
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a("--data", required=True, help="folder of training images, or a pack file (see `diffprior pack`)")
-    a("--out", required=True, help="output folder: state.pt, model.safetensors/.json, log.csv, samples/")
-    a("--size", type=arguments.integer(8, 4096), default=64, help="square image size (default 64)")
-    a("--config", default="default", choices=sorted(CONFIGS), help="network configuration (default: default)")
-    a("--dropout", type=arguments.number(0.0, 0.99), help="override the configuration's dropout")
-    a("--min-snr", type=arguments.number(0.0, above=True), help="min-SNR-gamma loss weighting with this gamma (e.g. 5; default: none)")
-    a("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA only)")
-    a("--steps", type=arguments.positive, default=10_000, help="total optimiser steps (default 10000)")
-    a("--batch", type=arguments.positive, default=256, help="images per step (default 256)")
-    a("--lr", type=arguments.number(0.0, above=True), default=2e-4, help="learning rate (default 2e-4)")
-    a("--warmup", type=arguments.count, default=500, help="learning-rate warm-up steps (default 500)")
-    a("--ema", type=arguments.number(0.0, 1.0), default=0.9995, help="EMA decay, 0 to 1 (default 0.9995)")
-    a("--first", help="first file-name stem of the data folder to use, e.g. 000001")
-    a("--last", help="last file-name stem to use, e.g. 009500")
-    a("--count", type=arguments.positive, help="use at most this many files")
-    a("--val", help="held-out images (folder or pack) for the validation loss")
-    a("--val-first", help="first file-name stem of the validation folder, e.g. 009501")
-    a("--val-last", help="last file-name stem of the validation folder")
-    a("--val-count", type=arguments.positive, default=500, help="at most this many validation images (default 500)")
-    a("--eval-every", type=arguments.positive, default=1000, help="steps between validation losses (default 1000)")
-    a("--checkpoint-every", type=arguments.positive, default=1000, help="steps between checkpoints (default 1000)")
-    a("--sample-every", type=arguments.count, default=0, help="steps between sample grids, also drawn at the end (default 0: none)")
-    a("--sample-steps", type=arguments.positive, default=100, help="sampler steps for the grids (default 100)")
-    a("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="sampler for the grids (default ddpm)")
-    a("--max-minutes", type=arguments.number(0.0, above=True), help="stop cleanly, with a checkpoint, after this many minutes")
-    a("--resume", action="store_true", help="continue from OUT/state.pt")
-    a("--device", type=arguments.device, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    a("--compile", action="store_true", help="torch.compile the training forward pass")
-    a("--channels-last", action="store_true", help="channels-last memory format on CUDA")
-    a("--seed", type=arguments.seed, default=0, help="random seed (default 0)")
-
-
-def run_train(args: argparse.Namespace) -> Path:
-    network: str | dict = args.config
-    if args.dropout is not None:
-        network = {**network_config(args.config), "dropout": args.dropout}
-    path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
-                 warmup=args.warmup, ema=args.ema, network=network, min_snr=args.min_snr, bf16=args.bf16, first=args.first, last=args.last,
-                 count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
-                 val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                 sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
-                 max_minutes=args.max_minutes, resume=args.resume, device=args.device, compile=args.compile,
-                 channels_last=args.channels_last, seed=args.seed)
-    print(f"model written to {path}")
-    return path

@@ -29,10 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import load_state_strict, read_state_dict
-from ..prior import NetworkPrior
-from ..schedule import Schedule
-from . import register
 
 NUM_CLASSES = 1000  # class_cond models are ImageNet models
 
@@ -240,7 +236,6 @@ class Block(nn.ModuleList):
 
 
 # -- the network -------------------------------------------------------------------------------------------
-@register("adm")
 class ADMUNet(nn.Module):
     """The guided-diffusion UNet: forward(x (B, 3, S, S), t (B,) integer timesteps[, y (B,) labels])
     -> (B, 6, S, S) with learn_sigma (epsilon, then the variance interpolation), else (B, 3, S, S)."""
@@ -343,22 +338,3 @@ def build_adm(name_or_yaml: str | Path | dict, device: torch.device | str | None
         return ADMUNet(**config)
     with torch.device(device):
         return ADMUNet(**config)
-
-
-# -- checkpoints ---------------------------------------------------------------------------------------------
-def load_guided_diffusion(path: str | Path, config: str | Path | dict) -> NetworkPrior:
-    """A guided-diffusion checkpoint as a Prior, loaded strictly: `config` is a built-in name ("ffhq256",
-    "imagenet256-uncond"), a model_config.yaml, or a settings dict. The schedule is linear, 1000 steps."""
-    settings = adm_config(config)
-    state = read_state_dict(path)
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
-        net = ADMUNet(**settings)
-    net = net.to_empty(device="cpu")
-    load_state_strict(net, state, str(path))
-    schedule = Schedule.linear(1000)
-    size = int(settings["image_size"])
-    meta = {"architecture": "adm", "network": settings, "schedule": schedule.config, "image_size": size,
-            "channels": 3, "learned_variance": bool(settings["learn_sigma"]), "source": str(path),
-            "format": "guided-diffusion"}
-    return NetworkPrior(net.eval(), schedule, (3, size, size), learned_variance=bool(settings["learn_sigma"]),
-                        config=meta)

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register
 from .adm import Downsample, Upsample  # the same strided conv and nearest + conv
 
 # Named settings (keyword arguments of SmallUNet). Forward times: one 64x64 image on 2 CPU cores.
@@ -122,7 +121,6 @@ class Block(nn.Module):
         return self.attn(x) if self.attn is not None else x
 
 
-@register("small-unet")
 class SmallUNet(nn.Module):
     def __init__(self, *,
                  channels: int = 3,                        # image channels in and out

@@ -2,60 +2,44 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .daps import daps
-from .ddnm import ddnm
-from .ddrm import ddrm
-from .diffpir import diffpir
-from .dps import dps
-from .pigdm import pigdm
-from .reddiff import reddiff
-from .repaint import repaint
+from importlib import import_module
+
 from .sampling import ddim_step, ddpm_step, denoise, sample
-from .scoreald import scoreald
-from .sdedit import sdedit
-from .tv import tv
+from .spec import PLUMBING, SolverSpec
 
-SOLVERS: dict[str, Callable[..., Tensor]] = {
-    "sdedit": sdedit,
-    "scoreald": scoreald,
-    "dps": dps,
-    "daps": daps,
-    "reddiff": reddiff,
-    "repaint": repaint,
-    "ddrm": ddrm,
-    "ddnm": ddnm,
-    "pigdm": pigdm,
-    "diffpir": diffpir,
-    "tv": tv,  # the classical baseline: total-variation least squares (ignores the prior)
-}
+# The registry: one line per solver, the name of its module, which declares the solver's facts in its SPEC
+# (see spec.py) beside the function of the same name.
+REGISTRY = (
+    "sdedit",
+    "scoreald",
+    "dps",
+    "daps",
+    "reddiff",
+    "repaint",
+    "ddrm",
+    "ddnm",
+    "pigdm",
+    "diffpir",
+    "tv",  # the classical baseline: total-variation least squares (ignores the prior)
+)
+SPECS: dict[str, SolverSpec] = {name: import_module(f".{name}", __name__).SPEC for name in REGISTRY}
+SOLVERS: dict[str, Callable[..., Tensor]] = {name: spec.run for name, spec in SPECS.items()}
+globals().update(SOLVERS)  # each solver's function as diffprior.solvers.<name>, e.g. diffprior.solvers.dps
+# Per-task defaults of every solver that has some (each solver's SPEC.task_settings)
+TASK_SETTINGS: dict[str, dict[str, dict]] = {name: s.task_settings for name, s in SPECS.items() if s.task_settings}
 
 
-# Settings tuned per task where the defaults of a solver are not right for every task (step scales of the
-# DPS reference configs); `settings_for` merges them under the user's own settings.
-TASK_SETTINGS: dict[str, dict[str, dict]] = {
-    "dps": {"box-inpaint": {"scale": 0.5}, "random-inpaint": {"scale": 0.5}, "gaussian-blur": {"scale": 0.3},
-            "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}},
-    # DiffPIR's official scripts: deblurring lambda 7 (1.75 in our units) and zeta 0.3; super-resolution zeta
-    # 0.25 with lambda swept over 2..12 (0.5..3 here; 1 was best or within 0.1 dB on the built-in prior);
-    # inpainting (noiseless there) zeta 1, drawing all of each step's noise afresh. Elsewhere lam 1, zeta 0.1.
-    "diffpir": {"box-inpaint": {"zeta": 1.0}, "random-inpaint": {"zeta": 1.0},
-                "gaussian-blur": {"lam": 1.75, "zeta": 0.3}, "motion-blur": {"lam": 1.75, "zeta": 0.3},
-                "sr4": {"lam": 1.0, "zeta": 0.25}},
-    # ScoreALD's likelihood slack gamma_t = gamma_scale sigma_t assumes that A passes noise of std sigma_t; the
-    # 4x super-resolution operator passes about 0.2 sigma_t, and with gamma_scale 1 its data term was too weak at
-    # the noise levels where the built-in prior's component is chosen (2 of 4 runs in a wrong one at 1000 steps)
-    "scoreald": {"sr4": {"gamma_scale": 0.5}},
-    # TV weights per unit of sigma_y, best at sigma_y = 0.05 on synthetic piecewise-constant images (1.0 elsewhere)
-    "tv": {"random-inpaint": {"weight_scale": 0.5}, "gaussian-blur": {"weight_scale": 0.5},
-           "motion-blur": {"weight_scale": 0.25}, "sr4": {"weight_scale": 0.25}},
-}
+def spec_of(method: str) -> SolverSpec:
+    """The declared facts of the solver called `method`."""
+    if method not in SPECS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(SPECS)}")
+    return SPECS[method]
 
 
 def settings_for(method: str, task: str | None, **overrides) -> dict:
@@ -66,7 +50,6 @@ def settings_for(method: str, task: str | None, **overrides) -> dict:
     return settings
 
 
-PLUMBING = ("generator", "progress", "init")  # keyword arguments of every solver that are not settings
 DIVERGED_ABOVE = 100.0  # |x| beyond this is no image: the data live in about [-1, 1]
 
 
@@ -77,10 +60,7 @@ class DivergenceError(RuntimeError):
 
 def solver_settings(method: str) -> dict:
     """The settings of a solver (its keyword-only arguments but the plumbing) with their defaults."""
-    if method not in SOLVERS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(SOLVERS)}")
-    params = inspect.signature(SOLVERS[method]).parameters.items()
-    return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
+    return spec_of(method).settings
 
 
 def check_settings(method: str, settings: dict, T: int | None = None) -> None:
@@ -137,17 +117,20 @@ def divergence(op, x: Tensor, y: Tensor) -> str | None:
 def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **settings) -> Tensor:
     """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
     measurement noise. Unknown settings raise a TypeError, a bad value or a measurement with NaNs a
-    ValueError, and a run that diverges (see `divergence`) a DivergenceError."""
-    if method not in SOLVERS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(SOLVERS)}")
+    ValueError, an operator the solver does not accept a TypeError, and a run that diverges (see
+    `divergence`) a DivergenceError."""
+    spec = spec_of(method)
     if not bool(y.isfinite().all()):
         raise ValueError("the measurement contains NaN or infinite values")
     schedule = getattr(prior, "schedule", None)
     check_settings(method, {k: v for k, v in settings.items() if k not in PLUMBING},
                    schedule.T if schedule is not None else None)
-    if sigma_y is not None and "sigma_y" in solver_settings(method):
+    if sigma_y is not None and "sigma_y" in spec.settings:
         settings.setdefault("sigma_y", sigma_y)
-    x = SOLVERS[method](prior, op.to(y.device), y, **settings)
+    why = spec.why_not(op, settings.get("sigma_y", spec.settings.get("sigma_y", 0.0)))
+    if why is not None:
+        raise TypeError(f"{method} does not apply to {op.name}: {why}")
+    x = spec.run(prior, op.to(y.device), y, **settings)
     why = divergence(op, x, y)
     if why is not None:
         shown = {k: v for k, v in settings.items() if k not in PLUMBING}
@@ -156,5 +139,5 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     return x
 
 
-__all__ = ["SOLVERS", "TASK_SETTINGS", "settings_for", "solver_settings", "check_settings", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", "sdedit", "scoreald", "dps", "daps", "reddiff", "repaint",
-           "ddrm", "ddnm", "pigdm", "diffpir", "tv"]
+__all__ = ["SOLVERS", "SPECS", "SolverSpec", "TASK_SETTINGS", "spec_of", "settings_for", "solver_settings",
+           "check_settings", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", *REGISTRY]

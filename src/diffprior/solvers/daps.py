@@ -10,8 +10,9 @@ from torch import Tensor
 
 from ..operators import Operator
 from ..prior import Prior
-from ..schedule import randn_like
-from .sampling import clip_x0, ddim_step, initial_noise
+from ..schedule import Schedule, randn_like
+from .sampling import clip_x0, ddim_step, initial_noise, progress_bar
+from .spec import SolverSpec
 
 
 def daps(prior: Prior, op: Operator, y: Tensor, *,
@@ -74,11 +75,7 @@ def daps(prior: Prior, op: Operator, y: Tensor, *,
     sched = prior.schedule
     levels = [_nearest_timestep(prior, s) for s in _edm_sigmas(sigma_max, sigma_min, rho, steps)]
     u = initial_noise(prior, y.shape[0], generator, y.dtype) * sched.sigma_at(levels[0])  # x0 + sigma_0 z, x0 lost
-    iterator = enumerate(levels)
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, total=steps, desc="daps", leave=False, dynamic_ncols=True)
-    for i, t in iterator:
+    for i, t in progress_bar(enumerate(levels), progress, "daps", total=steps):
         sigma = sched.sigma_at(t)
         with torch.no_grad():
             x0_hat = _ode_x0(prior, u, t, ode_steps, ode_sigma_min, rho, clip)
@@ -115,9 +112,9 @@ def _edm_sigmas(sigma_max: float, sigma_min: float, rho: float, n: int) -> list[
     return [(a + i / n * (b - a)) ** rho for i in range(n)]
 
 
-def _nearest_timestep(prior: Prior, sigma: float) -> int:
+def _nearest_timestep(prior: Prior | Schedule, sigma: float) -> int:
     """The timestep whose noise level sqrt((1 - abar_t) / abar_t) is nearest to sigma on a log scale."""
-    abar = prior.schedule.abar
+    abar = prior.abar if isinstance(prior, Schedule) else prior.schedule.abar
     sigmas = ((1 - abar) / abar).sqrt()
     return int((sigmas.log() - math.log(sigma)).abs().argmin())
 
@@ -126,11 +123,30 @@ def _ode_x0(prior: Prior, u: Tensor, t: int, ode_steps: int, sigma_min: float, r
             clip: bool = False) -> Tensor:
     """x0_hat from the VE state u at timestep t: deterministic DDIM through ode_steps levels, EDM-spaced
     from sigma_t down to sigma_min (snapped, duplicates dropped), the last step to the Tweedie estimate."""
-    sched = prior.schedule
-    sigma = sched.sigma_at(t)
-    ts = [_nearest_timestep(prior, s) for s in _edm_sigmas(sigma, min(sigma, sigma_min), rho, ode_steps)]
-    ts = sorted(set(ts) | {t}, reverse=True)[:ode_steps]
-    x = sched.abar_at(t) ** 0.5 * u  # back to VP coordinates
+    ts = _ode_timesteps(prior.schedule, t, ode_steps, sigma_min, rho)
+    x = prior.schedule.abar_at(t) ** 0.5 * u  # back to VP coordinates
     for t_cur, t_next in zip(ts, ts[1:] + [-1]):
         x, x0 = ddim_step(prior, x, t_cur, t_next, prior.eps(x, t_cur), clip=clip)
     return x0
+
+
+def _ode_timesteps(schedule: Schedule, t: int, ode_steps: int, sigma_min: float, rho: float) -> list[int]:
+    """The timesteps of the ODE from t: EDM-spaced from sigma_t down to sigma_min, snapped, duplicates dropped."""
+    sigma = schedule.sigma_at(t)
+    ts = [_nearest_timestep(schedule, s) for s in _edm_sigmas(sigma, min(sigma, sigma_min), rho, ode_steps)]
+    return sorted(set(ts) | {t}, reverse=True)[:ode_steps]
+
+
+def _nfe(schedule: Schedule, s: dict) -> int:
+    """One evaluation per ODE step of every level (fewer ODE steps where snapping merges timesteps)."""
+    levels = [_nearest_timestep(schedule, v) for v in _edm_sigmas(s["sigma_max"], s["sigma_min"], s["rho"], s["steps"])]
+    return sum(len(_ode_timesteps(schedule, t, s["ode_steps"], s["ode_sigma_min"], s["rho"])) for t in levels)
+
+
+def _budget(nfe: int, T: int) -> dict:
+    """Levels x ODE steps per level (DAPS-1K is 200 x 5)."""
+    ode = 5 if nfe >= 1000 else 2 if nfe >= 100 else 1
+    return {"steps": max(1, nfe // ode), "ode_steps": ode}
+
+
+SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget)

@@ -9,8 +9,8 @@ from torch import Tensor
 from ..operators import LinearOperator
 from ..prior import Prior
 from ..schedule import randn_like
-from .repaint import jump_schedule
-from .sampling import clip_x0, ddim_update, initial_noise
+from .sampling import clip_x0, ddim_update, initial_noise, jump_schedule, progress_bar, reverse_steps
+from .spec import SolverSpec
 
 
 @torch.no_grad()
@@ -48,11 +48,7 @@ def ddnm(prior: Prior, op: LinearOperator, y: Tensor, *,
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
     ts = sched.timesteps(steps)[::-1]  # ascending: respaced index i -> timestep ts[i]; index -1 = the data
     path = jump_schedule(len(ts), travel_length, travel_repeat)  # RePaint's schedule: DDNM's time travel
-    moves = list(zip(path, path[1:]))
-    if progress:
-        from tqdm.auto import tqdm
-        moves = tqdm(moves, desc="ddnm", leave=False, dynamic_ncols=True)
-    for i, i_next in moves:
+    for i, i_next in progress_bar(list(zip(path, path[1:])), progress, "ddnm"):
         t, t_next = ts[i], (ts[i_next] if i_next >= 0 else -1)
         if i_next > i:  # time travel: back up to t_next by the forward process
             ratio = sched.abar_at(t_next) / sched.abar_at(t)
@@ -75,3 +71,13 @@ def ddnm(prior: Prior, op: LinearOperator, y: Tensor, *,
         x = a_prev ** 0.5 * x0 + op.V(fresh * op.V_T(randn_like(x, generator)) + keep * op.V_T(eps))
     return x
 
+
+def _requires(op, sigma_y: float) -> str | None:
+    if sigma_y > 0 and not op.has_svd:
+        return "DDNM+ (noisy measurements) needs a closed-form SVD of the operator"
+    return None
+
+
+SPEC = SolverSpec(ddnm, operators="linear", requires=_requires,
+                  nfe=lambda sched, s: reverse_steps(jump_schedule(len(sched.timesteps(s["steps"])),
+                                                                   s["travel_length"], s["travel_repeat"])))

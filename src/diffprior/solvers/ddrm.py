@@ -10,6 +10,7 @@ from ..operators import LinearOperator
 from ..prior import Prior
 from ..schedule import randn_like
 from .sampling import clip_x0, initial_noise, steps_of
+from .spec import SolverSpec
 
 
 @torch.no_grad()
@@ -64,3 +65,6 @@ def ddrm(prior: Prior, op: LinearOperator, y: Tensor, *,
         ubar = torch.where(~observed, unobserved, torch.where(noise_y <= sigma_prev, noisier, less_noisy))
         x = sched.abar_at(t_prev) ** 0.5 * op.V(ubar)
     return x
+
+
+SPEC = SolverSpec(ddrm, operators="svd")

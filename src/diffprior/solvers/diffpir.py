@@ -11,7 +11,8 @@ from torch import Tensor
 from ..operators import LinearOperator
 from ..prior import Prior
 from ..schedule import Schedule
-from .sampling import clip_x0, ddim_update, initial_noise
+from .sampling import clip_x0, ddim_update, initial_noise, steps_of
+from .spec import SolverSpec
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
     lambda_ sigma_y'^2 / sigma_t^2 with sigma_y' = sigma_y / 2), so its lambda_ is 4 lam: its deblurring
     script (lambda_ 7, zeta 0.3) is lam = 1.75 here, its super-resolution script sweeps lambda_ over 2 .. 12
     (lam 0.5 .. 3) with zeta 0.25, and its inpainting script (lambda_ 1, zeta 1) is noiseless, where lambda
-    hardly matters. These per-task values are `TASK_SETTINGS["diffpir"]`; the defaults, lam 1 and zeta 0.1,
+    hardly matters. These per-task values are `SPEC.task_settings` below; the defaults, lam 1 and zeta 0.1,
     serve the other tasks. sigma_y = 0 makes the data step a projection onto {A x = y} (rho_t = 0). The data
     step is the operator's closed form where it has an SVD, conjugate gradients otherwise. x_T is pure noise
     (the official code starts from y noised to t = T-1, which differs by sqrt(abar_{T-1}) ~ 0.006). Assumes a
@@ -50,11 +51,7 @@ def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
     sched = prior.schedule
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
     ts = diffpir_timesteps(sched, steps, skip)
-    pairs = list(zip(ts, ts[1:] + [-1]))
-    if progress:
-        from tqdm.auto import tqdm
-        pairs = tqdm(pairs, desc="diffpir", leave=False, dynamic_ncols=True)
-    for t, t_prev in pairs:
+    for t, t_prev in steps_of(prior, steps, progress=progress, desc="diffpir", timesteps=ts):
         x0 = clip_x0(prior, prior.x0(x, t), clip)
         x0 = op.prox(x0, y, lam * sigma_y ** 2 / sched.sigma_at(t) ** 2)
         eps = prior.eps_from_x0(x, t, x0)
@@ -71,3 +68,24 @@ def diffpir_timesteps(schedule: Schedule, steps: int, skip: str = "quad") -> lis
         return schedule.timesteps(steps)
     T = schedule.T
     return sorted({max(T - 1 - math.floor(T * math.sqrt(i / (steps - 1))), 0) for i in range(steps)}, reverse=True)
+
+
+def _budget(nfe: int, T: int) -> dict:
+    """The most steps, at most T, whose distinct timesteps fit nfe (the quadratic spacing merges repeated
+    ones: 1000 steps of T = 1000 make 750 evaluations)."""
+    lo, hi = min(nfe, T), min(4 * nfe, T)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if len(diffpir_timesteps(Schedule.linear(T), mid)) <= nfe else (lo, mid - 1)
+    return {"steps": lo}
+
+
+SPEC = SolverSpec(
+    diffpir, operators="linear", budget=_budget,
+    nfe=lambda sched, s: len(diffpir_timesteps(sched, s["steps"], s["skip"])),
+    # the official scripts: deblurring lambda 7 (1.75 in our units) and zeta 0.3; super-resolution zeta 0.25
+    # with lambda swept over 2..12 (0.5..3 here; 1 was best or within 0.1 dB on the built-in prior); inpainting
+    # (noiseless there) zeta 1, drawing all of each step's noise afresh. Elsewhere lam 1, zeta 0.1.
+    task_settings={"box-inpaint": {"zeta": 1.0}, "random-inpaint": {"zeta": 1.0},
+                   "gaussian-blur": {"lam": 1.75, "zeta": 0.3}, "motion-blur": {"lam": 1.75, "zeta": 0.3},
+                   "sr4": {"lam": 1.0, "zeta": 0.25}})

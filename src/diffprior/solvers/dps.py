@@ -11,6 +11,7 @@ from torch import Tensor
 from ..operators import Operator
 from ..prior import Prior
 from .sampling import clip_x0, ddpm_step, initial_noise, steps_of
+from .spec import SolverSpec
 
 
 def dps(prior: Prior, op: Operator, y: Tensor, *,
@@ -73,3 +74,10 @@ def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
     if loss == "norm" and ref_size is not None:
         zeta *= (math.prod(prior.shape) / ref_size) ** 0.5
     return zeta
+
+
+SPEC = SolverSpec(
+    dps, backprop=True,
+    # the step scales of the DPS reference configs
+    task_settings={"box-inpaint": {"scale": 0.5}, "random-inpaint": {"scale": 0.5}, "gaussian-blur": {"scale": 0.3},
+                   "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}})

@@ -9,6 +9,7 @@ from torch import Tensor
 from ..operators import LinearOperator
 from ..prior import Prior
 from .sampling import clip_x0, ddim_step, initial_noise, steps_of
+from .spec import SolverSpec
 
 
 def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
@@ -57,3 +58,6 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
             x, _ = ddim_step(prior, x.detach(), t, t_prev, prior.eps_from_x0(x, t, x0), eta=eta, clip=clip,
                            generator=generator)
     return x.detach()
+
+
+SPEC = SolverSpec(pigdm, operators="linear", backprop=True)

@@ -11,7 +11,8 @@ from torch import Tensor
 from ..operators import Operator
 from ..prior import Prior
 from ..schedule import randn_like
-from .sampling import clip_x0
+from .sampling import clip_x0, progress_bar
+from .spec import SolverSpec
 
 # lambda_t = lam * w(sigma_t), sigma_t = sqrt((1 - abar_t) / abar_t) the inverse square-root SNR
 WEIGHTINGS: dict[str, Callable[[float], float]] = {
@@ -62,11 +63,7 @@ def reddiff(prior: Prior, op: Operator, y: Tensor, *,
         lr = 0.1 * (sched.T / len(sched.timesteps(steps))) ** 0.5
     optimizer = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     m, d = y[0].numel(), mu[0].numel()
-    timesteps = sched.timesteps(steps)
-    if progress:
-        from tqdm.auto import tqdm
-        timesteps = tqdm(timesteps, desc="reddiff", leave=False, dynamic_ncols=True)
-    for t in timesteps:
+    for t in progress_bar(sched.timesteps(steps), progress, "reddiff"):
         a = sched.abar_at(t)
         eps = randn_like(mu, generator)
         with torch.no_grad():
@@ -80,3 +77,6 @@ def reddiff(prior: Prior, op: Operator, y: Tensor, *,
             (fidelity + regulariser).backward()
         optimizer.step()
     return clip_x0(prior, mu.detach())
+
+
+SPEC = SolverSpec(reddiff)

@@ -9,7 +9,8 @@ from torch import Tensor
 from ..operators import Inpaint, Operator
 from ..prior import Prior
 from ..schedule import randn_like
-from .sampling import ddpm_step, initial_noise
+from .sampling import ddpm_step, initial_noise, jump_schedule, progress_bar, reverse_steps
+from .spec import SolverSpec
 
 
 @torch.no_grad()
@@ -43,11 +44,7 @@ def repaint(prior: Prior, op: Operator, y: Tensor, *,
     mask = op.mask.to(y.dtype)
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
     path = jump_schedule(len(ts), jump_length, jump_n_sample)
-    moves = list(zip(path, path[1:]))
-    if progress:
-        from tqdm.auto import tqdm
-        moves = tqdm(moves, desc="repaint", leave=False, dynamic_ncols=True)
-    for i, i_next in moves:
+    for i, i_next in progress_bar(list(zip(path, path[1:])), progress, "repaint"):
         t, t_next = ts[i], (ts[i_next] if i_next >= 0 else -1)
         if i_next < i:  # a reverse step, then the known region pasted in at the new level
             eps, v = prior.predict(x, t)
@@ -60,23 +57,19 @@ def repaint(prior: Prior, op: Operator, y: Tensor, *,
     return x
 
 
-def jump_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 5) -> list[int]:
-    """The path of respaced indices RePaint walks, from steps - 1 down to -1 (the data), one index per
-    reverse step; on reaching index k = 0, j, 2j, ... (k < steps - j) it jumps up to k + j, r - 1 times."""
-    if steps < 1 or jump_length < 1 or jump_n_sample < 1:
-        raise ValueError("RePaint needs steps, jump_length and jump_n_sample >= 1")
-    left = {k: jump_n_sample - 1 for k in range(0, steps - jump_length, jump_length)}
-    path = [steps - 1]
-    while path[-1] >= 0:
-        k = path[-1] - 1
-        path.append(k)
-        if left.get(k, 0) > 0:
-            left[k] -= 1
-            path.append(k + jump_length)
-    return path
-
-
 def repaint_nfe(steps: int, jump_length: int = 10, jump_n_sample: int = 5) -> int:
     """Network evaluations of a RePaint run: the reverse steps of its jump schedule."""
-    path = jump_schedule(steps, jump_length, jump_n_sample)
-    return sum(b < a for a, b in zip(path, path[1:]))
+    return reverse_steps(jump_schedule(steps, jump_length, jump_n_sample))
+
+
+def _budget(nfe: int, T: int) -> dict:
+    """The most steps whose run fits nfe, with jumps of steps / 10 (at most the paper's 10) and 5 resamplings."""
+    for steps in range(nfe, 0, -1):
+        jump = min(10, max(1, steps // 10))
+        if repaint_nfe(steps, jump, 5) <= nfe:
+            return {"steps": steps, "jump_length": jump, "jump_n_sample": 5}
+    return {"steps": 1, "jump_length": 1, "jump_n_sample": 1}
+
+
+SPEC = SolverSpec(repaint, operators="inpaint", budget=_budget,
+                  nfe=lambda sched, s: repaint_nfe(len(sched.timesteps(s["steps"])), s["jump_length"], s["jump_n_sample"]))

@@ -9,7 +9,8 @@ clean data. With respacing, the step uses the respaced forward variance beta = 1
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -18,13 +19,20 @@ from tqdm.auto import tqdm
 from ..prior import Prior
 from ..schedule import randn_like
 
+T = TypeVar("T")
+
+
+def progress_bar(items: Iterable[T], progress: bool, desc: str, total: int | None = None) -> Iterable[T]:
+    """`items`, behind a transient progress bar when `progress`: the one set-up every loop shares."""
+    return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True) if progress else items
+
 
 def steps_of(prior: Prior, steps: int | None, start: int | None = None, progress: bool = False,
-             desc: str = "sampling") -> Iterator[tuple[int, int]]:
-    """(t, t_prev) pairs of the respaced chain from `start` down to the data (t_prev = -1 at the end)."""
-    ts = prior.schedule.timesteps(steps, start)
-    pairs = list(zip(ts, ts[1:] + [-1]))
-    return iter(tqdm(pairs, desc=desc, leave=False, dynamic_ncols=True) if progress else pairs)
+             desc: str = "sampling", timesteps: list[int] | None = None) -> Iterator[tuple[int, int]]:
+    """(t, t_prev) pairs of the respaced chain from `start` down to the data (t_prev = -1 at the end), or of
+    the given descending `timesteps`."""
+    ts = prior.schedule.timesteps(steps, start) if timesteps is None else timesteps
+    return iter(progress_bar(list(zip(ts, ts[1:] + [-1])), progress, desc))
 
 
 def clip_x0(prior: Prior, x0: Tensor, clip: bool = True) -> Tensor:
@@ -73,11 +81,8 @@ def ddim_step(prior: Prior, x: Tensor, t: int, t_prev: int, eps: Tensor, *, eta:
         eps = prior.eps_from_x0(x, t, x0)
     if t_prev < 0:
         return x0, x0
-    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
-    x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-    if sigma > 0:
-        x_prev = x_prev + sigma * randn_like(x, generator)
-    return x_prev, x0
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5  # at most sqrt(1 - abar_prev) for eta <= 1
+    return ddim_update(prior, x0, eps, t_prev, sigma, generator=generator), x0
 
 
 def ddim_update(prior: Prior, x0: Tensor, eps: Tensor, t_prev: int, sigma: float, *,
@@ -91,6 +96,28 @@ def ddim_update(prior: Prior, x0: Tensor, eps: Tensor, t_prev: int, sigma: float
     sigma = min(sigma, (1 - a_prev) ** 0.5)
     x_prev = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
     return x_prev + sigma * randn_like(x0, generator) if sigma > 0 else x_prev
+
+
+def jump_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 5) -> list[int]:
+    """The path of respaced indices a resampling chain walks (RePaint's jumps, DDNM's time travel), from
+    steps - 1 down to -1 (the data), one index per reverse step; on reaching index k = 0, j, 2j, ...
+    (k < steps - j) it jumps up to k + j, r - 1 times (j = jump_length, r = jump_n_sample)."""
+    if steps < 1 or jump_length < 1 or jump_n_sample < 1:
+        raise ValueError("a resampling chain needs steps, jump length and repeats >= 1")
+    left = {k: jump_n_sample - 1 for k in range(0, steps - jump_length, jump_length)}
+    path = [steps - 1]
+    while path[-1] >= 0:
+        k = path[-1] - 1
+        path.append(k)
+        if left.get(k, 0) > 0:
+            left[k] -= 1
+            path.append(k + jump_length)
+    return path
+
+
+def reverse_steps(path: list[int]) -> int:
+    """The network evaluations of a `jump_schedule` path: its downward moves."""
+    return sum(b < a for a, b in zip(path, path[1:]))
 
 
 def initial_noise(prior: Prior, n: int, generator: torch.Generator | None = None,

@@ -9,7 +9,8 @@ from torch import Tensor
 from ..operators import LinearOperator
 from ..prior import Prior
 from ..schedule import randn_like
-from .sampling import clip_x0, initial_noise
+from .sampling import clip_x0, initial_noise, progress_bar
+from .spec import SolverSpec
 
 
 @torch.no_grad()
@@ -38,7 +39,7 @@ def scoreald(prior: Prior, op: LinearOperator, y: Tensor, *,
     written, its weight set by sigma_y and gamma_t) with 1 step per level by default (`langevin_steps`). The
     slack gamma_t = sigma_t assumes A passes noise of std sigma_t, true for inpainting and denoising; 4x
     super-resolution passes about 0.2 sigma_t, and a blur kernel k passes ||k|| sigma_t, so there the data term
-    is weaker than the Gaussian slack would make it (`TASK_SETTINGS["scoreald"]` lowers gamma_scale on sr4,
+    is weaker than the Gaussian slack would make it (`SPEC.task_settings` lowers gamma_scale on sr4,
     where it mattered). Annealed Langevin needs many levels: at 100 levels (the demo's CPU default) it fell
     below the naive reconstruction on every task of the built-in prior (sr4 17.3 dB against 29.0, seed 0)
     because one step per level does not reach each level's distribution before the next; 3 steps per level
@@ -50,10 +51,7 @@ def scoreald(prior: Prior, op: LinearOperator, y: Tensor, *,
     ts = sched.timesteps(steps)
     u = initial_noise(prior, y.shape[0], generator, y.dtype) / sched.abar_at(ts[0]) ** 0.5
     levels = [(t, l) for t in ts for l in range(langevin_steps)]
-    if progress:
-        from tqdm.auto import tqdm
-        levels = tqdm(levels, desc="scoreald", leave=False, dynamic_ncols=True)
-    for t, _ in levels:
+    for t, _ in progress_bar(levels, progress, "scoreald"):
         a, sigma = sched.abar_at(t), sched.sigma_at(t)
         alpha = step_size * sigma ** 2
         prior_score = -prior.eps(a ** 0.5 * u, t) / sigma
@@ -61,3 +59,13 @@ def scoreald(prior: Prior, op: LinearOperator, y: Tensor, *,
         u = u + alpha * (prior_score + likelihood_score) + (2 * alpha) ** 0.5 * randn_like(u, generator)
     t = ts[-1]
     return clip_x0(prior, u - sched.sigma_at(t) * prior.eps(sched.abar_at(t) ** 0.5 * u, t))
+
+
+SPEC = SolverSpec(
+    scoreald, operators="linear",
+    nfe=lambda sched, s: len(sched.timesteps(s["steps"])) * s["langevin_steps"] + 1,  # and a last Tweedie estimate
+    budget=lambda nfe, T: {"steps": max(1, nfe - 1)},
+    # gamma_t = gamma_scale sigma_t assumes that A passes noise of std sigma_t; the 4x super-resolution operator
+    # passes about 0.2 sigma_t, and with gamma_scale 1 its data term was too weak at the noise levels where the
+    # built-in prior's component is chosen (2 of 4 runs in a wrong one at 1000 steps)
+    task_settings={"sr4": {"gamma_scale": 0.5}})

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import Operator
+from ..operators import LinearOperator, Operator
 from ..prior import Prior
 from .sampling import ddpm_step, steps_of
+from .spec import SolverSpec
 
 
 @torch.no_grad()
@@ -27,3 +28,16 @@ def sdedit(prior: Prior, op: Operator, y: Tensor, *,
         eps, v = prior.predict(x, t)
         x, _ = ddpm_step(prior, x, t, t_prev, eps, v, generator=generator)
     return x
+
+
+def _requires(op: Operator, sigma_y: float) -> str | None:
+    """SDEdit starts from op.naive(y): the operator's own, or a linear one's pseudo-inverse."""
+    own = type(op).naive is not (LinearOperator if op.linear else Operator).naive
+    if own or (op.linear and type(op).A_pinv is not LinearOperator.A_pinv):
+        return None
+    return "needs a naive reconstruction to start from"
+
+
+SPEC = SolverSpec(sdedit, requires=_requires,
+                  nfe=lambda sched, s: len(sched.timesteps(s["steps"], s["t0"])),
+                  budget=lambda nfe, T: {"steps": min(nfe, 501)})  # from its default t0 = 500 down

@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..operators import LinearOperator
 from ..prior import Prior
+from .sampling import progress_bar
+from .spec import SolverSpec
 
 # tau / sigma = STEP_RATIO^2: images move by O(1) while the dual variables stay below the weight, so a larger
 # primal step converges faster; 3 was best over inpainting, deblurring and super-resolution at 300 iterations
@@ -57,7 +58,7 @@ def operator_norm(op: LinearOperator, like: Tensor, iterations: int = 30) -> flo
 def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
        steps: int | None = None,       # primal-dual iterations; None: 300
        weight: float | None = None,    # the TV weight; None: weight_scale * sigma_y
-       weight_scale: float = 1.0,      # weight per unit of sigma_y (per-task values: TASK_SETTINGS["tv"])
+       weight_scale: float = 1.0,      # weight per unit of sigma_y (per-task values: SPEC below)
        sigma_y: float = 0.05,          # measurement noise std on [-1, 1] images (sets the default weight)
        bounded: bool | None = None,    # constrain x to [-1, 1]; None: when the prior's data are images (bounded)
        vectorial: bool = False,        # one gradient length over the colour channels together (vectorial TV)
@@ -77,7 +78,7 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
     with a 5% margin; ||grad||^2 <= 8), started at the naive reconstruction. Only A and A_adjoint are used,
     so any linear operator works. Vectorial TV (`vectorial`) takes one gradient length per pixel over all
     channels, which keeps colour edges aligned. The default weight is weight_scale * sigma_y (at least weight_scale * 0.01, so that noise-free inpainting
-    still fills its holes); the per-task scales in TASK_SETTINGS["tv"] were the best at sigma_y = 0.05 on
+    still fills its holes); the per-task scales in SPEC.task_settings were the best at sigma_y = 0.05 on
     synthetic piecewise-constant 64x64 images (TV's own model, so natural images may want smaller weights).
     """
     iterations = 300 if steps is None else steps
@@ -99,7 +100,7 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
     tau, sigma = step * STEP_RATIO, step / STEP_RATIO
     channel_dims = (1, 2) if vectorial else 2
     p, q, xbar = torch.zeros_like(y), torch.zeros_like(grad(x)), x
-    for _ in tqdm(range(iterations), desc="tv", leave=False, dynamic_ncols=True, disable=not progress):
+    for _ in progress_bar(range(iterations), progress, "tv"):
         p = (p + sigma * (op.A(xbar) - y)) / (1 + sigma)
         q = q + sigma * grad(xbar)
         q = q / (q.square().sum(channel_dims, keepdim=True).sqrt() / max(weight, 1e-12)).clamp_min(1)
@@ -107,3 +108,11 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
         x_new = x_new.clamp(-1, 1) if bounded else x_new
         xbar, x = 2 * x_new - x, x_new
     return x
+
+
+SPEC = SolverSpec(
+    tv, operators="linear",
+    nfe=lambda sched, s: 0, budget=lambda nfe, T: {},  # no network: its own defaults at every budget
+    # TV weights per unit of sigma_y, best at sigma_y = 0.05 on synthetic piecewise-constant images (1.0 elsewhere)
+    task_settings={"random-inpaint": {"weight_scale": 0.5}, "gaussian-blur": {"weight_scale": 0.5},
+                   "motion-blur": {"weight_scale": 0.25}, "sr4": {"weight_scale": 0.25}})

@@ -35,11 +35,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import arguments
-from .io import center_square, open_image, pil_to_tensor, tensor_to_pil
-from .models import DEFAULT_MODEL, load_prior
-from .operators import Colorize, Inpaint, make_operator, measure
-from .solvers import SOLVERS, check_settings, sample, settings_for, solve
+from .. import arguments
+from ..io import center_square, open_image, pil_to_tensor, tensor_to_pil
+from ..models import DEFAULT_MODEL, load_prior
+from ..devices import pick_device
+from ..operators import Colorize, Inpaint, measure
+from ..tasks import make_operator
+from ..solvers import SOLVERS, check_settings, sample, settings_for, solve
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
 APP_TASKS = {
@@ -221,8 +223,8 @@ class Studio:
             y = measure(op, x, sigma_y, gen)
         after_measure = gen.get_state()  # each method starts here, as a separate `diffprior restore` would
 
-        from .figures import displayable
-        from .metrics import image_metrics, residual
+        from ..figures import displayable
+        from ..metrics import image_metrics, residual
         job = self.job_folder("restore")
         files, gallery, rows = [], [], []
         results: dict[str, dict] = {}
@@ -267,7 +269,7 @@ class Studio:
             start = time.perf_counter()
             std = None
             if samples > 1:
-                from .uncertainty import posterior_samples
+                from ..uncertainty import posterior_samples
                 draws = posterior_samples(method, self.prior, op, y, samples, sigma_y=sigma_y, generator=gen,
                                           progress=True, **settings[method])
                 restored, std = draws.mean(0, keepdim=True), draws.std(0)
@@ -282,7 +284,7 @@ class Studio:
             label = method + (f" mean (K={samples})" if std is not None else "")
             show(restored, method, label + _caption(results[method]))
             if std is not None:
-                from .uncertainty import std_image
+                from ..uncertainty import std_image
                 results[method]["mean_std"] = _finite(std.mean())
                 std_path = job / f"restored_{method}_std.png"
                 tensor_to_pil(std_image(std)).save(std_path)
@@ -461,6 +463,10 @@ def build_app(studio: Studio):
 
 
 # -- the command ----------------------------------------------------------------------------------
+PARSER = dict(help="a local web app: restore your own photo, compare methods, see the uncertainty",
+              description=__doc__.split("\n\n")[0])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
@@ -483,7 +489,7 @@ def _interrupt(signum, frame):
 
 
 def run(args) -> int:
-    device = arguments.resolve_device(args.device)
+    device = pick_device(args.device)
     if threading.current_thread() is threading.main_thread():  # `kill` stops it like Ctrl-C, also while starting
         signal.signal(signal.SIGTERM, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="diffprior-serve-"))

@@ -31,11 +31,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .io import atomic_write
-from .operators import Inpaint, LinearOperator
-from .prior import GaussianMixturePrior
-from .solvers import SOLVERS, DivergenceError, sample, solve
-from .solvers.repaint import repaint_nfe
+from ..io import atomic_write
+from ..operators import Inpaint, LinearOperator
+from ..prior import GaussianMixturePrior
+from ..solvers import SOLVERS, SPECS, DivergenceError, sample, solve
 
 KINDS = ("mask", "matrix")
 
@@ -155,34 +154,31 @@ def score(samples: Tensor, reference: Tensor, problem: dict, dirs: Tensor) -> di
 
 # -- budgets --------------------------------------------------------------------------------------------
 def budget_settings(name: str, solver: Callable, nfe: int, problem: dict) -> dict | None:
-    """The settings that make `solver` spend about `nfe` network evaluations on `problem` (None when it has
-    no step setting). Beyond the budget, solvers run at their defaults, except two step sizes tuned for
-    images, rescaled to these small problems: DAPS's Langevin step (see below) and DPS's step (zeta
-    0.1 sqrt(T / S) for S steps, chosen on the quick problems; the images' 0.3-0.5 overshoot)."""
-    params = inspect.signature(solver).parameters
+    """The settings that make `solver` spend about `nfe` network evaluations on `problem`: a registered
+    solver's declared budget (`SolverSpec.budget`), `steps=nfe` for another function with a `steps` setting,
+    None otherwise. Beyond the budget, solvers run at their defaults, except two step sizes tuned for images,
+    rescaled to these small problems: DAPS's Langevin step (lr 1: a step of about sigma_y^2, the official
+    box-inpainting ratio of lr to the likelihood variance, 5e-5 against 0.0071^2, which these small problems
+    mix well with) and DPS's step (zeta 0.1 sqrt(T / S) for S steps, chosen on the quick problems; the
+    images' 0.3-0.5 overshoot)."""
+    T = problem["prior"].schedule.T
+    if name in SPECS and SPECS[name].run is solver:
+        settings = SPECS[name].budget(nfe, T)
+    elif "steps" in inspect.signature(solver).parameters:
+        settings = {"steps": nfe}
+    else:
+        return None
     if name == "daps":
-        ode = 5 if nfe >= 1000 else 2 if nfe >= 100 else 1  # DAPS-1K: 200 levels x 5 ODE steps
-        # lr 1: a step of about sigma_y^2, the official box-inpainting ratio of lr to the likelihood
-        # variance (5e-5 against 0.0071^2), for this problem's sigma_y; these small problems mix well with it.
-        return dict(steps=max(1, nfe // ode), ode_steps=ode, lr=1.0)
-    if name == "repaint":  # the default resampling (r = 5), jumps of steps / 10 (at most the paper's 10)
-        for steps in range(nfe, 0, -1):
-            jump = min(10, max(1, steps // 10))
-            if repaint_nfe(steps, jump, 5) <= nfe:
-                return dict(steps=steps, jump_length=jump, jump_n_sample=5)
-    if name == "sdedit":
-        return dict(steps=min(nfe, params["t0"].default + 1))
+        settings["lr"] = 1.0
     if name == "dps":
-        return dict(steps=nfe, scale=0.1 * (nfe / problem["prior"].schedule.T) ** 0.5, ref_size=None)
-    return dict(steps=nfe) if "steps" in params else None
+        settings.update(scale=0.1 * (nfe / T) ** 0.5, ref_size=None)
+    return settings
 
 
-def nfe_of(name: str, settings: dict) -> int:
-    """Network evaluations of a run with these settings (forward passes; DPS also backpropagates)."""
-    if name == "daps":
-        return settings["steps"] * settings["ode_steps"]
-    if name == "repaint":
-        return repaint_nfe(settings["steps"], settings["jump_length"], settings["jump_n_sample"])
+def nfe_of(name: str, solver: Callable, settings: dict, problem: dict) -> int:
+    """Network evaluations of a run with these settings: as the solver declares (`SolverSpec.nfe`), else steps."""
+    if name in SPECS and SPECS[name].run is solver:
+        return SPECS[name].evaluations(problem["prior"].schedule, **settings)
     return settings.get("steps", 0)
 
 
@@ -257,19 +253,22 @@ def _benchmark_problem(problem: dict, methods: dict[str, Callable], budgets: Seq
                  **score(draws["exact"], reference, problem, dirs))]
     y = problem["y"].float().expand(n, *problem["y"].shape[1:])  # the solvers run in float32
     run_problem = dict(problem, op=copy.deepcopy(problem["op"]).float())
+    done = set()  # (method, settings) already run: a solver without a network (TV) runs once
     for nfe in budgets:
         runs = {"prior": (None, dict(steps=nfe))}
         for name, fn in methods.items():
             settings = budget_settings(name, fn, nfe, problem)
             if settings is None:
                 skipped[name] = "no `steps` setting to give it a budget"
-            else:
+            elif (name, repr(settings)) not in done:
+                done.add((name, repr(settings)))
                 runs[name] = (fn, settings)
         for name, (fn, settings) in runs.items():
             if progress:
                 print(f"  {kind} d={d} seed={seed} NFE={nfe}: {name}", flush=True)
             gen = torch.Generator().manual_seed(10_000 * seed + nfe)
-            row = dict(base, method=name, nfe=nfe_of(name, settings), settings=settings)
+            row = dict(base, method=name, nfe=settings["steps"] if fn is None else nfe_of(name, fn, settings, problem),
+                       settings=settings)
             start = time.perf_counter()
             try:
                 if fn is None:
@@ -284,7 +283,7 @@ def _benchmark_problem(problem: dict, methods: dict[str, Callable], budgets: Seq
                 skipped[f"{name} ({kind})"] = str(e).splitlines()[0][:160]
                 continue
             rows.append(dict(row, seconds=time.perf_counter() - start, **score(x, reference, problem, dirs)))
-            if nfe == keep:
+            if keep is not None:  # the last budget's samples (the only run of a method without a network)
                 draws[name] = x
     return rows, draws
 
@@ -354,7 +353,7 @@ def markdown(doc: dict) -> str:
 def plot_2d(problem: dict, draws: dict[str, Tensor], path: Path, *, title: str = "", points: int = 600) -> Path:
     """One scatter panel per method: its samples (the exact posterior's first) over prior samples, the
     true x as a star."""
-    from .figures import plt, save_figure
+    from ..figures import plt, save_figure
 
     g = torch.Generator().manual_seed(0)
     back = problem["prior"].sample(2000, g).reshape(-1, 2)
@@ -379,6 +378,10 @@ def plot_2d(problem: dict, draws: dict[str, Tensor], path: Path, *, title: str =
 
 
 # -- command line (`diffprior bench posterior`) ----------------------------------------------------------
+PARSER = dict(help="solvers against the exact posterior of a Gaussian-mixture prior",
+              description=__doc__.split("\n\n")[0])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for posterior_benchmark.{md,json} and the figures")
     parser.add_argument("--quick", action="store_true", help="2 seeds, NFE 20 and 100, d = 2 and 8 (CI size)")
@@ -389,7 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples per run")
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     ints = lambda s: [int(v) for v in s.split(",")] if s else None  # noqa: E731
     doc = run_posterior_benchmark(args.out, quick=args.quick,
                                   methods=args.methods.split(",") if args.methods else None,

@@ -1,4 +1,4 @@
-"""Adapter for diffusers `UNet2DModel` checkpoints (e.g. google/ddpm-celebahq-256).
+"""diffusers checkpoints: a `UNet2DModel` folder (e.g. google/ddpm-celebahq-256).
 
 A diffusers folder holds `config.json` and `diffusion_pytorch_model.safetensors` (or `.bin`), with
 `scheduler_config.json` beside them; a pipeline folder has them in `unet/` and `scheduler/` instead.
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..models import CheckpointError, load_state_strict, read_state_dict
 from ..prior import NetworkPrior
 from ..schedule import Schedule
+from .state import CheckpointError, load_state_strict, read_state_dict
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 INSTALL_HINT = 'loading a diffusers model needs the optional dependency: pip install "diffprior[diffusers]"'

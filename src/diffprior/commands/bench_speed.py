@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import platform
 import resource
 import time
@@ -35,12 +34,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import arguments
-from .models import atomic_write, load_prior
-from .operators import make_operator, measure
-from .prior import NetworkPrior
-from .schedule import Schedule
-from .solvers import SOLVERS, sample, settings_for
+from .. import arguments
+from ..devices import describe_device, pick_device, sync
+from ..io import atomic_write
+from ..models import load_prior
+from ..operators import measure
+from ..tasks import make_operator
+from ..prior import NetworkPrior
+from ..schedule import Schedule
+from ..solvers import SOLVERS, sample, settings_for
 
 METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if they take `steps`
 
@@ -48,8 +50,8 @@ METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if t
 # -- the prior -------------------------------------------------------------------------------------------
 def random_prior(config: str | dict, seed: int = 0) -> NetworkPrior:
     """A prior whose network has random weights: an ADM config (name, YAML or settings) or "small-unet:NAME"."""
-    from .networks.adm import adm_config, build_adm
-    from .networks.small import SmallUNet, network_config
+    from ..networks.adm import adm_config, build_adm
+    from ..networks.small import SmallUNet, network_config
 
     with torch.random.fork_rng(devices=[]):  # leave the global random state alone
         torch.manual_seed(seed)
@@ -82,11 +84,6 @@ def build_prior(args: argparse.Namespace, device: torch.device) -> NetworkPrior:
 
 
 # -- timing ----------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds that fn() takes, with the device synchronised before and after."""
     sync(device)
@@ -187,7 +184,7 @@ def bench_one(prior: NetworkPrior, method: str, task: str, batch: int, args) -> 
 
 def psnr_or_none(x: Tensor, ref: Tensor) -> float | None:
     """Mean PSNR (dB) over the batch; None when the images are identical (infinite PSNR)."""
-    from .metrics import psnr
+    from ..metrics import psnr
     value = float(psnr(x.float().clamp(-1, 1), ref.float().clamp(-1, 1)).mean())
     return round(value, 4) if value != float("inf") else None
 
@@ -216,24 +213,9 @@ def compare_dtypes(prior: NetworkPrior, method: str, task: str, batch: int, args
 
 
 # -- the environment -------------------------------------------------------------------------------------
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name} ({cores} cores, {torch.get_num_threads()} torch threads)"
-
-
 def environment(device: torch.device) -> dict:
-    from . import __version__
-    return {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+    from ..version import __version__
+    return {"device": str(device), "device_name": describe_device(device), "torch": torch.__version__,
             "cuda": torch.version.cuda, "diffprior": __version__, "python": platform.python_version(),
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "tf32_conv": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
@@ -256,6 +238,10 @@ def write_json(doc: dict, path: Path) -> None:
 # -- command line ----------------------------------------------------------------------------------------
 def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
+
+
+PARSER = dict(help="time a solver's steps and the network's forward pass, per batch size",
+              description=__doc__.split("\n\n")[0])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -291,8 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: torch's); 1 avoids oversubscription on a busy machine")
 
 
-def main(args: argparse.Namespace) -> int:
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
     methods = [m for m in args.method.split(",") if m]
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
     if unknown:
@@ -321,7 +307,7 @@ def main(args: argparse.Namespace) -> int:
         args.compare_steps = args.compare_steps or args.steps
         clean = None
         if args.reference:
-            from .io import load_image
+            from ..io import load_image
             clean = load_image(args.reference, prior.shape[-1])
         doc["comparisons"] = [compare_dtypes(prior, m, args.task, args.batch[0], args, clean=clean) for m in methods]
         for c in doc["comparisons"]:

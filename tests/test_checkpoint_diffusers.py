@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 diffusers = pytest.importorskip("diffusers")
 
 from diffprior import load_prior  # noqa: E402
-from diffprior.models import CheckpointError  # noqa: E402
-from diffprior.networks.hub import schedule_from_diffusers  # noqa: E402
+from diffprior.checkpoints import CheckpointError  # noqa: E402
+from diffprior.checkpoints.diffusers import schedule_from_diffusers  # noqa: E402
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

@@ -54,21 +54,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import __version__
-from .evaluate import (NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, has_naive, merge_rows,
+from ..version import __version__
+from .common import add_prior_arguments, add_range_arguments
+from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, merge_rows,
                        read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        write_summary)
-from .figures import displayable, image_table
-from . import arguments
-from .io import load_image, tensor_to_pil
-from .metrics import image_metrics
-from .models import DEFAULT_MODEL, atomic_write, load_prior
-from .operators import Inpaint, LinearOperator, make_operator
-from .prior import GaussianMixturePrior, Prior
-from .solvers import SOLVERS, denoise, sample, settings_for
-from .schedule import Schedule
-from .solvers.diffpir import diffpir_timesteps
-from .solvers.repaint import repaint_nfe
+from ..devices import describe_device, pick_device
+from ..figures import displayable, image_table
+from .. import arguments
+from ..io import load_image, tensor_to_pil
+from ..metrics import image_metrics
+from ..io import atomic_write
+from ..models import load_prior
+from ..tasks import make_operator
+from ..prior import GaussianMixturePrior, Prior
+from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for
 
 # -- what the report measured ------------------------------------------------------------------------------
 REPORT_SOURCE = ("the report: a DDPM prior (VP, 1000 steps) trained on FFHQ at 256x256; Table 1 (one sample), "
@@ -103,8 +103,6 @@ SDEDIT_T0S = (400, 500, 600)
 REPORT_TASKS = ("box-inpaint", "random-inpaint", "gaussian-blur")
 SOLVER_TASKS = ("box-inpaint", "random-inpaint", "gaussian-blur", "motion-blur", "sr4")
 QUICK_SOLVERS = ("ddrm", "diffpir", "repaint")
-BACKPROP = {"dps", "pigdm"}  # solvers that differentiate through the network at every step
-LINEAR_ONLY = {"scoreald", "ddrm", "ddnm", "pigdm", "diffpir", "repaint", "tv"}
 FIGURE_IMAGES = 2  # images per task in the restoration figures (their restorations are kept as PNG)
 
 
@@ -180,10 +178,6 @@ def canonical_command(args: argparse.Namespace) -> str:
         if value is not None:
             words += [flag, str(value)]
     return shlex.join(words + ["--quick"] * args.quick)
-
-
-def pick_device(name: str) -> torch.device:
-    return arguments.resolve_device(name)
 
 
 def stage(plan: Plan, text: str) -> None:
@@ -331,44 +325,13 @@ def sdedit_cell(prior: Prior, plan: Plan, t0: int) -> dict:
 
 def budget_settings(method: str, nfe: int, T: int = 1000) -> dict:
     """Settings that make `method` spend about `nfe` network evaluations (at most that, where its structure
-    does not allow it exactly) on a prior of T timesteps. TV uses no network: its own defaults."""
-    if method == "tv":
-        return {}
-    if method == "diffpir":  # its quadratic spacing merges repeated timesteps: most steps whose distinct ones fit
-        lo, hi = nfe, 4 * nfe
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if len(diffpir_timesteps(Schedule.linear(T), mid)) <= nfe else (lo, mid - 1)
-        return {"steps": lo}
-    if method == "daps":  # levels x ODE steps per level; DAPS-1K is 200 x 5
-        ode = 5 if nfe >= 1000 else 2 if nfe >= 100 else 1
-        return {"steps": max(1, nfe // ode), "ode_steps": ode}
-    if method == "repaint":  # resampling jumps of steps / 10 (the paper's 10 at most), 5 resamplings
-        for steps in range(nfe, 0, -1):
-            jump = min(10, max(1, steps // 10))
-            if repaint_nfe(steps, jump, 5) <= nfe:
-                return {"steps": steps, "jump_length": jump, "jump_n_sample": 5}
-    if method == "sdedit":  # from its default t0 = 500 down: at most 501 steps
-        return {"steps": min(nfe, 501)}
-    if method == "scoreald":  # one evaluation per level, and a last Tweedie estimate
-        return {"steps": max(1, nfe - 1)}
-    return {"steps": nfe}
+    does not allow it exactly) on a prior of T timesteps: what its module declares (`SolverSpec.budget`)."""
+    return SPECS[method].budget(nfe, T)
 
 
 def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
-    """Why `method` does not apply to `task`, or None when it does."""
-    op = make_operator(task, (3, size, size))
-    if method == "repaint" and not isinstance(op, Inpaint):
-        return "inpainting only (RePaint needs a pixel mask)"
-    if method in LINEAR_ONLY and not isinstance(op, LinearOperator):
-        return "linear operators only"
-    if method == "ddrm" and not op.has_svd:
-        return "needs a closed-form SVD of the operator"
-    if method == "ddnm" and sigma_y > 0 and not op.has_svd:
-        return "DDNM+ (noisy measurements) needs a closed-form SVD of the operator"
-    if method == "sdedit" and not has_naive(task, size):
-        return "needs a naive reconstruction to start from"
-    return None
+    """Why `method` does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
+    return SPECS[method].why_not(make_operator(task, (3, size, size)), sigma_y)
 
 
 def cell_settings(method: str, task: str, settings: dict) -> str:
@@ -416,14 +379,11 @@ def table4_cells(plan: Plan, folder: Path, size: int) -> tuple[list[dict], list[
 
 
 # -- tables as Markdown and JSON ---------------------------------------------------------------------------
-SPECS = {"psnr": ".2f", "ssim": ".3f", "lpips": ".3f", "seconds": ".3f", "nfe": ".0f"}
-
-
 def stat(cell: dict | None, metric: str, ci: bool = True) -> str:
     """'mean ± ci' of a summary cell's metric ('-' when absent)."""
     if cell is None or cell[metric]["mean"] is None:
         return "-"
-    s, spec = cell[metric], SPECS[metric]
+    s, spec = cell[metric], FORMATS[metric]
     return format(s["mean"], spec) + (f" ± {s['ci95']:{spec}}" if ci and s["ci95"] is not None else "")
 
 
@@ -432,7 +392,7 @@ def _ref(value: float | None, spec: str) -> str:
 
 
 def ours(cell: dict) -> dict:
-    return {m: {k: cell[m][k] for k in ("mean", "ci95", "n")} for m in SPECS}
+    return {m: {k: cell[m][k] for k in ("mean", "ci95", "n")} for m in ("psnr", "ssim", "lpips", "seconds", "nfe")}
 
 
 def find(cells: list[dict], task: str, method: str, settings: str | None = None) -> dict | None:
@@ -518,13 +478,14 @@ def table4(plan: Plan, cells: list[dict], skipped: list[dict], budget_of: dict) 
                                  budget_of.get((task, c["method"], compact(c["settings"])), 0), c["method"]))
         for c in mine:
             m, budget = c["method"], budget_of.get((task, c["method"], compact(c["settings"])))
+            backprop = m in SPECS and SPECS[m].backprop  # naive: no solver
             pub = PUBLISHED.get((m, task))
             closest = pub and budget == min(plan.budgets, key=lambda b: abs(math.log(b / pub[2])))
-            rows.append([task, m + " †" * (m in BACKPROP), "-" if budget is None else str(budget),
+            rows.append([task, m + " †" * backprop, "-" if budget is None else str(budget),
                          stat(c, "nfe", False), stat(c, "psnr"), stat(c, "ssim"), stat(c, "lpips"),
                          stat(c, "seconds", False), f"{pub[0]:.2f} / {pub[1]:.3f} ({pub[2]} NFE)" if closest else ""])
             doc.append({"task": task, "method": m, "budget": budget, "settings": c["settings"], "ours": ours(c),
-                        "backprop": m in BACKPROP, "published": closest and dict(zip(("psnr", "lpips", "nfe"), pub))})
+                        "backprop": backprop, "published": closest and dict(zip(("psnr", "lpips", "nfe"), pub))})
         for s in (s for s in skipped if s["task"] == task):
             rows.append([task, s["method"], "-", "-", f"skipped: {s['reason']}", "", "", "", ""])
             doc.append({**s, "skipped": True})
@@ -598,12 +559,6 @@ def source_version() -> str:
         return f"{head}{' (with local changes)' if dirty else ''}, diffprior {__version__}"
     except (OSError, subprocess.SubprocessError):
         return f"diffprior {__version__} (not a git checkout)"
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} ({device})"
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def differences(plan: Plan, prior: Prior, size: int) -> list[str]:
@@ -708,17 +663,18 @@ def reproduce(plan: Plan) -> Path:
     return path
 
 
+PARSER = dict(help="the report's experiments end to end: tables, figures and REPORT.md",
+              description="\n\n".join(__doc__.split("\n\n")[:2]), epilog="\n\n".join(__doc__.split("\n\n")[2:]),
+              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True,
                    help="the run's folder: REPORT.md, tables, figures, one folder per experiment")
     p.add_argument("--data", default="generated",
                    help="a folder of images, or generated:N for N images drawn from the prior (default: generated, "
                         "16 images, 4 with --quick)")
-    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N",
-                   help="only the first N readable images of the folder")
-    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
-    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
-    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    add_range_arguments(p, "only the first N readable images of the folder")
     p.add_argument("--steps", type=arguments.positive, default=None, help="diffusion steps (default 1000; 20 with --quick)")
     p.add_argument("--budgets", default=None, help="NFE budgets of table 4, comma-separated (default 100,1000; 20 "
                    "with --quick)")
@@ -726,11 +682,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"list (default all; {','.join(QUICK_SOLVERS)} with --quick)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per network call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
-    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
-    p.add_argument("--device", type=arguments.device, default="auto",
-                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_prior_arguments(p)
     p.add_argument("--quick", action="store_true", help="a reduced run for CPUs and tests (about two minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -59,19 +59,23 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import arguments
-from .io import list_images, load_image, open_image, save_image
-from .metrics import image_metrics, residual
-from .models import DEFAULT_MODEL, atomic_write, load_prior
-from .operators import TASKS, Operator, make_operator, measure
-from .prior import NetworkPrior, Prior
-from .solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings
+from .. import arguments
+from ..io import list_images, load_image, open_image, save_image
+from ..metrics import image_metrics, residual
+from ..devices import pick_device, sync
+from ..io import atomic_write
+from ..models import DEFAULT_MODEL, load_prior
+from ..operators import Operator, measure
+from ..tasks import TASKS, make_operator
+from ..prior import NetworkPrior, Prior
+from ..solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of
+from .common import add_prior_arguments, add_range_arguments
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -187,33 +191,6 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") >> 1
 
 
-@contextlib.contextmanager
-def counting(prior: Prior) -> Iterator[list[int]]:
-    """Count network evaluations: calls of `prior.predict` or `prior.x0` from outside the prior (the
-    calls they make of each other are part of the same evaluation). Yields [count]."""
-    count, depth = [0], [0]
-
-    def wrap(fn: Callable) -> Callable:
-        def counted(*args, **kwargs):
-            if depth[0] == 0:
-                count[0] += 1
-            depth[0] += 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-        return counted
-
-    names = ("predict", "x0")
-    for name in names:
-        setattr(prior, name, wrap(getattr(prior, name)))
-    try:
-        yield count
-    finally:
-        for name in names:
-            delattr(prior, name)
-
-
 # -- row files -------------------------------------------------------------------------------------------
 def row_files(out: Path) -> list[Path]:
     return [f for f in [out / "rows.csv", *sorted(out.glob("rows.rank*.csv"))] if f.is_file()]
@@ -324,12 +301,9 @@ class Ranks:
 
 def start_ranks(device: str) -> tuple[Ranks, torch.device]:
     """Join the process group when torchrun started this process (WORLD_SIZE > 1), and pick the device:
-    with "auto" or "cuda", cuda:LOCAL_RANK where CUDA is available, else the CPU."""
+    `pick_device`, with "auto" and "cuda" meaning cuda:LOCAL_RANK."""
     world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device in ("auto", "cuda"):
-        dev = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
+    dev = pick_device(device, local)
     if world == 1:
         return Ranks(), dev
     import torch.distributed as dist
@@ -348,11 +322,6 @@ def process_group(device: str) -> Iterator[tuple[Ranks, torch.device]]:
         yield ranks, dev
     finally:
         ranks.close()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- the evaluation --------------------------------------------------------------------------------------
@@ -496,23 +465,23 @@ class Runner:
         names = [p.name for p in self.chunks[unit.chunk]]
         x, op = self.clean(unit.chunk), self.operator(unit.task, unit.seed)
         y = self.measurement(unit.chunk, unit.task, unit.seed)
-        _sync(self.device)
+        sync(self.device)
         start, nfe = time.perf_counter(), 0
         if unit.method == NAIVE:
             x_hat = op.naive(y)
         else:
             gen = torch.Generator(self.device).manual_seed(
                 derive_seed("solve", unit.seed, unit.task, unit.method, unit.settings, names))
+            settings = json.loads(unit.settings)
+            nfe = spec_of(unit.method).evaluations(self.prior.schedule, **settings)  # as the solver declares
             try:
-                with counting(self.prior) as count:
-                    x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen,
-                                  progress=False, **json.loads(unit.settings))
-                nfe = count[0]
+                x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen, progress=False,
+                              **settings)
             except DivergenceError as e:
                 tqdm.write(f"warning: {unit.task} / {unit.method} {unit.settings} seed {unit.seed} on "
                            f"{names[0]}...: {e}", file=sys.stderr)
-                x_hat, nfe = torch.full_like(x, math.nan), count[0]
-        _sync(self.device)
+                x_hat = torch.full_like(x, math.nan)
+        sync(self.device)
         seconds = (time.perf_counter() - start) / len(names)
         for i, name in enumerate(names):
             if name in self.keep and bool(x_hat[i].isfinite().all()):
@@ -625,6 +594,10 @@ def write_summary(out: Path, summary: dict) -> None:
 
 
 # -- the command line ------------------------------------------------------------------------------------
+PARSER = dict(help="evaluate solvers over a folder of images: resumable rows.csv and a summary",
+              description=__doc__.split("\n\n")[0])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a folder of images (taken in file-name order)")
     p.add_argument("--out", required=True, help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")
@@ -632,21 +605,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="sdedit,scoreald,dps", help="comma-separated solvers (naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
                    help="solver settings; several values make a grid of cells, e.g. sdedit.t0=400,500,600")
-    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N",
-                   help="only the first N readable images (after --first/--last)")
-    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
-    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
-    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+    add_range_arguments(p, "only the first N readable images (after --first/--last)")
     p.add_argument("--steps", type=arguments.positive, default=None, help="solver steps (default: each solver's own)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per solver call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--size", type=arguments.integer(8, 4096), default=None,
                    help="image side (default: the prior's; another size only for fully convolutional networks)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a built-in name or a checkpoint path (default: {DEFAULT_MODEL})")
-    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file")
-    p.add_argument("--device", type=arguments.device, default="auto",
-                   help="cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK when available)")
+    add_prior_arguments(p, "cuda:LOCAL_RANK when available")
     p.add_argument("--save-images", type=arguments.count, default=0, metavar="K",
                    help="keep the restorations of the first K images as PNG under OUT/images/ (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

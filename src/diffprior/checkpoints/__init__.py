@@ -1,0 +1,51 @@
+"""Checkpoint files -> `Prior`, one module per format, chosen by `checkpoint_format`:
+
+  native            NAME.safetensors + NAME.json, diffprior's own (`native.save_checkpoint` writes it)
+  guided-diffusion  a raw ADM state dict (`*.pt`) with `config=` a built-in config name or a YAML file
+  diffusers         a folder holding `config.json` and the weights of a `UNet2DModel`
+
+Loading is strict (`state.load_state_strict`): a checkpoint that does not fit is an error, never random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..prior import Prior
+from .native import load_checkpoint, save_checkpoint
+from .state import CheckpointError, check_shapes, load_state_strict, read_state_dict
+
+RAW_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")  # what a raw state dict may be saved as
+
+
+def checkpoint_format(path: Path, config: str | None = None) -> str:
+    """Which format the file or folder at `path` is: "native", "guided-diffusion" or "diffusers"."""
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
+            return "diffusers"
+        raise FileNotFoundError(f"{path} is a folder without a diffusers config.json")
+    if path.suffix in (".safetensors", ".json") and (config is None or path.with_suffix(".json").is_file()):
+        return "native"
+    if path.suffix in RAW_SUFFIXES:
+        if config is None:
+            raise ValueError(f"{path} is a raw state dict: say which architecture it is with config= "
+                             "(a built-in name such as 'ffhq256' or a model_config.yaml)")
+        return "guided-diffusion"
+    raise ValueError(f"cannot tell what kind of checkpoint {path} is (expected .safetensors+.json, .pt, or a folder)")
+
+
+def load_file(path: str | Path, config: str | None = None) -> Prior:
+    """The prior a checkpoint file or folder holds, in any of the formats above."""
+    path = Path(path)
+    kind = checkpoint_format(path, config)
+    if kind == "native":
+        return load_checkpoint(path)
+    if kind == "guided-diffusion":
+        from .guided_diffusion import load_guided_diffusion
+        return load_guided_diffusion(path, config)
+    from .diffusers import load_diffusers
+    return load_diffusers(path)
+
+
+__all__ = ["CheckpointError", "check_shapes", "load_state_strict", "read_state_dict", "load_checkpoint",
+           "save_checkpoint", "checkpoint_format", "load_file"]

@@ -1,0 +1,73 @@
+"""diffprior's own checkpoint format: NAME.safetensors with its self-description NAME.json beside it
+(architecture, network settings, schedule, image size, training record)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..io import atomic_write
+from ..networks import build_network
+from ..prior import NetworkPrior
+from ..schedule import Schedule
+from .state import CheckpointError, check_shapes, load_state_strict, read_state_dict
+
+MAX_IMAGE_SIZE = 8192  # the largest image side a checkpoint description may claim
+
+
+def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write `path` (.safetensors) and its self-description `path.with_suffix('.json')`, each atomically.
+
+    config: {"architecture": ..., "network": {...}, "schedule": {...}, "image_size": ..., "channels": ...,
+    "learned_variance": ..., plus anything that documents the training}."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return path
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of a .safetensors file's tensors, from its header (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {path} as a safetensors file ({e})") from e
+
+
+def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
+    """Load a diffprior checkpoint (NAME.safetensors + NAME.json) as a Prior."""
+    path = Path(path)
+    weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for f in (weights, meta):
+        if not f.is_file():
+            raise FileNotFoundError(f"checkpoint file {f} is missing (a diffprior checkpoint is NAME.safetensors "
+                                    "with NAME.json beside it)")
+    try:
+        config = json.loads(meta.read_text())
+        size = int(config["image_size"])
+        if not 1 <= size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
+        # The description is checked against the weights file's header before the network is built for real:
+        # a description that does not fit the file never allocates anything (it is built on the meta device).
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in build_network(config["architecture"], **config.get("network", {}))
+                      .state_dict().items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
+    check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
+    net = build_network(config["architecture"], **config.get("network", {}))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
+    load_state_strict(net, state, str(weights))
+    prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
+                         (int(config.get("channels", 3)), size, size),
+                         learned_variance=bool(config.get("learned_variance", False)), config=config)
+    return prior.to(device) if device is not None else prior

@@ -1,0 +1,104 @@
+"""What the image verbs (restore, demo, sample, denoise, metrics) share: the model options, --set
+settings, seeded generators and the scores they print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import arguments
+from ..models import DEFAULT_MODEL
+from ..solvers import check_settings
+
+
+def generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def parse_settings(pairs: list[str], method: str) -> dict:
+    """`--set key=value ...` -> {key: value}, values read as JSON where they parse (numbers, true, ...),
+    each checked against the method's settings."""
+    settings = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            settings[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.replace("-", "_")] = value
+    if "sigma_y" in settings:
+        raise ValueError("--set sigma_y: use --sigma-y, which sets the measurement noise and the solver's model of it")
+    check_settings(method, settings)
+    return settings
+
+
+def check_steps(prior, steps: int | None, method: str | None = None) -> None:
+    """--steps must not exceed the prior's T (a chain has at most T steps); the TV baseline counts iterations."""
+    T = prior.schedule.T
+    if steps is not None and steps > T and method != "tv":
+        raise ValueError(f"--steps {steps}: at most the prior's T = {T} diffusion steps")
+
+
+def model_input(model) -> str | None:
+    """The checkpoint file or folder a --model names (an input never to overwrite), or None for a name."""
+    return str(model) if Path(str(model)).exists() else None
+
+
+def quality(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float | None]:
+    """PSNR, SSIM and LPIPS of one image against a reference, as plain floats; None where a metric is
+    undefined (PSNR of identical images, LPIPS of images under 31 pixels), so JSON output stays valid."""
+    from ..metrics import image_metrics
+    scores = {k: float(v[0]) for k, v in image_metrics(x, ref).items()}
+    return {k: round(v, 4) if math.isfinite(v) else None for k, v in scores.items()}
+
+
+def fmt(v: float | None, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def cpu_steps_note(device: torch.device, steps: int | None, cpu_default: int) -> int | None:
+    """On a CPU, run `cpu_default` steps unless the user chose; say so."""
+    if steps is None and device.type == "cpu":
+        print(f"note: running {cpu_default} steps on the CPU (the papers use 1000; pass --steps 1000 for those)",
+              file=sys.stderr)
+        return cpu_default
+    return steps
+
+
+def add_prior_arguments(p: argparse.ArgumentParser, default_device: str = "cuda when available") -> None:
+    """--model, --config and --device: the prior to load and where it runs."""
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a built-in name (see `diffprior models`) or a checkpoint path (default: {DEFAULT_MODEL})")
+    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file: a built-in config "
+                   "name (ffhq256, imagenet256-uncond) or a model_config.yaml")
+    p.add_argument("--device", type=arguments.device, default="auto",
+                   help=f"cpu, cuda, cuda:1, ... (default: {default_device})")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The prior's options, --seed and --overwrite: what every image verb takes."""
+    add_prior_arguments(p)
+    p.add_argument("--seed", type=arguments.seed, default=0, help="random seed (default 0)")
+    arguments.add_overwrite_argument(p)
+
+
+def add_range_arguments(p: argparse.ArgumentParser, limit_help: str) -> None:
+    """--limit, --first, --last and --seeds: which images of a folder are run, and with how many seeds."""
+    p.add_argument("--limit", dest="n", type=arguments.positive, default=None, metavar="N", help=limit_help)
+    p.add_argument("--first", default=None, help="first file name (without suffix) of a range, e.g. 009501")
+    p.add_argument("--last", default=None, help="last file name (without suffix) of a range, e.g. 010000")
+    p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
+
+
+def naive_or_none(op, y):
+    """The operator's naive reconstruction, or None for the (non-linear) operators that have none."""
+    try:
+        return op.naive(y)
+    except NotImplementedError:
+        return None

@@ -1,0 +1,97 @@
+"""`diffprior demo`: sample a clean image, degrade it with each task, restore it with each method; a figure,
+and the table as Markdown and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import arguments
+from ..devices import pick_device
+from ..io import atomic_write
+from ..models import load_prior
+from ..operators import measure
+from ..solvers import SOLVERS, sample, settings_for, solve
+from ..tasks import TASKS, make_operator
+from .common import add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, quality
+
+PARSER = dict(help="sample a clean image, degrade it with each task, restore it with each method")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="diffprior-demo")
+    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4")
+    p.add_argument("--methods", default="sdedit,scoreald,dps,ddnm")
+    p.add_argument("--steps", type=arguments.positive, default=None,
+                   help="solver steps (default: 1000 on a GPU, 100 on a CPU)")
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05)
+    add_model_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..figures import displayable, image_table
+    device = pick_device(args.device)
+    tasks, methods = args.tasks.split(","), args.methods.split(",")
+    for given, known, what in ((tasks, TASKS, "--tasks"), (methods, SOLVERS, "--methods")):
+        unknown = [v for v in given if v not in known]
+        if unknown or not given:
+            raise ValueError(f"{what}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file: the demo writes a folder")
+    arguments.check_outputs([out / "demo.png", out / "demo.md", out / "demo.json"], inputs=[model_input(args.model)],
+                  overwrite=args.overwrite, images=False)
+    prior = load_prior(args.model, device, config=args.config)
+    check_steps(prior, args.steps)
+    steps = cpu_steps_note(device, args.steps, 100)
+    # Every random draw has its own generator, seeded by what it is for (the image; each task's measurement;
+    # each method on each task), so a result does not depend on which other tasks and methods ran before it.
+    from .evaluate import derive_seed
+    size = prior.shape[-1]
+    if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
+        x = prior.sample(1, torch.Generator().manual_seed(args.seed)).float().to(device)
+    else:
+        print(f"drawing a clean image from {args.model} (100 DDIM steps) ...", file=sys.stderr)
+        x = sample(prior, 1, steps=100, sampler="ddim", generator=generator(device, args.seed), progress=True)
+    rows, captions, table = [], [], []
+    for task in tasks:
+        op = make_operator(task, (3, size, size), seed=args.seed).to(device)
+        y = measure(op, x, args.sigma_y, generator(device, derive_seed("measure", args.seed, task)))
+        naive = op.naive(y)
+        row, cap = [x, displayable(y, (size, size)), naive], ["", "", ""]
+        scores = quality(naive, x)
+        table.append({"task": task, "method": "naive", **scores, "seconds": 0.0})
+        cap[2] = f"{fmt(scores['psnr'], '.1f')} dB / {fmt(scores['lpips'], '.2f')}"
+        for method in methods:
+            start = time.perf_counter()
+            gen = generator(device, derive_seed("solve", args.seed, task, method))
+            restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=True,
+                             **settings_for(method, task, steps=steps))
+            seconds = time.perf_counter() - start
+            scores = quality(restored, x)
+            table.append({"task": task, "method": method, **scores, "seconds": round(seconds, 2)})
+            row.append(restored)
+            cap.append(f"{fmt(scores['psnr'], '.1f')} dB / {fmt(scores['lpips'], '.2f')}")
+            print(f"{task:15s} {method:9s} PSNR {fmt(scores['psnr'], '6.2f')}  SSIM {fmt(scores['ssim'], '.3f')}  "
+                  f"LPIPS {fmt(scores['lpips'], '.3f')}  ({seconds:.1f} s)", file=sys.stderr)
+        rows.append(row)
+        captions.append(cap)
+    figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
+                         row_titles=args.tasks.split(","), captions=captions,
+                         title=f"{args.model}: PSNR dB / LPIPS, {steps or 'all'} steps, sigma_y = {args.sigma_y}")
+    lines = ["| task | method | PSNR | SSIM | LPIPS | seconds |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['lpips'], '.3f')} | {r['seconds']} |"
+              for r in table]
+    settings = {"model": str(args.model), "steps": steps, "sigma_y": args.sigma_y, "seed": args.seed,
+                "device": str(device), "command": "diffprior " + " ".join(sys.argv[1:])}
+    doc = json.dumps({"settings": settings, "rows": table}, indent=2) + "\n"
+    atomic_write(out / "demo.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(doc))
+    print("\n".join(lines))
+    print(f"wrote {figure}, {out / 'demo.md'} and {out / 'demo.json'}")
+    return 0

@@ -1,0 +1,47 @@
+"""`diffprior denoise`: noise an image to timestep t, then the single-step (Tweedie) estimate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+from .. import arguments
+from ..devices import pick_device
+from ..io import center_square, open_image, pil_to_tensor, save_image
+from ..models import load_prior
+from ..solvers import denoise
+from .common import add_model_arguments, fmt, generator, model_input, quality
+
+PARSER = dict(help="single-step denoising: noise an image to timestep t, then the Tweedie estimate")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True)
+    p.add_argument("--t", type=arguments.count, default=300, help="the timestep, 0 to T - 1 (default 300)")
+    p.add_argument("--out", default="denoised.png")
+    p.add_argument("--json", action="store_true")
+    add_model_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    arguments.check_outputs([args.out], inputs=[args.input, model_input(args.model)], overwrite=args.overwrite)
+    photo = open_image(args.input)
+    prior = load_prior(args.model, device, config=args.config)
+    T = prior.schedule.T
+    if not 0 <= args.t < T:
+        raise ValueError(f"--t {args.t}: a timestep in [0, {T - 1}] (the prior has T = {T})")
+    x = pil_to_tensor(center_square(photo, prior.shape[-1])).to(device)
+    noisy, x0_hat = denoise(prior, x, args.t, generator=generator(device, args.seed))
+    a = prior.schedule.abar_at(args.t)
+    noisy_view = noisy / a ** 0.5  # x_t rescaled to the data's range for viewing and scoring
+    save_image(x0_hat, args.out)
+    report = {"t": args.t, "noisy": quality(noisy_view, x), "denoised": quality(x0_hat, x)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for k in ("noisy", "denoised"):
+            print(f"{k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
+        print(f"wrote {args.out}")
+    return 0

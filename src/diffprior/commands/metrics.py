@@ -1,0 +1,36 @@
+"""`diffprior metrics`: PSNR, SSIM and LPIPS between two image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+from ..io import open_image, pil_to_tensor
+from .common import fmt, quality
+
+PARSER = dict(help="PSNR, SSIM and LPIPS between two image files")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ref")
+    p.add_argument("img")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    ref_im, img_im = open_image(args.ref), open_image(args.img)
+    (w1, h1), (w2, h2) = ref_im.size, img_im.size
+    if w1 * h2 != w2 * h1:
+        raise ValueError(f"{args.ref} is {w1}x{h1} but {args.img} is {w2}x{h2}: images of different aspect "
+                         "ratios cannot be compared pixel by pixel; crop them to the same shape first")
+    if (w1, h1) != (w2, h2):  # the larger one is resized to the smaller, whichever order they come in
+        from PIL import Image
+        small = min((w1, h1), (w2, h2))
+        print(f"note: comparing at {small[0]}x{small[1]}: the larger image is resized (Lanczos) to the smaller's size",
+              file=sys.stderr)
+        ref_im, img_im = ref_im.resize(small, Image.LANCZOS), img_im.resize(small, Image.LANCZOS)
+    scores = quality(pil_to_tensor(img_im), pil_to_tensor(ref_im))
+    print(json.dumps(scores) if args.json else "  ".join(f"{k} {fmt(v)}" for k, v in scores.items()))
+    return 0

@@ -1,0 +1,159 @@
+"""`diffprior restore`: degrade an image with a task's operator (or take an already degraded one), restore
+it, and score the naive reconstruction and the restoration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .. import arguments
+from ..devices import pick_device
+from ..io import center_square, load_mask, open_image, pil_to_tensor, save_image
+from ..models import load_prior
+from ..operators import Colorize, Inpaint, measure
+from ..solvers import SOLVERS, check_settings, settings_for, solve
+from ..tasks import TASKS, make_operator
+from .common import (add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, naive_or_none,
+                     parse_settings, quality)
+
+PARSER = dict(help="degrade an image with a task's operator, then restore it",
+              description="Degrade a clean image (or take an already degraded one with --measured) and restore it; "
+                          "writes the result, a side-by-side figure, and the metrics of the naive reconstruction "
+                          "and of the restoration.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="the image (any size: centre-cropped and resized to the model's)")
+    p.add_argument("--task", choices=[*TASKS, "inpaint"], help="the degradation (inpaint needs --mask)")
+    p.add_argument("--method", choices=list(SOLVERS), default="dps")
+    p.add_argument("--out", default="restored.png")
+    p.add_argument("--steps", type=arguments.positive, default=None,
+                   help="solver steps (default: 100 on a CPU; on a GPU the solver's own, all 1000 for most)")
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
+                   help="measurement noise std on [-1, 1] images (0.05)")
+    p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
+                   "photo's size (cropped and resized with it) or the model's")
+    p.add_argument("--measured", action="store_true", help="the input is already the degraded measurement: for sr4 "
+                   "the low-resolution image (the model's size / 4), for inpaint (--mask) and colorize a photo of "
+                   "any size, for the other tasks an image of the model's size")
+    p.add_argument("--samples", type=arguments.positive, default=1, metavar="K",
+                   help="draw K posterior samples in one batch: write their mean, a per-pixel std map and a "
+                        "calibration figure (error against predicted std)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other solver settings, e.g. scale=0.3")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_model_arguments(p)
+
+
+# What `restore --measured` takes as its input: the low-resolution image for super-resolution; a photo of
+# any size for a drawn mask or a grey photo (centre-cropped and resized like a clean input, the mask with
+# it); the model's own size for every other task, whose operator (blur kernel, seeded mask, noise level) is
+# defined at that resolution.
+MEASURED_ANY_SIZE = ("inpaint", "colorize")
+
+
+def measured_size(task: str, op, size: int) -> int | None:
+    """The side a --measured input of `task` must have, or None for any size."""
+    if task in MEASURED_ANY_SIZE:
+        return None
+    return size // op.factor if hasattr(op, "factor") else size
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    if args.mask is not None and args.task not in (None, "inpaint"):
+        raise ValueError("--mask defines an inpainting task: leave out --task or use --task inpaint")
+    task = "inpaint" if args.mask is not None else args.task
+    if task is None:
+        raise ValueError("say which degradation with --task (one of: " + ", ".join(TASKS) + ") or give --mask")
+    if task == "inpaint" and args.mask is None:
+        raise ValueError("--task inpaint needs --mask MASK.png (white = known pixels, black = holes)")
+    user_settings = parse_settings(args.set, args.method)
+    out = Path(args.out)
+    outputs = {"restored": out, "figure": out.with_name(out.stem + "_figure.png")}
+    if args.samples > 1:
+        outputs["std"] = out.with_name(out.stem + "_std.png")
+        if not args.measured:
+            outputs["calibration"] = out.with_name(out.stem + "_calibration.png")
+    arguments.check_outputs(outputs.values(), inputs=[args.input, args.mask, model_input(args.model)],
+                            overwrite=args.overwrite)
+    photo = open_image(args.input)
+
+    prior = load_prior(args.model, device, config=args.config)
+    size = prior.shape[-1]
+    gen = generator(device, args.seed)
+    op = (Inpaint(load_mask(args.mask, (size, size), photo.size)) if task == "inpaint"
+          else make_operator(task, (3, size, size), seed=args.seed)).to(device)
+    check_steps(prior, args.steps, args.method)
+    steps = args.steps if args.method == "tv" else cpu_steps_note(device, args.steps, 100)
+    settings = settings_for(args.method, task, steps=steps, **user_settings)
+    check_settings(args.method, settings, prior.schedule.T)
+
+    x = None
+    if args.measured:  # the input is already degraded: it is y
+        side = measured_size(task, op, size)
+        if side is not None and photo.size != (side, side):
+            raise ValueError(f"--measured --task {task} takes {'the low-resolution ' if side != size else ''}"
+                             f"image of {side}x{side} pixels for this {size}x{size} model; {args.input} is "
+                             f"{photo.size[0]}x{photo.size[1]}")
+        y = pil_to_tensor(center_square(photo, side or size)).to(device)
+        if isinstance(op, (Inpaint, Colorize)):
+            y = op.A(y)  # the holes (or the colours) carry nothing
+    else:
+        x = pil_to_tensor(center_square(photo, size)).to(device)
+        y = measure(op, x, args.sigma_y, gen)
+    naive = naive_or_none(op, y)
+    start = time.perf_counter()
+    std = None
+    if args.samples > 1:  # K posterior samples in one batch: their mean is the restoration
+        from ..uncertainty import posterior_samples
+        samples = posterior_samples(args.method, prior, op, y, args.samples, sigma_y=args.sigma_y, generator=gen,
+                                    progress=not args.json, **settings)
+        restored, std = samples.mean(0, keepdim=True), samples.std(0)
+    else:
+        restored = solve(args.method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=not args.json,
+                         **settings)
+    seconds = time.perf_counter() - start
+
+    save_image(restored, out)
+    from ..figures import displayable, image_table
+    from ..metrics import residual
+    report = {"task": task, "method": args.method, "model": str(args.model), "settings": settings,
+              "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3)}
+    for name, img in (("naive", naive), ("restored", restored)):
+        if img is not None:
+            report[name] = quality(img, x) if x is not None else {}
+            report[name]["residual"] = round(float(residual(op, img, y)[0]), 4)
+    written = [out]
+    if std is not None:
+        from ..uncertainty import calibration, calibration_figure, std_image
+        written.append(save_image(std_image(std), outputs["std"]))
+        report["uncertainty"] = {"samples": args.samples, "mean_std": round(float(std.mean()), 4)}
+        if x is not None:
+            cal = calibration(restored[0], std, x[0])
+            report["uncertainty"]["coverage90"] = round(cal["coverage90"], 4)
+            written.append(calibration_figure(cal, outputs["calibration"],
+                                              title=f"{task} / {args.method}, {args.samples} samples"))
+    figure = outputs["figure"]
+    cols = ([x] if x is not None else []) + [displayable(y, (size, size)), naive, restored]
+    titles = (["input"] if x is not None else []) + ["measurement", "naive",
+                                                      args.method + (" (mean)" if std is not None else "")]
+    captions = ([""] if x is not None else []) + [""] + [
+        f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else "" for k in ("naive", "restored")]
+    if std is not None:
+        cols, titles, captions = cols + [std_image(std)], titles + ["posterior std"], captions + [
+            f"mean {report['uncertainty']['mean_std']:.3f}"]
+    image_table([cols], figure, col_titles=titles, captions=[captions], cell=2.0)
+    written.append(figure)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{task} / {args.method} on {args.input} ({size}x{size}, {seconds:.1f} s)")
+        for k in ("naive", "restored"):
+            if k in report:
+                print(f"  {k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
+        if std is not None:
+            print("  posterior " + "  ".join(f"{m} {v}" for m, v in report["uncertainty"].items()))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0

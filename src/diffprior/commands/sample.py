@@ -1,0 +1,37 @@
+"""`diffprior sample`: unconditional samples from the prior, as one grid image."""
+
+from __future__ import annotations
+
+import argparse
+
+
+from .. import arguments
+from ..devices import pick_device
+from ..io import image_grid, save_image
+from ..models import load_prior
+from ..solvers import sample
+from .common import add_model_arguments, check_steps, generator, model_input
+
+PARSER = dict(help="unconditional samples from the prior, as one grid image")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=arguments.positive, default=16)
+    p.add_argument("--nrow", type=arguments.positive, default=8)
+    p.add_argument("--steps", type=arguments.positive, default=None, help="default: all T steps")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--eta", type=arguments.number(0.0, 1.0), default=0.0, help="DDIM noise, 0 (deterministic) to 1")
+    p.add_argument("--out", default="samples.png")
+    add_model_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    arguments.check_outputs([args.out], inputs=[model_input(args.model)], overwrite=args.overwrite)
+    prior = load_prior(args.model, device, config=args.config)
+    check_steps(prior, args.steps)
+    x = sample(prior, args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
+               generator=generator(device, args.seed), progress=True)
+    save_image(image_grid(x, nrow=args.nrow), args.out)
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0

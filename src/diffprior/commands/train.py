@@ -1,0 +1,61 @@
+"""`diffprior train`: train the compact UNet on a folder of images (denoising score matching; see train.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import arguments
+from ..networks.small import CONFIGS, network_config
+from ..train import train
+
+PARSER = dict(help="train the compact UNet on a folder of images (denoising score matching)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--data", required=True, help="folder of training images, or a pack file (see `diffprior pack`)")
+    a("--out", required=True, help="output folder: state.pt, model.safetensors/.json, log.csv, samples/")
+    a("--size", type=arguments.integer(8, 4096), default=64, help="square image size (default 64)")
+    a("--config", default="default", choices=sorted(CONFIGS), help="network configuration (default: default)")
+    a("--dropout", type=arguments.number(0.0, 0.99), help="override the configuration's dropout")
+    a("--min-snr", type=arguments.number(0.0, above=True), help="min-SNR-gamma loss weighting with this gamma (e.g. 5; default: none)")
+    a("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA only)")
+    a("--steps", type=arguments.positive, default=10_000, help="total optimiser steps (default 10000)")
+    a("--batch", type=arguments.positive, default=256, help="images per step (default 256)")
+    a("--lr", type=arguments.number(0.0, above=True), default=2e-4, help="learning rate (default 2e-4)")
+    a("--warmup", type=arguments.count, default=500, help="learning-rate warm-up steps (default 500)")
+    a("--ema", type=arguments.number(0.0, 1.0), default=0.9995, help="EMA decay, 0 to 1 (default 0.9995)")
+    a("--first", help="first file-name stem of the data folder to use, e.g. 000001")
+    a("--last", help="last file-name stem to use, e.g. 009500")
+    a("--count", type=arguments.positive, help="use at most this many files")
+    a("--val", help="held-out images (folder or pack) for the validation loss")
+    a("--val-first", help="first file-name stem of the validation folder, e.g. 009501")
+    a("--val-last", help="last file-name stem of the validation folder")
+    a("--val-count", type=arguments.positive, default=500, help="at most this many validation images (default 500)")
+    a("--eval-every", type=arguments.positive, default=1000, help="steps between validation losses (default 1000)")
+    a("--checkpoint-every", type=arguments.positive, default=1000, help="steps between checkpoints (default 1000)")
+    a("--sample-every", type=arguments.count, default=0, help="steps between sample grids, also drawn at the end (default 0: none)")
+    a("--sample-steps", type=arguments.positive, default=100, help="sampler steps for the grids (default 100)")
+    a("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="sampler for the grids (default ddpm)")
+    a("--max-minutes", type=arguments.number(0.0, above=True), help="stop cleanly, with a checkpoint, after this many minutes")
+    a("--resume", action="store_true", help="continue from OUT/state.pt")
+    a("--device", type=arguments.device, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    a("--compile", action="store_true", help="torch.compile the training forward pass")
+    a("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    a("--seed", type=arguments.seed, default=0, help="random seed (default 0)")
+
+
+def run(args: argparse.Namespace) -> Path:
+    network: str | dict = args.config
+    if args.dropout is not None:
+        network = {**network_config(args.config), "dropout": args.dropout}
+    path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
+                 warmup=args.warmup, ema=args.ema, network=network, min_snr=args.min_snr, bf16=args.bf16, first=args.first, last=args.last,
+                 count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
+                 val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                 sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
+                 max_minutes=args.max_minutes, resume=args.resume, device=args.device, compile=args.compile,
+                 channels_last=args.channels_last, seed=args.seed)
+    print(f"model written to {path}")
+    return path

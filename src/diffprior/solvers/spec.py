@@ -1,0 +1,67 @@
+"""What each solver declares about itself, beside its function: the operators it accepts, whether it
+differentiates the network, how many network evaluations (NFE) a run costs, the settings that fit a budget of
+evaluations, and its per-task defaults. `SOLVERS`, the CLI, `eval`, `reproduce` and the posterior benchmark
+read these facts; none of them keeps its own list."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ..operators import Inpaint, Operator
+from ..schedule import Schedule
+
+PLUMBING = ("generator", "progress", "init")  # keyword arguments of every solver that are not settings
+OPERATORS = ("any", "linear", "svd", "inpaint")  # what a solver may require of its operator, weakest first
+
+
+def chain_nfe(schedule: Schedule, settings: dict) -> int:
+    """One network evaluation per step of the respaced chain (the default)."""
+    return len(schedule.timesteps(settings["steps"]))
+
+
+def steps_budget(nfe: int, T: int) -> dict:
+    """As many steps as evaluations (the default)."""
+    return {"steps": nfe}
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    run: Callable[..., Tensor]           # the solver: run(prior, op, y, *, settings, generator, progress)
+    operators: str = "any"               # "any", "linear", "svd" (linear with a closed-form SVD), "inpaint"
+    backprop: bool = False               # differentiates through the network at every step
+    nfe: Callable[[Schedule, dict], int] = chain_nfe     # evaluations of a run, from its full settings
+    budget: Callable[[int, int], dict] = steps_budget    # settings spending at most nfe evaluations, prior of T
+    task_settings: dict[str, dict] = field(default_factory=dict)  # per-task defaults, under the user's settings
+    requires: Callable[[Operator, float], str | None] | None = None  # a further condition: why not (op, sigma_y)
+
+    def __post_init__(self):
+        if self.operators not in OPERATORS:
+            raise ValueError(f"{self.name}: operators must be one of {OPERATORS}, not {self.operators!r}")
+
+    @property
+    def name(self) -> str:
+        return self.run.__name__
+
+    @property
+    def settings(self) -> dict:
+        """The solver's settings (its keyword-only arguments but the plumbing) with their defaults."""
+        params = inspect.signature(self.run).parameters.items()
+        return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
+
+    def evaluations(self, schedule: Schedule, **settings) -> int:
+        """Network evaluations of a run with these settings (the rest at their defaults)."""
+        return self.nfe(schedule, {**self.settings, **{k: v for k, v in settings.items() if k not in PLUMBING}})
+
+    def why_not(self, op: Operator, sigma_y: float = 0.0) -> str | None:
+        """Why this solver does not apply to `op` with measurement noise sigma_y, or None when it does."""
+        if self.operators == "inpaint" and not isinstance(op, Inpaint):
+            return f"inpainting only ({self.name} needs an Inpaint operator, a pixel mask)"
+        if self.operators in ("linear", "svd") and not op.linear:
+            return "linear operators only"
+        if self.operators == "svd" and not op.has_svd:
+            return "needs a closed-form SVD of the operator"
+        return self.requires(op, sigma_y) if self.requires else None

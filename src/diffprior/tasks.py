@@ -1,0 +1,93 @@
+"""Named tasks: each a factory (shape, seed, **options) -> Operator, with sizes that default to the DPS
+reference values at 256x256 scaled to the image size; `make_operator` builds one by name. The linear
+operators live in operators.py, the non-linear ones in nonlinear.py; this table sits above both."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .nonlinear import HighDynamicRange, PhaseRetrieval, Saturation
+from .operators import Blur, Colorize, Identity, Inpaint, Operator, SuperResolution, box_mask, gaussian_kernel, \
+    motion_kernel, random_mask
+
+
+def _odd(v: float) -> int:
+    return max(3, int(round(v)) // 2 * 2 + 1)
+
+
+def _box(shape, seed, size=None, margin=None, position=None):
+    H, W = shape[-2:]
+    size = H // 2 if size is None else size  # 128 at 256x256
+    margin = H // 16 if margin is None else margin  # 16 at 256x256
+    g = torch.Generator().manual_seed(seed)
+    return Inpaint(box_mask(size, H, W, position=position, margin=margin, generator=g))
+
+
+def _random(shape, seed, fraction=0.7):
+    H, W = shape[-2:]
+    return Inpaint(random_mask(fraction, H, W, generator=torch.Generator().manual_seed(seed)))
+
+
+def _gaussian(shape, seed, size=None, std=None):
+    H, W = shape[-2:]
+    std = 3.0 * H / 256 if std is None else std  # 3.0 at 256x256
+    size = _odd(61 * H / 256) if size is None else size  # 61 at 256x256
+    return Blur(gaussian_kernel(size, std), (H, W))
+
+
+def _motion(shape, seed, size=None, intensity=0.5):
+    H, W = shape[-2:]
+    size = _odd(61 * H / 256) if size is None else size
+    return Blur(motion_kernel(size, intensity, generator=torch.Generator().manual_seed(seed)), (H, W))
+
+
+def _sr(factor):
+    def make(shape, seed, kernel="bicubic"):
+        return SuperResolution(factor, tuple(shape[-2:]), kernel=kernel)
+    return make
+
+
+# Non-linear tasks: nothing random in them, so the seed is unused.
+def _phase_retrieval(shape, seed, oversample=2.0, unit_range=True):
+    return PhaseRetrieval(oversample, unit_range=unit_range)
+
+
+def _hdr(shape, seed, scale=2.0):
+    return HighDynamicRange(scale)
+
+
+def _saturation(shape, seed, gain=2.0):
+    return Saturation(gain)
+
+
+LINEAR_TASKS: dict[str, Callable[..., Operator]] = {
+    "box-inpaint": _box,
+    "random-inpaint": _random,
+    "gaussian-blur": _gaussian,
+    "motion-blur": _motion,
+    "sr4": _sr(4),
+    "denoise": lambda shape, seed: Identity(),
+    "colorize": lambda shape, seed, weights="mean": Colorize(weights),
+}
+
+NONLINEAR_TASKS: dict[str, Callable[..., Operator]] = {
+    "phase-retrieval": _phase_retrieval,
+    "hdr": _hdr,
+    "saturation": _saturation,
+}
+
+TASKS: dict[str, Callable[..., Operator]] = {**LINEAR_TASKS, **NONLINEAR_TASKS}
+
+
+def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options) -> Operator:
+    """The operator of a named task for images of `shape` (..., H, W); `seed` draws its random parts.
+
+    Options override the defaults, e.g. make_operator("gaussian-blur", (3, 64, 64), std=1.5).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    op = TASKS[task](tuple(shape), seed, **options)
+    op.name = task
+    return op

@@ -1,0 +1,134 @@
+"""The contract every registered solver keeps, checked for each of them: it is registered with facts that
+fit its function, it is deterministic under a seed, it refuses unknown settings and operators it does not
+accept, its declared network evaluations are the ones it makes, and it moves towards the exact posterior of
+a linear-Gaussian problem (the `gaussian_problem` fixture: 4x4 pixels, half observed, noise 0.1)."""
+
+import contextlib
+import sys
+
+import pytest
+import torch
+
+import diffprior.solvers
+from diffprior.nonlinear import PhaseRetrieval, Saturation
+from diffprior.operators import Identity
+from diffprior.schedule import Schedule
+from diffprior.solvers import SOLVERS, SPECS, check_settings, solve
+from diffprior.tasks import TASKS
+
+N = 1000  # posterior samples per check
+
+# name: (settings that keep the run small, the largest posterior-mean error allowed as a fraction of the prior
+# mean's; None: the solver ignores the prior, so there is no posterior to match)
+CONTRACT = {
+    "sdedit": (dict(t0=100), 0.6),
+    "scoreald": (dict(steps=300, step_size=1.0), 0.6),
+    "dps": (dict(steps=100, scale=0.032, ref_size=None), 0.6),  # zeta = 0.32 per step
+    "daps": (dict(steps=50, ode_steps=1, langevin_steps=20, lr=1.0), 0.3),  # a step of ~sigma_y^2
+    "reddiff": (dict(steps=100, lr=0.5), 0.3),  # the official 100-step example
+    "repaint": (dict(steps=50, jump_length=5, jump_n_sample=3), 0.3),
+    "ddrm": ({}, 0.4),
+    "ddnm": ({}, 0.25),
+    "pigdm": ({}, 0.25),
+    "diffpir": ({}, 0.35),
+    "tv": (dict(steps=50), None),
+}
+
+# an operator each kind of solver refuses
+REFUSED = {"linear": Saturation(), "svd": Saturation(), "inpaint": Identity()}
+
+
+@contextlib.contextmanager
+def counting(prior):
+    """Count network evaluations: calls of `prior.predict` or `prior.x0` from outside the prior (the calls
+    they make of each other are part of the same evaluation). Yields [count]."""
+    count, depth = [0], [0]
+
+    def wrap(fn):
+        def counted(*args, **kwargs):
+            count[0] += depth[0] == 0
+            depth[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return counted
+
+    for name in ("predict", "x0"):
+        setattr(prior, name, wrap(getattr(prior, name)))
+    try:
+        yield count
+    finally:
+        for name in ("predict", "x0"):
+            delattr(prior, name)
+
+
+def test_every_solver_has_a_contract():
+    assert set(CONTRACT) == set(SPECS) == set(SOLVERS)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_registered_with_facts_that_fit(name):
+    spec = SPECS[name]
+    assert spec.name == name and SOLVERS[name] is spec.run and getattr(diffprior.solvers, name) is spec.run
+    assert sys.modules[spec.run.__module__].SPEC is spec and spec.run.__doc__
+    for task, settings in spec.task_settings.items():
+        assert task in TASKS and set(settings) <= set(spec.settings), task
+    schedule = Schedule.linear(1000)
+    for nfe in (20, 100, 1000):
+        settings = spec.budget(nfe, 1000)
+        check_settings(name, settings, 1000)
+        used = spec.evaluations(schedule, **settings)
+        assert (used == 0) if name == "tv" else (nfe // 2 < used <= nfe), (nfe, settings, used)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_deterministic_under_a_seed(gaussian_problem, name):
+    p = gaussian_problem
+    settings = {"steps": 10} if "steps" in SPECS[name].settings else {}  # and the defaults
+    runs = [solve(name, p["prior"], p["op"], p["y"].expand(3, -1, -1, -1), sigma_y=p["sigma_y"],
+                  generator=torch.Generator().manual_seed(seed), **settings) for seed in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1])
+    assert name == "tv" or not torch.equal(runs[0], runs[2])  # TV draws nothing
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_unknown_settings_are_refused(gaussian_problem, name):
+    p = gaussian_problem
+    with pytest.raises(TypeError, match="no setting"):
+        solve(name, p["prior"], p["op"], p["y"], no_such_setting=1)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_operators_it_does_not_accept_are_refused(gaussian_problem, name):
+    p, spec = gaussian_problem, SPECS[name]
+    wrong = REFUSED.get(spec.operators, PhaseRetrieval() if spec.requires else None)  # SDEdit: no naive one
+    if wrong is None:
+        assert spec.why_not(PhaseRetrieval()) is None and spec.why_not(p["op"]) is None  # any operator
+        return
+    assert spec.why_not(p["op"]) is None and spec.why_not(wrong) is not None
+    with pytest.raises(TypeError, match="does not apply"):
+        solve(name, p["prior"], wrong, p["y"])
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_exact_gaussian_posterior_and_declared_evaluations(gaussian_problem, name):
+    p = gaussian_problem
+    prior, op, y, posterior = p["prior"], p["op"], p["y"], p["posterior"]
+    settings, limit = CONTRACT[name]
+    with counting(prior) as count:
+        x = solve(name, prior, op, y.expand(N, -1, -1, -1), sigma_y=p["sigma_y"],
+                  generator=torch.Generator().manual_seed(0), **settings)
+    assert count[0] == SPECS[name].evaluations(prior.schedule, **settings)
+    assert x.shape == (N, 1, 4, 4)
+    if limit is None:
+        return
+    target = posterior.mean().flatten()
+    error = float((x.flatten(1).mean(0) - target).norm())
+    prior_error = float((prior.mean().flatten() - target).norm())
+    print(f"{name}: posterior-mean error {error:.3f} (prior mean: {prior_error:.3f})")
+    assert error < limit * prior_error
+    if name != "sdedit":  # the likelihood-guided solvers fit y better than prior samples do
+        fit = (op.A(x) - y).flatten(1).norm(dim=1).mean()
+        prior_fit = (op.A(prior.sample(N, torch.Generator().manual_seed(9))) - y).flatten(1).norm(dim=1).mean()
+        assert float(fit) < 0.5 * float(prior_fit)
