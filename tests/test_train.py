@@ -207,3 +207,19 @@ def test_bf16_autocast_on_the_cpu_trains(faces, tmp_path):
     assert record["bf16_autocast"] is True and "min-SNR-5" in record["objective"]
     log = read_log(tmp_path / "run" / "log.csv")
     assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_warm_start_from_a_model(faces, tmp_path):
+    """init= starts from another run's exported weights (with lr 0 they come out unchanged), records where
+    they came from, refuses a different network, and a resume must name the same init."""
+    first = train(faces, tmp_path / "a", steps=3, **FAST)
+    second = train(faces, tmp_path / "b", steps=1, lr=0.0, init=first, **FAST)
+    a, b = load_prior(first), load_prior(second)
+    for (name, wa), wb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+        assert torch.equal(wa, wb), name
+    assert b.config["training"]["initialised_from"]["model"] == str(first)
+    assert b.config["training"]["initialised_from"]["training"]["steps"] == 3
+    with pytest.raises(ValueError, match="cannot start from"):
+        train(faces, tmp_path / "c", steps=1, init=first, **{**FAST, "network": {**NET, "base": 32}})
+    with pytest.raises(ValueError, match="init differs"):
+        train(faces, tmp_path / "b", steps=2, resume=True, **FAST)

@@ -225,6 +225,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           log_every: int = 10,                  # steps averaged into one row of out/log.csv
           max_minutes: float | None = None,     # wall-clock budget of this call: stop cleanly, with a checkpoint
           resume: bool = False,                 # continue from out/state.pt when it exists
+          init: str | Path | None = None,       # start from this model's weights (a name such as "faces64"
+                                                #   or a checkpoint path), with a fresh optimiser
           device: str | torch.device | None = None,  # default: cuda when available, else cpu
           compile: bool = False,                # torch.compile the training forward pass
           channels_last: bool = False,          # channels-last memory format (CUDA only; measured slower)
@@ -270,13 +272,20 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     params, ema_params = list(net.parameters()), list(ema_net.parameters())
 
     identity = {"network": net_config, "size": size, "data": faces.describe()}  # must match to resume
+    warm_start = None if init is None else _warm_start(init, net_config)
+    if warm_start is not None:
+        identity["init"] = warm_start["model"]
+        if state is None:
+            net.load_state_dict(warm_start.pop("state"))
+            ema_net.load_state_dict(net.state_dict())
+        warm_start.pop("state", None)
     step, seen, seconds, last_loss = 0, 0, 0.0, float("nan")
     evals: dict = {}  # the latest evaluation losses and the step they were measured at
     if state is not None:
-        for key in identity:
-            if state["identity"][key] != identity[key]:
+        for key in identity.keys() | state["identity"].keys():
+            if state["identity"].get(key) != identity.get(key):
                 raise ValueError(f"cannot resume: the checkpoint's {key} differs\n  checkpoint: "
-                                 f"{state['identity'][key]}\n  now:        {identity[key]}")
+                                 f"{state['identity'].get(key)}\n  now:        {identity.get(key)}")
         net.load_state_dict(state["net"])
         ema_net.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -319,6 +328,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                              "weight_decay": weight_decay, "grad_clip": grad_clip,
                              "bf16_autocast": bf16, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
                              "seconds": round(seconds, 1), "final_loss": last_loss, "seed": seed,
+                             **({"initialised_from": warm_start} if warm_start else {}),
                              **{k: v for k, v in evals.items() if k != "step"}}}
 
     def checkpoint() -> None:
@@ -389,6 +399,19 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         if stop.requested:
             raise KeyboardInterrupt(f"training interrupted at step {step}; checkpoint saved in {state_path}")
     return out / MODEL
+
+
+def _warm_start(init: str | Path, net_config: dict) -> dict:
+    """The weights of model `init` for a network of `net_config`, and what to record of where they came
+    from (its name and its own training record): {"model", "training", "state"}."""
+    from .models import load_prior
+    prior = load_prior(init)
+    config = getattr(prior, "config", {})
+    if config.get("architecture") != "small-unet" or SmallUNet.full_config(**config.get("network", {})) != net_config:
+        raise ValueError(f"cannot start from {init}: its network ({config.get('architecture')}, "
+                         f"{config.get('network')}) is not the one being trained ({net_config})")
+    state = {k: v.float() for k, v in prior.net.state_dict().items()}
+    return {"model": str(init), "training": config.get("training"), "state": state}
 
 
 def export(model: str | Path, dest: str | Path, *, name: str, description: str, licence: str) -> Path:
