@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 
 from . import io
 from .data import FaceSet, load_faces
-from .io import from_uint8
 from .checkpoints import CheckpointError, save_checkpoint
 from .devices import pick_device
-from .io import atomic_write
+from .io import atomic_write, from_uint8
+from .metrics import psnr
 from .networks import build_network
 from .networks.small import SmallUNet, network_config
 from .prior import NetworkPrior
@@ -138,11 +138,14 @@ class EpsLoss:
         self.weight = (snr.clamp(max=min_snr) / snr if min_snr else torch.ones_like(snr)).float().to(device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
-    def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    def noisy_prediction(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, and the network's eps(x_t, t) in float32."""
         x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
         with self.autocast:
-            pred = net(x_t, t)
-        per_image = (pred.float() - noise).square().mean(dim=(1, 2, 3))
+            return x_t, net(x_t, t).float()
+
+    def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        per_image = (self.noisy_prediction(net, x0, t, noise)[1] - noise).square().mean(dim=(1, 2, 3))
         return (self.weight[t] * per_image).mean()
 
     @torch.no_grad()
@@ -156,10 +159,8 @@ class EpsLoss:
         total = 0.0
         for i in range(0, n, batch):
             t, noise = t_all[i:i + batch].to(images.device), noise_all[i:i + batch].to(images.device)
-            x0 = from_uint8(images[i:i + batch])
-            x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
-            with self.autocast:
-                total += (net(x_t, t).float() - noise).square().sum().item()
+            eps = self.noisy_prediction(net, from_uint8(images[i:i + batch]), t, noise)[1]
+            total += (eps - noise).square().sum().item()
         return total / noise_all.numel()
 
     @torch.no_grad()
@@ -168,15 +169,13 @@ class EpsLoss:
         fixed noise: the single-step denoising of the report's Table 1, tracked during training."""
         g = torch.Generator().manual_seed(EVAL_SEED + t)
         noise_all = torch.randn(len(images), 3, images.shape[-2], images.shape[-1], generator=g)
-        a, s = self.sqrt_a[t], self.sqrt_1ma[t]
         psnrs = []
         for i in range(0, len(images), batch):
             x0 = from_uint8(images[i:i + batch])
-            x_t = a * x0 + s * noise_all[i:i + batch].to(images.device)
-            with self.autocast:
-                eps = net(x_t, torch.full((len(x0),), t, device=images.device)).float()
-            x0_hat = ((x_t - s * eps) / a).clamp(-1, 1)
-            psnrs.append(10 * torch.log10(4 / (x0_hat - x0).square().mean(dim=(1, 2, 3))))
+            steps = torch.full((len(x0),), t, device=images.device)
+            x_t, eps = self.noisy_prediction(net, x0, steps, noise_all[i:i + batch].to(images.device))
+            x0_hat = ((x_t - self.sqrt_1ma[t] * eps) / self.sqrt_a[t]).clamp(-1, 1)
+            psnrs.append(psnr(x0_hat, x0))
         return torch.cat(psnrs).mean().item()
 
 
