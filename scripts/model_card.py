@@ -33,9 +33,8 @@ from diffprior.figures import plt, save_figure
 from diffprior.io import atomic_write
 from diffprior.models import load_prior
 from diffprior.solvers.sampling import denoise, sample
-from diffprior.train import read_log
+from diffprior.train import PSNR_STEPS as TIMESTEPS, read_log
 
-TIMESTEPS = (100, 300, 500)
 
 
 def tweedie_table(prior, images: torch.Tensor, batch: int) -> dict:
