@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from diffprior.commands.bench_speed import compare_dtypes, random_prior
+from diffprior import devices
+from diffprior import prior as prior_module
 from diffprior.cli import main
+from diffprior.models import load_prior
 from diffprior.operators import measure
 from diffprior.tasks import make_operator
 from diffprior.solvers import dps, sdedit
@@ -86,13 +89,68 @@ def test_channels_last_gives_the_same_eps_and_gradients(config):
     assert (input_gradient() - grad).norm() <= 1e-5 * grad.norm()  # through autograd too
 
 
-def test_bf16_is_refused_on_the_cpu():
+def test_bf16_is_refused_where_it_would_be_emulated(monkeypatch):
+    monkeypatch.setattr(prior_module, "native_bf16", lambda device: False)
     prior = random_prior("small-unet:tiny")
-    with pytest.raises(ValueError, match="CUDA"):
+    with pytest.raises(ValueError, match="native bfloat16"):
         prior.configure(dtype="bf16")
-    assert prior.speed.dtype == "fp32"  # the refusal changed nothing
+    assert prior.speed.dtype == "fp32" and prior.precision == "fp32"  # the refusal changed nothing
     with pytest.raises(ValueError, match="dtype"):
         prior.configure(dtype="fp16")
+
+
+def test_bf16_autocast_on_a_cpu_with_native_bf16_is_close_to_fp32(monkeypatch):
+    """On a CPU with native bf16 (taken as given here: the autocast itself runs on any CPU), the network
+    runs under CPU autocast, eps comes back in float32 close to fp32's, and DPS differentiates through it."""
+    monkeypatch.setattr(prior_module, "native_bf16", lambda device: device.type == "cpu")
+    prior = random_prior("small-unet:tiny")
+    x = torch.randn(2, *prior.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps32 = prior.eps(x, 300)
+        prior.configure(dtype="bf16")
+        eps16 = prior.eps(x, 300)
+    assert prior.precision == "bf16" and eps16.dtype == torch.float32
+    assert not torch.equal(eps16, eps32)  # it did run in bf16 ...
+    assert (eps16 - eps32).norm() < 0.05 * eps32.norm()  # ... to bf16's accuracy
+    op, y = problem(prior)
+    assert torch.isfinite(run_dps(prior, op, y)).all()
+
+
+def test_auto_dtype_and_load_prior(monkeypatch):
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+        assert devices.resolve_dtype("auto", cpu) == expected
+        assert devices.resolve_dtype("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="dtype"):
+        devices.resolve_dtype("fp16", cpu)
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    assert load_prior("gmm-demo", dtype="auto").precision == "fp32"  # analytic: exact either way
+    with pytest.raises(ValueError, match="dtype"):
+        load_prior("gmm-demo", dtype="half")
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 8)
+    try:
+        for busy, expected in ((0, 8), (3, 5), (8, 1), (20, 1)):
+            monkeypatch.setattr(devices, "busy_cores", lambda: busy)
+            assert devices.set_cpu_threads() == expected == torch.get_num_threads()
+        monkeypatch.setattr(devices, "busy_cores", lambda: 0)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four processes share the cores
+        assert devices.set_cpu_threads() == 2
+        assert devices.set_cpu_threads(3) == 3  # --threads wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert devices.set_cpu_threads() == 1  # the environment's choice is kept
+        with pytest.raises(ValueError, match="at least 1"):
+            devices.set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 <= devices.busy_cores() < 10_000  # the real reading parses
 
 
 def test_compile_setting_freezes_the_network_and_is_undone(monkeypatch):
@@ -131,11 +189,12 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
         assert ("forward_backward_ms_per_image" in r) == (r["method"] == "dps")
 
 
-def test_bench_speed_refuses_bf16_on_the_cpu(tmp_path, capsys):
+def test_bench_speed_refuses_bf16_without_native_support(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(prior_module, "native_bf16", lambda device: False)
     args = ["bench", "speed", "--random-weights", "--config", "small-unet:tiny", "--batch", "1", "--steps", "1",
             "--device", "cpu"]
     assert main(args + ["--dtype", "bf16"]) == 2
-    assert "CUDA" in capsys.readouterr().err
+    assert "native bfloat16" in capsys.readouterr().err
     assert main(args + ["--compare-fp32"]) == 2
 
 

@@ -65,6 +65,12 @@ def device(text: str) -> str:
     return text
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=integer(1), default=None,
+                        help="CPU threads (default: OMP_NUM_THREADS when set, else the cores other processes leave "
+                        "idle: more threads than idle cores is much slower)")
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that already exist (an input is never replaced)")

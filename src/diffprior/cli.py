@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from .commands import bench, demo, denoise, evaluate, metrics, models, pack, reproduce, restore, sample, serve, train
+from .devices import set_cpu_threads
 from .version import __version__
 
 VERBS = {  # verb: its module in commands/, in the order of `diffprior --help`
@@ -70,6 +71,7 @@ def describe(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        set_cpu_threads(getattr(args, "threads", None))
         code = args.run(args)
         return code if isinstance(code, int) else 0
     except KeyboardInterrupt:

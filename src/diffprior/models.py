@@ -21,7 +21,8 @@ import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, load_file, save_checkpoint  # noqa: F401  (re-exported)
 from .download import DownloadError, RemoteFile, cache_dir, fetch
-from .prior import GaussianMixturePrior, Prior
+from .devices import resolve_dtype
+from .prior import GaussianMixturePrior, NetworkPrior, Prior
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 
@@ -156,9 +157,13 @@ def list_models() -> list[dict]:
     return rows
 
 
-def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | None = None) -> Prior:
+def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | None = None,
+               dtype: str | None = None) -> Prior:
     """Load a prior by name or path (see the module docstring); `config` names the architecture of a
-    guided-diffusion `.pt` state dict (a built-in config name such as "ffhq256", or a YAML file)."""
+    guided-diffusion `.pt` state dict (a built-in config name such as "ffhq256", or a YAML file).
+    `dtype` sets how a network prior computes: "fp32", "bf16" (autocast) or "auto" (bf16 where the device
+    computes it natively, `devices.native_bf16`; else fp32); None leaves it as it is (a new prior: fp32).
+    Analytic priors compute exactly either way."""
     if isinstance(name_or_path, Prior):
         prior = name_or_path
     elif str(name_or_path) in BUILTIN_ANALYTIC:
@@ -169,7 +174,12 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
         prior = load_remote(str(name_or_path))
     else:
         prior = _load_path(Path(name_or_path), config)
-    return prior.to(device) if device is not None else prior
+    prior = prior.to(device) if device is not None else prior
+    if dtype is not None:
+        dtype = resolve_dtype(dtype, prior.device)
+        if isinstance(prior, NetworkPrior):
+            prior.configure(dtype=dtype)
+    return prior
 
 
 def _load_path(path: Path, config: str | None) -> Prior:

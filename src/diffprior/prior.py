@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .devices import native_bf16
 from .schedule import Schedule
 
 
@@ -57,6 +58,11 @@ class Prior(nn.Module):
         a = self.schedule.abar_like(t, x_t)
         return (x_t - (1 - a) ** 0.5 * eps) / a ** 0.5
 
+    @property
+    def precision(self) -> str:
+        """How the prior computes: "fp32", or "bf16" for a network under bfloat16 autocast."""
+        return "fp32"
+
     def eps_from_x0(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
         a = self.schedule.abar_like(t, x_t)
         return (x_t - a ** 0.5 * x0) / (1 - a) ** 0.5
@@ -65,7 +71,7 @@ class Prior(nn.Module):
 @dataclass(frozen=True)
 class Speed:
     """How a NetworkPrior runs its network (see `NetworkPrior.configure`); the defaults are plain float32."""
-    dtype: str = "fp32"              # "fp32" or "bf16" (autocast, CUDA only)
+    dtype: str = "fp32"              # "fp32" or "bf16" (autocast, where the device has native bf16)
     channels_last: bool = False      # NHWC memory format for the network's weights and inputs
     compile: str | None = None       # a torch.compile mode, or None for eager execution
 
@@ -87,8 +93,12 @@ class NetworkPrior(Prior):
     def learned_variance(self) -> bool:
         return self._learned_variance
 
+    @property
+    def precision(self) -> str:
+        return self.speed.dtype
+
     def configure(self, *,
-                  dtype: str = "fp32",            # "fp32", or "bf16": bfloat16 autocast of the network (CUDA only)
+                  dtype: str = "fp32",            # "fp32", or "bf16": bfloat16 autocast of the network
                   channels_last: bool = False,    # NHWC weights and inputs (faster convolutions on some GPUs)
                   compile: str | None = None,     # None: eager; a torch.compile mode: "default", "max-autotune", ...
                   ) -> "NetworkPrior":
@@ -96,16 +106,16 @@ class NetworkPrior(Prior):
         the likelihood gradients) stays in the input's dtype, and eps comes back in it too. Each call sets
         all three settings, so `configure()` restores plain float32 eager execution. Returns self.
 
-        bf16 autocast is refused on the CPU, where it is slower than float32: configure it once the prior
-        is on a CUDA device. compile freezes the network's parameters (requires_grad False): solvers
+        bf16 autocast needs a device that computes in bf16 natively (`devices.native_bf16`: CUDA, or a CPU
+        with AVX-512 BF16 / AMX); elsewhere it is emulated, slower than float32, and refused. compile freezes the network's parameters (requires_grad False): solvers
         differentiate with respect to x_t only, and a compiled backward would compute weight gradients too.
         One graph is compiled per batch size and grad mode (dynamic=False); the first call of each is slow.
         """
         if dtype not in ("fp32", "bf16"):
             raise ValueError(f"unknown dtype {dtype!r}; expected 'fp32' or 'bf16'")
-        if dtype == "bf16" and self.device.type != "cuda":
-            raise ValueError(f"bf16 autocast needs the prior on a CUDA device (it is on {self.device}); on the "
-                             "CPU it is slower than fp32, so it is not offered there")
+        if dtype == "bf16" and not native_bf16(self.device):
+            raise ValueError(f"bf16 autocast needs a device with native bfloat16 ({self.device} has none: it would "
+                             "be emulated, slower than fp32); use fp32 here")
         self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.speed = Speed(dtype, channels_last, compile)
         self._compiled = None
@@ -120,10 +130,7 @@ class NetworkPrior(Prior):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.speed.dtype == "fp32":
             return self.net(x, t)
-        if x.device.type != "cuda":
-            raise RuntimeError(f"this prior is configured for bf16 autocast, which runs on CUDA only; got an input "
-                               f"on {x.device} (call configure(dtype='fp32') first)")
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = self.net(x, t)
         return out.to(x.dtype)
 

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import arguments
-from ..devices import describe_device, pick_device, sync
+from ..devices import DTYPES, describe_device, pick_device, resolve_dtype, sync
 from ..io import atomic_write
 from ..models import load_prior
 from ..operators import measure
@@ -257,7 +257,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=arguments.count, default=3, help="untimed warm-up steps first (default 3)")
     parser.add_argument("--forward-reps", type=arguments.positive, default=10,
                         help="network passes timed for the forward floor (default 10; 0 skips it)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast, CUDA only")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="the network's precision: fp32, bf16 "
+                        "(autocast; needs native bf16: CUDA, or a CPU with AVX-512 BF16 or AMX), or auto (bf16 where "
+                        "native) (default fp32)")
     parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                         help="torch.compile the network (MODE: default, max-autotune, ...)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for the network")
@@ -273,8 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=arguments.device, default="auto",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's); 1 avoids oversubscription on a busy machine")
+    arguments.add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,9 +290,8 @@ def run(args: argparse.Namespace) -> int:
         from torch import _dynamo
         _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     prior = build_prior(args, device)
+    args.dtype = resolve_dtype(args.dtype, device)
     prior.configure(dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     doc = {"benchmark": "speed", **environment(device),
            "model": args.model, "config": args.config, "random_weights": bool(args.random_weights),

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import arguments
+from ..devices import DTYPES
 from ..models import DEFAULT_MODEL
 from ..solvers import check_settings
 
@@ -72,13 +73,17 @@ def cpu_steps_note(device: torch.device, steps: int | None, cpu_default: int) ->
 
 
 def add_prior_arguments(p: argparse.ArgumentParser, default_device: str = "cuda when available") -> None:
-    """--model, --config and --device: the prior to load and where it runs."""
+    """--model, --config, --device, --dtype and --threads: the prior to load, where and how it runs."""
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in name (see `diffprior models`) or a checkpoint path (default: {DEFAULT_MODEL})")
     p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file: a built-in config "
                    "name (ffhq256, imagenet256-uncond) or a model_config.yaml")
     p.add_argument("--device", type=arguments.device, default="auto",
                    help=f"cpu, cuda, cuda:1, ... (default: {default_device})")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="the network's precision: fp32, bf16 "
+                   "(autocast), or auto: bf16 where the device computes it natively (CUDA; CPUs with AVX-512 BF16 "
+                   "or AMX), else fp32 (default auto)")
+    arguments.add_threads_argument(p)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"--out {out} is a file: the demo writes a folder")
     arguments.check_outputs([out / "demo.png", out / "demo.md", out / "demo.json"], inputs=[model_input(args.model)],
                   overwrite=args.overwrite, images=False)
-    prior = load_prior(args.model, device, config=args.config)
+    prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
     steps = cpu_steps_note(device, args.steps, 100)
     # Every random draw has its own generator, seeded by what it is for (the image; each task's measurement;

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     arguments.check_outputs([args.out], inputs=[args.input, model_input(args.model)], overwrite=args.overwrite)
     photo = open_image(args.input)
-    prior = load_prior(args.model, device, config=args.config)
+    prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     T = prior.schedule.T
     if not 0 <= args.t < T:
         raise ValueError(f"--t {args.t}: a timestep in [0, {T - 1}] (the prior has T = {T})")

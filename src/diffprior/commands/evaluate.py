@@ -79,7 +79,7 @@ from .common import add_prior_arguments, add_range_arguments
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
-IDENTITY = ("model", "config", "size", "steps", "sigma_y", "batch", "data")  # run.json: what fixes the numbers
+IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data")  # run.json: what fixes the numbers
 NAIVE = "naive"
 Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed
 
@@ -338,6 +338,7 @@ def evaluate(data: str | Path, out: str | Path, *,
              model: str = DEFAULT_MODEL,
              config: str | None = None,           # architecture of a guided-diffusion .pt
              device: str = "auto",
+             dtype: str = "auto",                 # the network's precision (models.load_prior)
              sigma_y: float = 0.05,
              size: int | None = None,             # image side; default the prior's
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
@@ -351,11 +352,11 @@ def evaluate(data: str | Path, out: str | Path, *,
     if not tasks or batch < 1 or seeds < 1:
         raise ValueError("give at least one task, and --batch and --seeds of at least 1")
     with process_group(device) as (ranks, dev):
-        prior = load_prior(model, dev, config=config)
+        prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
         out.mkdir(parents=True, exist_ok=True)
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
-                    "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch, "data": str(data.resolve())}
+                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch, "data": str(data.resolve())}
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
 
@@ -622,5 +623,5 @@ def run(args: argparse.Namespace) -> int:
     evaluate(args.data, args.out, tasks=[t for t in args.tasks.split(",") if t], methods=methods,
              grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
              steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
-             sigma_y=args.sigma_y, size=args.size, save=args.save_images, progress=not args.no_progress)
+             dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images, progress=not args.no_progress)
     return 0

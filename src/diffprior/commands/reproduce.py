@@ -113,6 +113,7 @@ class Plan:
     out: Path
     data: str                        # a folder, or "generated"
     n: int | None                    # images: the count to generate, or a cap on the folder's
+    solvers_n: int | None            # table 4 on the first solvers_n of them (None: all)
     first: str | None
     last: str | None
     seeds: int
@@ -124,6 +125,7 @@ class Plan:
     model: str
     config: str | None
     device: str
+    dtype: str                       # the network's precision: auto, fp32 or bf16
     quick: bool
     progress: bool
     samples: int = 16                # Fig. 2 grid
@@ -161,9 +163,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--budgets expects whole numbers separated by commas, got {args.budgets!r}") from None
     if n is not None and n < 1 or args.seeds < 1 or args.batch < 1 or steps < 1 or min(budgets) < 1:
         raise ValueError("--limit, generated:N, --seeds, --batch, --steps and --budgets must be at least 1")
-    return Plan(out=Path(args.out), data=data, n=n, first=args.first, last=args.last, seeds=args.seeds, steps=steps,
+    return Plan(out=Path(args.out), data=data, n=n, solvers_n=args.solvers_limit, first=args.first, last=args.last, seeds=args.seeds, steps=steps,
                 budgets=budgets, solvers=solvers, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
-                config=args.config, device=args.device, quick=quick, progress=not args.no_progress,
+                config=args.config, device=args.device, dtype=args.dtype, quick=quick, progress=not args.no_progress,
                 samples=8 if quick else 16, generate=("ddim", 100) if quick else ("ddpm", steps),
                 command=canonical_command(args))
 
@@ -171,10 +173,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def canonical_command(args: argparse.Namespace) -> str:
     """The command line that repeats this run, every option spelled out."""
     words = ["diffprior", "reproduce", "--out", args.out, "--data", args.data]
-    for flag, value in (("--limit", args.n), ("--first", args.first), ("--last", args.last), ("--seeds", args.seeds),
+    for flag, value in (("--limit", args.n), ("--solvers-limit", args.solvers_limit), ("--first", args.first), ("--last", args.last), ("--seeds", args.seeds),
                         ("--steps", args.steps), ("--budgets", args.budgets), ("--solvers", args.solvers),
                         ("--batch", args.batch), ("--sigma-y", args.sigma_y), ("--model", args.model),
-                        ("--config", args.config), ("--device", args.device)):
+                        ("--config", args.config), ("--device", args.device), ("--dtype", args.dtype)):
         if value is not None:
             words += [flag, str(value)]
     return shlex.join(words + ["--quick"] * args.quick)
@@ -248,7 +250,7 @@ def table1_rows(prior: Prior, plan: Plan, folder: Path, images: list[Path], devi
     """Table 1's rows in OUT/denoising/rows.csv (resumable, as `diffprior eval`'s), and their summary."""
     out, size = plan.out / "denoising", prior.shape[-1]
     out.mkdir(parents=True, exist_ok=True)
-    identity = {"model": plan.model, "config": plan.config, "size": size, "steps": None, "sigma_y": None,
+    identity = {"model": plan.model, "config": plan.config, "dtype": prior.precision, "size": size, "steps": None, "sigma_y": None,
                 "batch": plan.batch, "data": str(folder.resolve())}
     check_run(out / "run.json", identity, {"command": plan.command, "device": str(device)}, write=True)
     chunks = [images[i:i + plan.batch] for i in range(0, len(images), plan.batch)]
@@ -339,12 +341,14 @@ def cell_settings(method: str, task: str, settings: dict) -> str:
     return "{}" if method == NAIVE else compact(settings_for(method, task, **settings))
 
 
-def run_eval(plan: Plan, name: str, folder: Path, tasks: list[str], grid: dict[str, list[dict]]) -> list[dict]:
-    """One `diffprior eval` run into OUT/name (resumable); its summary's cells."""
-    summary = evaluate(folder, plan.out / name, tasks=tasks, methods=list(grid), grid=grid, n=plan.n,
+def run_eval(plan: Plan, name: str, folder: Path, tasks: list[str], grid: dict[str, list[dict]],
+             n: int | None = None) -> list[dict]:
+    """One `diffprior eval` run into OUT/name (resumable) on the first n images (default all); its cells."""
+    n = plan.n if n is None or plan.n is not None and plan.n < n else n
+    summary = evaluate(folder, plan.out / name, tasks=tasks, methods=list(grid), grid=grid, n=n,
                        first=plan.first, last=plan.last, seeds=plan.seeds, steps=None, batch=plan.batch,
-                       model=plan.model, config=plan.config, device=plan.device, sigma_y=plan.sigma_y,
-                       save=FIGURE_IMAGES, progress=plan.progress)
+                       model=plan.model, config=plan.config, device=plan.device, dtype=plan.dtype,
+                       sigma_y=plan.sigma_y, save=FIGURE_IMAGES, progress=plan.progress)
     return summary["cells"]
 
 
@@ -368,7 +372,7 @@ def table4_cells(plan: Plan, folder: Path, size: int) -> tuple[list[dict], list[
     for methods, tasks in groups.items():
         grid = {m: list({compact(s): s for s in (budget_settings(m, b, plan.T) for b in plan.budgets)}.values())
                 for m in methods}
-        cells += run_eval(plan, "solvers", folder, tasks, grid)
+        cells += run_eval(plan, "solvers", folder, tasks, grid, plan.solvers_n)
     order = {t: i for i, t in enumerate(SOLVER_TASKS)}
     cells.sort(key=lambda c: order[c["task"]])
     summary = {"run": {"model": plan.model, "images": cells[0]["images"] if cells else 0, "seeds": plan.seeds,
@@ -618,7 +622,7 @@ def reproduce(plan: Plan) -> Path:
         raise ValueError("reproduce runs in one process; shard a table with `torchrun ... -m diffprior eval` instead")
     device = pick_device(plan.device)
     plan.device = str(device)
-    prior = load_prior(plan.model, device, config=plan.config)
+    prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)
     size, plan.T = prior.shape[-1], prior.schedule.T
     if plan.steps > plan.T:
         raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")
@@ -680,6 +684,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "with --quick)")
     p.add_argument("--solvers", default=None, help="table 4's solvers: all, report (no table 4) or a comma-separated "
                    f"list (default all; {','.join(QUICK_SOLVERS)} with --quick)")
+    p.add_argument("--solvers-limit", type=arguments.positive, default=None, metavar="N",
+                   help="table 4 on the first N images only (default: all of them)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per network call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     add_prior_arguments(p)

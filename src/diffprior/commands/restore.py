@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite)
     photo = open_image(args.input)
 
-    prior = load_prior(args.model, device, config=args.config)
+    prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     size = prior.shape[-1]
     gen = generator(device, args.seed)
     op = (Inpaint(load_mask(args.mask, (size, size), photo.size)) if task == "inpaint"

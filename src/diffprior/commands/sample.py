@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     arguments.check_outputs([args.out], inputs=[model_input(args.model)], overwrite=args.overwrite)
-    prior = load_prior(args.model, device, config=args.config)
+    prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
     x = sample(prior, args.n, steps=args.steps, sampler=args.sampler, eta=args.eta,
                generator=generator(device, args.seed), progress=True)

@@ -37,11 +37,12 @@ from PIL import Image
 
 from .. import arguments
 from ..io import center_square, open_image, pil_to_tensor, tensor_to_pil
-from ..models import DEFAULT_MODEL, load_prior
+from ..models import load_prior
 from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
 from ..solvers import SOLVERS, check_settings, sample, settings_for, solve
+from .common import add_prior_arguments
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
 APP_TASKS = {
@@ -73,9 +74,9 @@ class Studio:
     """The app's state and work: one prior on one device, and one folder that every file lives in."""
 
     def __init__(self, model: str, device: torch.device, folder: str | Path, *, config: str | None = None,
-                 max_pixels: int = 25_000_000, max_bytes: int = 20_000_000):
+                 dtype: str = "auto", max_pixels: int = 25_000_000, max_bytes: int = 20_000_000):
         self.model, self.device, self.folder = str(model), device, Path(folder).resolve()
-        self.prior = load_prior(model, device, config=config)
+        self.prior = load_prior(model, device, config=config, dtype=dtype)
         self.size = self.prior.shape[-1]
         self.scale = max(1, DISPLAY // self.size)  # the display's enlargement of the model's pixels
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
@@ -473,11 +474,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to "
                         "the network)")
     p.add_argument("--port", type=arguments.integer(1, 65535), default=7860, help="default 7860")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a built-in name (see `diffprior models`) or a checkpoint path (default: {DEFAULT_MODEL})")
-    p.add_argument("--config", default=None, help="architecture of a guided-diffusion .pt file (see restore)")
-    p.add_argument("--device", type=arguments.device, default="auto",
-                   help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_prior_arguments(p)
     p.add_argument("--max-upload-mb", type=arguments.number(0.0, above=True), default=20.0,
                    help="refuse uploads larger than this (default 20 MB)")
     p.add_argument("--max-pixels", type=arguments.positive, default=25_000_000,
@@ -505,7 +502,7 @@ def run(args) -> int:
         except ImportError as e:
             raise ImportError(_install_hint()) from e
         max_bytes = int(args.max_upload_mb * 1e6)
-        studio = Studio(args.model, device, folder, config=args.config, max_pixels=args.max_pixels,
+        studio = Studio(args.model, device, folder, config=args.config, dtype=args.dtype, max_pixels=args.max_pixels,
                         max_bytes=max_bytes)
         app = build_app(studio)
         app.queue(default_concurrency_limit=1, max_size=32)  # one job at a time; others wait in line

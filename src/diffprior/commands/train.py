@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--compile", action="store_true", help="torch.compile the training forward pass")
     a("--channels-last", action="store_true", help="channels-last memory format on CUDA")
     a("--seed", type=arguments.seed, default=0, help="random seed (default 0)")
+    arguments.add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> Path:
