@@ -356,7 +356,8 @@ def evaluate(data: str | Path, out: str | Path, *,
         size = _image_size(prior, size)
         out.mkdir(parents=True, exist_ok=True)
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
-                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch, "data": str(data.resolve())}
+                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
+                    "data": str(data.resolve())}
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
 
@@ -623,5 +624,6 @@ def run(args: argparse.Namespace) -> int:
     evaluate(args.data, args.out, tasks=[t for t in args.tasks.split(",") if t], methods=methods,
              grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
              steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
-             dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images, progress=not args.no_progress)
+             dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images,
+             progress=not args.no_progress)
     return 0

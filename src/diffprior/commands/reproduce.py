@@ -163,7 +163,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--budgets expects whole numbers separated by commas, got {args.budgets!r}") from None
     if n is not None and n < 1 or args.seeds < 1 or args.batch < 1 or steps < 1 or min(budgets) < 1:
         raise ValueError("--limit, generated:N, --seeds, --batch, --steps and --budgets must be at least 1")
-    return Plan(out=Path(args.out), data=data, n=n, solvers_n=args.solvers_limit, first=args.first, last=args.last, seeds=args.seeds, steps=steps,
+    return Plan(out=Path(args.out), data=data, n=n, solvers_n=args.solvers_limit, first=args.first, last=args.last,
+                seeds=args.seeds, steps=steps,
                 budgets=budgets, solvers=solvers, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
                 config=args.config, device=args.device, dtype=args.dtype, quick=quick, progress=not args.no_progress,
                 samples=8 if quick else 16, generate=("ddim", 100) if quick else ("ddpm", steps),
@@ -173,7 +174,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def canonical_command(args: argparse.Namespace) -> str:
     """The command line that repeats this run, every option spelled out."""
     words = ["diffprior", "reproduce", "--out", args.out, "--data", args.data]
-    for flag, value in (("--limit", args.n), ("--solvers-limit", args.solvers_limit), ("--first", args.first), ("--last", args.last), ("--seeds", args.seeds),
+    for flag, value in (("--limit", args.n), ("--solvers-limit", args.solvers_limit), ("--first", args.first),
+                        ("--last", args.last), ("--seeds", args.seeds),
                         ("--steps", args.steps), ("--budgets", args.budgets), ("--solvers", args.solvers),
                         ("--batch", args.batch), ("--sigma-y", args.sigma_y), ("--model", args.model),
                         ("--config", args.config), ("--device", args.device), ("--dtype", args.dtype)):
@@ -250,8 +252,8 @@ def table1_rows(prior: Prior, plan: Plan, folder: Path, images: list[Path], devi
     """Table 1's rows in OUT/denoising/rows.csv (resumable, as `diffprior eval`'s), and their summary."""
     out, size = plan.out / "denoising", prior.shape[-1]
     out.mkdir(parents=True, exist_ok=True)
-    identity = {"model": plan.model, "config": plan.config, "dtype": prior.precision, "size": size, "steps": None, "sigma_y": None,
-                "batch": plan.batch, "data": str(folder.resolve())}
+    identity = {"model": plan.model, "config": plan.config, "dtype": prior.precision, "size": size, "steps": None,
+                "sigma_y": None, "batch": plan.batch, "data": str(folder.resolve())}
     check_run(out / "run.json", identity, {"command": plan.command, "device": str(device)}, write=True)
     chunks = [images[i:i + plan.batch] for i in range(0, len(images), plan.batch)]
     units = [(c, t, s) for c in range(len(chunks)) for t in DENOISE_TS for s in range(plan.seeds)]
@@ -344,7 +346,8 @@ def cell_settings(method: str, task: str, settings: dict) -> str:
 def run_eval(plan: Plan, name: str, folder: Path, tasks: list[str], grid: dict[str, list[dict]],
              n: int | None = None) -> list[dict]:
     """One `diffprior eval` run into OUT/name (resumable) on the first n images (default all); its cells."""
-    n = plan.n if n is None or plan.n is not None and plan.n < n else n
+    limits = [v for v in (plan.n, n) if v is not None]
+    n = min(limits) if limits else None
     summary = evaluate(folder, plan.out / name, tasks=tasks, methods=list(grid), grid=grid, n=n,
                        first=plan.first, last=plan.last, seeds=plan.seeds, steps=None, batch=plan.batch,
                        model=plan.model, config=plan.config, device=plan.device, dtype=plan.dtype,
