@@ -13,7 +13,8 @@ import diffprior.solvers
 from diffprior.nonlinear import PhaseRetrieval, Saturation
 from diffprior.operators import Identity
 from diffprior.schedule import Schedule
-from diffprior.solvers import SOLVERS, SPECS, check_settings, solve
+from diffprior.models import load_prior
+from diffprior.solvers import SOLVERS, SPECS, check_settings, settings_for, solve, tuned_settings
 from diffprior.tasks import TASKS
 
 N = 1000  # posterior samples per check
@@ -132,3 +133,21 @@ def test_exact_gaussian_posterior_and_declared_evaluations(gaussian_problem, nam
         fit = (op.A(x) - y).flatten(1).norm(dim=1).mean()
         prior_fit = (op.A(prior.sample(N, torch.Generator().manual_seed(9))) - y).flatten(1).norm(dim=1).mean()
         assert float(fit) < 0.5 * float(prior_fit)
+
+
+def test_settings_layer_task_defaults_then_the_priors_tuned_values_then_the_users():
+    tuned = {"dps": {"gaussian-blur": {"scale": 3.0}}}
+    assert settings_for("dps", "gaussian-blur") == {"scale": 0.3}  # the reference's value
+    assert settings_for("dps", "gaussian-blur", tuned) == {"scale": 3.0}
+    assert settings_for("dps", "gaussian-blur", tuned, scale=1.0, steps=None) == {"scale": 1.0}
+    assert settings_for("dps", "box-inpaint", tuned) == {"scale": 0.5}  # not tuned: the task default stays
+
+
+def test_faces64_ships_valid_tuned_settings_and_other_priors_none(gaussian_problem):
+    prior = load_prior("faces64")
+    tuned = tuned_settings(prior)
+    assert set(tuned["dps"]) >= {"box-inpaint", "random-inpaint", "gaussian-blur"}
+    for method, by_task in tuned.items():
+        for task, settings in by_task.items():
+            check_settings(method, settings_for(method, task, tuned, steps=100), prior.schedule.T)
+    assert tuned_settings(gaussian_problem["prior"]) == {}

@@ -42,7 +42,7 @@ from ..operators import measure
 from ..tasks import make_operator
 from ..prior import NetworkPrior
 from ..schedule import Schedule
-from ..solvers import SOLVERS, sample, settings_for
+from ..solvers import SOLVERS, sample, settings_for, tuned_settings
 
 METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if they take `steps`
 
@@ -106,7 +106,7 @@ def runner(method: str, prior: NetworkPrior, task: str, y: Tensor, seed: int) ->
         g = torch.Generator(device=device).manual_seed(seed)
         if method == "sample":
             return sample(prior, y.shape[0], steps=steps, generator=g)
-        return solver(prior, op, y, **settings_for(method, task, steps=steps, generator=g))
+        return solver(prior, op, y, **settings_for(method, task, tuned_settings(prior), steps=steps, generator=g))
     return run
 
 

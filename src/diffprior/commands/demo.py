@@ -16,7 +16,7 @@ from ..devices import pick_device
 from ..io import atomic_write
 from ..models import load_prior
 from ..operators import measure
-from ..solvers import SOLVERS, sample, settings_for, solve
+from ..solvers import SOLVERS, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from .common import add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, quality
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             gen = generator(device, derive_seed("solve", args.seed, task, method))
             restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=True,
-                             **settings_for(method, task, steps=steps))
+                             **settings_for(method, task, tuned_settings(prior), steps=steps))
             seconds = time.perf_counter() - start
             scores = quality(restored, x)
             table.append({"task": task, "method": method, **scores, "seconds": round(seconds, 2)})

@@ -74,7 +74,8 @@ from ..models import DEFAULT_MODEL, load_prior
 from ..operators import Operator, measure
 from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
-from ..solvers import SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of
+from ..solvers import (SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
+                       tuned_settings)
 from .common import add_prior_arguments, add_range_arguments
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
@@ -367,8 +368,9 @@ def evaluate(data: str | Path, out: str | Path, *,
         if not images:
             raise ValueError(f"no readable image selected in {data}")
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
+        tuned = tuned_settings(prior)
         cells = {task: [(NAIVE, "{}")] * has_naive(task, size)
-                 + [(m, compact(settings_for(m, task, **{"steps": steps, **combo}))) for m in methods
+                 + [(m, compact(settings_for(m, task, tuned, **{"steps": steps, **combo}))) for m in methods
                     for combo in grid.get(m, [{}])] for task in tasks}
         for method, settings in {c for task_cells in cells.values() for c in task_cells if c[0] != NAIVE}:
             check_settings(method, json.loads(settings), prior.schedule.T)  # before any work, not mid-run

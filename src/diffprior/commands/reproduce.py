@@ -68,7 +68,7 @@ from ..io import atomic_write
 from ..models import load_prior
 from ..tasks import make_operator
 from ..prior import GaussianMixturePrior, Prior
-from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for
+from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for, tuned_settings
 
 # -- what the report measured ------------------------------------------------------------------------------
 REPORT_SOURCE = ("the report: a DDPM prior (VP, 1000 steps) trained on FFHQ at 256x256; Table 1 (one sample), "
@@ -131,6 +131,7 @@ class Plan:
     samples: int = 16                # Fig. 2 grid
     generate: tuple[str, int] = ("ddpm", 1000)  # sampler and steps of --data generated
     T: int = 1000                    # the prior's timesteps (set once it is loaded)
+    tuned: dict = field(default_factory=dict)  # the prior's tuned solver settings (set once it is loaded)
     command: str = ""
     started: float = field(default_factory=time.perf_counter)
 
@@ -338,9 +339,9 @@ def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
     return SPECS[method].why_not(make_operator(task, (3, size, size)), sigma_y)
 
 
-def cell_settings(method: str, task: str, settings: dict) -> str:
-    """The settings of a cell as `diffprior eval` records them (the task's tuned values merged in)."""
-    return "{}" if method == NAIVE else compact(settings_for(method, task, **settings))
+def cell_settings(plan: Plan, method: str, task: str, settings: dict) -> str:
+    """The settings of a cell as `diffprior eval` records them (the task's and the prior's tuned values merged in)."""
+    return "{}" if method == NAIVE else compact(settings_for(method, task, plan.tuned, **settings))
 
 
 def run_eval(plan: Plan, name: str, folder: Path, tasks: list[str], grid: dict[str, list[dict]],
@@ -369,7 +370,7 @@ def table4_cells(plan: Plan, folder: Path, size: int) -> tuple[list[dict], list[
             else:
                 methods.append(m)
                 for b in plan.budgets * (m != "tv"):  # TV has no network: no budget
-                    budget_of.setdefault((task, m, cell_settings(m, task, budget_settings(m, b, plan.T))), b)
+                    budget_of.setdefault((task, m, cell_settings(plan, m, task, budget_settings(m, b, plan.T))), b)
         groups.setdefault(tuple(methods), []).append(task)
     cells = []
     for methods, tasks in groups.items():
@@ -444,7 +445,7 @@ def _baselines(task: str, cells: list[dict]) -> list[tuple[str, dict | None]]:
 def table2(plan: Plan, prior: Prior, cells: list[dict]) -> tuple[str, str]:
     entries = []
     for task in REPORT_TASKS:
-        sdedit = [cell_settings("sdedit", task, sdedit_cell(prior, plan, t0)) for t0 in SDEDIT_T0S]
+        sdedit = [cell_settings(plan, "sdedit", task, sdedit_cell(prior, plan, t0)) for t0 in SDEDIT_T0S]
         entries += [(task, label, cell, None) for label, cell in _baselines(task, cells)]
         entries += [(task, f"SDEdit t0 = {t0}", find(cells, task, "sdedit", settings), REPORT["table2"][task][t0])
                     for t0, settings in zip(SDEDIT_T0S, sdedit)]
@@ -456,7 +457,7 @@ def table3(plan: Plan, cells: list[dict]) -> tuple[str, str]:
     entries = []
     for task in REPORT_TASKS:
         entries += [(task, label, cell, None) for label, cell in _baselines(task, cells)]
-        entries += [(task, label, find(cells, task, m, cell_settings(m, task, {"steps": plan.steps})),
+        entries += [(task, label, find(cells, task, m, cell_settings(plan, m, task, {"steps": plan.steps})),
                      REPORT["table3"][m][task]) for label, m in (("ScoreALD", "scoreald"), ("DPS", "dps"))]
     return _report_table(plan, "table3_scoreald_dps", "Table 3: ScoreALD against DPS, with the naive and TV "
                          "baselines", entries)
@@ -522,7 +523,7 @@ def restoration_figure(plan: Plan, name: str, size: int, images: list[Path], tas
                 if settings is None:  # not run for this task (e.g. a solver that does not apply)
                     row.append(None), caps.append("")
                     continue
-                key = cell_settings(method, task, settings)
+                key = cell_settings(plan, method, task, settings)
                 file = saved_image(out, task, method, key, 0, p.name)
                 row.append(load_image(file) if file.is_file() else None)
                 caps.append(_caption(rows_by_key.get((p.name, task, method, key, "0"))))
@@ -544,7 +545,7 @@ def figure5(plan: Plan, size: int, images: list[Path], skipped: list[dict]) -> P
         row, caps = [runner.clean(0), displayable(runner.measurement(0, task, 0), (size, size))], ["", ""]
         for _, m, settings in cols:
             applies = m == NAIVE or not any(s["task"] == task and s["method"] == m for s in skipped)
-            key = cell_settings(m, task, settings)
+            key = cell_settings(plan, m, task, settings)
             file = saved_image(out, task, m, key, 0, p.name)
             row.append(load_image(file) if applies and file.is_file() else None)
             caps.append(_caption(rows_by_key.get((p.name, task, m, key, "0"))) if applies else "n/a")
@@ -626,7 +627,7 @@ def reproduce(plan: Plan) -> Path:
     device = pick_device(plan.device)
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)
-    size, plan.T = prior.shape[-1], prior.schedule.T
+    size, plan.T, plan.tuned = prior.shape[-1], prior.schedule.T, tuned_settings(prior)
     if plan.steps > plan.T:
         raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")
     plan.out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from ..devices import pick_device
 from ..io import center_square, load_mask, open_image, pil_to_tensor, save_image
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
-from ..solvers import SOLVERS, check_settings, settings_for, solve
+from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from .common import (add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, naive_or_none,
                      parse_settings, quality)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
           else make_operator(task, (3, size, size), seed=args.seed)).to(device)
     check_steps(prior, args.steps, args.method)
     steps = args.steps if args.method == "tv" else cpu_steps_note(device, args.steps, 100)
-    settings = settings_for(args.method, task, steps=steps, **user_settings)
+    settings = settings_for(args.method, task, tuned_settings(prior), steps=steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
 
     x = None

@@ -41,7 +41,7 @@ from ..models import load_prior
 from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
-from ..solvers import SOLVERS, check_settings, sample, settings_for, solve
+from ..solvers import SOLVERS, check_settings, sample, settings_for, tuned_settings, solve
 from .common import add_prior_arguments
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
@@ -190,7 +190,7 @@ class Studio:
             raise AppError(f"steps: at most the prior's T = {T} diffusion steps")
         settings = {}
         for m in methods:
-            settings[m] = settings_for(m, task, steps=steps)
+            settings[m] = settings_for(m, task, tuned_settings(self.prior), steps=steps)
             check_settings(m, settings[m], T)
 
         size, device = self.size, self.device

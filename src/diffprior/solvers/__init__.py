@@ -42,12 +42,21 @@ def spec_of(method: str) -> SolverSpec:
     return SPECS[method]
 
 
-def settings_for(method: str, task: str | None, **overrides) -> dict:
-    """The settings to run `method` on `task` with: the task's tuned values, then the given overrides
-    (None values are dropped, so optional CLI flags pass through untouched)."""
+def settings_for(method: str, task: str | None, tuned: dict | None = None, **overrides) -> dict:
+    """The settings to run `method` on `task` with, each layer over the one before: the solver's per-task
+    defaults (SPEC.task_settings), the values tuned for this prior (`tuned`, see `tuned_settings`), then the
+    given overrides (None values are dropped, so optional CLI flags pass through untouched)."""
     settings = dict(TASK_SETTINGS.get(method, {}).get(task, {}))
+    settings.update((tuned or {}).get(method, {}).get(task, {}))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
+
+
+def tuned_settings(prior) -> dict:
+    """The solver settings tuned for this prior, {method: {task: settings}}: its checkpoint's
+    `solver_settings` (e.g. faces64's DPS step scales, see docs/MODEL_CARD.md); {} for other priors."""
+    config = getattr(prior, "config", None) or {}
+    return {m: v for m, v in config.get("solver_settings", {}).items() if m in SPECS}
 
 
 DIVERGED_ABOVE = 100.0  # |x| beyond this is no image: the data live in about [-1, 1]
