@@ -16,7 +16,7 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
           steps: int | None = 100,      # DDIM steps, respaced (the paper: 100)
           eta: float = 1.0,             # DDIM eta: 0 deterministic, 1 ancestral-like
           sigma_y: float = 0.05,        # measurement noise std, in the units of x ([-1, 1])
-          clip: bool = False,           # clip x0_hat to [-1, 1] before the VJP (the RED-diff code does not)
+          clip: bool = True,            # clip x0_hat to [-1, 1] for image priors (the RED-diff code does not)
           generator: torch.Generator | None = None,
           progress: bool = False) -> Tensor:
     """Pseudoinverse-guided diffusion (Song et al. 2023). It takes p(x_0 | x_t) ~ N(x0_hat, r_t^2 I) with
@@ -40,8 +40,13 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
     r_t^2 = 1 - abar_t differ from the paper's Algorithm 1, so its results are not comparable with published
     PiGDM numbers. Clipping: with clip=True, x0_hat is clipped to [-1, 1] before the vector-Jacobian product;
     the clip has zero derivative where it is active, so saturated pixels then get no guidance at all (and
-    DDIM's eps is recomputed from the clipped x0). The default, clip=False, follows the RED-diff code, which
-    does not clip.
+    DDIM's eps is recomputed from the clipped x0, and the guided x0_y is clipped in the DDIM step). The RED-diff
+    code does not clip, and on an exact Gaussian prior nothing needs to; but with a trained network the guided
+    x0_y = x0_hat + J^T h / sqrt(abar_t) carries the network's Jacobian errors magnified by up to 1 / abar_t
+    (25,000 at t = 999): on faces64 at 100 steps every unclipped run on 4 held-out CelebA faces ended in
+    non-finite values (box inpainting and Gaussian blur, fp32 and bf16), while clipped runs gave 23.5 dB /
+    LPIPS 0.057 and 31.6 dB / 0.016. Hence clip=True, as DPS's clip_denoised; for priors that are not images
+    (`prior.bounded` False) clipping does nothing.
     """
     sched = prior.schedule
     x = initial_noise(prior, y.shape[0], generator, y.dtype)
