@@ -10,10 +10,10 @@
 #   env            GPU, driver, torch
 #   dps-fp32       DPS at batch 1, 8, 16, 32, fp32, eager, with the forward and forward+backward floors
 #   dps-bf16       the same with bf16 autocast
+#   reference      $REFERENCE_CMD, when set: a command timing another implementation on this GPU
 #   compare        the same seed in fp32 and bf16: PSNR between the results (on $MODEL too when it is set)
 #   others-*       SDEdit, ScoreALD and unconditional sampling at batch 32, fp32 and bf16
 #   dps-bf16-best  bf16 + channels_last + cudnn.benchmark at batch 8 and 32
-#   reference      $REFERENCE_CMD, when set: a command timing another implementation on this GPU
 #   compile-*      DPS with torch.compile, bf16 then fp32, batch 1 and 32 first (compilation takes minutes)
 #   summary        summary.md: one table of every JSON
 # Settings: STEPS (timed steps, default 20), WARMUP (3), BUDGET_S, MODEL (a checkpoint for the bf16 check),
@@ -57,6 +57,9 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run within the limit and the remaini
 stage env 30 bash -c 'nvidia-smi; python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())"'
 stage dps-fp32 120 "${DP[@]}" "${SPEED[@]}" --method dps --batch 1,8,16,32 --dtype fp32 --out "$OUT_DIR/dps_fp32.json"
 stage dps-bf16 120 "${DP[@]}" "${SPEED[@]}" --method dps --batch 1,8,16,32 --dtype bf16 --out "$OUT_DIR/dps_bf16.json"
+if [ -n "${REFERENCE_CMD:-}" ]; then
+    stage reference 60 bash -c "$REFERENCE_CMD"
+fi
 stage compare 60 "${DP[@]}" "${SPEED[@]}" --method dps --batch 4 --compare-fp32 --compare-steps 100 \
     --out "$OUT_DIR/compare_random.json"
 if [ -n "${MODEL:-}" ]; then
@@ -72,9 +75,6 @@ stage others-bf16 60 "${DP[@]}" "${SPEED[@]}" --method sdedit,scoreald,sample --
     --out "$OUT_DIR/others_bf16.json"
 stage dps-bf16-best 60 "${DP[@]}" "${SPEED[@]}" --method dps --batch 8,32 --dtype bf16 --channels-last --cudnn-benchmark \
     --out "$OUT_DIR/dps_bf16_best.json"
-if [ -n "${REFERENCE_CMD:-}" ]; then
-    stage reference 60 bash -c "$REFERENCE_CMD"
-fi
 # compilation dominates these (one graph per batch size); the order puts the batch sizes that matter first
 stage compile-bf16 200 "${DP[@]}" "${SPEED[@]}" --method dps --batch 1,32,8,16 --dtype bf16 --compile --forward-reps 0 \
     --out "$OUT_DIR/dps_bf16_compile.json"

@@ -44,9 +44,9 @@ def tweedie_table(prior, images: torch.Tensor, batch: int) -> dict:
         g = torch.Generator().manual_seed(t)  # the same noise for every model: comparable across versions
         scores = {"psnr": [], "ssim": [], "lpips": []}
         for i in tqdm(range(0, len(images), batch), desc=f"Tweedie t={t}", leave=False):
-            x0 = io.from_uint8(images[i:i + batch])
+            x0 = io.from_uint8(images[i:i + batch]).to(prior.device)
             _, x0_hat = denoise(prior, x0, t, generator=g)
-            for name, values in metrics.image_metrics(x0_hat, x0).items():
+            for name, values in metrics.image_metrics(x0_hat.float().cpu(), x0.cpu()).items():
                 if name in scores:
                     scores[name] += values.tolist()
         out[t] = {name: mean_ci(values) for name, values in scores.items()}
@@ -80,7 +80,7 @@ def grid(prior, sampler: str, steps: int, n: int, batch: int, path: Path, bf16: 
     with native bf16 instructions); the sampler's arithmetic stays float32."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         xs = [sample(prior, min(batch, n - i), steps=steps, sampler=sampler, progress=True,
-                     generator=torch.Generator().manual_seed(i)).float() for i in range(0, n, batch)]
+                     generator=torch.Generator().manual_seed(i)).float().cpu() for i in range(0, n, batch)]
     return io.save_image(io.image_grid(torch.cat(xs).clamp(-1, 1), nrow=int(math.sqrt(n))), path)
 
 
@@ -94,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=64, help="faces per sample grid (default 64; 0: no grids)")
     p.add_argument("--batch", type=int, default=32, help="images per network call (default 32)")
     p.add_argument("--bf16", action="store_true", help="sample the grids under CPU bfloat16 autocast")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, ... (default: cuda when available); the noise is drawn on the CPU either way")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prior = load_prior(args.model)
+    prior = load_prior(args.model, torch.device(args.device))
     size = prior.shape[-1]
     card = {"command": shlex.join(["python", "scripts/model_card.py", *(argv or sys.argv[1:])]),
             "model": Path(args.model).name, "training": prior.config.get("training"), "tweedie": {}, "seconds": {}, "grids_bf16": args.bf16}
