@@ -16,7 +16,7 @@
 #
 #   scripts/gpu_prepare.sh CELEBA_FOLDER      # once, on a machine with the data (and internet for the clone)
 #   scripts/gpu_run.sh OUT                    # on the GPU machine, from the repository root
-#   TINY=1 scripts/gpu_run.sh OUT             # the same end to end on a CPU in about 5 minutes, tiny settings
+#   TINY=1 scripts/gpu_run.sh OUT             # the same end to end on a CPU in about 7 minutes, tiny settings
 #
 # Settings (environment): DATA (gpu-data), REFERENCE (reference/dps), TRAIN_MIN (3), BATCH (256), LR (1e-4),
 # INIT (faces64), CONFIG (default), IMAGES (100), STEPS (1000), SAMPLES (64), DEADLINE_S (570), DEVICE (cuda).
