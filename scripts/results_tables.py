@@ -69,7 +69,7 @@ def table(name: str, runs: dict[str, Path]) -> str | None:
         out += [cell(ours.get("seconds"), 2).split(" ±")[0], cell(ours.get("nfe"), 0).split(" ±")[0]]
         lines.append("| " + " | ".join(out) + " |")
     if skipped:
-        lines += ["", "Not applicable: " + "; ".join(f"{m} on {t} ({why})" for (t, m), why in skipped.items()) + "."]
+        lines += ["", "Not applicable: " + "; ".join(f"{m} on {t}: {why}" for (t, m), why in skipped.items()) + "."]
     return "\n".join(lines)
 
 
