@@ -19,10 +19,10 @@ METRICS = (("psnr", "PSNR", 2), ("lpips", "LPIPS", 3), ("ssim", "SSIM", 3))
 KEYS = ("t", "task", "method", "budget")  # the fields that name a row, where a table has them
 
 
-def cell(value: dict | None, digits: int) -> str:
+def cell(value: dict | None, digits: int, interval: bool = True) -> str:
     if not value or value.get("mean") is None:
         return ""
-    ci = value.get("ci95")
+    ci = value.get("ci95") if interval else None
     return f"{value['mean']:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci is not None else "")
 
 
@@ -66,7 +66,7 @@ def table(name: str, runs: dict[str, Path]) -> str | None:
                 report = reference(first) or {}
                 out.append(f"{report[metric]:g}" if report.get(metric) is not None else "-")
         ours = first.get("ours", {})
-        out += [cell(ours.get("seconds"), 2).split(" ±")[0], cell(ours.get("nfe"), 0).split(" ±")[0]]
+        out += [cell(ours.get("seconds"), 2, interval=False), cell(ours.get("nfe"), 0, interval=False)]
         lines.append("| " + " | ".join(out) + " |")
     if skipped:
         lines += ["", "Not applicable: " + "; ".join(f"{m} on {t}: {why}" for (t, m), why in skipped.items()) + "."]
