@@ -108,7 +108,8 @@ class NetworkPrior(Prior):
 
         bf16 autocast needs a device that computes in bf16 natively (`devices.native_bf16`: CUDA, or a CPU
         with AVX-512 BF16 / AMX); elsewhere it is emulated, slower than float32, and refused. compile freezes
-        the network's parameters (requires_grad False): solvers differentiate with respect to x_t only, and a compiled backward would compute weight gradients too.
+        the network's parameters (requires_grad False): solvers differentiate with respect to x_t only, and a
+        compiled backward would compute weight gradients too.
         One graph is compiled per batch size and grad mode (dynamic=False); the first call of each is slow.
         """
         if dtype not in ("fp32", "bf16"):
