@@ -15,7 +15,7 @@ from diffprior import load_prior
 from diffprior.data import load_faces, load_folder, load_pack, save_pack
 from diffprior.networks.small import network_config
 from diffprior.commands.train import add_arguments as add_train_arguments, run as run_train
-from diffprior.train import read_log, train
+from diffprior.train import learning_rate, read_log, train
 import diffprior.train as train_module
 
 
@@ -223,3 +223,15 @@ def test_warm_start_from_a_model(faces, tmp_path):
         train(faces, tmp_path / "c", steps=1, init=first, **{**FAST, "network": {**NET, "base": 32}})
     with pytest.raises(ValueError, match="init differs"):
         train(faces, tmp_path / "b", steps=2, resume=True, **FAST)
+
+
+def test_learning_rate_schedule(faces, tmp_path):
+    """Warm-up, then constant; with lr_end a half-cosine from decay_from to lr_end at the last step, which the
+    training log records step by step."""
+    assert [learning_rate(s, 1.0, 4, 100) for s in (0, 3, 50)] == [0.25, 1.0, 1.0]
+    rates = [learning_rate(s, 1.0, 0, 10, lr_end=0.1, decay_from=6) for s in range(12)]
+    assert rates[:7] == [1.0] * 7 and rates[8] == pytest.approx(0.55) and rates[10:] == [0.1, 0.1]
+    assert all(a > b for a, b in zip(rates[6:10], rates[7:11]))
+    train(faces, tmp_path / "run", steps=6, lr=1e-3, lr_end=1e-4, decay_from=2, **FAST)
+    logged = {row["step"]: row["lr"] for row in read_log(tmp_path / "run" / "log.csv")}
+    assert logged[6] == pytest.approx(learning_rate(5, 1e-3, FAST["warmup"], 6, 1e-4, 2))

@@ -195,12 +195,25 @@ def read_state(path: Path) -> dict:
     return state
 
 
+def learning_rate(step: int, lr: float, warmup: int, steps: int, lr_end: float | None = None,
+                  decay_from: int = 0) -> float:
+    """The rate of optimiser step `step` (0-based): a linear warm-up to `lr`, then constant, or with `lr_end`
+    a half-cosine from `lr` at step `decay_from` down to `lr_end` at step `steps`."""
+    rate = lr * min(1.0, (step + 1) / max(warmup, 1))
+    if lr_end is None or step < decay_from:
+        return rate
+    progress = min(1.0, (step - decay_from) / max(steps - decay_from, 1))
+    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train(data: str | Path | FaceSet, out: str | Path, *,
           size: int = 64,                       # square image size
           steps: int = 10_000,                  # total optimiser steps (a resumed run continues up to it)
           batch: int = 256,                     # images per step
           lr: float = 2e-4,                     # AdamW learning rate after the warm-up
           warmup: int = 500,                    # steps of linear learning-rate warm-up
+          lr_end: float | None = None,          # cosine-decay the rate to this value at `steps`; None: constant
+          decay_from: int = 0,                  # the step where the cosine decay starts
           ema: float = 0.9995,                  # EMA decay (ramped up as min(ema, (1+s)/(10+s)))
           weight_decay: float = 0.0,            # AdamW weight decay
           grad_clip: float | None = 1.0,        # clip the gradient's global norm; None: no clipping
@@ -306,7 +319,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         noise = torch.randn(x0.shape, device=device, generator=noise_gen)
         loss = objective(model, x0, t, noise)
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / max(warmup, 1))
+            group["lr"] = learning_rate(step, lr, warmup, steps, lr_end, decay_from)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -323,6 +336,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                              "objective": "epsilon MSE, t uniform in 0..T-1, random horizontal flips"
                                               + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""),
                              "steps": step, "batch": batch, "images_seen": seen, "lr": lr, "warmup": warmup,
+                             **({"lr_end": lr_end, "decay_from": decay_from} if lr_end is not None else {}),
                              "ema": ema, "ema_decay_at_step_s": "min(ema, (1 + s) / (10 + s))",
                              "weight_decay": weight_decay, "grad_clip": grad_clip,
                              "bf16_autocast": bf16, "device": torch.cuda.get_device_name(device) if cuda else "cpu",

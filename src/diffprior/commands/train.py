@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--batch", type=arguments.positive, default=256, help="images per step (default 256)")
     a("--lr", type=arguments.number(0.0, above=True), default=2e-4, help="learning rate (default 2e-4)")
     a("--warmup", type=arguments.count, default=500, help="learning-rate warm-up steps (default 500)")
+    a("--lr-end", type=arguments.number(0.0), default=None,
+      help="cosine-decay the learning rate to this value at --steps (default: constant)")
+    a("--decay-from", type=arguments.count, default=0,
+      help="step where the cosine decay starts, e.g. the step a resumed run is at (default 0)")
     a("--ema", type=arguments.number(0.0, 1.0), default=0.9995, help="EMA decay, 0 to 1 (default 0.9995)")
     a("--first", help="first file-name stem of the data folder to use, e.g. 000001")
     a("--last", help="last file-name stem to use, e.g. 009500")
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> Path:
     if args.dropout is not None:
         network = {**network_config(args.config), "dropout": args.dropout}
     path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
-                 warmup=args.warmup, ema=args.ema, network=network, min_snr=args.min_snr, bf16=args.bf16, first=args.first, last=args.last,
+                 warmup=args.warmup, lr_end=args.lr_end, decay_from=args.decay_from, ema=args.ema,
+                 network=network, min_snr=args.min_snr, bf16=args.bf16, first=args.first, last=args.last,
                  count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
                  val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                  sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
