@@ -78,15 +78,10 @@ NEW=""
 if [ -f "$WORK/train/model.safetensors" ]; then
     stage export 60 280 python3 - "$WORK/train/model.safetensors" "$OUT/faces64.safetensors" <<'PY' && NEW="$OUT/faces64.safetensors"
 import json, sys
-import torch
-from diffprior.checkpoints import load_checkpoint, save_checkpoint
 from diffprior.models import load_prior
-prior = load_checkpoint(sys.argv[1])
-shipped = load_prior("faces64").config
-config = dict(prior.config, name="faces64", licence=shipped.get("licence"),
-              solver_settings=shipped.get("solver_settings", {}))
-save_checkpoint(prior.net, config, sys.argv[2], dtype=torch.float16)
-run = config.get("training", {})
+from diffprior.train import FACES64, export
+settings = load_prior("faces64").config.get("solver_settings", {})  # the shipped model's, until retuned
+run = load_prior(export(sys.argv[1], sys.argv[2], **FACES64, solver_settings=settings)).config["training"]
 keys = ("device", "steps", "batch", "lr", "images_seen", "seconds", "final_loss", "val_psnr_100", "val_psnr_300")
 print(json.dumps({k: run.get(k) for k in keys}), "images/s:", round(run["images_seen"] / max(run["seconds"], 1e-9), 1))
 PY

@@ -2,7 +2,9 @@
 """The numbers and figures of a trained face model's card (docs/MODEL_CARD.md):
 
   - single-step (Tweedie) denoising PSNR / SSIM / LPIPS at t = 100, 300, 500 on each evaluation set,
-    with 95% intervals (fixed noise: seed 0 per image set and t);
+    with 95% intervals (fixed noise: seed t per image set and t);
+  - the error of the one-step estimate's mean colour at the high noise levels t = 700 ... 999, where a
+    sampler decides each face's colours, beside the error of guessing the data set's mean colour;
   - the training curves from the run's log.csv (training loss, validation loss beside the same loss on
     as many training images, the tracked validation Tweedie PSNR);
   - sample grids: 64 faces by 1000 ancestral DDPM steps and by 100 DDIM steps (seed 0).
@@ -53,18 +55,40 @@ def tweedie_table(prior, images: torch.Tensor, batch: int) -> dict:
     return out
 
 
-def curves(log: list[dict], path: Path) -> Path:
+COLOUR_STEPS = (999, 900, 800, 700)
+
+
+def colour_table(prior, images: torch.Tensor, batch: int) -> dict:
+    """Per t: the RMS error (over images and RGB channels, [-1, 1] units) of the mean colour of the one-step
+    estimate x0_hat(x_t), clipped to [-1, 1] as the samplers use it, against the image's own; and `baseline`, the RMS error of always answering the
+    images' average colour. A calibrated denoiser at nearly pure noise does no worse than the baseline."""
+    x0 = io.from_uint8(images).float()
+    colours = x0.mean(dim=(2, 3))
+    out = {"baseline": (colours - colours.mean(0)).square().mean().sqrt().item()}
+    for t in COLOUR_STEPS:
+        g = torch.Generator().manual_seed(t)
+        estimates = [denoise(prior, x0[i:i + batch].to(prior.device), t, generator=g)[1].float().cpu()
+                     for i in range(0, len(x0), batch)]
+        out[t] = (torch.cat(estimates).mean(dim=(2, 3)) - colours).square().mean().sqrt().item()
+    return out
+
+
+def curves(log: list[dict], path: Path, prediction: str = "eps") -> Path:
+    """Left: the training loss (the MSE of what the network predicts) and the epsilon MSE on validation and
+    as many training faces; right: the tracked validation Tweedie PSNR."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     rows = [r for r in log if r["loss"] is not None]
     k = max(1, len(rows) // 200)  # a running mean over about 0.5% of the run
     smooth = [sum(r["loss"] for r in rows[max(0, i - k):i + 1]) / len(rows[max(0, i - k):i + 1])
               for i in range(len(rows))]
-    a.plot([r["images"] / 1e3 for r in rows], smooth, lw=1, label="training loss (running mean)")
+    a.plot([r["images"] / 1e3 for r in rows], smooth, lw=1,
+           label=f"training loss ({'v' if prediction == 'v' else 'epsilon'} MSE, running mean)")
     ev = [r for r in log if r.get("val_loss") is not None]
-    a.plot([r["images"] / 1e3 for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="validation faces")
+    a.plot([r["images"] / 1e3 for r in ev], [r["val_loss"] for r in ev], "o-", ms=3,
+           label="epsilon MSE, validation faces")
     a.plot([r["images"] / 1e3 for r in ev], [r["train_eval_loss"] for r in ev], "s--", ms=3,
-           label="as many training faces")
-    a.set(xlabel="images seen (thousands)", ylabel="epsilon MSE", yscale="log", title="loss")
+           label="epsilon MSE, as many training faces")
+    a.set(xlabel="images seen (thousands)", ylabel="MSE", yscale="log", title="loss")
     a.legend(fontsize=8)
     for t in TIMESTEPS:
         pts = [r for r in ev if r.get(f"val_psnr_{t}") is not None]
@@ -102,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     prior = load_prior(args.model, torch.device(args.device))
     size = prior.shape[-1]
     card = {"command": shlex.join(["python", "scripts/model_card.py", *(argv or sys.argv[1:])]),
-            "model": Path(args.model).name, "training": prior.config.get("training"), "tweedie": {}, "seconds": {}, "grids_bf16": args.bf16}
+            "model": Path(args.model).name, "training": prior.config.get("training"), "tweedie": {}, "colour": {},
+            "seconds": {}, "grids_bf16": args.bf16}
     with torch.inference_mode():
         for spec in args.eval:
             name, _, source = spec.partition("=")
@@ -111,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             card["tweedie"][name] = {"images": len(faces), "first_file": faces.names[0],
                                      "last_file": faces.names[-1], **tweedie_table(prior, faces.images, args.batch)}
+            card["colour"][name] = colour_table(prior, faces.images, args.batch)
             card["seconds"][f"tweedie {name}"] = round(time.perf_counter() - started, 1)
             print(name, json.dumps({t: {m: round(v["mean"], 4) for m, v in r.items()}
-                                    for t, r in card["tweedie"][name].items() if t in TIMESTEPS}))
+                                    for t, r in card["tweedie"][name].items() if t in TIMESTEPS}),
+                  "mean-colour error", json.dumps({t: round(e, 3) for t, e in card["colour"][name].items()}))
         if args.log:
-            curves(read_log(args.log), out / "training_curves.png")
+            curves(read_log(args.log), out / "training_curves.png", prior.prediction)
         for sampler, steps in (("ddpm", 1000), ("ddim", 100)) if args.samples else ():
             started = time.perf_counter()
             grid(prior, sampler, steps, args.samples, args.batch, out / f"samples_{sampler}{steps}.png", args.bf16)

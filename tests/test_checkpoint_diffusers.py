@@ -107,9 +107,23 @@ def test_wrong_shape_fails_loudly(tmp_path):
         load_prior(tmp_path)
 
 
-def test_non_epsilon_prediction_fails_clearly(tmp_path):
-    save_model(tmp_path, prediction_type="v_prediction")
-    with pytest.raises(ValueError, match="prediction_type.*v_prediction.*epsilon"):
+def test_v_prediction_matches_the_diffusers_scheduler(tmp_path):
+    """A v_prediction model loads as a v prior: its x0 estimate is the one diffusers' own DDPMScheduler
+    computes from the same network output (pred_original_sample, unclipped)."""
+    unet, sched = save_model(tmp_path, prediction_type="v_prediction", clip_sample=False)
+    prior = load_prior(tmp_path)
+    assert prior.prediction == "v"
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for t in (5, 600, 999):
+            expected = sched.step(unet(x, torch.tensor([t])).sample, t, x).pred_original_sample
+            torch.testing.assert_close(prior.net(x, torch.tensor([t])), unet(x, torch.tensor([t])).sample)
+            torch.testing.assert_close(prior.x0(x, t), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_sample_prediction_fails_clearly(tmp_path):
+    save_model(tmp_path, prediction_type="sample")
+    with pytest.raises(ValueError, match="prediction_type.*sample.*'epsilon' or 'v_prediction'"):
         load_prior(tmp_path)
 
 

@@ -115,6 +115,34 @@ def test_network_prior_splits_learned_variance():
     assert prior.eps(x, torch.tensor([3, 4])).shape == x.shape
 
 
+class _VelocityOracle(torch.nn.Module):
+    """Returns the exact v = sqrt(abar) eps - sqrt(1 - abar) x0 of a known clean image x0."""
+
+    def __init__(self, x0, schedule):
+        super().__init__()
+        self.x0, self.abar = x0, schedule.abar
+
+    def forward(self, x, t):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        eps = (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * self.x0
+
+
+@pytest.mark.parametrize("t", [0, 300, 999])
+def test_v_predicting_network_prior_recovers_x0_and_eps(t):
+    """With prediction="v", the prior turns the network's v into eps; an exact v gives the exact x0 and eps
+    at every noise level, also at t = 999 where abar is 4e-5 (computed in float64 here)."""
+    schedule = Schedule.linear()
+    x0 = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    x_t = schedule.q_sample(x0, t, eps)
+    prior = NetworkPrior(_VelocityOracle(x0, schedule), schedule, (3, 4, 4), prediction="v")
+    assert torch.allclose(prior.eps(x_t, t), eps, atol=1e-9)
+    assert torch.allclose(prior.x0(x_t, torch.tensor([t, t])), x0, atol=1e-9)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        NetworkPrior(_VelocityOracle(x0, schedule), schedule, (3, 4, 4), prediction="x0")
+
+
 def test_low_rank_mixture_equals_its_full_covariance_form():
     g = torch.Generator().manual_seed(5)
     K, d, r = 3, 10, 2

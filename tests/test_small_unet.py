@@ -98,6 +98,22 @@ def test_checkpoint_round_trip(tmp_path):
     assert prior.shape == (3, 16, 16)
 
 
+def test_checkpoint_prediction_round_trip(tmp_path):
+    """A checkpoint's "prediction" reaches the prior (absent: eps); an unknown one is a CheckpointError."""
+    net = randomised(tiny())
+    path = save_checkpoint(net, {**checkpoint_config(net.config), "prediction": "v"}, tmp_path / "v.safetensors")
+    prior = load_prior(path)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([4, 400])
+    a = Schedule.linear().abar[t].float().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        assert prior.prediction == "v"
+        assert torch.allclose(prior.eps(x, t), (1 - a).sqrt() * x + a.sqrt() * net(x, t), atol=1e-6)
+    assert load_prior(save_checkpoint(net, checkpoint_config(net.config), tmp_path / "e.safetensors")).prediction == "eps"
+    path = save_checkpoint(net, {**checkpoint_config(net.config), "prediction": "x0"}, tmp_path / "x.safetensors")
+    with pytest.raises(CheckpointError, match="prediction"):
+        load_prior(path)
+
+
 def test_strict_load_fails_on_the_wrong_network(tmp_path):
     net = randomised(tiny())
     wrong = {**net.config, "base": 32}  # the weights do not fit this description

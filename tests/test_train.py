@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from diffprior import load_prior
 from diffprior.data import load_faces, load_folder, load_pack, save_pack
+from diffprior.io import from_uint8
 from diffprior.networks.small import network_config
 from diffprior.commands.train import add_arguments as add_train_arguments, run as run_train
-from diffprior.train import learning_rate, read_log, train
+from diffprior.train import FACES64, export, learning_rate, read_log, train
 import diffprior.train as train_module
 
 
@@ -235,3 +237,36 @@ def test_learning_rate_schedule(faces, tmp_path):
     train(faces, tmp_path / "run", steps=6, lr=1e-3, lr_end=1e-4, decay_from=2, **FAST)
     logged = {row["step"]: row["lr"] for row in read_log(tmp_path / "run" / "log.csv")}
     assert logged[6] == pytest.approx(learning_rate(5, 1e-3, FAST["warmup"], 6, 1e-4, 2))
+
+
+def test_v_prediction_trains_and_exports_a_v_prior(faces, tmp_path):
+    """prediction="v": the loss is the MSE of v (eps-loss weight 1 / abar_t), training lowers it, the exported
+    model says so and loads as a v prior; a resume keeps the prediction (another one is refused), and a run
+    started from a v model predicts v too unless told otherwise."""
+    from diffprior.schedule import Schedule
+    from diffprior.train import EpsLoss
+    schedule = Schedule.linear()
+    v_loss = EpsLoss(schedule, torch.device("cpu"), prediction="v")
+    assert torch.allclose(v_loss.weight.double(), 1 / schedule.abar, rtol=1e-6)
+    assert torch.allclose(EpsLoss(schedule, torch.device("cpu"), min_snr=5, prediction="v").weight,
+                          EpsLoss(schedule, torch.device("cpu"), min_snr=5).weight)
+    x0, noise, t = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8), torch.tensor([10, 990])
+    a = schedule.abar[t].float().view(-1, 1, 1, 1)
+    exact_v = lambda x, tt: a.sqrt() * noise - (1 - a).sqrt() * x0  # noqa: E731
+    assert v_loss(exact_v, x0, t, noise) < 1e-8
+    path = train(faces, tmp_path / "run", steps=20, lr=2e-3, prediction="v", **FAST)
+    prior = load_prior(path)
+    assert prior.prediction == "v" and prior.config["training"]["objective"].startswith("v MSE")
+    images = from_uint8(load_faces(faces, SIZE).images).repeat(8, 1, 1, 1)  # fixed timesteps and noise
+    t = torch.arange(len(images)) * 1000 // len(images)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    untrained = v_loss(lambda x, tt: torch.zeros_like(x), images, t, noise)  # the zero-initialised network
+    with torch.no_grad():
+        assert v_loss(prior.net, images, t, noise) < 0.8 * untrained
+    with pytest.raises(ValueError, match="prediction differs"):
+        train(faces, tmp_path / "run", steps=21, resume=True, prediction="eps", **FAST)
+    assert load_prior(train(faces, tmp_path / "run", steps=21, resume=True, **FAST)).prediction == "v"
+    assert load_prior(train(faces, tmp_path / "from-v", steps=1, init=path, **FAST)).prediction == "v"
+    shipped = load_prior(export(path, tmp_path / "faces.safetensors", **FACES64, solver_settings={"dps": {}}))
+    assert shipped.prediction == "v" and shipped.config["name"] == "faces64" and shipped.config["solver_settings"]
+    assert load_file(tmp_path / "faces.safetensors")["out.2.weight"].dtype == torch.float16

@@ -6,7 +6,7 @@ Every prior answers, for a noisy x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) z at 
   score(x_t, t)  grad log p_t(x_t) = -eps / sqrt(1 - abar_t)
 `t` is a Python int (the whole batch at one timestep, the solvers' case) or a LongTensor of shape (B,).
 
-`NetworkPrior` wraps any epsilon-predicting network. The analytic priors (`GaussianPrior`,
+`NetworkPrior` wraps any network that predicts eps or v (turned into eps). The analytic priors (`GaussianPrior`,
 `GaussianMixturePrior`) have a closed-form E[x_0 | x_t] and a closed-form posterior for linear
 measurements: they are the ground truth the tests and the posterior benchmark measure solvers against.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .devices import native_bf16
-from .schedule import Schedule
+from .schedule import Schedule, eps_from_v
 
 
 class Prior(nn.Module):
@@ -77,14 +77,19 @@ class Speed:
 
 
 class NetworkPrior(Prior):
-    """A trained epsilon-predicting network. With `learned_variance`, the network returns 2C channels:
-    eps, then guided-diffusion's variance interpolation v (Nichol & Dhariwal 2021), used by the DDPM step."""
+    """A trained network that predicts the noise eps, or, with prediction="v", the velocity
+    v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), turned into eps here (`eps_from_v`).
+    With `learned_variance`, the network returns 2C channels: eps, then guided-diffusion's variance
+    interpolation (Nichol & Dhariwal 2021), used by the DDPM step."""
 
     def __init__(self, net: nn.Module, schedule: Schedule, shape: tuple[int, ...], *,
-                 learned_variance: bool = False, config: dict | None = None):
+                 learned_variance: bool = False, prediction: str = "eps", config: dict | None = None):
         super().__init__(schedule, shape, bounded=True)
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
         self.net = net
         self._learned_variance = learned_variance
+        self.prediction = prediction
         self.config = config or {}  # what the checkpoint says of itself (architecture, training, ...)
         self.speed = Speed()  # plain float32, eager: see `configure`
         self._compiled = None  # torch.compile'd `_forward`, when speed.compile is set
@@ -141,10 +146,10 @@ class NetworkPrior(Prior):
         else:
             t = torch.as_tensor(t, device=x_t.device).reshape(-1).long().expand(x_t.shape[0])
         out = (self._compiled or self._forward)(x_t, t)
-        if self._learned_variance:
-            eps, v = out.chunk(2, dim=1)
-            return eps, v
-        return out, None
+        eps, v = out.chunk(2, dim=1) if self._learned_variance else (out, None)
+        if self.prediction == "v":
+            eps = eps_from_v(x_t, eps, self.schedule.abar_like(t, x_t))
+        return eps, v
 
 
 class GaussianMixturePrior(Prior):

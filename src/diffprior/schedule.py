@@ -104,3 +104,11 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     if generator is None or generator.device == x.device:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+
+
+def eps_from_v(x_t: Tensor, v: Tensor, abar: Tensor | float) -> Tensor:
+    """The noise estimate of a v-predicting network (Salimans & Ho 2022, v = sqrt(abar) eps - sqrt(1 - abar) x_0):
+    eps = sqrt(1 - abar) x_t + sqrt(abar) v. The network then only has to get the small part right: where
+    abar is tiny, eps is nearly x_t itself, which a direct eps prediction must reproduce to within about
+    sqrt(abar) of its size for x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) to keep even its mean colour."""
+    return (1 - abar) ** 0.5 * x_t + abar ** 0.5 * v

@@ -2,8 +2,10 @@
 
 The loss is Ho et al. 2020's "simple" objective: for x_0 from the data (randomly flipped left-right),
 t uniform in 0..T-1 and z ~ N(0, I), the mean squared error between z and eps(sqrt(abar_t) x_0 +
-sqrt(1 - abar_t) z, t). AdamW with a linear warm-up, gradient-norm clipping, and an exponential moving
-average (EMA) of the weights, which is the model that gets exported and sampled.
+sqrt(1 - abar_t) z, t); or, with prediction="v", the network predicts v = sqrt(abar_t) z - sqrt(1 - abar_t) x_0
+and the loss is the MSE of v (Salimans & Ho 2022). AdamW with a linear warm-up (and optionally a cosine
+decay), gradient-norm clipping, and an exponential moving average (EMA) of the weights, which is the model
+that gets exported and sampled.
 
 Everything that a run needs to continue lives in `out/state.pt` (network, EMA, optimiser, step, and
 every random state: the global torch generators, the noise generator and the data sampler's position),
@@ -42,7 +44,7 @@ from .metrics import psnr
 from .networks import build_network
 from .networks.small import SmallUNet, network_config
 from .prior import NetworkPrior
-from .schedule import Schedule
+from .schedule import Schedule, eps_from_v
 from .solvers.sampling import sample
 
 STATE, MODEL, LOG = "state.pt", "model.safetensors", "log.csv"
@@ -126,23 +128,35 @@ class EpsLoss:
 
     w = 1 is Ho et al. 2020's L_simple; `min_snr` = gamma gives Hang et al. 2023's min-SNR-gamma
     weighting for epsilon prediction, w(t) = min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t),
-    which stops the nearly clean timesteps from dominating the gradient. The schedule's tables are copied
-    to the device once, so that no step synchronises with it. `bf16`: run the network under bfloat16
-    autocast (on CUDA, and on CPUs with native bf16 instructions)."""
+    which stops the nearly clean timesteps from dominating the gradient (for v prediction it is the same
+    weighting). With prediction="v" the network predicts v (Salimans & Ho 2022) and eps is computed from it
+    (`eps_from_v`); without min_snr the loss is then the plain MSE of v, w(t) = 1 / abar_t, which keeps the
+    nearly pure-noise timesteps, where the mean colour is decided, from being ignored. The schedule's
+    tables are copied to the device once, so that no step synchronises with it. `bf16`: run the network
+    under bfloat16 autocast (on CUDA, and on CPUs with native bf16 instructions)."""
 
-    def __init__(self, schedule: Schedule, device: torch.device, min_snr: float | None = None, bf16: bool = False):
-        self.T = schedule.T
+    def __init__(self, schedule: Schedule, device: torch.device, min_snr: float | None = None, bf16: bool = False,
+                 prediction: str = "eps"):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
+        self.T, self.prediction = schedule.T, prediction
+        self.abar = schedule.abar.float().to(device)
         self.sqrt_a = schedule.abar.sqrt().float().to(device)
         self.sqrt_1ma = (1 - schedule.abar).sqrt().float().to(device)
         snr = schedule.abar / (1 - schedule.abar)
-        self.weight = (snr.clamp(max=min_snr) / snr if min_snr else torch.ones_like(snr)).float().to(device)
+        if min_snr:
+            weight = snr.clamp(max=min_snr) / snr
+        else:
+            weight = (snr + 1) / snr if prediction == "v" else torch.ones_like(snr)
+        self.weight = weight.float().to(device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def noisy_prediction(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, and the network's eps(x_t, t) in float32."""
         x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
         with self.autocast:
-            return x_t, net(x_t, t).float()
+            out = net(x_t, t).float()
+        return x_t, eps_from_v(x_t, out, self.abar[t].view(-1, 1, 1, 1)) if self.prediction == "v" else out
 
     def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         per_image = (self.noisy_prediction(net, x0, t, noise)[1] - noise).square().mean(dim=(1, 2, 3))
@@ -219,6 +233,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           grad_clip: float | None = 1.0,        # clip the gradient's global norm; None: no clipping
           network: str | dict = "default",      # SmallUNet config name (tiny, default, large) or settings
           min_snr: float | None = None,         # min-SNR-gamma loss weighting (Hang et al. 2023); None: L_simple
+          prediction: str | None = None,        # the network predicts "eps" or "v" (Salimans & Ho 2022);
+                                                #   None: as the resumed run, else as `init`, else "eps"
           bf16: bool | None = None,             # bfloat16 autocast; default: on CUDA only
           first: str | None = None,             # data: first file-name stem to use, e.g. "000001"
           last: str | None = None,              # data: last file-name stem to use, e.g. "009500"
@@ -270,8 +286,12 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     # Model, EMA copy, optimiser and every source of randomness.
     schedule = Schedule.linear()
     bf16 = cuda if bf16 is None else bf16
-    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16)
     net_config = resolve_network(network, size)
+    warm_start = None if init is None else _warm_start(init, net_config)
+    if prediction is None:  # by default a run keeps its own parameterisation, or its initial model's
+        prediction = (state["identity"].get("prediction", "eps") if state is not None
+                      else warm_start["prediction"] if warm_start is not None else "eps")
+    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16, prediction=prediction)
     torch.manual_seed(seed)
     net = build_network("small-unet", **net_config).to(device)
     ema_net = copy.deepcopy(net).eval().requires_grad_(False)
@@ -284,7 +304,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     params, ema_params = list(net.parameters()), list(ema_net.parameters())
 
     identity = {"network": net_config, "size": size, "data": faces.describe()}  # must match to resume
-    warm_start = None if init is None else _warm_start(init, net_config)
+    if prediction != "eps":
+        identity["prediction"] = prediction
     if warm_start is not None:
         identity["init"] = warm_start["model"]
         if state is None:
@@ -331,9 +352,10 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     def record() -> dict:
         """The exported model's self-description."""
         return {"architecture": "small-unet", "network": net_config, "schedule": schedule.config,
-                "image_size": size, "channels": 3, "learned_variance": False,
+                "image_size": size, "channels": 3, "learned_variance": False, "prediction": prediction,
                 "training": {"data": faces.describe(), "validation": val_faces and val_faces.describe(),
-                             "objective": "epsilon MSE, t uniform in 0..T-1, random horizontal flips"
+                             "objective": f"{'epsilon' if prediction == 'eps' else 'v'} MSE, t uniform in 0..T-1, "
+                                          "random horizontal flips"
                                               + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""),
                              "steps": step, "batch": batch, "images_seen": seen, "lr": lr, "warmup": warmup,
                              **({"lr_end": lr_end, "decay_from": decay_from} if lr_end is not None else {}),
@@ -353,7 +375,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         save_checkpoint(ema_net, record(), out / MODEL)
 
     def sample_grid() -> None:
-        prior = NetworkPrior(ema_net, schedule, (3, size, size))
+        prior = NetworkPrior(ema_net, schedule, (3, size, size), prediction=prediction)
         with objective.autocast:
             x = sample(prior, sample_n, steps=sample_steps, sampler=sampler,
                        generator=torch.Generator().manual_seed(SAMPLE_SEED))
@@ -416,7 +438,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 
 def _warm_start(init: str | Path, net_config: dict) -> dict:
     """The weights of model `init` for a network of `net_config`, and what to record of where they came
-    from (its name and its own training record): {"model", "training", "state"}."""
+    from (its name, what it predicts, its own training record): {"model", "prediction", "training", "state"}."""
     from .models import load_prior
     prior = load_prior(init)
     config = getattr(prior, "config", {})
@@ -424,16 +446,16 @@ def _warm_start(init: str | Path, net_config: dict) -> dict:
         raise ValueError(f"cannot start from {init}: its network ({config.get('architecture')}, "
                          f"{config.get('network')}) is not the one being trained ({net_config})")
     state = {k: v.float() for k, v in prior.net.state_dict().items()}
-    return {"model": str(init), "training": config.get("training"), "state": state}
+    return {"model": str(init), "prediction": prior.prediction, "training": config.get("training"), "state": state}
 
 
-def export(model: str | Path, dest: str | Path, *, name: str, description: str, licence: str) -> Path:
-    """Write a trained run's exported model (`out/model.safetensors`) as a float16 checkpoint `dest`,
-    its description extended with a name, a one-line description and the licence its data imposes."""
+def export(model: str | Path, dest: str | Path, **fields) -> Path:
+    """Write a trained run's exported model (`out/model.safetensors`) as a float16 checkpoint `dest`, its
+    description extended with `fields`: a name, a one-line description, the licence its data imposes, and
+    the solver settings tuned for it (see `FACES64`)."""
     from .checkpoints import load_checkpoint
     prior = load_checkpoint(model)
-    config = {**prior.config, "name": name, "description": description, "licence": licence}
-    return save_checkpoint(prior.net, config, dest, dtype=torch.float16)
+    return save_checkpoint(prior.net, {**prior.config, **fields}, dest, dtype=torch.float16)
 
 
 FACES64 = dict(name="faces64", description="64x64 faces: compact UNet trained on CelebA 000001-009500",

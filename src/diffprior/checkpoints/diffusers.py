@@ -31,8 +31,11 @@ def require_diffusers():
     return diffusers
 
 
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v"}  # diffusers' prediction_type -> NetworkPrior's
+
+
 class DiffusersUNet(nn.Module):
-    """net(x, t) -> eps for a diffusers UNet2DModel (whose forward returns an output object)."""
+    """net(x, t) -> the UNet2DModel's output tensor (eps or v; its forward returns an output object)."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()
@@ -71,15 +74,16 @@ def load_diffusers(folder: str | Path) -> NetworkPrior:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     meta = {"architecture": "diffusers-UNet2DModel", "source": str(folder), "network": config, "scheduler": sched}
     return NetworkPrior(DiffusersUNet(unet).eval(), schedule, (channels, int(h), int(w)),
-                        learned_variance=learned, config=meta)
+                        learned_variance=learned, prediction=PREDICTIONS[sched.get("prediction_type", "epsilon")],
+                        config=meta)
 
 
 def schedule_from_diffusers(sched: dict, source: str = "scheduler_config.json") -> Schedule:
     """The training noise schedule a diffusers scheduler config describes ({} gives DDPM's linear 1e-4..0.02)."""
     prediction = sched.get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        raise ValueError(f"{source}: prediction_type is {prediction!r}; diffprior priors need an epsilon-predicting "
-                         "network (prediction_type 'epsilon')")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{source}: prediction_type is {prediction!r}; diffprior priors need a network that "
+                         "predicts the noise or v (prediction_type 'epsilon' or 'v_prediction')")
     if sched.get("rescale_betas_zero_snr"):
         raise ValueError(f"{source}: rescale_betas_zero_snr (abar_T = 0) is not supported")
     T = int(sched.get("num_train_timesteps", 1000))

@@ -24,7 +24,8 @@ def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: to
     """Write `path` (.safetensors) and its self-description `path.with_suffix('.json')`, each atomically.
 
     config: {"architecture": ..., "network": {...}, "schedule": {...}, "image_size": ..., "channels": ...,
-    "learned_variance": ..., plus anything that documents the training}."""
+    "learned_variance": ..., "prediction": "eps" or "v" (default "eps"), plus anything that documents the
+    training}."""
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
@@ -56,6 +57,8 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         size = int(config["image_size"])
         if not 1 <= size <= MAX_IMAGE_SIZE:
             raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
+        if config.get("prediction", "eps") not in ("eps", "v"):
+            raise ValueError(f"prediction {config['prediction']!r} is not 'eps' or 'v'")
         # The description is checked against the weights file's header before the network is built for real:
         # a description that does not fit the file never allocates anything (it is built on the meta device).
         with torch.device("meta"):
@@ -69,5 +72,6 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
     load_state_strict(net, state, str(weights))
     prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
                          (int(config.get("channels", 3)), size, size),
-                         learned_variance=bool(config.get("learned_variance", False)), config=config)
+                         learned_variance=bool(config.get("learned_variance", False)),
+                         prediction=config.get("prediction", "eps"), config=config)
     return prior.to(device) if device is not None else prior

@@ -1,13 +1,14 @@
-"""SmallUNet: the project's own compact epsilon-predicting UNet (the embedded face model).
+"""SmallUNet: the project's own compact diffusion UNet (the embedded face model), trained to predict eps or v.
 
 An ADM-style design (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs"): residual blocks with
 GroupNorm + SiLU whose second normalisation is modulated by the timestep (scale-shift, FiLM),
 a sinusoidal timestep embedding followed by an MLP, multi-head self-attention at the low resolutions
 (through F.scaled_dot_product_attention), and skip connections from every down-path block to the up path.
 The last layer of every residual branch, of every attention block and of the output is
-zero-initialised, so each block starts as the identity and the untrained network predicts eps = 0.
+zero-initialised, so each block starts as the identity and the untrained network outputs 0.
 
-Input (B, C, H, W) images in [-1, 1] and integer timesteps (B,); output the noise estimate (B, C, H, W).
+Input (B, C, H, W) images in [-1, 1] and integer timesteps (B,); output (B, C, H, W): the noise estimate,
+or v for a v-predicting model (the checkpoint's "prediction"; `NetworkPrior` turns it into eps).
 With `patch` p > 1 the stem is a pixel-unshuffle (each p x p block of pixels becomes p^2 C channels) and
 the output a pixel-shuffle, so the first level runs at H / p: about p^2 times cheaper at full resolution.
 H and W must be divisible by p * 2 ** (len(mult) - 1); attention resolutions refer to `image_size`.
