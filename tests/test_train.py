@@ -123,6 +123,9 @@ def test_exported_model_loads_and_describes_itself(faces, tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in prior.net.state_dict().items())
     rows = read_log(out / "log.csv")
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [2, 4]
+    train(faces, tmp_path / "odd", steps=5, val=holdout, eval_every=2, **{k: v for k, v in FAST.items() if k != "eval_every"})
+    rows = read_log(tmp_path / "odd" / "log.csv")  # the last step is evaluated at the end, and logged once
+    assert [r["step"] for r in rows] == [2, 4, 5] and rows[-1]["val_loss"] is not None and rows[-1]["loss"] > 0
 
 
 def test_unreadable_files_are_skipped(faces):

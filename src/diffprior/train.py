@@ -426,6 +426,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         final_eval = val_images is not None and evals.get("step") != step
         if final_eval:
             evaluate()
+            if logged_step == step:  # this step's row was written before its evaluation: write it once, whole
+                _truncate_log(out / LOG, step - 1)
         if loss_n or logged_step != step or final_eval:
             log_row()
         checkpoint()
