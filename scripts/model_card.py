@@ -60,8 +60,9 @@ COLOUR_STEPS = (999, 900, 800, 700)
 
 def colour_table(prior, images: torch.Tensor, batch: int) -> dict:
     """Per t: the RMS error (over images and RGB channels, [-1, 1] units) of the mean colour of the one-step
-    estimate x0_hat(x_t), clipped to [-1, 1] as the samplers use it, against the image's own; and `baseline`, the RMS error of always answering the
-    images' average colour. A calibrated denoiser at nearly pure noise does no worse than the baseline."""
+    estimate x0_hat(x_t), clipped to [-1, 1] as the samplers use it, against the image's own; and
+    `baseline`, the RMS error of always answering the images' average colour. A calibrated denoiser at
+    nearly pure noise does no worse than the baseline."""
     x0 = io.from_uint8(images).float()
     colours = x0.mean(dim=(2, 3))
     out = {"baseline": (colours - colours.mean(0)).square().mean().sqrt().item()}

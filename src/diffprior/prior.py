@@ -23,6 +23,9 @@ from .devices import native_bf16
 from .schedule import Schedule, eps_from_v
 
 
+PREDICTIONS = ("eps", "v")  # what a NetworkPrior's network may predict
+
+
 class Prior(nn.Module):
     """Base class. Subclasses implement `predict`; the analytic ones also override `x0`."""
 
@@ -85,7 +88,7 @@ class NetworkPrior(Prior):
     def __init__(self, net: nn.Module, schedule: Schedule, shape: tuple[int, ...], *,
                  learned_variance: bool = False, prediction: str = "eps", config: dict | None = None):
         super().__init__(schedule, shape, bounded=True)
-        if prediction not in ("eps", "v"):
+        if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
         self.net = net
         self._learned_variance = learned_variance
@@ -141,6 +144,8 @@ class NetworkPrior(Prior):
         return out.to(x.dtype)
 
     def predict(self, x_t, t):
+        # abar from the t as given: an int t (the solvers' case) gives a float, without a device round trip
+        abar = self.schedule.abar_like(t, x_t) if self.prediction == "v" else None
         if isinstance(t, int):
             t = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         else:
@@ -148,7 +153,7 @@ class NetworkPrior(Prior):
         out = (self._compiled or self._forward)(x_t, t)
         eps, v = out.chunk(2, dim=1) if self._learned_variance else (out, None)
         if self.prediction == "v":
-            eps = eps_from_v(x_t, eps, self.schedule.abar_like(t, x_t))
+            eps = eps_from_v(x_t, eps, abar)
         return eps, v
 
 

@@ -43,7 +43,7 @@ from .io import atomic_write, from_uint8
 from .metrics import psnr
 from .networks import build_network
 from .networks.small import SmallUNet, network_config
-from .prior import NetworkPrior
+from .prior import PREDICTIONS, NetworkPrior
 from .schedule import Schedule, eps_from_v
 from .solvers.sampling import sample
 
@@ -137,7 +137,7 @@ class EpsLoss:
 
     def __init__(self, schedule: Schedule, device: torch.device, min_snr: float | None = None, bf16: bool = False,
                  prediction: str = "eps"):
-        if prediction not in ("eps", "v"):
+        if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
         self.T, self.prediction = schedule.T, prediction
         self.abar = schedule.abar.float().to(device)
@@ -351,12 +351,12 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 
     def record() -> dict:
         """The exported model's self-description."""
+        objective = (f"{'epsilon' if prediction == 'eps' else 'v'} MSE, t uniform in 0..T-1, random horizontal flips"
+                     + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""))
         return {"architecture": "small-unet", "network": net_config, "schedule": schedule.config,
                 "image_size": size, "channels": 3, "learned_variance": False, "prediction": prediction,
                 "training": {"data": faces.describe(), "validation": val_faces and val_faces.describe(),
-                             "objective": f"{'epsilon' if prediction == 'eps' else 'v'} MSE, t uniform in 0..T-1, "
-                                          "random horizontal flips"
-                                              + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""),
+                             "objective": objective,
                              "steps": step, "batch": batch, "images_seen": seen, "lr": lr, "warmup": warmup,
                              **({"lr_end": lr_end, "decay_from": decay_from} if lr_end is not None else {}),
                              "ema": ema, "ema_decay_at_step_s": "min(ema, (1 + s) / (10 + s))",

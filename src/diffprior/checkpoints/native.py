@@ -13,7 +13,7 @@ from torch import nn
 
 from ..io import atomic_write
 from ..networks import build_network
-from ..prior import NetworkPrior
+from ..prior import PREDICTIONS, NetworkPrior
 from ..schedule import Schedule
 from .state import CheckpointError, check_shapes, load_state_strict, read_state_dict
 
@@ -57,7 +57,7 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         size = int(config["image_size"])
         if not 1 <= size <= MAX_IMAGE_SIZE:
             raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
-        if config.get("prediction", "eps") not in ("eps", "v"):
+        if config.get("prediction", "eps") not in PREDICTIONS:
             raise ValueError(f"prediction {config['prediction']!r} is not 'eps' or 'v'")
         # The description is checked against the weights file's header before the network is built for real:
         # a description that does not fit the file never allocates anything (it is built on the meta device).
