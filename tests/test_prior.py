@@ -116,31 +116,47 @@ def test_network_prior_splits_learned_variance():
 
 
 class _VelocityOracle(torch.nn.Module):
-    """Returns the exact v = sqrt(abar) eps - sqrt(1 - abar) x0 of a known clean image x0."""
+    """Returns the exact v = a eps - b x0 of a known clean image x0: a = sqrt(abar), b = sqrt(1 - abar), or
+    their values at SNR / shift (`eps_from_v`)."""
 
-    def __init__(self, x0, schedule):
+    def __init__(self, x0, schedule, shift=1.0):
         super().__init__()
-        self.x0, self.abar = x0, schedule.abar
+        self.x0, self.abar, self.shift = x0, schedule.abar, shift
 
     def forward(self, x, t):
         a = self.abar[t].view(-1, 1, 1, 1)
         eps = (x - a.sqrt() * self.x0) / (1 - a).sqrt()
-        return a.sqrt() * eps - (1 - a).sqrt() * self.x0
+        d = a + self.shift * (1 - a)
+        return (a / d).sqrt() * eps - (self.shift * (1 - a) / d).sqrt() * self.x0
 
 
+@pytest.mark.parametrize("shift", [1.0, 0.01])
 @pytest.mark.parametrize("t", [0, 300, 999])
-def test_v_predicting_network_prior_recovers_x0_and_eps(t):
+def test_v_predicting_network_prior_recovers_x0_and_eps(t, shift):
     """With prediction="v", the prior turns the network's v into eps; an exact v gives the exact x0 and eps
-    at every noise level, also at t = 999 where abar is 4e-5 (computed in float64 here)."""
+    at every noise level, also at t = 999 where abar is 4e-5 (computed in float64 here), for the standard v
+    and for v read at SNR / 0.01."""
     schedule = Schedule.linear()
     x0 = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 2 - 1
     eps = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     x_t = schedule.q_sample(x0, t, eps)
-    prior = NetworkPrior(_VelocityOracle(x0, schedule), schedule, (3, 4, 4), prediction="v")
+    prior = NetworkPrior(_VelocityOracle(x0, schedule, shift), schedule, (3, 4, 4), prediction="v", v_shift=shift)
     assert torch.allclose(prior.eps(x_t, t), eps, atol=1e-9)
     assert torch.allclose(prior.x0(x_t, torch.tensor([t, t])), x0, atol=1e-9)
     with pytest.raises(ValueError, match="unknown prediction"):
         NetworkPrior(_VelocityOracle(x0, schedule), schedule, (3, 4, 4), prediction="x0")
+    with pytest.raises(ValueError, match="v_shift must be positive"):
+        NetworkPrior(_VelocityOracle(x0, schedule), schedule, (3, 4, 4), prediction="v", v_shift=0.0)
+
+
+def test_shifted_v_is_eps_at_low_noise_and_minus_x0_at_high_noise():
+    """v read at SNR / 0.01 is nearly the noise itself at t = 50 and nearly -x0 at t = 999, so that an eps network
+    can be fine-tuned into one without relearning the clean end."""
+    schedule = Schedule.linear()
+    x0, eps = torch.rand(1, 3, 4, 4, dtype=torch.float64) * 2 - 1, torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    v = lambda t: _VelocityOracle(x0, schedule, 0.01)(schedule.q_sample(x0, t, eps), torch.tensor([t]))  # noqa: E731
+    assert (v(50) - eps).abs().max() < 0.03 * eps.abs().max() + 0.03
+    assert (v(999) + x0).abs().max() < 0.07 * eps.abs().max() + 0.01  # v = 0.998 (-x0) + 0.063 eps there
 
 
 def test_low_rank_mixture_equals_its_full_covariance_form():

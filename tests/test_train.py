@@ -273,3 +273,25 @@ def test_v_prediction_trains_and_exports_a_v_prior(faces, tmp_path):
     shipped = load_prior(export(path, tmp_path / "faces.safetensors", **FACES64, solver_settings={"dps": {}}))
     assert shipped.prediction == "v" and shipped.config["name"] == "faces64" and shipped.config["solver_settings"]
     assert load_file(tmp_path / "faces.safetensors")["out.2.weight"].dtype == torch.float16
+
+
+def test_shifted_v_prediction_trains_exports_and_is_kept(faces, tmp_path):
+    """v_shift: the loss is the MSE of the shifted v (eps-loss weight `v_loss_weight`), the exported model
+    records it and loads with it, a run started from it keeps it, and it is refused for an eps network."""
+    from diffprior.schedule import Schedule, v_loss_weight
+    from diffprior.train import EpsLoss
+    schedule = Schedule.linear()
+    loss = EpsLoss(schedule, torch.device("cpu"), prediction="v", v_shift=0.01)
+    assert torch.allclose(loss.weight.double(), v_loss_weight(schedule.abar, 0.01), rtol=1e-6)
+    assert loss.weight[50] == pytest.approx(1.0, abs=0.05) and loss.weight[999] > 1e4
+    x0, noise, t = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8), torch.tensor([10, 990])
+    a = schedule.abar[t].double().view(-1, 1, 1, 1)
+    d = a + 0.01 * (1 - a)
+    exact = ((a / d).sqrt() * noise - (0.01 * (1 - a) / d).sqrt() * x0).float()
+    assert loss(lambda x, tt: exact, x0, t, noise) < 1e-6
+    path = train(faces, tmp_path / "run", steps=3, prediction="v", v_shift=0.01, **FAST)
+    prior = load_prior(path)
+    assert (prior.prediction, prior.v_shift) == ("v", 0.01) and "SNR / 0.01" in prior.config["training"]["objective"]
+    assert load_prior(train(faces, tmp_path / "from", steps=1, init=path, **FAST)).v_shift == 0.01
+    with pytest.raises(ValueError, match="prediction='v' only"):
+        train(faces, tmp_path / "eps", steps=1, prediction="eps", v_shift=0.5, **FAST)

@@ -81,18 +81,22 @@ class Speed:
 
 class NetworkPrior(Prior):
     """A trained network that predicts the noise eps, or, with prediction="v", the velocity
-    v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), turned into eps here (`eps_from_v`).
+    v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), turned into eps here (`eps_from_v`);
+    `v_shift` s < 1 reads v at the signal-to-noise ratio SNR / s (`eps_from_v` says how).
     With `learned_variance`, the network returns 2C channels: eps, then guided-diffusion's variance
     interpolation (Nichol & Dhariwal 2021), used by the DDPM step."""
 
     def __init__(self, net: nn.Module, schedule: Schedule, shape: tuple[int, ...], *,
-                 learned_variance: bool = False, prediction: str = "eps", config: dict | None = None):
+                 learned_variance: bool = False, prediction: str = "eps", v_shift: float = 1.0,
+                 config: dict | None = None):
         super().__init__(schedule, shape, bounded=True)
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
+        if not v_shift > 0:
+            raise ValueError(f"v_shift must be positive, not {v_shift!r}")
         self.net = net
         self._learned_variance = learned_variance
-        self.prediction = prediction
+        self.prediction, self.v_shift = prediction, float(v_shift)
         self.config = config or {}  # what the checkpoint says of itself (architecture, training, ...)
         self.speed = Speed()  # plain float32, eager: see `configure`
         self._compiled = None  # torch.compile'd `_forward`, when speed.compile is set
@@ -153,7 +157,7 @@ class NetworkPrior(Prior):
         out = (self._compiled or self._forward)(x_t, t)
         eps, v = out.chunk(2, dim=1) if self._learned_variance else (out, None)
         if self.prediction == "v":
-            eps = eps_from_v(x_t, eps, abar)
+            eps = eps_from_v(x_t, eps, abar, self.v_shift)
         return eps, v
 
 

@@ -106,9 +106,21 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
 
 
-def eps_from_v(x_t: Tensor, v: Tensor, abar: Tensor | float) -> Tensor:
+def eps_from_v(x_t: Tensor, v: Tensor, abar: Tensor | float, shift: float = 1.0) -> Tensor:
     """The noise estimate of a v-predicting network (Salimans & Ho 2022, v = sqrt(abar) eps - sqrt(1 - abar) x_0):
     eps = sqrt(1 - abar) x_t + sqrt(abar) v. The network then only has to get the small part right: where
     abar is tiny, eps is nearly x_t itself, which a direct eps prediction must reproduce to within about
-    sqrt(abar) of its size for x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) to keep even its mean colour."""
-    return (1 - abar) ** 0.5 * x_t + abar ** 0.5 * v
+    sqrt(abar) of its size for x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) to keep even its mean colour.
+
+    `shift` s < 1 reads v at the signal-to-noise ratio SNR / s (SNR = abar / (1 - abar)), so that v is the
+    noise eps where the image is clear and -x_0 only where noise dominates:
+        v = a eps - b x_0,  a = sqrt(abar / D),  b = sqrt(s (1 - abar) / D),  D = abar + s (1 - abar),
+        eps = (sqrt(abar D) v + sqrt(s (1 - abar)) x_t) / (abar + sqrt(s) (1 - abar))   (s = 1: the line above).
+    An eps network can then be turned into a v network without relearning the low-noise timesteps."""
+    d = abar + shift * (1 - abar)
+    return ((abar * d) ** 0.5 * v + (shift * (1 - abar)) ** 0.5 * x_t) / (abar + shift ** 0.5 * (1 - abar))
+
+
+def v_loss_weight(abar: Tensor, shift: float = 1.0) -> Tensor:
+    """w(t) with w || eps_hat - eps ||^2 = || v_hat - v ||^2 for the v of `eps_from_v` (s = 1: 1 / abar)."""
+    return (abar + shift ** 0.5 * (1 - abar)) ** 2 / (abar * (abar + shift * (1 - abar)))

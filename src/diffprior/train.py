@@ -44,7 +44,7 @@ from .metrics import psnr
 from .networks import build_network
 from .networks.small import SmallUNet, network_config
 from .prior import PREDICTIONS, NetworkPrior
-from .schedule import Schedule, eps_from_v
+from .schedule import Schedule, eps_from_v, v_loss_weight
 from .solvers.sampling import sample
 
 STATE, MODEL, LOG = "state.pt", "model.safetensors", "log.csv"
@@ -131,15 +131,16 @@ class EpsLoss:
     which stops the nearly clean timesteps from dominating the gradient (for v prediction it is the same
     weighting). With prediction="v" the network predicts v (Salimans & Ho 2022) and eps is computed from it
     (`eps_from_v`); without min_snr the loss is then the plain MSE of v, w(t) = 1 / abar_t, which keeps the
-    nearly pure-noise timesteps, where the mean colour is decided, from being ignored. The schedule's
+    nearly pure-noise timesteps, where the mean colour is decided, from being ignored; with `v_shift` s the v
+    read at SNR / s (`eps_from_v`), w(t) = `v_loss_weight`, which is about 1 where SNR >> s. The schedule's
     tables are copied to the device once, so that no step synchronises with it. `bf16`: run the network
     under bfloat16 autocast (on CUDA, and on CPUs with native bf16 instructions)."""
 
     def __init__(self, schedule: Schedule, device: torch.device, min_snr: float | None = None, bf16: bool = False,
-                 prediction: str = "eps"):
+                 prediction: str = "eps", v_shift: float = 1.0):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
-        self.T, self.prediction = schedule.T, prediction
+        self.T, self.prediction, self.v_shift = schedule.T, prediction, v_shift
         self.abar = schedule.abar.float().to(device)
         self.sqrt_a = schedule.abar.sqrt().float().to(device)
         self.sqrt_1ma = (1 - schedule.abar).sqrt().float().to(device)
@@ -147,7 +148,7 @@ class EpsLoss:
         if min_snr:
             weight = snr.clamp(max=min_snr) / snr
         else:
-            weight = (snr + 1) / snr if prediction == "v" else torch.ones_like(snr)
+            weight = v_loss_weight(schedule.abar, v_shift) if prediction == "v" else torch.ones_like(snr)
         self.weight = weight.float().to(device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
@@ -156,7 +157,9 @@ class EpsLoss:
         x_t = self.sqrt_a[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1ma[t].view(-1, 1, 1, 1) * noise
         with self.autocast:
             out = net(x_t, t).float()
-        return x_t, eps_from_v(x_t, out, self.abar[t].view(-1, 1, 1, 1)) if self.prediction == "v" else out
+        if self.prediction == "v":
+            out = eps_from_v(x_t, out, self.abar[t].view(-1, 1, 1, 1), self.v_shift)
+        return x_t, out
 
     def __call__(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         per_image = (self.noisy_prediction(net, x0, t, noise)[1] - noise).square().mean(dim=(1, 2, 3))
@@ -235,6 +238,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           min_snr: float | None = None,         # min-SNR-gamma loss weighting (Hang et al. 2023); None: L_simple
           prediction: str | None = None,        # the network predicts "eps" or "v" (Salimans & Ho 2022);
                                                 #   None: as the resumed run, else as `init`, else "eps"
+          v_shift: float | None = None,         # v read at SNR / v_shift (`eps_from_v`); None: as prediction
           bf16: bool | None = None,             # bfloat16 autocast; default: on CUDA only
           first: str | None = None,             # data: first file-name stem to use, e.g. "000001"
           last: str | None = None,              # data: last file-name stem to use, e.g. "009500"
@@ -291,7 +295,12 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     if prediction is None:  # by default a run keeps its own parameterisation, or its initial model's
         prediction = (state["identity"].get("prediction", "eps") if state is not None
                       else warm_start["prediction"] if warm_start is not None else "eps")
-    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16, prediction=prediction)
+    if v_shift is None:
+        v_shift = (state["identity"].get("v_shift", 1.0) if state is not None
+                   else warm_start["v_shift"] if warm_start is not None and prediction == "v" else 1.0)
+    if v_shift != 1.0 and prediction != "v":
+        raise ValueError("v_shift applies to prediction='v' only")
+    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16, prediction=prediction, v_shift=v_shift)
     torch.manual_seed(seed)
     net = build_network("small-unet", **net_config).to(device)
     ema_net = copy.deepcopy(net).eval().requires_grad_(False)
@@ -306,6 +315,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     identity = {"network": net_config, "size": size, "data": faces.describe()}  # must match to resume
     if prediction != "eps":
         identity["prediction"] = prediction
+    if v_shift != 1.0:
+        identity["v_shift"] = v_shift
     if warm_start is not None:
         identity["init"] = warm_start["model"]
         if state is None:
@@ -351,10 +362,12 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 
     def record() -> dict:
         """The exported model's self-description."""
-        objective = (f"{'epsilon' if prediction == 'eps' else 'v'} MSE, t uniform in 0..T-1, random horizontal flips"
+        target = "epsilon" if prediction == "eps" else "v" if v_shift == 1.0 else f"v (at SNR / {v_shift:g})"
+        objective = (f"{target} MSE, t uniform in 0..T-1, random horizontal flips"
                      + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""))
         return {"architecture": "small-unet", "network": net_config, "schedule": schedule.config,
                 "image_size": size, "channels": 3, "learned_variance": False, "prediction": prediction,
+                **({"v_shift": v_shift} if v_shift != 1.0 else {}),
                 "training": {"data": faces.describe(), "validation": val_faces and val_faces.describe(),
                              "objective": objective,
                              "steps": step, "batch": batch, "images_seen": seen, "lr": lr, "warmup": warmup,
@@ -375,7 +388,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         save_checkpoint(ema_net, record(), out / MODEL)
 
     def sample_grid() -> None:
-        prior = NetworkPrior(ema_net, schedule, (3, size, size), prediction=prediction)
+        prior = NetworkPrior(ema_net, schedule, (3, size, size), prediction=prediction, v_shift=v_shift)
         with objective.autocast:
             x = sample(prior, sample_n, steps=sample_steps, sampler=sampler,
                        generator=torch.Generator().manual_seed(SAMPLE_SEED))
@@ -440,7 +453,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
 
 def _warm_start(init: str | Path, net_config: dict) -> dict:
     """The weights of model `init` for a network of `net_config`, and what to record of where they came
-    from (its name, what it predicts, its own training record): {"model", "prediction", "training", "state"}."""
+    from (its name, what it predicts, its own training record):
+    {"model", "prediction", "v_shift", "training", "state"}."""
     from .models import load_prior
     prior = load_prior(init)
     config = getattr(prior, "config", {})
@@ -448,7 +462,8 @@ def _warm_start(init: str | Path, net_config: dict) -> dict:
         raise ValueError(f"cannot start from {init}: its network ({config.get('architecture')}, "
                          f"{config.get('network')}) is not the one being trained ({net_config})")
     state = {k: v.float() for k, v in prior.net.state_dict().items()}
-    return {"model": str(init), "prediction": prior.prediction, "training": config.get("training"), "state": state}
+    return {"model": str(init), "prediction": prior.prediction, "v_shift": prior.v_shift,
+            "training": config.get("training"), "state": state}
 
 
 def export(model: str | Path, dest: str | Path, **fields) -> Path:

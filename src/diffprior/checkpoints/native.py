@@ -24,8 +24,8 @@ def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: to
     """Write `path` (.safetensors) and its self-description `path.with_suffix('.json')`, each atomically.
 
     config: {"architecture": ..., "network": {...}, "schedule": {...}, "image_size": ..., "channels": ...,
-    "learned_variance": ..., "prediction": "eps" or "v" (default "eps"), plus anything that documents the
-    training}."""
+    "learned_variance": ..., "prediction": "eps" or "v" (default "eps"), "v_shift" (v only; default 1), plus
+    anything that documents the training}."""
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
@@ -59,6 +59,9 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
             raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
         if config.get("prediction", "eps") not in PREDICTIONS:
             raise ValueError(f"prediction {config['prediction']!r} is not 'eps' or 'v'")
+        v_shift = float(config.get("v_shift", 1.0))
+        if not v_shift > 0:
+            raise ValueError(f"v_shift {v_shift} is not positive")
         # The description is checked against the weights file's header before the network is built for real:
         # a description that does not fit the file never allocates anything (it is built on the meta device).
         with torch.device("meta"):
@@ -73,5 +76,5 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
     prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
                          (int(config.get("channels", 3)), size, size),
                          learned_variance=bool(config.get("learned_variance", False)),
-                         prediction=config.get("prediction", "eps"), config=config)
+                         prediction=config.get("prediction", "eps"), v_shift=v_shift, config=config)
     return prior.to(device) if device is not None else prior

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--prediction", choices=("eps", "v"),
       help="the network predicts the noise eps, or v (Salimans & Ho 2022: well conditioned at high noise); "
            "default: as the resumed run, else as --init, else eps")
+    a("--v-shift", type=arguments.number(0.0, above=True),
+      help="read v at SNR / S (S < 1: v is eps at low noise, -x_0 at high noise; default: as the resumed "
+           "run, else as --init, else 1)")
     a("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA only)")
     a("--steps", type=arguments.positive, default=10_000, help="total optimiser steps (default 10000)")
     a("--batch", type=arguments.positive, default=256, help="images per step (default 256)")
@@ -61,8 +64,8 @@ def run(args: argparse.Namespace) -> Path:
         network = {**network_config(args.config), "dropout": args.dropout}
     path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
                  warmup=args.warmup, lr_end=args.lr_end, decay_from=args.decay_from, ema=args.ema,
-                 network=network, min_snr=args.min_snr, prediction=args.prediction, bf16=args.bf16,
-                 first=args.first, last=args.last,
+                 network=network, min_snr=args.min_snr, prediction=args.prediction, v_shift=args.v_shift,
+                 bf16=args.bf16, first=args.first, last=args.last,
                  count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
                  val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                  sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
