@@ -114,6 +114,31 @@ def test_dps_step_size_rule():
     assert step_size(prior(64), 100, 0.3) == pytest.approx(0.3 * 10 / 4)
     assert step_size(prior(64), 100, 0.3, loss="squared") == pytest.approx(0.3 * 10)  # m-independent gradient
     assert step_size(prior(64), 100, 0.3, ref_size=None) == pytest.approx(0.3 * 10)
+    assert step_size(prior(64), 100, 0.3, start=499) == pytest.approx(0.3 * 5 / 4)  # 100 steps over 500
+
+
+def test_dps_warm_start_begins_at_t0_from_the_naive_reconstruction(demo_prior, demo_problems):
+    """start = t0: the first network call is at t0, on the naive reconstruction noised to t0 (with the solver's
+    own generator), the chain has `steps` evaluations, and it still beats the naive reconstruction."""
+    from diffprior.metrics import psnr
+    from diffprior.solvers import SPECS
+    from diffprior.solvers.dps import dps
+    op, x, y, naive = demo_problems["box-inpaint", 0]
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(demo_prior, name)
+
+        def predict(self, x_t, t):
+            calls.append((t, x_t.detach().clone()))
+            return demo_prior.predict(x_t, t)
+
+    restored = dps(Spy(), op, y, steps=20, start=300, scale=1.0, generator=torch.Generator().manual_seed(0))
+    expected = demo_prior.schedule.q_sample(op.naive(y), 300, generator=torch.Generator().manual_seed(0))
+    assert calls[0][0] == 300 and torch.allclose(calls[0][1], expected) and len(calls) == 20
+    assert SPECS["dps"].evaluations(demo_prior.schedule, steps=20, start=300) == 20
+    assert float(psnr(restored, x)[0]) > naive
 
 
 def test_dps_short_chains_fit_super_resolution(demo_prior, demo_problems):

@@ -22,6 +22,8 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
                                       # "squared": gradient of ||y - A(x0_hat)||^2 with a constant step
         ref_size: int | None = 3 * 256 * 256,  # values per image the scale was tuned at; None: no rescaling
         clip: bool = True,            # clip x0_hat to [-1, 1] for image priors (official: clip_denoised)
+        start: int | None = None,     # None: from pure noise at T (the paper); t0: from the naive reconstruction
+                                      # noised to t0 (CCDF's warm start, Chung, Sim & Ye 2022)
         generator: torch.Generator | None = None,
         progress: bool = False) -> Tensor:
     """Diffusion posterior sampling (Chung et al. 2023, Algorithm 1). At each step t -> t_prev:
@@ -32,15 +34,22 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     The default, the unsquared norm, is the official code's choice; it equals the paper's squared-norm
     step with zeta_t = zeta' / ||y - A(x0_hat)|| and zeta' = zeta / 2. Norms are per image.
 
-    The step size, for a chain of S of the T steps and images of d values:
-        zeta = scale * (T / S) * sqrt(d / ref_size)     (loss "norm"; without the last factor for "squared")
+    Warm start (`start` = t0, "come closer, diffuse faster"): the chain begins at
+    x_t0 = sqrt(abar_t0) A^+(y) + sqrt(1 - abar_t0) z, the operator's naive reconstruction noised to t0, and runs
+    the same steps from t0 down. A prior whose one-step estimate is calibrated at high noise settles a face's
+    layout there, before the guidance is strong enough to align it with y; for box inpainting the warm start
+    hands it the layout of the visible part instead (docs/MODEL_CARD.md has the measurements).
+
+    The step size, for a chain of S steps over the N timesteps it spans (N = T, or t0 + 1 with a warm start)
+    and images of d values:
+        zeta = scale * (N / S) * sqrt(d / ref_size)     (loss "norm"; without the last factor for "squared")
     Resolution: the reference's scales (0.5 inpainting, 0.3 blur and SR) were tuned on 3x256x256 images
     (ref_size). The gradient of the unsquared norm, A^T r / ||r||, has a per-pixel size that falls as
     1 / sqrt(number of measurements), since ||r|| ~ sigma_y sqrt(m) near the data: at 64x64 (16x fewer
     values) the same zeta would be a 4x stronger step. sqrt(d / ref_size) keeps the reference's per-pixel
     step at every resolution (0.25 at 3x64x64, 1 for the 256-px models). The squared norm's gradient,
     2 A^T r, does not depend on m, so loss="squared" is not rescaled. Chain length: each step of a
-    respaced chain stands for T / S steps of the full one, so it takes their summed guidance (T / S), the
+    respaced chain stands for N / S steps of the full one, so it takes their summed guidance (N / S), the
     Euler rule for a drift; with all T steps the factor is 1. On the built-in prior (3x64x64,
     sigma_y = 0.05, 3 seeds, box and random inpainting, deblurring, sr4) this rule beat the sqrt(T / S) rule
     at 20 and 100 steps on every task (with sqrt(T / S), 5 of 6 sr4 runs fell 1-10 dB below the naive
@@ -49,9 +58,12 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     """
     if loss not in ("norm", "squared"):
         raise ValueError(f"unknown DPS loss {loss!r}; expected 'norm' or 'squared'")
-    x = initial_noise(prior, y.shape[0], generator, y.dtype)
-    zeta = step_size(prior, steps, scale, loss, ref_size)
-    for t, t_prev in steps_of(prior, steps, progress=progress, desc="dps"):
+    if start is None:
+        x = initial_noise(prior, y.shape[0], generator, y.dtype)
+    else:
+        x = prior.schedule.q_sample(op.naive(y), start, generator=generator)
+    zeta = step_size(prior, steps, scale, loss, ref_size, start)
+    for t, t_prev in steps_of(prior, steps, start, progress=progress, desc="dps"):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             eps, v = prior.predict(x, t)
@@ -67,17 +79,19 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
 
 
 def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
-              ref_size: int | None = 3 * 256 * 256) -> float:
-    """DPS's zeta per step: scale * (T / S) * sqrt(d / ref_size) for S steps of T and d values per image
-    (the resolution factor only for the unsquared norm, and not when ref_size is None); see `dps`."""
-    zeta = scale * prior.schedule.T / len(prior.schedule.timesteps(steps))
+              ref_size: int | None = 3 * 256 * 256, start: int | None = None) -> float:
+    """DPS's zeta per step: scale * (N / S) * sqrt(d / ref_size) for S steps over N timesteps (T, or start + 1)
+    and d values per image (the resolution factor only for the unsquared norm, and not when ref_size is
+    None); see `dps`."""
+    span = prior.schedule.T if start is None else start + 1
+    zeta = scale * span / len(prior.schedule.timesteps(steps, start))
     if loss == "norm" and ref_size is not None:
         zeta *= (math.prod(prior.shape) / ref_size) ** 0.5
     return zeta
 
 
 SPEC = SolverSpec(
-    dps, backprop=True,
+    dps, backprop=True, nfe=lambda sched, s: len(sched.timesteps(s["steps"], s["start"])),
     # the step scales of the DPS reference configs
     task_settings={"box-inpaint": {"scale": 0.5}, "random-inpaint": {"scale": 0.5}, "gaussian-blur": {"scale": 0.3},
                    "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}})
