@@ -295,3 +295,28 @@ def test_shifted_v_prediction_trains_exports_and_is_kept(faces, tmp_path):
     assert load_prior(train(faces, tmp_path / "from", steps=1, init=path, **FAST)).v_shift == 0.01
     with pytest.raises(ValueError, match="prediction='v' only"):
         train(faces, tmp_path / "eps", steps=1, prediction="eps", v_shift=0.5, **FAST)
+
+
+def test_timestep_density_draws_each_range_as_often_as_its_weight_says(faces, tmp_path, monkeypatch):
+    """'0:1,600:0.25': t >= 600 has a quarter of the density, so it is drawn 0.1 / 0.7 of the time, evenly
+    within each range; bad specifications are refused; a run with a density resumes bit-exactly and says so."""
+    from diffprior.schedule import Schedule
+    from diffprior.train import EpsLoss, timestep_density
+    probs = timestep_density("0:1,600:0.25", 1000)
+    assert torch.allclose(probs[:600], torch.full((600,), 1 / 700)) and torch.allclose(probs[600:], torch.full((400,), 0.25 / 700))
+    loss = EpsLoss(Schedule.linear(), torch.device("cpu"), t_density="0:1,600:0.25")
+    t = loss.sample_t(200_000, torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() <= 999
+    assert abs((t >= 600).float().mean().item() - 0.1 / 0.7) < 0.004  # binomial sd 0.0008
+    assert abs((t < 300).float().mean().item() - 0.3 / 0.7) < 0.004
+    for bad in ("1:1", "0:1,600", "0:1,1000:1", "0:1,500:1,400:1", "0:0", "0:-1,5:1", "0:x"):
+        with pytest.raises(ValueError, match="timestep density"):
+            timestep_density(bad, 1000)
+    seen, call = [], train_module.EpsLoss.__call__
+    monkeypatch.setattr(train_module.EpsLoss, "__call__", lambda self, net, x0, t, noise: seen.append(t) or call(self, net, x0, t, noise))
+    straight = train(faces, tmp_path / "straight", steps=4, t_density="0:1,3:0", **FAST)
+    assert len(seen) == 4 and torch.cat(seen).max() < 3  # the training steps drew from the density
+    train(faces, tmp_path / "split", steps=2, t_density="0:1,3:0", **FAST)
+    train(faces, tmp_path / "split", steps=4, t_density="0:1,3:0", resume=True, **FAST)
+    assert_same_tree(state(tmp_path / "straight")["net"], state(tmp_path / "split")["net"])
+    assert "t of relative density 0:1,3:0" in load_prior(straight).config["training"]["objective"]

@@ -134,10 +134,11 @@ class EpsLoss:
     nearly pure-noise timesteps, where the mean colour is decided, from being ignored; with `v_shift` s the v
     read at SNR / s (`eps_from_v`), w(t) = `v_loss_weight`, which is about 1 where SNR >> s. The schedule's
     tables are copied to the device once, so that no step synchronises with it. `bf16`: run the network
-    under bfloat16 autocast (on CUDA, and on CPUs with native bf16 instructions)."""
+    under bfloat16 autocast (on CUDA, and on CPUs with native bf16 instructions). `t_density`: the training
+    timesteps' relative density (`timestep_density`); None: uniform in 0..T-1."""
 
     def __init__(self, schedule: Schedule, device: torch.device, min_snr: float | None = None, bf16: bool = False,
-                 prediction: str = "eps", v_shift: float = 1.0):
+                 prediction: str = "eps", v_shift: float = 1.0, t_density: str | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'v'")
         self.T, self.prediction, self.v_shift = schedule.T, prediction, v_shift
@@ -150,7 +151,14 @@ class EpsLoss:
         else:
             weight = v_loss_weight(schedule.abar, v_shift) if prediction == "v" else torch.ones_like(snr)
         self.weight = weight.float().to(device)
+        self.t_probs = None if t_density is None else timestep_density(t_density, self.T).to(device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def sample_t(self, n: int, generator: torch.Generator) -> Tensor:
+        """n training timesteps drawn from the density (uniform without one)."""
+        if self.t_probs is None:
+            return torch.randint(0, self.T, (n,), device=self.abar.device, generator=generator)
+        return torch.multinomial(self.t_probs, n, replacement=True, generator=generator)
 
     def noisy_prediction(self, net: nn.Module, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, and the network's eps(x_t, t) in float32."""
@@ -196,6 +204,24 @@ class EpsLoss:
         return torch.cat(psnrs).mean().item()
 
 
+def timestep_density(spec: str, T: int) -> Tensor:
+    """"t0:w0,t1:w1,..." -> the probabilities of the timesteps 0..T-1: relative density w_i from t_i up to the
+    next breakpoint (t0 must be 0), e.g. "0:1,600:0.25" draws t >= 600 a quarter as often as the others."""
+    try:
+        points = [(int(t), float(w)) for t, w in (item.split(":") for item in spec.split(","))]
+    except ValueError:
+        raise ValueError(f"timestep density {spec!r}: expected 't:weight,t:weight,...', e.g. '0:1,600:0.25'") from None
+    starts = [t for t, _ in points]
+    if starts[0] != 0 or starts != sorted(set(starts)) or starts[-1] >= T:
+        raise ValueError(f"timestep density {spec!r}: breakpoints must rise from 0 and stay below {T}")
+    if any(not math.isfinite(w) or w < 0 for _, w in points) or not any(w > 0 for _, w in points):
+        raise ValueError(f"timestep density {spec!r}: weights must be finite, >= 0 and not all 0")
+    density = torch.zeros(T, dtype=torch.float64)
+    for (t, w), end in zip(points, starts[1:] + [T]):
+        density[t:end] = w
+    return (density / density.sum()).float()
+
+
 def read_state(path: Path) -> dict:
     """A training state written by `train` (tensors and plain containers only: nothing else is unpickled)."""
     try:
@@ -239,6 +265,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           prediction: str | None = None,        # the network predicts "eps" or "v" (Salimans & Ho 2022);
                                                 #   None: as the resumed run, else as `init`, else "eps"
           v_shift: float | None = None,         # v read at SNR / v_shift (`eps_from_v`); None: as prediction
+          t_density: str | None = None,         # training timesteps' density (`timestep_density`); None: uniform
           bf16: bool | None = None,             # bfloat16 autocast; default: on CUDA only
           first: str | None = None,             # data: first file-name stem to use, e.g. "000001"
           last: str | None = None,              # data: last file-name stem to use, e.g. "009500"
@@ -300,7 +327,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                    else warm_start["v_shift"] if warm_start is not None and prediction == "v" else 1.0)
     if v_shift != 1.0 and prediction != "v":
         raise ValueError("v_shift applies to prediction='v' only")
-    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16, prediction=prediction, v_shift=v_shift)
+    objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16, prediction=prediction, v_shift=v_shift,
+                        t_density=t_density)
     torch.manual_seed(seed)
     net = build_network("small-unet", **net_config).to(device)
     ema_net = copy.deepcopy(net).eval().requires_grad_(False)
@@ -347,7 +375,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         if channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        t = torch.randint(0, schedule.T, (batch,), device=device, generator=noise_gen)
+        t = objective.sample_t(batch, noise_gen)
         noise = torch.randn(x0.shape, device=device, generator=noise_gen)
         loss = objective(model, x0, t, noise)
         for group in opt.param_groups:
@@ -363,7 +391,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     def record() -> dict:
         """The exported model's self-description."""
         target = "epsilon" if prediction == "eps" else "v" if v_shift == 1.0 else f"v (at SNR / {v_shift:g})"
-        objective = (f"{target} MSE, t uniform in 0..T-1, random horizontal flips"
+        timesteps = "t uniform in 0..T-1" if t_density is None else f"t of relative density {t_density} in 0..T-1"
+        objective = (f"{target} MSE, {timesteps}, random horizontal flips"
                      + (f", min-SNR-{min_snr:g} weighting" if min_snr else ""))
         return {"architecture": "small-unet", "network": net_config, "schedule": schedule.config,
                 "image_size": size, "channels": 3, "learned_variance": False, "prediction": prediction,

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--v-shift", type=arguments.number(0.0, above=True),
       help="read v at SNR / S (S < 1: v is eps at low noise, -x_0 at high noise; default: as the resumed "
            "run, else as --init, else 1)")
+    a("--t-density", help="relative density of the training timesteps, 't:weight,...' from t = 0, e.g. "
+                            "'0:1,600:0.25' draws t >= 600 a quarter as often (default: uniform)")
     a("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA only)")
     a("--steps", type=arguments.positive, default=10_000, help="total optimiser steps (default 10000)")
     a("--batch", type=arguments.positive, default=256, help="images per step (default 256)")
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> Path:
     path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
                  warmup=args.warmup, lr_end=args.lr_end, decay_from=args.decay_from, ema=args.ema,
                  network=network, min_snr=args.min_snr, prediction=args.prediction, v_shift=args.v_shift,
+                 t_density=args.t_density,
                  bf16=args.bf16, first=args.first, last=args.last,
                  count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
                  val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
