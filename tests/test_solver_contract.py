@@ -141,6 +141,9 @@ def test_settings_layer_task_defaults_then_the_priors_tuned_values_then_the_user
     assert settings_for("dps", "gaussian-blur", tuned) == {"scale": 3.0}
     assert settings_for("dps", "gaussian-blur", tuned, scale=1.0, steps=None) == {"scale": 1.0}
     assert settings_for("dps", "box-inpaint", tuned) == {"scale": 0.5}  # not tuned: the task default stays
+    warm = {"dps": {"box-inpaint": {"scale": 2.0, "start": 500}}}
+    assert settings_for("dps", "box-inpaint", warm, steps=100, start=None) == {"scale": 2.0, "start": None,
+                                                                             "steps": 100}  # None overrides too
 
 
 def test_faces64_ships_valid_tuned_settings_and_other_priors_none(gaussian_problem):

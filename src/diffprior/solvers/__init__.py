@@ -42,13 +42,15 @@ def spec_of(method: str) -> SolverSpec:
     return SPECS[method]
 
 
-def settings_for(method: str, task: str | None, tuned: dict | None = None, **overrides) -> dict:
+def settings_for(method: str, task: str | None, tuned: dict | None = None, steps: int | None = None,
+                 **overrides) -> dict:
     """The settings to run `method` on `task` with, each layer over the one before: the solver's per-task
-    defaults (SPEC.task_settings), the values tuned for this prior (`tuned`, see `tuned_settings`), then the
-    given overrides (None values are dropped, so optional CLI flags pass through untouched)."""
+    defaults (SPEC.task_settings), the values tuned for this prior (`tuned`, see `tuned_settings`), then
+    `steps` unless None (the solver's default) and the given overrides, None included (e.g. DPS's
+    start=None: no warm start, whatever the prior's tuned settings say)."""
     settings = dict(TASK_SETTINGS.get(method, {}).get(task, {}))
     settings.update((tuned or {}).get(method, {}).get(task, {}))
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings.update({} if steps is None else {"steps": steps}, **overrides)
     return settings
 
 
