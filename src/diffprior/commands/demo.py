@@ -20,6 +20,8 @@ from ..solvers import SOLVERS, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from .common import add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, quality
 
+CPU_DRAW_STEPS = 250  # ancestral steps of the demo's clean image on a CPU
+
 PARSER = dict(help="sample a clean image, degrade it with each task, restore it with each method")
 
 
@@ -56,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
         x = prior.sample(1, torch.Generator().manual_seed(args.seed)).float().to(device)
     else:
-        # all T ancestral steps: one image, so affordable on a CPU, and this model's few-step DDIM draws are poorer
-        print(f"drawing a clean image from {args.model} (all {prior.schedule.T} ancestral steps) ...", file=sys.stderr)
-        x = sample(prior, 1, generator=generator(device, args.seed), progress=True)
+        # ancestral steps (few-step DDIM draws of faces64 are poorer): all T on a GPU, 250 on a CPU, where
+        # they take a fifth of the time and still draw a clear face
+        draw_steps = min(CPU_DRAW_STEPS, prior.schedule.T) if device.type == "cpu" else prior.schedule.T
+        print(f"drawing a clean image from {args.model} ({draw_steps} ancestral steps) ...", file=sys.stderr)
+        x = sample(prior, 1, steps=draw_steps, generator=generator(device, args.seed), progress=True)
     rows, captions, table = [], [], []
     for task in tasks:
         op = make_operator(task, (3, size, size), seed=args.seed).to(device)
