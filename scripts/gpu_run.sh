@@ -19,7 +19,8 @@
 #   TINY=1 scripts/gpu_run.sh OUT             # the same end to end on a CPU in about 7 minutes, tiny settings
 #
 # Settings (environment): DATA (gpu-data), REFERENCE (reference/dps), TRAIN_MIN (3), BATCH (256), LR (1e-4),
-# INIT (faces64), CONFIG (default), IMAGES (100), STEPS (1000), SAMPLES (64), DEADLINE_S (570), DEVICE (cuda).
+# INIT (faces64), T_DENSITY (0:1,600:0.25), CONFIG (default), IMAGES (100), STEPS (1000), SAMPLES (64),
+# DEADLINE_S (570), DEVICE (cuda).
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mkdir -p "${1:?usage: gpu_run.sh OUT}" && cd "$1" && pwd)"
@@ -38,7 +39,7 @@ if [ -n "${TINY:-}" ]; then  # a CPU dry run of every stage
 fi
 DEVICE="${DEVICE:-cuda}" TRAIN_MIN="${TRAIN_MIN:-3}" BATCH="${BATCH:-256}" LR="${LR:-1e-4}" INIT="${INIT:-faces64}"
 CONFIG="${CONFIG:-default}" IMAGES="${IMAGES:-100}" STEPS="${STEPS:-1000}" SAMPLES="${SAMPLES:-64}"
-DEADLINE_S="${DEADLINE_S:-570}"
+DEADLINE_S="${DEADLINE_S:-570}" T_DENSITY="${T_DENSITY:-0:1,600:0.25}"  # as faces64 version 4 was trained
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"
 START=$(date +%s)
@@ -73,7 +74,7 @@ init=(--init "$INIT")
 [ "$CONFIG" = default ] || init=()  # the shipped weights fit the default network only
 stage train "$train_seconds" 300 "${DP[@]}" train --data "$DATA/celeba64-train.zip" --val "$DATA/celeba64-val.zip" \
     --out "$WORK/train" --config "$CONFIG" "${init[@]}" --batch "$BATCH" --lr "$LR" --warmup 100 \
-    --max-minutes "$TRAIN_MIN" --steps 1000000 --eval-every 250 --checkpoint-every 500 --device "$DEVICE"
+    --t-density "$T_DENSITY" --max-minutes "$TRAIN_MIN" --steps 1000000 --eval-every 250 --checkpoint-every 500 --device "$DEVICE"
 NEW=""
 if [ -f "$WORK/train/model.safetensors" ]; then
     stage export 60 280 python3 - "$WORK/train/model.safetensors" "$OUT/faces64.safetensors" <<'PY' && NEW="$OUT/faces64.safetensors"
