@@ -117,12 +117,12 @@ def test_dps_step_size_rule():
     assert step_size(prior(64), 100, 0.3, start=499) == pytest.approx(0.3 * 5 / 4)  # 100 steps over 500
 
 
-def test_dps_warm_start_begins_at_t0_from_the_naive_reconstruction(demo_prior, demo_problems):
-    """start = t0: the first network call is at t0, on the naive reconstruction noised to t0 (with the solver's
+def test_dps_warm_start_begins_at_t0_from_what_y_says(demo_prior, demo_problems):
+    """start = t0: the first network call is at t0, on the warm-start image noised to t0 (with the solver's
     own generator), the chain has `steps` evaluations, and it still beats the naive reconstruction."""
     from diffprior.metrics import psnr
     from diffprior.solvers import SPECS
-    from diffprior.solvers.dps import dps
+    from diffprior.solvers.dps import dps, warm_start_image
     op, x, y, naive = demo_problems["box-inpaint", 0]
     calls = []
 
@@ -135,10 +135,31 @@ def test_dps_warm_start_begins_at_t0_from_the_naive_reconstruction(demo_prior, d
             return demo_prior.predict(x_t, t)
 
     restored = dps(Spy(), op, y, steps=20, start=300, scale=1.0, generator=torch.Generator().manual_seed(0))
-    expected = demo_prior.schedule.q_sample(op.naive(y), 300, generator=torch.Generator().manual_seed(0))
+    expected = demo_prior.schedule.q_sample(warm_start_image(op, y), 300, generator=torch.Generator().manual_seed(0))
     assert calls[0][0] == 300 and torch.allclose(calls[0][1], expected) and len(calls) == 20
     assert SPECS["dps"].evaluations(demo_prior.schedule, steps=20, start=300) == 20
     assert float(psnr(restored, x)[0]) > naive
+
+
+@pytest.mark.parametrize("task", LINEAR_TASKS)
+def test_dps_warm_start_image_is_the_naive_reconstruction_without_its_null_space_part(task, demo_problems):
+    """x_y = A^+ A naive(y): it explains y as the naive reconstruction does, A x_y = A naive(y), and holds
+    nothing in A's null space, A^+ A x_y = x_y; for box inpainting that is zero in the hole, not a fill."""
+    from diffprior.solvers.dps import warm_start_image
+    op, x, y, _ = demo_problems[task, 0]
+    image, naive = warm_start_image(op, y), op.naive(y)
+    assert torch.allclose(op.A(image), op.A(naive), atol=1e-4)
+    assert torch.allclose(op.A_pinv(op.A(image)), image, atol=1e-4)
+    if task == "box-inpaint":
+        hole = op.A(torch.ones_like(x)) == 0
+        assert (image[hole] == 0).all() and (naive[hole] != 0).any()
+
+
+def test_dps_warm_start_image_of_a_nonlinear_operator_is_its_naive_reconstruction():
+    from diffprior.solvers.dps import warm_start_image
+    op = make_operator("hdr", (3, 8, 8), seed=0)
+    y = op.A(torch.rand(2, 3, 8, 8) * 2 - 1)
+    assert torch.equal(warm_start_image(op, y), op.naive(y))
 
 
 def test_dps_short_chains_fit_super_resolution(demo_prior, demo_problems):

@@ -35,8 +35,8 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     step with zeta_t = zeta' / ||y - A(x0_hat)|| and zeta' = zeta / 2. Norms are per image.
 
     Warm start (`start` = t0, "come closer, diffuse faster"): the chain begins at
-    x_t0 = sqrt(abar_t0) A^+(y) + sqrt(1 - abar_t0) z, the operator's naive reconstruction noised to t0, and runs
-    the same steps from t0 down. A prior whose one-step estimate is calibrated at high noise settles a face's
+    x_t0 = sqrt(abar_t0) x_y + sqrt(1 - abar_t0) z, with x_y = `warm_start_image(op, y)` (for inpainting the
+    visible pixels and zeros in the hole), and runs the same steps from t0 down. A prior whose one-step estimate is calibrated at high noise settles a face's
     layout there, before the guidance is strong enough to align it with y; for box inpainting the warm start
     hands it the layout of the visible part instead (docs/MODEL_CARD.md has the measurements).
 
@@ -61,7 +61,7 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     if start is None:
         x = initial_noise(prior, y.shape[0], generator, y.dtype)
     else:
-        x = prior.schedule.q_sample(op.naive(y), start, generator=generator)
+        x = prior.schedule.q_sample(warm_start_image(op, y), start, generator=generator)
     zeta = step_size(prior, steps, scale, loss, ref_size, start)
     for t, t_prev in steps_of(prior, steps, start, progress=progress, desc="dps"):
         x = x.detach().requires_grad_(True)
@@ -76,6 +76,16 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
                              clip=clip, generator=generator)
             x = x - zeta * grad
     return clip_x0(prior, x.detach(), clip)
+
+
+def warm_start_image(op: Operator, y: Tensor) -> Tensor:
+    """The image DPS's warm start noises: the naive reconstruction less its null-space part, A^+ A naive(y),
+    so that x_t0 holds only what y says (inpainting: the visible pixels and zeros in the hole; blur: y less
+    the frequencies A removes); for a non-linear A the naive reconstruction itself. A guess in the null space
+    misleads the chain: inpainting's mean-colour fill keeps sqrt(abar_t0) of its contrast in x_t0, and a dark
+    fill came out as a band of shadow across the top of the hole (docs/MODEL_CARD.md has the measurements)."""
+    x = op.naive(y)
+    return op.A_pinv(op.A(x)) if op.linear else x
 
 
 def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
