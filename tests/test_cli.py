@@ -93,6 +93,8 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"]
     assert {(r["task"], r["method"]) for r in rows} >= {("box-inpaint", "dps"), ("sr4", "naive")}
     assert (tmp_path / "demo" / "demo.png").is_file()
+    notes = (tmp_path / "demo" / "demo.md").read_text()
+    assert "SDEdit uses y only at its start" in notes and "ScoreALD (annealed Langevin) needs" in notes and "with 30 " in notes
 
 
 def test_restore_with_posterior_samples(clean_image, tmp_path, capsys):
