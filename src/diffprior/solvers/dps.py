@@ -83,7 +83,8 @@ def warm_start_image(op: Operator, y: Tensor) -> Tensor:
     so that x_t0 holds only what y says (inpainting: the visible pixels and zeros in the hole; blur: y less
     the frequencies A removes); for a non-linear A the naive reconstruction itself. A guess in the null space
     misleads the chain: inpainting's mean-colour fill keeps sqrt(abar_t0) of its contrast in x_t0, and a dark
-    fill came out as a band of shadow across the top of the hole (docs/MODEL_CARD.md has the measurements)."""
+    fill came out as a band of shadow across the top of the hole (on tightly cropped faces, where the fill is
+    skin, it was the better guess: docs/MODEL_CARD.md has the measurements)."""
     x = op.naive(y)
     return op.A_pinv(op.A(x)) if op.linear else x
 
