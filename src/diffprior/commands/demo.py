@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     levels = steps or prior.schedule.T
     notes = [NOTES[m].format(steps=levels) for m in methods
              if m in NOTES and not (m == "scoreald" and levels >= prior.schedule.T)]
-    lines += [""] + notes if notes else []
+    if notes:
+        lines += ["", *notes]
     settings = {"model": str(args.model), "steps": steps, "sigma_y": args.sigma_y, "seed": args.seed,
                 "device": str(device), "command": "diffprior " + " ".join(sys.argv[1:])}
     doc = json.dumps({"settings": settings, "rows": table}, indent=2) + "\n"

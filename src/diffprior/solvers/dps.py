@@ -36,9 +36,10 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
 
     Warm start (`start` = t0, "come closer, diffuse faster"): the chain begins at
     x_t0 = sqrt(abar_t0) x_y + sqrt(1 - abar_t0) z, with x_y = `warm_start_image(op, y)` (for inpainting the
-    visible pixels and zeros in the hole), and runs the same steps from t0 down. A prior whose one-step estimate is calibrated at high noise settles a face's
-    layout there, before the guidance is strong enough to align it with y; for box inpainting the warm start
-    hands it the layout of the visible part instead (docs/MODEL_CARD.md has the measurements).
+    visible pixels and zeros in the hole), and runs the same steps from t0 down. A prior whose one-step
+    estimate is calibrated at high noise settles a face's layout there, before the guidance is strong enough
+    to align it with y; for box inpainting the warm start hands it the layout of the visible part instead
+    (docs/MODEL_CARD.md has the measurements).
 
     The step size, for a chain of S steps over the N timesteps it spans (N = T, or t0 + 1 with a warm start)
     and images of d values:
