@@ -38,7 +38,6 @@ from diffprior.solvers.sampling import denoise, sample
 from diffprior.train import PSNR_STEPS as TIMESTEPS, read_log
 
 
-
 def tweedie_table(prior, images: torch.Tensor, batch: int) -> dict:
     """Per t: mean and 95% interval of PSNR, SSIM and LPIPS of the one-step estimate over the images."""
     out = {}
@@ -56,6 +55,7 @@ def tweedie_table(prior, images: torch.Tensor, batch: int) -> dict:
 
 
 COLOUR_STEPS = (999, 900, 800, 700)
+GRIDS = (("ddpm", 1000), ("ddim", 100))  # sampler, steps
 
 
 def colour_table(prior, images: torch.Tensor, batch: int) -> dict:
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME=FOLDER_OR_PACK[:FIRST:LAST]: an evaluation set (repeatable)")
     p.add_argument("--out", required=True, help="folder for card.json and the figures")
     p.add_argument("--samples", type=int, default=64, help="faces per sample grid (default 64; 0: no grids)")
+    p.add_argument("--grids", default="ddpm,ddim",
+                   help="which grids: ddpm (1000 ancestral steps), ddim (100 steps); default: both")
     p.add_argument("--batch", type=int, default=32, help="images per network call (default 32)")
     p.add_argument("--bf16", action="store_true", help="sample the grids under CPU bfloat16 autocast")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                   "mean-colour error", json.dumps({t: round(e, 3) for t, e in card["colour"][name].items()}))
         if args.log:
             curves(read_log(args.log), out / "training_curves.png", prior.prediction)
-        for sampler, steps in (("ddpm", 1000), ("ddim", 100)) if args.samples else ():
+        grids = [(sampler, steps) for sampler, steps in GRIDS if sampler in args.grids.split(",")]
+        for sampler, steps in grids if args.samples else ():
             started = time.perf_counter()
             grid(prior, sampler, steps, args.samples, args.batch, out / f"samples_{sampler}{steps}.png", args.bf16)
             card["seconds"][f"{sampler} {steps} x {args.samples}"] = round(time.perf_counter() - started, 1)

@@ -8,7 +8,7 @@ from diffprior.metrics import psnr
 from diffprior.operators import Identity, measure
 from diffprior.tasks import make_operator
 from diffprior.solvers import SOLVERS, settings_for, solve
-from diffprior.solvers.tv import grad, grad_adjoint, objective, operator_norm, tv, tv_norm
+from diffprior.solvers.tv import grad, grad_adjoint, harmonic_fill, objective, operator_norm, tv, tv_norm
 
 
 
@@ -54,6 +54,31 @@ def test_grad_adjoint_and_norm():
     step = torch.zeros(1, 1, 4, 4)
     step[..., 2:] = 1  # one vertical edge of height 4 and jump 1
     assert float(tv_norm(step)) == pytest.approx(4)
+
+
+def test_harmonic_fill_gives_back_a_linear_ramp():
+    """A linear ramp is harmonic, so the fill of a box hole away from the border restores it exactly."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    ramp = (0.03 * yy - 0.02 * xx + 0.1).expand(2, 3, 32, 32)
+    op = make_operator("box-inpaint", (3, 32, 32), seed=0)
+    assert torch.allclose(harmonic_fill(op.A(ramp), op.mask, tol=1e-7), ramp, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["box-inpaint", "random-inpaint"])
+def test_harmonic_fill_has_the_least_dirichlet_energy_of_the_images_that_keep_the_observed_pixels(task):
+    """It keeps the observed pixels, its discrete Laplacian vanishes on every missing pixel, and any change
+    of the missing pixels raises the Dirichlet energy ||grad x||^2."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 24, 24, generator=g, dtype=torch.float64) * 2 - 1
+    op = make_operator(task, (3, 24, 24), seed=1)
+    filled = harmonic_fill(op.A(x), op.mask, tol=1e-10)
+    observed = op.mask.bool().expand_as(x)
+    assert torch.equal(filled[observed], x[observed])
+    assert float(grad_adjoint(grad(filled))[~observed].abs().max()) < 1e-8
+    energy = float(grad(filled).square().sum())
+    for _ in range(3):
+        change = torch.randn(x.shape, generator=g, dtype=torch.float64) * 0.01 * ~observed
+        assert float(grad(filled + change).square().sum()) > energy
 
 
 def test_operator_norm_by_power_iteration():

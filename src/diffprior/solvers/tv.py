@@ -32,6 +32,34 @@ def grad_adjoint(g: Tensor) -> Tensor:
     return (F.pad(gv, (0, 0, 1, 0)) - F.pad(gv, (0, 0, 0, 1))) + (F.pad(gh, (1, 0)) - F.pad(gh, (0, 1)))
 
 
+def harmonic_fill(y: Tensor, mask: Tensor, tol: float = 1e-5) -> Tensor:
+    """The observed pixels (mask 1), and the holes filled by harmonic interpolation of their borders: the image
+    of least Dirichlet energy ||grad x||^2 that keeps the observed pixels (the solution of Laplace's equation
+    in each hole), each channel alone. Solved by conjugate gradients on the hole's pixels, until the residual
+    falls below tol times its start (about one iteration per pixel of the hole's width)."""
+    mask = mask.to(y.dtype).expand_as(y)
+    hole = 1 - mask
+    dims = (-2, -1)
+
+    def laplacian(u: Tensor) -> Tensor:  # grad^T grad restricted to the hole: symmetric positive definite
+        return grad_adjoint(grad(u * hole)) * hole
+
+    visible = y * mask
+    u = torch.zeros_like(y)
+    r = -grad_adjoint(grad(visible)) * hole
+    p, rr = r, r.square().sum(dims, keepdim=True)
+    stop = rr * tol ** 2
+    for _ in range(int(hole.sum(dims).max()) + 1):  # exact arithmetic converges within this many
+        if bool((rr <= stop).all()):
+            break
+        lp = laplacian(p)
+        alpha = rr / (p * lp).sum(dims, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+        u, r = u + alpha * p, r - alpha * lp
+        rr_new = r.square().sum(dims, keepdim=True)
+        p, rr = r + rr_new / rr.clamp_min(torch.finfo(y.dtype).tiny) * p, rr_new
+    return visible + u * hole
+
+
 def tv_norm(x: Tensor, vectorial: bool = False) -> Tensor:
     """Isotropic total variation per image, (B,): the sum over pixels (and channels) of the gradient's length;
     vectorial: one length over the channels together."""
