@@ -228,3 +228,31 @@ def test_clip_setting_is_honoured(method):
            for clip in (True, False)}
     assert float(out[True][hole].max()) <= 1.05
     assert float(out[False][hole].mean()) == pytest.approx(1.5, abs=0.1)
+
+
+@pytest.mark.parametrize("task", ["box-inpaint", "gaussian-blur"])
+def test_sdedit_noises_its_rough_guess_to_t0(task, demo_prior, demo_problems):
+    """SDEdit's first network call is at t0, on its guide noised to t0 with the solver's own generator: for
+    inpainting the harmonic fill of the holes (not the naive reconstruction's flat mean colour), otherwise the
+    naive reconstruction."""
+    from diffprior.solvers.sdedit import rough_guess, sdedit
+    from diffprior.solvers.tv import harmonic_fill
+    op, x, y, _ = demo_problems[task, 0]
+    guide = rough_guess(op, y)
+    if task == "box-inpaint":
+        assert torch.equal(guide, harmonic_fill(y, op.mask)) and not torch.allclose(guide, op.naive(y), atol=1e-2)
+    else:
+        assert torch.equal(guide, op.naive(y))
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(demo_prior, name)
+
+        def predict(self, x_t, t):
+            calls.append((t, x_t.clone()))
+            return demo_prior.predict(x_t, t)
+
+    sdedit(Spy(), op, y, t0=200, steps=5, generator=torch.Generator().manual_seed(0))
+    expected = demo_prior.schedule.q_sample(guide, 200, generator=torch.Generator().manual_seed(0))
+    assert calls[0][0] == 200 and torch.allclose(calls[0][1], expected) and len(calls) == 5

@@ -6,23 +6,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import LinearOperator, Operator
+from ..operators import Inpaint, LinearOperator, Operator
 from ..prior import Prior
 from .sampling import ddpm_step, steps_of
 from .spec import SolverSpec
+from .tv import harmonic_fill
 
 
 @torch.no_grad()
 def sdedit(prior: Prior, op: Operator, y: Tensor, *,
            t0: int = 500,                 # the timestep the rough guess is noised to (report: 400, 500, 600)
            steps: int | None = None,      # reverse steps from t0 to 0; None: all t0 + 1 of them
-           init: Tensor | None = None,    # the rough guess; default op.naive(y) (pseudo-inverse, holes filled)
+           init: Tensor | None = None,    # the rough guess; default `rough_guess(op, y)`
            generator: torch.Generator | None = None,
            progress: bool = False) -> Tensor:
     """SDEdit (Meng et al. 2022): x_t0 = sqrt(abar_t0) g + sqrt(1 - abar_t0) z for a rough guess g of x,
     then the unconditional ancestral reverse process from t0 to 0. The measurement enters only through
     g: a larger t0 gives a more realistic image that is less faithful to y."""
-    x = op.naive(y) if init is None else init
+    x = rough_guess(op, y) if init is None else init
     x = prior.schedule.q_sample(x, t0, generator=generator)
     for t, t_prev in steps_of(prior, steps, start=t0, progress=progress, desc="sdedit"):
         eps, v = prior.predict(x, t)
@@ -30,8 +31,15 @@ def sdedit(prior: Prior, op: Operator, y: Tensor, *,
     return x
 
 
+def rough_guess(op: Operator, y: Tensor) -> Tensor:
+    """SDEdit's default guide: the naive reconstruction, but for inpainting the visible pixels with each hole
+    filled by harmonic interpolation of its border (a flat mean-colour fill, noised to a low t0, came out as a
+    flat patch in the face; docs/MODEL_CARD.md)."""
+    return harmonic_fill(y, op.mask) if isinstance(op, Inpaint) else op.naive(y)
+
+
 def _requires(op: Operator, sigma_y: float) -> str | None:
-    """SDEdit starts from op.naive(y): the operator's own, or a linear one's pseudo-inverse."""
+    """SDEdit starts from op.naive(y) (`rough_guess`): the operator's own, or a linear one's pseudo-inverse."""
     own = type(op).naive is not (LinearOperator if op.linear else Operator).naive
     if own or (op.linear and type(op).A_pinv is not LinearOperator.A_pinv):
         return None
