@@ -24,7 +24,7 @@ CPU_DRAW_STEPS = 250  # ancestral steps of the demo's clean image on a CPU
 
 # what a reader of the table should know about the two baselines of the report that trail it
 NOTES = {
-    "sdedit": "SDEdit uses y only at its start (the naive reconstruction noised to t0) and then generates freely: "
+    "sdedit": "SDEdit uses y only at its start (a rough guess from y noised to t0) and then generates freely: "
               "a realistic face that need not be the measured one.",
     "scoreald": "ScoreALD (annealed Langevin) needs about 1000 noise levels; with {steps} it keeps visible noise "
                 "(`--steps 1000` removes it, at 10x the time).",

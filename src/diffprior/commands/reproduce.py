@@ -15,8 +15,9 @@ shown as x_t / sqrt(abar_t).
 Fig. 2 (unconditional generation): a grid of ancestral DDPM samples with --steps steps (1000).
 
 Table 2, Fig. 3 (SDEdit): box inpainting, random inpainting and Gaussian blur, SDEdit started at t0 = 400,
-500 and 600 from the naive reconstruction (the same share of the --steps chain), beside the naive
-reconstruction and total variation (TV, the classical baseline).
+500 and 600 from its rough guess (the naive reconstruction; for inpainting the harmonic fill of the holes),
+with the same share of the --steps chain, beside the naive reconstruction and total variation (TV, the
+classical baseline).
 
 Table 3, Fig. 4 (ScoreALD vs DPS): annealed Langevin with the likelihood score against diffusion posterior
 sampling on the same three tasks, --steps steps each, with the naive and TV rows.
@@ -449,8 +450,8 @@ def table2(plan: Plan, prior: Prior, cells: list[dict]) -> tuple[str, str]:
         entries += [(task, label, cell, None) for label, cell in _baselines(task, cells)]
         entries += [(task, f"SDEdit t0 = {t0}", find(cells, task, "sdedit", settings), REPORT["table2"][task][t0])
                     for t0, settings in zip(SDEDIT_T0S, sdedit)]
-    return _report_table(plan, "table2_sdedit", "Table 2: SDEdit from the naive reconstruction, with the naive and "
-                         "TV baselines", entries)
+    return _report_table(plan, "table2_sdedit", "Table 2: SDEdit from a rough guess (inpainting: the harmonic fill "
+                         "of the hole), with the naive and TV baselines", entries)
 
 
 def table3(plan: Plan, cells: list[dict]) -> tuple[str, str]:
