@@ -12,7 +12,7 @@ from ..operators import Inpaint, Operator
 from ..prior import Prior
 from .sampling import clip_x0, ddpm_step, initial_noise, steps_of
 from .spec import SolverSpec
-from .tv import harmonic_fill
+from .tv import rough_guess
 
 
 def dps(prior: Prior, op: Operator, y: Tensor, *,
@@ -81,17 +81,16 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
 
 
 def warm_start_image(op: Operator, y: Tensor) -> Tensor:
-    """The image DPS's warm start noises: for inpainting the visible pixels with each hole filled by harmonic
-    interpolation of its border (`harmonic_fill`); for another linear A the naive reconstruction less its
+    """The image DPS's warm start noises: for inpainting `rough_guess`, the visible pixels with each hole filled by
+    harmonic interpolation of its border; for another linear A the naive reconstruction less its
     null-space part, A^+ A naive(y) (blur: y less the frequencies A removes); for a non-linear A the naive
     reconstruction itself. The hole's fill survives in x_t0 at sqrt(abar_t0) of its contrast and steers the
     face the chain draws: a flat fill of the visible pixels' mean colour came out as a band of shadow where
     the visible part was dark, zeros cost 2 dB on tightly cropped faces, and the harmonic fill was the best
     of the three on both framings (docs/MODEL_CARD.md has the measurements)."""
-    if isinstance(op, Inpaint):
-        return harmonic_fill(y, op.mask)
-    x = op.naive(y)
-    return op.A_pinv(op.A(x)) if op.linear else x
+    if op.linear and not isinstance(op, Inpaint):
+        return op.A_pinv(op.A(op.naive(y)))
+    return rough_guess(op, y)
 
 
 def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",

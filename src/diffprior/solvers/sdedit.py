@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import Inpaint, LinearOperator, Operator
+from ..operators import LinearOperator, Operator
 from ..prior import Prior
 from .sampling import ddpm_step, steps_of
 from .spec import SolverSpec
-from .tv import harmonic_fill
+from .tv import rough_guess
 
 
 @torch.no_grad()
@@ -29,13 +29,6 @@ def sdedit(prior: Prior, op: Operator, y: Tensor, *,
         eps, v = prior.predict(x, t)
         x, _ = ddpm_step(prior, x, t, t_prev, eps, v, generator=generator)
     return x
-
-
-def rough_guess(op: Operator, y: Tensor) -> Tensor:
-    """SDEdit's default guide: the naive reconstruction, but for inpainting the visible pixels with each hole
-    filled by harmonic interpolation of its border (a flat mean-colour fill, noised to a low t0, came out as a
-    flat patch in the face; docs/MODEL_CARD.md)."""
-    return harmonic_fill(y, op.mask) if isinstance(op, Inpaint) else op.naive(y)
 
 
 def _requires(op: Operator, sigma_y: float) -> str | None:

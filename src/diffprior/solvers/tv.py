@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..operators import LinearOperator
+from ..operators import Inpaint, LinearOperator, Operator
 from ..prior import Prior
 from .sampling import progress_bar
 from .spec import SolverSpec
@@ -58,6 +58,13 @@ def harmonic_fill(y: Tensor, mask: Tensor, tol: float = 1e-5) -> Tensor:
         rr_new = r.square().sum(dims, keepdim=True)
         p, rr = r + rr_new / rr.clamp_min(torch.finfo(y.dtype).tiny) * p, rr_new
     return visible + u * hole
+
+
+def rough_guess(op: Operator, y: Tensor) -> Tensor:
+    """A rough image from y, the start of SDEdit and of DPS's warm start: the naive reconstruction, but for
+    inpainting the visible pixels with each hole filled by `harmonic_fill` (a flat mean-colour fill, noised to
+    t0, came out as a flat patch in the face; docs/MODEL_CARD.md)."""
+    return harmonic_fill(y, op.mask) if isinstance(op, Inpaint) else op.naive(y)
 
 
 def tv_norm(x: Tensor, vectorial: bool = False) -> Tensor:
