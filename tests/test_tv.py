@@ -81,6 +81,18 @@ def test_harmonic_fill_has_the_least_dirichlet_energy_of_the_images_that_keep_th
         assert float(grad(filled + change).square().sum()) > energy
 
 
+def test_harmonic_fill_of_an_image_does_not_depend_on_its_batch():
+    """Each channel stops at its own convergence: a batch gives the fills its images give alone (so a result
+    does not change with how evaluation batches or splits the images)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    x[1] = x[1] * 0.01  # converges in fewer iterations than its batch mates
+    op = make_operator("box-inpaint", (3, 32, 32), seed=0)
+    together = harmonic_fill(op.A(x), op.mask)
+    for i in range(3):
+        assert torch.equal(harmonic_fill(op.A(x[i:i + 1]), op.mask), together[i:i + 1])
+
+
 def test_operator_norm_by_power_iteration():
     like = torch.zeros(1, 3, 16, 16)
     assert operator_norm(Identity(), like) == pytest.approx(1, rel=1e-5)

@@ -35,8 +35,12 @@ def grad_adjoint(g: Tensor) -> Tensor:
 def harmonic_fill(y: Tensor, mask: Tensor, tol: float = 1e-5) -> Tensor:
     """The observed pixels (mask 1), and the holes filled by harmonic interpolation of their borders: the image
     of least Dirichlet energy ||grad x||^2 that keeps the observed pixels (the solution of Laplace's equation
-    in each hole), each channel alone. Solved by conjugate gradients on the hole's pixels, until the residual
-    falls below tol times its start (about one iteration per pixel of the hole's width)."""
+    in each hole), each channel alone. Solved by conjugate gradients on the hole's pixels; each channel stops
+    when its residual falls below tol times its start (about one iteration per pixel of the hole's width), so
+    an image's fill does not depend on the other images of its batch."""
+    dtype = y.dtype
+    if y.device.type != "mps":  # float64 sums: the same fill whatever the batch and thread layout
+        y = y.double()
     mask = mask.to(y.dtype).expand_as(y)
     hole = 1 - mask
     dims = (-2, -1)
@@ -50,14 +54,15 @@ def harmonic_fill(y: Tensor, mask: Tensor, tol: float = 1e-5) -> Tensor:
     p, rr = r, r.square().sum(dims, keepdim=True)
     stop = rr * tol ** 2
     for _ in range(int(hole.sum(dims).max()) + 1):  # exact arithmetic converges within this many
-        if bool((rr <= stop).all()):
+        active = rr > stop
+        if not bool(active.any()):
             break
         lp = laplacian(p)
-        alpha = rr / (p * lp).sum(dims, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+        alpha = active * rr / (p * lp).sum(dims, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
         u, r = u + alpha * p, r - alpha * lp
         rr_new = r.square().sum(dims, keepdim=True)
-        p, rr = r + rr_new / rr.clamp_min(torch.finfo(y.dtype).tiny) * p, rr_new
-    return visible + u * hole
+        p, rr = torch.where(active, r + rr_new / rr.clamp_min(torch.finfo(y.dtype).tiny) * p, p), rr_new
+    return (visible + u * hole).to(dtype)
 
 
 def rough_guess(op: Operator, y: Tensor) -> Tensor:
