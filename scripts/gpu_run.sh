@@ -3,7 +3,8 @@
 # stops itself inside DEADLINE_S (default 570 s), each part cut short cleanly when time runs low:
 #   1. train   the face model, warm-started from the shipped faces64 (same network), TRAIN_MIN (3) minutes;
 #              the trainer logs its images/s from its first steps (work/train/log.csv, train.log)
-#      export  its EMA weights in float16 as OUT/faces64.safetensors + .json
+#      export  its EMA weights in float16 as OUT/faces64.safetensors + .json (a network over 16 MB, e.g.
+#              CONFIG=large, in parts OUT/faces64.safetensors.part00, part01, ...; run.log holds the sha256)
 #      card    Tweedie PSNR/SSIM/LPIPS at t = 100/300/500 on the 500 CelebA validation faces for the new
 #              and the shipped model, the training curves, 64-face grids (1000 DDPM / 100 DDIM steps)
 #   2. bench   scripts/gpu_bench.sh on the FFHQ-256 ADM network (random weights): DPS fp32 and bf16 at
@@ -11,7 +12,7 @@
 #              bf16 against fp32 on the face model
 #   3. tables  `diffprior reproduce` (Tables 1-3) at STEPS (1000) steps on IMAGES (100) CelebA validation
 #              faces with the new model
-# OUT receives at most 8 files (what a loan sends back): faces64.safetensors, faces64.json, card.tar.gz,
+# OUT receives at most 8 files (what a loan sends back): faces64.safetensors (or its 2-3 parts), faces64.json, card.tar.gz,
 # bench.tar.gz, reproduce.tar.gz, run.log. Intermediate files stay in WORK (default a temporary folder).
 #
 #   scripts/gpu_prepare.sh CELEBA_FOLDER      # once, on a machine with the data (and internet for the clone)
@@ -77,7 +78,7 @@ stage train "$train_seconds" 300 "${DP[@]}" train --data "$DATA/celeba64-train.z
     --t-density "$T_DENSITY" --max-minutes "$TRAIN_MIN" --steps 1000000 --eval-every 250 --checkpoint-every 500 --device "$DEVICE"
 NEW=""
 if [ -f "$WORK/train/model.safetensors" ]; then
-    stage export 60 280 python3 - "$WORK/train/model.safetensors" "$OUT/faces64.safetensors" <<'PY' && NEW="$OUT/faces64.safetensors"
+    stage export 60 280 python3 - "$WORK/train/model.safetensors" "$WORK/faces64.safetensors" <<'PY' && NEW="$WORK/faces64.safetensors"
 import json, sys
 from diffprior.models import load_prior
 from diffprior.train import FACES64, export
@@ -86,6 +87,13 @@ run = load_prior(export(sys.argv[1], sys.argv[2], **FACES64, solver_settings=set
 keys = ("device", "steps", "batch", "lr", "images_seen", "seconds", "final_loss", "val_psnr_100", "val_psnr_300")
 print(json.dumps({k: run.get(k) for k in keys}), "images/s:", round(run["images_seen"] / max(run["seconds"], 1e-9), 1))
 PY
+fi
+if [ -n "$NEW" ]; then  # a loan returns files of at most 16 MiB: a larger network's weights come back in parts
+    cp "$WORK/faces64.json" "$OUT/"
+    if (($(stat -c %s "$NEW") <= 16000000)); then cp "$NEW" "$OUT/"
+    else split -b 16000000 -d "$NEW" "$OUT/faces64.safetensors.part"; say "weights split: cat OUT/faces64.safetensors.part* > faces64.safetensors"
+    fi
+    (cd "$WORK" && sha256sum faces64.safetensors | tee -a "$LOG")
 fi
 CARD=(python3 "$ROOT/scripts/model_card.py" --device "$DEVICE" --batch 250 --eval "celeba-val=$DATA/celeba64-val.zip${EVAL_RANGE:-}")
 if [ -n "$NEW" ]; then  # the card's numbers and figures for the new model, then the Tweedie numbers of the shipped one
