@@ -25,7 +25,7 @@ CPU_DRAW_STEPS = 250  # ancestral steps of the demo's clean image on a CPU
 # what a reader of the table should know about the two baselines of the report that trail it
 NOTES = {
     "sdedit": "SDEdit uses y only at its start (a rough guess from y noised to t0) and then generates freely: "
-              "a realistic face that need not be the measured one.",
+              "the larger t0 (the model may set it per task), the more realistic and the less like the measured face.",
     "scoreald": "ScoreALD (annealed Langevin) needs about 1000 noise levels; with {steps} it keeps visible noise "
                 "(`--steps 1000` removes it, at 10x the time).",
 }
