@@ -52,7 +52,8 @@ def main() -> None:
         set_number("steps", args.steps)
         set_number("samples", args.samples)
         driver.find_element(By.ID, "restore").click()
-        wait.until(lambda d: "settings.json" in d.find_element(By.ID, "downloads").text
+        # the download list's link, not the component's label (which names settings.json too)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#downloads a[download="settings.json"]')
                    or d.find_elements(By.CSS_SELECTOR, ".toast-body"))
         time.sleep(2)
         driver.save_screenshot(args.out)

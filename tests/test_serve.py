@@ -246,7 +246,8 @@ def test_in_a_headless_browser_paint_a_mask_and_restore(server, clean_png, tmp_p
                    or d.find_elements(By.CSS_SELECTOR, ".toast-body"))
         errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")]
         assert not errors, f"the app reported: {errors}"
-        wait.until(lambda d: "settings.json" in d.find_element(By.ID, "downloads").text)
+        # the file list, not the component's label (which names settings.json too)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#downloads a[download="settings.json"]'))
         assert "ddnm" in driver.find_element(By.ID, "metrics").text
         driver.save_screenshot(str(tmp_path / "serve.png"))
         images = driver.find_elements(By.CSS_SELECTOR, "#results img")
