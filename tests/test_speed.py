@@ -196,6 +196,7 @@ def test_bench_speed_refuses_bf16_without_native_support(tmp_path, capsys, monke
     assert main(args + ["--dtype", "bf16"]) == 2
     assert "native bfloat16" in capsys.readouterr().err
     assert main(args + ["--compare-fp32"]) == 2
+    assert "native bfloat16" in capsys.readouterr().err
 
 
 def test_compare_dtypes_reports_psnr_between_runs():
