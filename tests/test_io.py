@@ -32,6 +32,10 @@ def test_greyscale_and_16_bit_become_rgb(tmp_path):
     assert x.shape == (1, 3, 5, 5) and torch.allclose(x[0, 0], x[0, 2])
     Image.fromarray(np.full((5, 5), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
     assert torch.allclose(load_image(tmp_path / "g16.png"), torch.ones(1, 3, 5, 5))
+    Image.fromarray(np.full((5, 5), 200, dtype=np.uint16)).save(tmp_path / "dark16.png")  # 16-bit, not 8
+    assert torch.allclose(load_image(tmp_path / "dark16.png"), -torch.ones(1, 3, 5, 5), atol=0.01)
+    Image.fromarray(np.full((5, 5), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")  # floats in [0, 1]
+    assert torch.allclose(load_image(tmp_path / "float.tiff"), torch.full((1, 3, 5, 5), 128 / 127.5 - 1), atol=1e-6)
 
 
 def test_odd_sizes_are_centre_cropped_and_resized(tmp_path):

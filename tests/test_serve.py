@@ -297,6 +297,27 @@ def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path
     assert source["photo"].size == (SIZE, SIZE) and source["raw"] is None and source["size"] == (100, 80)
 
 
+def test_requests_that_cannot_run_are_refused_before_any_method_runs(tmp_path):
+    from diffprior.commands.serve import AppError, Studio
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+    source = studio.draw(0)
+    jobs = tmp_path / "app" / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    before = sorted(jobs.iterdir())
+    run = dict(steps=3, sigma_y=0.05, seed=0)
+    for task, methods, changed, message in [
+        ("gaussian-blur", ["dps", "repaint"], {}, "repaint: inpainting only"),  # dps would have run first
+        ("box-inpaint", ["dps", "daps"], {"sigma_y": 0}, "daps: needs measurement noise sigma_y > 0"),
+        ("box-inpaint", ["dps"], {"seed": 2 ** 63}, "seed must be a whole number from 0"),
+    ]:
+        with pytest.raises(AppError, match=message):
+            studio.restore(source, None, task, methods, **(run | changed))
+    assert sorted(jobs.iterdir()) == before  # no job was started
+    shutil.rmtree(jobs)  # as a cleaner of temporary files might
+    done = studio.restore(source, None, "box-inpaint", ["ddnm"], **(run | {"seed": 2 ** 63 - 1}))
+    assert len(done["files"]) >= 2 and all(Path(f).is_file() for f in done["files"])
+
+
 def _save(im: Image.Image, path: Path) -> Path:
     im.save(path)
     return path

@@ -50,9 +50,13 @@ def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
             return rgba.convert("RGB")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if alpha == "white" else (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit integer or float greyscale
         arr = np.asarray(im, dtype=np.float64)
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0) * 255.0
+        if im.mode.startswith("I;16") or arr.max() > 255:
+            full = 65535.0
+        else:  # a float image in [0, 1], or 8-bit values in a wider type
+            full = 1.0 if im.mode == "F" and arr.max() <= 1 else 255.0
+        arr = arr / full * 255.0
         im = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8))
     return im.convert("RGB")
 

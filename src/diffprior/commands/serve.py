@@ -41,7 +41,7 @@ from ..models import load_prior
 from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
-from ..solvers import SOLVERS, check_settings, sample, settings_for, tuned_settings, solve
+from ..solvers import SOLVERS, SPECS, check_settings, sample, settings_for, tuned_settings, solve
 from .common import add_prior_arguments
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
@@ -84,7 +84,9 @@ class Studio:
 
     # files ------------------------------------------------------------------------------------------
     def job_folder(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=self.folder / "jobs"))
+        jobs = self.folder / "jobs"
+        jobs.mkdir(parents=True, exist_ok=True)  # again, should a cleaner of temporary files have removed it
+        return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=jobs))
 
     def inside(self, path: str | Path) -> Path:
         """`path` resolved, refused unless it lies inside the app's own folder."""
@@ -200,6 +202,9 @@ class Studio:
             op = Inpaint(mask)
         else:
             op = make_operator(task, (3, size, size), seed=seed)
+        unfit = [f"{m}: {why}" for m in methods if (why := SPECS[m].why_not(op, sigma_y))]
+        if unfit:  # before any method runs, not after the first ones have
+            raise AppError(f"not for {APP_TASKS[task]} here: " + "; ".join(unfit))
         op = op.to(device)
         gen = torch.Generator(device=device).manual_seed(seed)
         photo = source["photo"]
@@ -321,13 +326,14 @@ class Studio:
         return shlex.join(argv)
 
 
-def _whole(value, name: str, low: int) -> int:
+def _whole(value, name: str, low: int, high: int = 2 ** 63 - 1) -> int:
+    """A whole number in [low, high] (a seed's range by default), exact for ints of any size."""
     try:
-        v = float(value)
+        v = value if isinstance(value, int) else float(value)
     except (TypeError, ValueError):
         raise AppError(f"{name} must be a whole number, got {value!r}") from None
-    if not v.is_integer() or v < low:
-        raise AppError(f"{name} must be a whole number of at least {low}, got {value}")
+    if isinstance(v, float) and not v.is_integer() or not low <= v <= high:
+        raise AppError(f"{name} must be a whole number from {low} to {high}, got {value}")
     return int(v)
 
 
@@ -441,7 +447,7 @@ def build_app(studio: Studio):
                     steps = gr.Number(studio.default_steps, label="steps", precision=0, minimum=1,
                                       maximum=studio.prior.schedule.T, elem_id="steps")
                     sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0, elem_id="sigma_y")
-                    seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed")
+                    seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=2 ** 63 - 1, elem_id="seed")
                 samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
                                     "per-pixel std map when K > 1)", elem_id="samples")
                 run_button = gr.Button("Restore", variant="primary", elem_id="restore")
