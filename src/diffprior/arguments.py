@@ -37,17 +37,22 @@ def number(low: float | None = None, high: float | None = None, *, above: bool =
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if above and low is not None and value <= low:
-            raise argparse.ArgumentTypeError(f"must be greater than {low:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be greater than {_num(low)}, got {text}")
         _check_range(value, text, None if above else low, high)
         return value
     return parse
 
 
+def _num(bound) -> str:
+    """A bound as typed: 0.5 and 1e-05 for floats, every digit of an int (a seed's 9223372036854775807)."""
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 def _check_range(value, text: str, low, high) -> None:
     if low is not None and value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {text}")
+        raise argparse.ArgumentTypeError(f"must be at least {_num(low)}, got {text}")
     if high is not None and value > high:
-        raise argparse.ArgumentTypeError(f"must be at most {high:g}, got {text}")
+        raise argparse.ArgumentTypeError(f"must be at most {_num(high)}, got {text}")
 
 
 positive = integer(1)
