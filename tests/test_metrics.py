@@ -98,6 +98,31 @@ def test_lpips_vgg_missing_weights_says_what_to_run(tmp_path, monkeypatch):
     metrics._lpips_net.cache_clear()
 
 
+def test_lpips_vgg_reads_converted_weights_strictly(tmp_path, monkeypatch):
+    """The VGG path end to end on any machine: seeded weights in the cache's format load strictly and measure
+    (the pinned values above need the real weights, which are not shipped)."""
+    from safetensors.torch import save_file
+    monkeypatch.setenv("DIFFPRIOR_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    weights = {k: v.abs() if k.startswith("heads") else v for k, v in metrics.LPIPSNet("vgg").state_dict().items()}
+    save_file(weights, str(metrics.lpips_weights_path("vgg")))
+    metrics._lpips_net.cache_clear()
+    try:
+        x, ref = pairs(32, 32)
+        d = lpips(x, ref, net="vgg")
+        assert d.shape == (5,) and torch.isfinite(d).all() and d[4] == 0 and (d[:4] > 0).all()
+        net = metrics.LPIPSNet("vgg")
+        net.load_state_dict(weights)
+        with torch.no_grad():
+            torch.testing.assert_close(d, net(x, ref), atol=1e-6, rtol=1e-5)  # these weights, not others
+        save_file({k: v for k, v in weights.items() if k != "heads.4.weight"}, str(metrics.lpips_weights_path("vgg")))
+        metrics._lpips_net.cache_clear()
+        with pytest.raises(RuntimeError, match="heads.4.weight"):
+            lpips(x, ref, net="vgg")
+    finally:
+        metrics._lpips_net.cache_clear()
+
+
 def test_lpips_properties():
     x, ref = pairs(64, 64)
     assert torch.all(lpips(ref, ref) == 0)
