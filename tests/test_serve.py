@@ -297,7 +297,7 @@ def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path
     assert source["photo"].size == (SIZE, SIZE) and source["raw"] is None and source["size"] == (100, 80)
 
 
-def test_requests_that_cannot_run_are_refused_before_any_method_runs(tmp_path):
+def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_the_others(tmp_path):
     from diffprior.commands.serve import AppError, Studio
     studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
     source = studio.draw(0)
@@ -307,15 +307,16 @@ def test_requests_that_cannot_run_are_refused_before_any_method_runs(tmp_path):
     run = dict(steps=3, sigma_y=0.05, seed=0)
     for task, methods, changed, message in [
         ("gaussian-blur", ["dps", "repaint"], {}, "repaint: inpainting only"),  # dps would have run first
-        ("box-inpaint", ["dps", "daps"], {"sigma_y": 0}, "daps: needs measurement noise sigma_y > 0"),
         ("box-inpaint", ["dps"], {"seed": 2 ** 63}, "seed must be a whole number from 0"),
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, task, methods, **(run | changed))
     assert sorted(jobs.iterdir()) == before  # no job was started
     shutil.rmtree(jobs)  # as a cleaner of temporary files might
-    done = studio.restore(source, None, "box-inpaint", ["ddnm"], **(run | {"seed": 2 ** 63 - 1}))
-    assert len(done["files"]) >= 2 and all(Path(f).is_file() for f in done["files"])
+    done = studio.restore(source, None, "box-inpaint", ["dps", "daps"], **(run | {"sigma_y": 0, "seed": 2 ** 63 - 1}))
+    assert done["rows"][1][0] == "dps" and done["rows"][1][1] != "-"  # kept, though daps then failed:
+    assert done["rows"][2][0].startswith("daps failed: DAPS models Gaussian measurement noise: it needs sigma_y > 0")
+    assert [Path(f).name for f in done["files"]] == ["input.png", "restored_dps.png", "settings.json"]
 
 
 def _save(im: Image.Image, path: Path) -> Path:

@@ -41,7 +41,7 @@ from ..models import load_prior
 from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
-from ..solvers import SOLVERS, SPECS, check_settings, sample, settings_for, tuned_settings, solve
+from ..solvers import SOLVERS, SPECS, DivergenceError, check_settings, sample, settings_for, tuned_settings, solve
 from .common import add_prior_arguments
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
@@ -275,14 +275,19 @@ class Studio:
             gen.set_state(after_measure)
             start = time.perf_counter()
             std = None
-            if samples > 1:
-                from ..uncertainty import posterior_samples
-                draws = posterior_samples(method, self.prior, op, y, samples, sigma_y=sigma_y, generator=gen,
-                                          progress=True, **settings[method])
-                restored, std = draws.mean(0, keepdim=True), draws.std(0)
-            else:
-                restored = solve(method, self.prior, op, y, sigma_y=sigma_y, generator=gen, progress=True,
-                                 **settings[method])
+            try:
+                if samples > 1:
+                    from ..uncertainty import posterior_samples
+                    draws = posterior_samples(method, self.prior, op, y, samples, sigma_y=sigma_y, generator=gen,
+                                              progress=True, **settings[method])
+                    restored, std = draws.mean(0, keepdim=True), draws.std(0)
+                else:
+                    restored = solve(method, self.prior, op, y, sigma_y=sigma_y, generator=gen, progress=True,
+                                     **settings[method])
+            except (ValueError, DivergenceError) as e:  # this method cannot: say why, keep the others' results
+                results[method] = {"error": str(e)}
+                rows.append([f"{method} failed: {e}"] + ["-"] * 5)
+                continue
             seconds = time.perf_counter() - start
             results[method] = scores(restored) | {"seconds": round(seconds, 2)}
             out = job / f"restored_{method}.png"

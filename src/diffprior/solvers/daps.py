@@ -149,5 +149,4 @@ def _budget(nfe: int, T: int) -> dict:
     return {"steps": max(1, nfe // ode), "ode_steps": ode}
 
 
-SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget,
-                  requires=lambda op, sigma_y: None if sigma_y > 0 else "needs measurement noise sigma_y > 0")
+SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget)
