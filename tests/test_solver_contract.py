@@ -103,12 +103,11 @@ def test_unknown_settings_are_refused(gaussian_problem, name):
 @pytest.mark.parametrize("name", SPECS)
 def test_operators_it_does_not_accept_are_refused(gaussian_problem, name):
     p, spec = gaussian_problem, SPECS[name]
-    wrong = REFUSED.get(spec.operators, PhaseRetrieval() if name == "sdedit" else None)  # SDEdit: no naive one
-    sigma_y = p["sigma_y"]
+    wrong = REFUSED.get(spec.operators, PhaseRetrieval() if spec.requires else None)  # SDEdit: no naive one
     if wrong is None:
-        assert spec.why_not(PhaseRetrieval(), sigma_y) is None and spec.why_not(p["op"], sigma_y) is None  # any
+        assert spec.why_not(PhaseRetrieval()) is None and spec.why_not(p["op"]) is None  # any operator
         return
-    assert spec.why_not(p["op"], sigma_y) is None and spec.why_not(wrong, sigma_y) is not None
+    assert spec.why_not(p["op"]) is None and spec.why_not(wrong) is not None
     with pytest.raises(TypeError, match="does not apply"):
         solve(name, p["prior"], wrong, p["y"])
 

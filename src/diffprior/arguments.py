@@ -14,6 +14,8 @@ from pathlib import Path
 from .devices import pick_device
 from .io import image_format
 
+MAX_SEED = 2 ** 63 - 1  # the largest seed a torch generator takes
+
 
 def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (either bound may be None)."""
@@ -57,7 +59,7 @@ def _check_range(value, text: str, low, high) -> None:
 
 positive = integer(1)
 count = integer(0)
-seed = integer(0, 2 ** 63 - 1)
+seed = integer(0, MAX_SEED)
 noise_std = number(0.0)  # --sigma-y
 
 

@@ -331,8 +331,8 @@ class Studio:
         return shlex.join(argv)
 
 
-def _whole(value, name: str, low: int, high: int = 2 ** 63 - 1) -> int:
-    """A whole number in [low, high] (a seed's range by default), exact for ints of any size."""
+def _whole(value, name: str, low: int, high: int = arguments.MAX_SEED) -> int:
+    """A whole number in [low, high], exact for ints of any size."""
     try:
         v = value if isinstance(value, int) else float(value)
     except (TypeError, ValueError):
@@ -452,7 +452,8 @@ def build_app(studio: Studio):
                     steps = gr.Number(studio.default_steps, label="steps", precision=0, minimum=1,
                                       maximum=studio.prior.schedule.T, elem_id="steps")
                     sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0, elem_id="sigma_y")
-                    seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=2 ** 63 - 1, elem_id="seed")
+                    seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
+                                     elem_id="seed")
                 samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
                                     "per-pixel std map when K > 1)", elem_id="samples")
                 run_button = gr.Button("Restore", variant="primary", elem_id="restore")
