@@ -89,6 +89,7 @@ BAD = [
     ("restore --input clean.png --task box-inpaint --set steps=2.5", "whole number"),
     ("restore --input clean.png --task box-inpaint --sigma-y nan", "finite"),
     ("restore --input clean.png --task box-inpaint --sigma-y -1", "at least 0"),
+    ("restore --input clean.png --task box-inpaint --sigma-y 1e30", "at most 10"),  # y would overflow float32
     ("restore --input clean.png --task box-inpaint --samples 0", "--samples"),
     ("restore --input clean.png --task box-inpaint --steps 0", "--steps"),
     ("restore --input clean.png --task box-inpaint --steps 5000", "at most the prior's T"),

@@ -199,7 +199,9 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
         (dict(task="inpaint", methods=["dps"]), "paint the missing region"),
         (dict(task="sr4", methods=["dps"], measured=True), "exactly 16x16 pixels"),
         (dict(task="box-inpaint", methods=[]), "pick at least one method"),
-        (dict(task="box-inpaint", methods=["dps"], steps=5000), "greater than maximum value 1000"),  # the page's own limit
+        (dict(task="box-inpaint", methods=["dps"], steps=5000), "at most the prior's T = 1000"),
+        (dict(task="box-inpaint", methods=["dps"], steps=2.5), "steps must be a whole number"),  # not rounded
+        (dict(task="box-inpaint", methods=["dps"], sigma_y=1e30), "greater than maximum value 10"),  # the page's limit
     ]:
         with pytest.raises(gradio_client.exceptions.AppError, match=message):
             restore(c, **kwargs)
@@ -308,6 +310,10 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
     for task, methods, changed, message in [
         ("gaussian-blur", ["dps", "repaint"], {}, "repaint: inpainting only"),  # dps would have run first
         ("box-inpaint", ["dps"], {"seed": 2 ** 63}, "seed must be a whole number from 0"),
+        ("box-inpaint", ["dps"], {"sigma_y": 11}, "sigma_y must be a number from 0 to 10, got 11"),
+        ("box-inpaint", ["dps"], {"sigma_y": float("nan")}, "sigma_y must be a number from 0 to 10"),
+        ("box-inpaint", ["dps"], {"sigma_y": "much"}, "sigma_y must be a number from 0 to 10, got 'much'"),
+        ("box-inpaint", ["dps", "tv"], {"steps": 1001}, "at most the prior's T = 1000"),
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, task, methods, **(run | changed))
@@ -317,6 +323,8 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
     assert done["rows"][1][0] == "dps" and done["rows"][1][1] != "-"  # kept, though daps then failed:
     assert done["rows"][2][0].startswith("daps failed: DAPS models Gaussian measurement noise: it needs sigma_y > 0")
     assert [Path(f).name for f in done["files"]] == ["input.png", "restored_dps.png", "settings.json"]
+    tv = studio.restore(source, None, "box-inpaint", ["tv"], **(run | {"steps": 1500}))  # iterations, not T's steps
+    assert tv["rows"][1][0] == "tv" and tv["report"]["steps"] == 1500
 
 
 def _save(im: Image.Image, path: Path) -> Path:

@@ -15,6 +15,7 @@ from .devices import pick_device
 from .io import image_format
 
 MAX_SEED = 2 ** 63 - 1  # the largest seed a torch generator takes
+MAX_SIGMA_Y = 10.0  # measurement noise std on [-1, 1] images: 5 times their range, where y is pure noise
 
 
 def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
@@ -60,7 +61,7 @@ def _check_range(value, text: str, low, high) -> None:
 positive = integer(1)
 count = integer(0)
 seed = integer(0, MAX_SEED)
-noise_std = number(0.0)  # --sigma-y
+noise_std = number(0.0, MAX_SIGMA_Y)  # --sigma-y
 
 
 def device(text: str) -> str:

@@ -184,9 +184,13 @@ class Studio:
         steps, seed, samples = _whole(steps, "steps", 1), _whole(seed, "seed", 0), _whole(samples, "samples", 1)
         if samples > MAX_SAMPLES:
             raise AppError(f"at most {MAX_SAMPLES} posterior samples")
-        if sigma_y is None or not math.isfinite(float(sigma_y)) or float(sigma_y) < 0:
-            raise AppError(f"sigma_y must be a number >= 0, got {sigma_y}")
-        sigma_y = float(sigma_y)
+        given = sigma_y
+        try:
+            sigma_y = float(sigma_y)
+        except (TypeError, ValueError):
+            sigma_y = math.nan
+        if not 0 <= sigma_y <= arguments.MAX_SIGMA_Y:  # NaN fails too
+            raise AppError(f"sigma_y must be a number from 0 to {arguments.MAX_SIGMA_Y:g}, got {given!r}")
         T = self.prior.schedule.T
         if steps > T and methods != ["tv"]:
             raise AppError(f"steps: at most the prior's T = {T} diffusion steps")
@@ -449,9 +453,10 @@ def build_app(studio: Studio):
                                        "(x4 super-resolution takes the low-resolution image itself)", elem_id="measured")
                 methods = gr.CheckboxGroup(list(SOLVERS), value=DEFAULT_METHODS, label="methods", elem_id="methods")
                 with gr.Row():
-                    steps = gr.Number(studio.default_steps, label="steps", precision=0, minimum=1,
-                                      maximum=studio.prior.schedule.T, elem_id="steps")
-                    sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0, elem_id="sigma_y")
+                    # no precision or maximum: 2.5 steps are refused, not rounded, and tv may iterate past T
+                    steps = gr.Number(studio.default_steps, label="steps", minimum=1, elem_id="steps")
+                    sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
+                                        maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
                                      elem_id="seed")
                 samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
