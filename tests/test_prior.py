@@ -63,9 +63,18 @@ def test_mixture_tweedie_against_direct_formula():
             assert torch.allclose(prior.x0(xt, t), expected, atol=1e-9)
 
 
-def test_mixture_per_image_timesteps_and_shapes():
-    prior = GaussianMixturePrior(torch.ones(2), torch.randn(2, 12), torch.rand(2, 12) + 0.1, shape=(3, 2, 2))
-    xt = torch.randn(4, 3, 2, 2)
+@pytest.mark.parametrize("form", ["diagonal", "full", "low-rank"])
+def test_mixture_per_image_timesteps_and_shapes(form):
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(2, 12, generator=g)
+    if form == "low-rank":
+        prior = GaussianMixturePrior.low_rank(torch.ones(2), means, torch.randn(2, 12, 3, generator=g),
+                                              torch.tensor([0.1, 0.2]), shape=(3, 2, 2))
+    else:
+        f = torch.randn(2, 12, 12, generator=g)
+        covs = torch.rand(2, 12, generator=g) + 0.1 if form == "diagonal" else f @ f.transpose(1, 2) / 12
+        prior = GaussianMixturePrior(torch.ones(2), means, covs, shape=(3, 2, 2))
+    xt = torch.randn(4, 3, 2, 2, generator=g)
     t = torch.tensor([0, 100, 500, 999])
     out = prior.x0(xt, t)
     assert out.shape == xt.shape and out.dtype == torch.float32

@@ -285,7 +285,8 @@ class GaussianMixturePrior(Prior):
         else:
             c = torch.einsum("kdr,bkd->bkr", self.eigvecs, r)  # coordinates in each eigenbasis
             off = r - torch.einsum("kdr,bkr->bkd", self.eigvecs, c)  # the part off the eigenvectors' span
-            var_off = (a * self.floor + (1 - a))[..., None]  # (B or 1, K, 1)
+            a_k = a.reshape(-1, 1) if isinstance(a, Tensor) else a  # against floor's (K,)
+            var_off = (a_k * self.floor + (1 - a_k))[..., None]  # (K, 1) or (B, K, 1)
             shift = torch.einsum("kdr,bkr->bkd", self.eigvecs, gain * c) + a ** 0.5 * self.floor[:, None] / var_off * off
             dims_off = self.means.shape[1] - self.eigvecs.shape[2]
             logp = -0.5 * ((c ** 2) / var + var.log()).sum(-1) \
