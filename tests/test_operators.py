@@ -68,6 +68,13 @@ def test_measurement_shapes():
     assert OPS["gaussian-blur"].A(torch.zeros(1, *SHAPE)).shape == (1, *SHAPE)
     y = measure(OPS["denoise"], torch.zeros(4, *SHAPE), 0.05, torch.Generator().manual_seed(0))
     assert float(y.std()) == pytest.approx(0.05, rel=0.05)
+    x = torch.zeros(1, *SHAPE)
+    assert measure(OPS["denoise"], x, 0.0) is not x  # a new tensor: writing into y leaves the image alone
+    for sigma_y in (-0.1, float("nan"), "0.1", torch.tensor([0.1, 0.2])):
+        with pytest.raises(ValueError, match="expected a finite number >= 0"):
+            measure(OPS["denoise"], x, sigma_y)
+    with pytest.raises(TypeError, match="floating-point images"):  # sr4 of a uint8 image was all zeros
+        measure(OPS["sr4"], torch.zeros(1, *SHAPE, dtype=torch.uint8), 0.05)
 
 
 def test_box_mask_geometry():

@@ -11,7 +11,7 @@ import torch
 
 import diffprior.solvers
 from diffprior.nonlinear import PhaseRetrieval, Saturation
-from diffprior.operators import Identity
+from diffprior.operators import Identity, Inpaint
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
 from diffprior.solvers import SOLVERS, SPECS, check_settings, settings_for, solve, tuned_settings
@@ -98,6 +98,48 @@ def test_unknown_settings_are_refused(gaussian_problem, name):
     p = gaussian_problem
     with pytest.raises(TypeError, match="no setting"):
         solve(name, p["prior"], p["op"], p["y"], no_such_setting=1)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gaussian_problem, name):
+    p = gaussian_problem
+    prior, op, y = p["prior"], p["op"], p["y"]
+    run = lambda y=y, **kw: solve(name, prior, op, y, **({"sigma_y": p["sigma_y"]} | kw))
+    for bad, error, message in [
+        (y[0], ValueError, r"has shape \(1, 4, 4\), but inpaint makes \(1, 1, 4, 4\)"),  # no batch axis
+        (y[..., :2, :2], ValueError, "from a batch of 1 of the prior's"),
+        (y.expand(1, 3, 4, 4), ValueError, "has shape"),  # channels the prior does not have
+        (y[:0], ValueError, "holds no images"),
+        (y.to(torch.uint8), TypeError, "floating-point tensor"),
+        (y.numpy(), TypeError, "floating-point tensor"),
+    ]:
+        with pytest.raises(error, match=message):
+            run(bad)
+    two_masks = Inpaint(torch.stack([op.mask[0], 1 - op.mask[0]]))  # a batch of 2 masks for 1 measurement
+    with pytest.raises(ValueError, match=r"inpaint makes \(2, 1, 4, 4\) from a batch of 1"):
+        solve(name, prior, two_masks, y, sigma_y=p["sigma_y"])
+    for sigma_y in (-0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="sigma_y=.*expected a finite number >= 0"):
+            run(sigma_y=sigma_y)
+    if "steps" in SPECS[name].settings:  # a whole number given as a float runs as the int would
+        seeded = lambda steps: run(y.expand(2, -1, -1, -1), steps=steps, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(seeded(10.0), seeded(10))
+
+
+@pytest.mark.parametrize("method, key, value, message", [
+    ("ddrm", "eta", 1.01, "a share, at most 1"),  # sqrt(1 - eta^2) would turn the result complex
+    ("ddnm", "eta", 2, "a share, at most 1"),
+    ("diffpir", "zeta", 1.5, "a share, at most 1"),
+    ("daps", "lr_min_ratio", 5, "a share, at most 1"),
+    ("daps", "rho", 0, "greater than 0"),
+    ("dps", "start", 1000, r"a timestep in \[0, 999\]"),
+    ("dps", "start", 100.5, "whole number"),
+    ("dps", "start", "500", "expected a finite number"),
+    ("sdedit", "t0", -1, "must not be negative"),
+])
+def test_values_out_of_their_range_are_refused(method, key, value, message):
+    with pytest.raises(ValueError, match=f"{method} setting {key}=.*{message}"):
+        check_settings(method, {key: value}, 1000)
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -129,10 +129,23 @@ class LinearOperator(Operator):
         return x
 
 
+def check_noise_level(sigma_y) -> float:
+    """sigma_y as a float: a finite number >= 0 (ValueError otherwise)."""
+    if isinstance(sigma_y, Tensor) and sigma_y.numel() == 1:
+        sigma_y = sigma_y.item()
+    if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float)) or not 0 <= sigma_y < math.inf:
+        raise ValueError(f"sigma_y={sigma_y!r}: expected a finite number >= 0 (the measurement noise std)")
+    return float(sigma_y)
+
+
 def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator | None = None) -> Tensor:
-    """y = A(x) + sigma_y n, with n standard normal (sigma_y in the units of x, i.e. of [-1, 1])."""
+    """y = A(x) + sigma_y n, with n standard normal (sigma_y in the units of x, i.e. of [-1, 1]); a new tensor."""
+    sigma_y = check_noise_level(sigma_y)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"measure needs floating-point images in [-1, 1], got {kind}")
     y = op.A(x)
-    return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y
+    return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from importlib import import_module
 
+from ..operators import check_noise_level
 from .sampling import ddim_step, ddpm_step, denoise, sample
 from .spec import PLUMBING, SolverSpec
 
@@ -74,13 +75,21 @@ def solver_settings(method: str) -> dict:
     return spec_of(method).settings
 
 
-def check_settings(method: str, settings: dict, T: int | None = None) -> None:
+TIMESTEP_SETTINGS = ("t0", "start")  # a timestep of the prior's chain, in [0, T - 1]
+WHOLE_SETTINGS = ("steps", *TIMESTEP_SETTINGS)  # whole numbers, whatever their default (None for some)
+SHARE_SETTINGS = ("eta", "eta_b", "zeta", "lr_min_ratio")  # shares of noise or of a rate, in [0, 1]
+POSITIVE_SETTINGS = ("rho", "sigma_min", "sigma_max", "ode_sigma_min")  # divided by, or a log taken
+
+
+def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
     """Refuse a setting the solver does not have (TypeError) or a value of the wrong kind or out of range
-    (ValueError), naming the setting, the value and what is allowed. T: the prior's number of timesteps."""
+    (ValueError), naming the setting, the value and what is allowed. T: the prior's number of timesteps.
+    Returns the settings with whole numbers given as floats (steps=5.0) as ints, as the solvers need them."""
     known = solver_settings(method)
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise TypeError(f"{method} has no setting {', '.join(unknown)}; its settings are {', '.join(known)}")
+    checked = dict(settings)
     for key, value in settings.items():
         default = known[key]
         if value is None:
@@ -93,21 +102,53 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> None:
             if not isinstance(value, str):
                 raise ValueError(f"{method} setting {key}={value!r}: expected a name such as {default!r}")
             continue
-        if not isinstance(default, (int, float)) and key not in ("steps", "t0", "weight"):
+        if not isinstance(default, (int, float)) and key not in (*WHOLE_SETTINGS, "weight"):
             continue  # a setting without a numeric default (e.g. a kernel): the solver checks it
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{method} setting {key}={value!r}: expected a finite number")
-        if (key in ("steps", "t0") or (isinstance(default, int) and not isinstance(default, bool))) \
-                and not float(value).is_integer():
-            raise ValueError(f"{method} setting {key}={value!r}: expected a whole number")
+        if key in WHOLE_SETTINGS or isinstance(default, int):
+            if not float(value).is_integer():
+                raise ValueError(f"{method} setting {key}={value!r}: expected a whole number")
+            checked[key] = int(value)
         if value < 0:
             raise ValueError(f"{method} setting {key}={value!r}: must not be negative")
         if key == "steps" and value < 1:
             raise ValueError(f"{method} setting steps={value!r}: must be at least 1")
-        if T is not None and key == "t0" and value > T - 1:
-            raise ValueError(f"{method} setting t0={value!r}: a timestep in [0, {T - 1}] (the prior has T = {T})")
+        if key in SHARE_SETTINGS and value > 1:
+            raise ValueError(f"{method} setting {key}={value!r}: a share, at most 1")
+        if key in POSITIVE_SETTINGS and value == 0:
+            raise ValueError(f"{method} setting {key}={value!r}: must be greater than 0")
+        if T is not None and key in TIMESTEP_SETTINGS and value > T - 1:
+            raise ValueError(f"{method} setting {key}={value!r}: a timestep in [0, {T - 1}] (the prior has T = {T})")
         if T is not None and key == "steps" and value > T and method != "tv":
             raise ValueError(f"{method} setting steps={value!r}: at most the prior's T = {T} diffusion steps")
+    return checked
+
+
+def check_measurement(prior, op, y) -> None:
+    """Refuse a measurement that `op` could not have made from a batch of the prior's images: not a
+    floating-point tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does
+    not fit y's)."""
+    if not isinstance(y, Tensor) or not y.is_floating_point():
+        kind = y.dtype if isinstance(y, Tensor) else type(y).__name__
+        raise TypeError(f"the measurement must be a floating-point tensor (images in [-1, 1]), got {kind}")
+    if y.dim() == 0 or y.shape[0] == 0:
+        raise ValueError(f"the measurement holds no images (shape {tuple(y.shape)})")
+    if not bool(y.isfinite().all()):
+        raise ValueError("the measurement contains NaN or infinite values")
+    shape = getattr(prior, "shape", None)
+    if shape is None:
+        return
+    images = torch.zeros((y.shape[0], *shape), dtype=y.dtype, device=y.device)
+    try:
+        with torch.no_grad():
+            expected = tuple(op.A(images).shape)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{op.name} does not take a batch of {y.shape[0]} of the prior's {shape} images "
+                         f"(the measurement's batch): {e}") from None
+    if tuple(y.shape) != expected:
+        raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {expected} from a batch "
+                         f"of {y.shape[0]} of the prior's {shape} images")
 
 
 def divergence(op, x: Tensor, y: Tensor) -> str | None:
@@ -127,21 +168,24 @@ def divergence(op, x: Tensor, y: Tensor) -> str | None:
 
 def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **settings) -> Tensor:
     """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
-    measurement noise. Unknown settings raise a TypeError, a bad value or a measurement with NaNs a
-    ValueError, an operator the solver does not accept a TypeError, and a run that diverges (see
+    measurement noise. Unknown settings raise a TypeError, a bad value a ValueError, a measurement that is
+    not a float tensor a TypeError, one with NaNs or of a shape that `op` does not make from the prior's
+    images a ValueError, an operator the solver does not accept a TypeError, and a run that diverges (see
     `divergence`) a DivergenceError."""
     spec = spec_of(method)
-    if not bool(y.isfinite().all()):
-        raise ValueError("the measurement contains NaN or infinite values")
+    if sigma_y is not None:
+        sigma_y = check_noise_level(sigma_y)
+        if "sigma_y" in spec.settings:
+            settings.setdefault("sigma_y", sigma_y)
     schedule = getattr(prior, "schedule", None)
-    check_settings(method, {k: v for k, v in settings.items() if k not in PLUMBING},
-                   schedule.T if schedule is not None else None)
-    if sigma_y is not None and "sigma_y" in spec.settings:
-        settings.setdefault("sigma_y", sigma_y)
+    settings.update(check_settings(method, {k: v for k, v in settings.items() if k not in PLUMBING},
+                                   schedule.T if schedule is not None else None))
     why = spec.why_not(op, settings.get("sigma_y", spec.settings.get("sigma_y", 0.0)))
     if why is not None:
         raise TypeError(f"{method} does not apply to {op.name}: {why}")
-    x = spec.run(prior, op.to(y.device), y, **settings)
+    op = op.to(y.device) if isinstance(y, Tensor) else op
+    check_measurement(prior, op, y)
+    x = spec.run(prior, op, y, **settings)
     why = divergence(op, x, y)
     if why is not None:
         shown = {k: v for k, v in settings.items() if k not in PLUMBING}
@@ -151,4 +195,5 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
 
 
 __all__ = ["SOLVERS", "SPECS", "SolverSpec", "TASK_SETTINGS", "spec_of", "settings_for", "solver_settings",
-           "check_settings", "DivergenceError", "solve", "sample", "denoise", "ddpm_step", "ddim_step", *REGISTRY]
+           "check_settings", "check_measurement", "DivergenceError", "solve", "sample",
+           "denoise", "ddpm_step", "ddim_step", *REGISTRY]
