@@ -15,6 +15,24 @@ def test_round_trip_is_exact_for_8_bit_images(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), arr)
 
 
+def test_save_image_writes_grey_and_refuses_what_is_no_image(tmp_path):
+    grey = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4)  # e.g. a colorize measurement
+    save_image(grey, tmp_path / "grey.png")
+    im = Image.open(tmp_path / "grey.png")
+    assert im.mode == "L" and np.array_equal(np.asarray(im), np.asarray(tensor_to_pil(grey[0])))
+    assert np.asarray(im)[0, 0] == 0 and np.asarray(im)[3, 3] == 255
+    for bad, error, message in [
+        (torch.zeros(4, 4), ValueError, r"with C = 3 \(RGB\) or 1 \(grey\), got shape \(4, 4\)"),
+        (torch.zeros(4, 4, 3), ValueError, r"got shape \(4, 4, 3\)"),  # channels last
+        (torch.zeros(1, 4, 4, 4), ValueError, r"got shape \(4, 4, 4\)"),  # RGBA is not an image in [-1, 1]
+        (torch.full((3, 4, 4), float("nan")), ValueError, "NaN"),
+        (torch.full((3, 4, 4), 255, dtype=torch.uint8), TypeError, "floating-point"),  # not [-1, 1]
+    ]:
+        with pytest.raises(error, match=message):
+            save_image(bad, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_rgba_is_composited_onto_white(tmp_path):
     arr = np.zeros((4, 4, 4), dtype=np.uint8)
     arr[..., 0] = 255  # red
@@ -36,6 +54,10 @@ def test_greyscale_and_16_bit_become_rgb(tmp_path):
     assert torch.allclose(load_image(tmp_path / "dark16.png"), -torch.ones(1, 3, 5, 5), atol=0.01)
     Image.fromarray(np.full((5, 5), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")  # floats in [0, 1]
     assert torch.allclose(load_image(tmp_path / "float.tiff"), torch.full((1, 3, 5, 5), 128 / 127.5 - 1), atol=1e-6)
+    over = np.full((10, 10), 0.5, dtype=np.float32)
+    over[0, 0] = 1.001  # one value just over 1 (processing overshoot): still a [0, 1] image, not a black one
+    Image.fromarray(over).save(tmp_path / "over.tiff")
+    assert torch.allclose(load_image(tmp_path / "over.tiff")[..., 1:, :], torch.tensor(128 / 127.5 - 1), atol=1e-6)
 
 
 def test_odd_sizes_are_centre_cropped_and_resized(tmp_path):

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -150,8 +152,15 @@ def test_bad_inputs():
         make_operator("deblur-everything", SHAPE)
     with pytest.raises(ValueError):
         SuperResolution(3, (32, 32))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="observes no pixel"):
         Inpaint(torch.zeros(4, 4))
+    for shape in [(4,), (1, 1, 1, 4, 4), (0, 0), (2, 4, 4, 1)]:
+        with pytest.raises(ValueError, match=f"must be binary with shape .* got {re.escape(str(shape))}"):
+            Inpaint(torch.ones(shape))
+    mask = torch.ones(4, 4)
+    op = Inpaint(mask)
+    mask.zero_()  # the operator keeps the mask it was given
+    assert float(op.mask.sum()) == 16
 
 
 def test_mask_file(tmp_path):

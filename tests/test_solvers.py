@@ -113,6 +113,22 @@ def test_solve_rejects_bad_calls(gaussian_problem):
         dps(p["prior"], p["op"], p["y"], loss="l1")
 
 
+def test_sample_and_denoise_reject_bad_calls(gaussian_problem):
+    prior = gaussian_problem["prior"]
+    for kwargs, message in [(dict(n=0), "n=0: the number of samples"), (dict(n=2.0), "n=2.0"),
+                            (dict(n=1, sampler="ddim", eta=float("nan")), "eta=nan"),
+                            (dict(n=1, steps="5"), "steps must be a whole number, got '5'"),
+                            (dict(n=1, steps=2.5), "steps must be a whole number")]:
+        with pytest.raises(ValueError, match=message):
+            sample(prior, **kwargs)
+    assert torch.equal(sample(prior, 2, steps=5.0, generator=torch.Generator().manual_seed(0)),
+                       sample(prior, 2, steps=5, generator=torch.Generator().manual_seed(0)))
+    x0 = torch.zeros(2, *prior.shape)
+    for t in (-5, 1000, 300.0, True, torch.tensor([300, 1000]), torch.tensor([1.5, 3.0])):
+        with pytest.raises(ValueError, match=r"a whole timestep in \[0, 999\]"):
+            denoise(prior, x0, t)  # -5 used to return x0 itself, 300.0 failed as an index
+
+
 def test_a_diverging_run_is_reported(gaussian_problem):
     from diffprior.solvers import DivergenceError
     p = gaussian_problem

@@ -54,8 +54,8 @@ def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
         arr = np.asarray(im, dtype=np.float64)
         if im.mode.startswith("I;16") or arr.max() > 255:
             full = 65535.0
-        else:  # a float image in [0, 1], or 8-bit values in a wider type
-            full = 1.0 if im.mode == "F" and arr.max() <= 1 else 255.0
+        else:  # a float image in [0, 1] (a few values over 1 are clipped), or 8-bit values in a wider type
+            full = 1.0 if im.mode == "F" and np.percentile(arr, 99) <= 1 else 255.0
         arr = arr / full * 255.0
         im = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8))
     return im.convert("RGB")
@@ -83,13 +83,23 @@ def pil_to_tensor(im: Image.Image) -> Tensor:
 
 
 def tensor_to_pil(x: Tensor) -> Image.Image:
-    """A (3, H, W) or (1, 3, H, W) tensor in [-1, 1] -> an RGB PIL image (values clipped)."""
+    """A (C, H, W) or (1, C, H, W) float tensor in [-1, 1], C = 3 (RGB) or 1 (grey) -> a PIL image (values
+    clipped)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"expected a floating-point image tensor in [-1, 1], got {kind}")
     if x.dim() == 4:
         if x.shape[0] != 1:
             raise ValueError(f"expected one image, got a batch of {x.shape[0]}")
         x = x[0]
-    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(arr.permute(1, 2, 0).numpy())
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image (C, H, W) or (1, C, H, W) with C = 3 (RGB) or 1 (grey), got shape "
+                         f"{tuple(x.shape)}")
+    x = x.detach().float().cpu()
+    if not bool(x.isfinite().all()):
+        raise ValueError("the image contains NaN or infinite values")
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
 
 
 def load_image(path: str | Path, size: int | None = None, *, alpha: str = "white") -> Tensor:
@@ -127,8 +137,8 @@ def atomic_write(path: str | Path, write) -> Path:
 
 
 def save_image(x: Tensor, path: str | Path) -> Path:
-    """Write one image (3, H, W) or (1, 3, H, W) in [-1, 1] to a file, atomically; the format follows the
-    suffix."""
+    """Write one image (C, H, W) or (1, C, H, W) in [-1, 1], C = 3 or 1 (grey), to a file, atomically; the
+    format follows the suffix."""
     im, fmt = tensor_to_pil(x), image_format(path)
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
 

@@ -185,11 +185,12 @@ class Inpaint(LinearOperator):
 
     def __init__(self, mask: Tensor):
         super().__init__()
-        mask = torch.as_tensor(mask, dtype=torch.float32)
-        while mask.dim() < 4:
-            mask = mask[None]
-        if mask.shape[1] != 1 or not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("an inpainting mask must be binary with shape (H, W), (1, H, W) or (B, 1, H, W)")
+        mask = torch.as_tensor(mask, dtype=torch.float32).clone()  # the caller's tensor may change later
+        shape = tuple(mask.shape)
+        if 2 <= mask.dim() <= 4:
+            mask = mask.reshape((1,) * (4 - mask.dim()) + shape)
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.numel() == 0 or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"an inpainting mask must be binary with shape (H, W), (1, H, W) or (B, 1, H, W), got {shape}")
         if not bool(mask.flatten(1).amax(1).all()):
             raise ValueError("the inpainting mask observes no pixel at all")
         self.register_buffer("mask", mask)

@@ -89,6 +89,10 @@ class Schedule:
         start = self.T - 1 if start is None else int(start)
         if not 0 <= start < self.T:
             raise ValueError(f"start timestep must lie in [0, {self.T - 1}], got {start}")
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not float(steps).is_integer():
+                raise ValueError(f"steps must be a whole number, got {steps!r}")
+            steps = int(steps)
         if steps is None or steps >= start + 1:
             return list(range(start, -1, -1))
         if steps < 1:

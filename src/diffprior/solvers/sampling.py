@@ -137,6 +137,10 @@ def sample(prior: Prior, n: int, *,
     """Unconditional samples x_0 ~ p: ancestral DDPM (Ho et al. 2020) or DDIM (Song et al. 2021)."""
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: the number of samples, a whole number >= 1")
+    if not 0 <= eta <= 1:  # NaN fails too
+        raise ValueError(f"eta={eta!r}: DDIM's share of fresh noise, in [0, 1]")
     x = initial_noise(prior, n, generator, dtype)
     for t, t_prev in steps_of(prior, steps, progress=progress, desc=f"{sampler} sampling"):
         eps, v = prior.predict(x, t)
@@ -152,5 +156,9 @@ def denoise(prior: Prior, x0: Tensor, t: int | Tensor, *,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Single-step denoising: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z, then the Tweedie estimate
     E[x0 | x_t] in one network evaluation (Efron 2011; Ho et al. 2020). Returns (x_t, x0_hat)."""
+    T, ts = prior.schedule.T, torch.as_tensor(t)
+    whole = not (ts.is_floating_point() or ts.is_complex() or ts.dtype == torch.bool)
+    if not whole or not bool(((ts >= 0) & (ts < T)).all()):
+        raise ValueError(f"t={t!r}: a whole timestep in [0, {T - 1}] (or a tensor of them, one per image)")
     x_t = prior.schedule.q_sample(x0, t, generator=generator)
     return x_t, clip_x0(prior, prior.x0(x_t, t))
