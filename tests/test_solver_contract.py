@@ -111,6 +111,7 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
         (y.expand(1, 3, 4, 4), ValueError, "has shape"),  # channels the prior does not have
         (y[:0], ValueError, "holds no images"),
         (y.to(torch.uint8), TypeError, "floating-point tensor"),
+        (y.half(), TypeError, "give it in float32"),
         (y.numpy(), TypeError, "floating-point tensor"),
     ]:
         with pytest.raises(error, match=message):

@@ -126,12 +126,15 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
 
 
 def check_measurement(prior, op, y) -> None:
-    """Refuse a measurement that `op` could not have made from a batch of the prior's images: not a
-    floating-point tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does
-    not fit y's)."""
+    """Refuse a measurement that `op` could not have made from a batch of the prior's images: not a float32
+    or float64 tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does not
+    fit y's)."""
     if not isinstance(y, Tensor) or not y.is_floating_point():
         kind = y.dtype if isinstance(y, Tensor) else type(y).__name__
         raise TypeError(f"the measurement must be a floating-point tensor (images in [-1, 1]), got {kind}")
+    if y.dtype in (torch.float16, torch.bfloat16):  # the solvers' updates lose too much in 16 bits
+        raise TypeError(f"the measurement is {y.dtype}: give it in float32 (or float64); a network runs in bf16 "
+                        "through prior.configure(dtype='bf16')")
     if y.dim() == 0 or y.shape[0] == 0:
         raise ValueError(f"the measurement holds no images (shape {tuple(y.shape)})")
     if not bool(y.isfinite().all()):
