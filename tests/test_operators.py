@@ -150,6 +150,12 @@ def test_bad_inputs():
         OPS["gaussian-blur"].A(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="unknown task"):
         make_operator("deblur-everything", SHAPE)
+    for kwargs, message in [(dict(shape=(3, 64.0, 64.0)), "whole numbers"), (dict(shape=(64,)), "ending in H, W"),
+                            (dict(shape=(3, 0, 64)), "sizes > 0"), (dict(seed=None), "seed=None: whole numbers"),
+                            (dict(seed=1.5), "seed=1.5"),
+                            (dict(std=float("nan")), "option std=nan")]:
+        with pytest.raises(ValueError, match=message):
+            make_operator("gaussian-blur", **({"shape": SHAPE} | kwargs))
     with pytest.raises(ValueError):
         SuperResolution(3, (32, 32))
     with pytest.raises(ValueError, match="observes no pixel"):

@@ -4,6 +4,8 @@ operators live in operators.py, the non-linear ones in nonlinear.py; this table 
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Callable
 
 import torch
@@ -88,6 +90,15 @@ def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    op = TASKS[task](tuple(shape), seed, **options)
+    try:  # whole numbers of any integer type (numpy's too), never floats
+        shape, seed = tuple(map(operator.index, shape)), operator.index(seed)
+    except TypeError:
+        raise ValueError(f"shape {tuple(shape)} and seed={seed!r}: whole numbers") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape {shape}: sizes > 0, ending in H, W (e.g. (3, 64, 64))")
+    for key, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{task} option {key}={value!r}: expected a finite number")
+    op = TASKS[task](shape, seed, **options)
     op.name = task
     return op
