@@ -97,6 +97,24 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert "SDEdit uses y only at its start" in notes and "ScoreALD (annealed Langevin) needs" in notes and "with 30 " in notes
 
 
+def test_demo_keeps_the_other_results_when_a_method_diverges(tmp_path, monkeypatch):
+    import diffprior.commands.demo as demo
+    real = demo.solve
+
+    def solve(method, *args, **kwargs):
+        if method == "ddnm":
+            raise demo.DivergenceError("ddnm diverged (non-finite output)")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "solve", solve)
+    assert main(["demo", "--model", "gmm-demo", "--steps", "10", "--out", str(tmp_path / "demo"), "--device", "cpu",
+                 "--tasks", "box-inpaint", "--methods", "dps,ddnm"]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"]}
+    assert rows["dps"]["psnr"] > rows["naive"]["psnr"] and rows["ddnm"]["psnr"] is None
+    assert "box-inpaint / ddnm failed: ddnm diverged" in (tmp_path / "demo" / "demo.md").read_text()
+    assert (tmp_path / "demo" / "demo.png").is_file()
+
+
 def test_restore_with_posterior_samples(clean_image, tmp_path, capsys):
     out = tmp_path / "mean.png"
     assert main(["restore", "--input", str(clean_image), "--task", "box-inpaint", "--method", "dps", "--model",

@@ -35,6 +35,8 @@ def parse_settings(pairs: list[str], method: str) -> dict:
             settings[key.replace("-", "_")] = value
     if "sigma_y" in settings:
         raise ValueError("--set sigma_y: use --sigma-y, which sets the measurement noise and the solver's model of it")
+    if "steps" in settings:
+        raise ValueError("--set steps: use --steps")
     check_settings(method, settings)
     return settings
 

@@ -16,7 +16,7 @@ from ..devices import pick_device
 from ..io import atomic_write
 from ..models import load_prior
 from ..operators import measure
-from ..solvers import SOLVERS, sample, settings_for, tuned_settings, solve
+from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from .common import add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, quality
 
@@ -58,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, images=False)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
+    from .evaluate import derive_seed, has_naive, why_not
+    size = prior.shape[-1]
+    unfit = [f"{task} has no naive reconstruction to show (restore it with `diffprior restore`)"
+             for task in tasks if not has_naive(task, size)]
+    unfit += [f"{m} on {task}: {why}" for task in tasks for m in methods if (why := why_not(m, task, size, args.sigma_y))]
+    if unfit:  # before the draw and the first runs, not after them
+        raise ValueError("drop from --tasks or --methods what does not apply: " + "; ".join(unfit))
     steps = cpu_steps_note(device, args.steps, 100)
     # Every random draw has its own generator, seeded by what it is for (the image; each task's measurement;
     # each method on each task), so a result does not depend on which other tasks and methods ran before it.
-    from .evaluate import derive_seed
-    size = prior.shape[-1]
     if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
         x = prior.sample(1, torch.Generator().manual_seed(args.seed)).float().to(device)
     else:
@@ -83,8 +88,16 @@ def run(args: argparse.Namespace) -> int:
         for method in methods:
             start = time.perf_counter()
             gen = generator(device, derive_seed("solve", args.seed, task, method))
-            restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=True,
-                             **settings_for(method, task, tuned_settings(prior), steps=steps))
+            try:
+                restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=True,
+                                 **settings_for(method, task, tuned_settings(prior), steps=steps))
+            except DivergenceError as e:  # the other cells' results stay
+                print(f"{task:15s} {method:9s} failed: {e}", file=sys.stderr)
+                table.append({"task": task, "method": method, "psnr": None, "ssim": None, "lpips": None,
+                              "seconds": round(time.perf_counter() - start, 2), "failed": str(e)})
+                row.append(torch.zeros_like(x))  # a grey square
+                cap.append("diverged")
+                continue
             seconds = time.perf_counter() - start
             scores = quality(restored, x)
             table.append({"task": task, "method": method, **scores, "seconds": round(seconds, 2)})
@@ -100,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
     lines = ["| task | method | PSNR | SSIM | LPIPS | seconds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['lpips'], '.3f')} | {r['seconds']} |"
               for r in table]
+    failed = [f"{r['task']} / {r['method']} failed: {r['failed']}" for r in table if "failed" in r]
+    if failed:
+        lines += ["", *failed]
     levels = steps or prior.schedule.T
     notes = [NOTES[m].format(steps=levels) for m in methods
              if m in NOTES and not (m == "scoreald" and levels >= prior.schedule.T)]

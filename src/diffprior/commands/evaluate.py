@@ -74,7 +74,7 @@ from ..models import DEFAULT_MODEL, load_prior
 from ..operators import Operator, measure
 from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
-from ..solvers import (SOLVERS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
+from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
 from .common import add_prior_arguments, add_range_arguments
 
@@ -355,6 +355,9 @@ def evaluate(data: str | Path, out: str | Path, *,
     with process_group(device) as (ranks, dev):
         prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
+        unfit = [f"{m} on {task}: {why}" for task in tasks for m in methods if (why := why_not(m, task, size, sigma_y))]
+        if unfit:
+            raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
         out.mkdir(parents=True, exist_ok=True)
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
                     "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
@@ -413,6 +416,11 @@ def evaluate(data: str | Path, out: str | Path, *,
         write_summary(out, summary)
         print(f"wrote {out / 'rows.csv'}, {out / 'summary.md'} and {out / 'summary.json'}", file=sys.stderr)
         return summary
+
+
+def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
+    """Why `method` does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
+    return SPECS[method].why_not(make_operator(task, (3, size, size)), sigma_y)
 
 
 def _image_size(prior: Prior, size: int | None) -> int:

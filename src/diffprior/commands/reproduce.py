@@ -59,7 +59,7 @@ from ..version import __version__
 from .common import add_prior_arguments, add_range_arguments
 from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, merge_rows,
                        read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
-                       write_summary)
+                       why_not, write_summary)
 from ..devices import describe_device, pick_device
 from ..figures import displayable, image_table
 from .. import arguments
@@ -67,7 +67,6 @@ from ..io import load_image, tensor_to_pil
 from ..metrics import image_metrics
 from ..io import atomic_write
 from ..models import load_prior
-from ..tasks import make_operator
 from ..prior import GaussianMixturePrior, Prior
 from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for, tuned_settings
 
@@ -333,11 +332,6 @@ def budget_settings(method: str, nfe: int, T: int = 1000) -> dict:
     """Settings that make `method` spend about `nfe` network evaluations (at most that, where its structure
     does not allow it exactly) on a prior of T timesteps: what its module declares (`SolverSpec.budget`)."""
     return SPECS[method].budget(nfe, T)
-
-
-def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
-    """Why `method` does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
-    return SPECS[method].why_not(make_operator(task, (3, size, size)), sigma_y)
 
 
 def cell_settings(plan: Plan, method: str, task: str, settings: dict) -> str:
