@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from diffprior.cli import main
 from diffprior.commands.bench_posterior import (MatrixOperator, make_problem, projections, run_posterior_benchmark,
                                                 sliced_wasserstein)
 from diffprior.solvers import sample
@@ -101,3 +102,6 @@ def test_quick_run_of_solvers(tmp_path):
     assert not (tmp_path / "posterior_2d_mask.png").exists()
     with pytest.raises(ValueError, match="unknown methods"):
         run_posterior_benchmark(tmp_path, quick=True, methods=["magic"])
+    before = (tmp_path / "posterior_benchmark.md").read_text()  # the command keeps it unless told
+    assert main(["bench", "posterior", "--out", str(tmp_path), "--quick", "--methods", "ddnm"]) == 2
+    assert (tmp_path / "posterior_benchmark.md").read_text() == before

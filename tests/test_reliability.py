@@ -117,6 +117,8 @@ BAD = [
     ("eval --data faces --out ev --batch 0", "--batch"),
     ("eval --data faces --out ev --set dps.scale=abc", "scale='abc'"),
     ("eval --data faces --out ev --tasks box-inpaint,sr4 --methods dps,repaint", "repaint on sr4: inpainting only"),
+    ("bench posterior --out bp --seeds 0,x", "argument --seeds: expected a whole number, got 'x'"),
+    ("bench speed --batch 0", "argument --batch: must be at least 1"),
     ("reproduce --out rep --limit 0", "--limit"),
     ("reproduce --out rep --budgets 10,abc", "--budgets"),
     ("train --data faces --out tr --steps 0", "--steps"),

@@ -187,6 +187,13 @@ def test_bench_speed_end_to_end(tmp_path, capsys):
         assert r["peak_memory_kind"].startswith("process max RSS")
         assert math.isclose(r["images_per_second"] * r["seconds_per_1000_step_image"], 1, rel_tol=1e-3)
         assert ("forward_backward_ms_per_image" in r) == (r["method"] == "dps")
+    again = ["bench", "speed", "--random-weights", "--config", "small-unet:tiny", "--batch", "1", "--steps", "1",
+             "--warmup", "0", "--forward-reps", "0", "--device", "cpu", "--out", str(out)]
+    assert main(again) == 2 and "pass --overwrite" in capsys.readouterr().err  # the first results stay
+    assert len(json.loads(out.read_text())["runs"]) == 4
+    assert main(again + ["--overwrite"]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert "forward_ms_per_image" not in run and run["ms_per_step_per_image"] > 0  # 0 reps: no forward floor
 
 
 def test_bench_speed_refuses_bf16_without_native_support(tmp_path, capsys, monkeypatch):

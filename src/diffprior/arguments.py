@@ -30,6 +30,18 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     return parse
 
 
+def integers(low: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated whole numbers, each at least `low`, at least one of them."""
+    one = integer(low)
+
+    def parse(text: str) -> list[int]:
+        values = [one(v.strip()) for v in text.split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
+        return values
+    return parse
+
+
 def number(low: float | None = None, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite number in [low, high] ((low, high] with above=True)."""
     def parse(text: str) -> float:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .. import arguments
 from ..io import atomic_write
 from ..operators import Inpaint, LinearOperator
 from ..prior import GaussianMixturePrior
@@ -386,17 +387,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for posterior_benchmark.{md,json} and the figures")
     parser.add_argument("--quick", action="store_true", help="2 seeds, NFE 20 and 100, d = 2 and 8 (CI size)")
     parser.add_argument("--methods", default=None, help="comma-separated solver names (default: all)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds")
-    parser.add_argument("--budgets", default=None, help="comma-separated NFE budgets, e.g. 20,100,1000")
-    parser.add_argument("--dims", default=None, help="comma-separated dimensions, e.g. 2,8,16,64")
-    parser.add_argument("--samples", type=int, default=None, help="posterior samples per run")
+    parser.add_argument("--seeds", type=arguments.integers(0), default=None,
+                        help="comma-separated seeds (default 0,1,2; --quick 0,1)")
+    parser.add_argument("--budgets", type=arguments.integers(1), default=None,
+                        help="comma-separated NFE budgets (default 20,100,1000; --quick 20,100)")
+    parser.add_argument("--dims", type=arguments.integers(1), default=None,
+                        help="comma-separated dimensions (default 2,8,16,64; --quick 2,8)")
+    parser.add_argument("--samples", type=arguments.positive, default=None,
+                        help="posterior samples per run (default 2000; --quick 300)")
+    arguments.add_overwrite_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    ints = lambda s: [int(v) for v in s.split(",")] if s else None  # noqa: E731
-    doc = run_posterior_benchmark(args.out, quick=args.quick,
-                                  methods=args.methods.split(",") if args.methods else None,
-                                  seeds=ints(args.seeds), step_budgets=ints(args.budgets), dims=ints(args.dims),
-                                  n_samples=args.samples)
+    out = Path(args.out)
+    arguments.check_outputs([out / "posterior_benchmark.md", out / "posterior_benchmark.json"],
+                            overwrite=args.overwrite, images=False)
+    doc = run_posterior_benchmark(out, quick=args.quick, methods=args.methods.split(",") if args.methods else None,
+                                  seeds=args.seeds, step_budgets=args.budgets, dims=args.dims, n_samples=args.samples)
     print(markdown(doc))
     return 0

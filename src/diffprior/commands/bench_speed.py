@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .. import arguments
 from ..devices import DTYPES, describe_device, pick_device, resolve_dtype, sync
 from ..io import atomic_write
-from ..models import load_prior
+from ..models import DEFAULT_MODEL, load_prior
 from ..operators import measure
 from ..tasks import make_operator
 from ..prior import NetworkPrior
@@ -74,10 +74,8 @@ def build_prior(args: argparse.Namespace, device: torch.device) -> NetworkPrior:
             raise ValueError("--random-weights needs --config (ffhq256, imagenet256-uncond, a YAML file, "
                              "or small-unet:tiny|default|large)")
         prior = random_prior(args.config, args.seed)
-    elif args.model:
-        prior = load_prior(args.model, config=args.config)
     else:
-        raise ValueError("give --model NAME_OR_PATH, or --random-weights --config NAME")
+        prior = load_prior(args.model, config=args.config)
     if not isinstance(prior, NetworkPrior):
         raise ValueError(f"{args.model} is not a network prior: there is no network to time")
     return prior.to(device)
@@ -236,26 +234,25 @@ def write_json(doc: dict, path: Path) -> None:
 
 
 # -- command line ----------------------------------------------------------------------------------------
-def ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 PARSER = dict(help="time a solver's steps and the network's forward pass, per batch size",
               description=__doc__.split("\n\n")[0])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="a built-in name or checkpoint path (see `diffprior models`)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"a built-in name or checkpoint path (see `diffprior models`; default {DEFAULT_MODEL})")
     parser.add_argument("--random-weights", action="store_true",
                         help="a network with random weights, built from --config (no download)")
     parser.add_argument("--config", default=None, help="with --random-weights: ffhq256, imagenet256-uncond, an ADM "
                         "model_config.yaml, or small-unet:tiny|default|large; else a .pt checkpoint's architecture")
-    parser.add_argument("--method", default="dps", help=f"comma-separated: {', '.join(METHODS)} (default dps)")
+    parser.add_argument("--method", default="dps", help=f"comma-separated: {', '.join(METHODS)}, or another solver "
+                        "that takes steps (default dps)")
     parser.add_argument("--task", default="box-inpaint", help="the degradation the solvers invert (box-inpaint)")
-    parser.add_argument("--batch", type=ints, default=[1, 8], help="comma-separated batch sizes (default 1,8)")
+    parser.add_argument("--batch", type=arguments.integers(1), default=[1, 8],
+                        help="comma-separated batch sizes (default 1,8)")
     parser.add_argument("--steps", type=arguments.positive, default=20, help="timed steps per batch size (default 20)")
     parser.add_argument("--warmup", type=arguments.count, default=3, help="untimed warm-up steps first (default 3)")
-    parser.add_argument("--forward-reps", type=arguments.positive, default=10,
+    parser.add_argument("--forward-reps", type=arguments.count, default=10,
                         help="network passes timed for the forward floor (default 10; 0 skips it)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="the network's precision: fp32, bf16 "
                         "(autocast; needs native bf16: CUDA, or a CPU with AVX-512 BF16 or AMX), or auto (bf16 where "
@@ -272,13 +269,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the comparison (default --steps)")
     parser.add_argument("--reference", default=None, help="with --compare-fp32: the clean image to measure and score")
     parser.add_argument("--out", default=None, help="write the results as JSON to this file")
+    arguments.add_overwrite_argument(parser)
     parser.add_argument("--device", type=arguments.device, default="auto",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=arguments.seed, default=0, help="random weights, measurement and solver (0)")
     arguments.add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:
+        arguments.check_outputs([args.out], overwrite=args.overwrite, images=False)
     device = pick_device(args.device)
     methods = [m for m in args.method.split(",") if m]
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     args.dtype = resolve_dtype(args.dtype, device)
     prior.configure(dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     doc = {"benchmark": "speed", **environment(device),
-           "model": args.model, "config": args.config, "random_weights": bool(args.random_weights),
+           "model": None if args.random_weights else args.model, "config": args.config, "random_weights": bool(args.random_weights),
            "parameters": sum(p.numel() for p in prior.net.parameters()), "image_shape": list(prior.shape),
            "settings": {"dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile,
                         "cudnn_benchmark": args.cudnn_benchmark, "steps": args.steps, "warmup": args.warmup,
