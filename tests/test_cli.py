@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from diffprior.cli import main
 from diffprior.io import save_image
@@ -78,6 +79,9 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert main(["sample", "--model", "gmm-demo", "--n", "4", "--steps", "20", "--out", str(tmp_path / "s.png"),
                  "--device", "cpu"]) == 0
     assert (tmp_path / "s.png").is_file()
+    assert main(["sample", "--model", "gmm-demo", "--n", "1", "--steps", "5", "--out", str(tmp_path / "one.png"),
+                 "--device", "cpu"]) == 0
+    assert Image.open(tmp_path / "one.png").size == (64, 64)  # the sample itself, no grid border
 
     assert main(["denoise", "--input", str(clean_image), "--t", "200", "--model", "gmm-demo", "--json",
                  "--out", str(tmp_path / "d.png"), "--device", "cpu"]) == 0

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from .. import arguments
 from ..devices import pick_device
 from ..io import center_square, load_mask, open_image, pil_to_tensor, save_image
@@ -37,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "photo's size (cropped and resized with it) or the model's")
     p.add_argument("--measured", action="store_true", help="the input is already the degraded measurement: for sr4 "
                    "the low-resolution image (the model's size / 4), for inpaint (--mask) and colorize a photo of "
-                   "any size, for the other tasks an image of the model's size")
+                   "any size, for the other tasks (not phase-retrieval) an image of the model's size")
     p.add_argument("--samples", type=arguments.positive, default=1, metavar="K",
                    help="draw K posterior samples in one batch: write their mean, a per-pixel std map and a "
                         "calibration figure (error against predicted std)")
@@ -93,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     x = None
     if args.measured:  # the input is already degraded: it is y
         side = measured_size(task, op, size)
+        made = tuple(op.A(torch.zeros(1, 3, size, size, device=device)).shape)
+        if side is not None and made[-2:] != (side, side):
+            raise ValueError(f"--measured: a {task} measurement is no image (it has shape {made}), so it cannot "
+                             "be given as one")
         if side is not None and photo.size != (side, side):
-            raise ValueError(f"--measured --task {task} takes {'the low-resolution ' if side != size else ''}"
+            raise ValueError(f"--measured --task {task} takes {'the low-resolution' if side != size else 'an'} "
                              f"image of {side}x{side} pixels for this {size}x{size} model; {args.input} is "
                              f"{photo.size[0]}x{photo.size[1]}")
         y = pil_to_tensor(center_square(photo, side or size)).to(device)
