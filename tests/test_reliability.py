@@ -91,6 +91,7 @@ BAD = [
     ("restore --input clean.png --task box-inpaint --sigma-y -1", "at least 0"),
     ("restore --input clean.png --task box-inpaint --sigma-y 1e30", "at most 10"),  # y would overflow float32
     ("restore --input clean.png --task box-inpaint --samples 0", "--samples"),
+    ("restore --input clean.png --task box-inpaint --method tv --samples 4", "tv draws nothing at random"),
     ("restore --input clean.png --task box-inpaint --steps 0", "--steps"),
     ("restore --input clean.png --task box-inpaint --steps 5000", "at most the prior's T"),
     ("restore --input clean.png --task inpaint", "needs --mask"),
@@ -140,7 +141,7 @@ def forbidden(*args, **kwargs):
 @pytest.mark.parametrize("argv,message", BAD, ids=[a for a, _ in BAD])
 def test_bad_input_is_one_clear_line_before_any_work(files, capsys, monkeypatch, argv, message):
     for module in cli.VERBS.values():
-        for name in ("solve", "sample", "denoise", "load_folder", "save_pack"):
+        for name in ("solve", "sample", "denoise", "load_folder", "save_pack", "posterior_samples"):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, forbidden)
     monkeypatch.setattr("diffprior.train.EpsLoss.noisy_prediction", forbidden)  # every training step

@@ -314,6 +314,7 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
         ("box-inpaint", ["dps"], {"sigma_y": float("nan")}, "sigma_y must be a number from 0 to 10"),
         ("box-inpaint", ["dps"], {"sigma_y": "much"}, "sigma_y must be a number from 0 to 10, got 'much'"),
         ("box-inpaint", ["dps", "tv"], {"steps": 1001}, "at most the prior's T = 1000"),
+        ("box-inpaint", ["dps", "tv"], {"samples": 4}, "tv: draws nothing at random"),
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, task, methods, **(run | changed))

@@ -76,10 +76,14 @@ def test_resume_is_bit_identical(faces, tmp_path):
     assert [r["step"] for r in read_log(tmp_path / "split" / "log.csv")] == [2, 3, 4, 6]
 
 
-def test_refuses_to_overwrite_a_run(faces, tmp_path):
+def test_refuses_to_overwrite_a_run(faces, tmp_path, capsys):
     train(faces, tmp_path / "run", steps=1, **FAST)
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(FileExistsError, match="continue that run with --resume"):
         train(faces, tmp_path / "run", steps=2, **FAST)
+    train(faces, tmp_path / "run", steps=1, resume=True, **FAST)
+    assert "already at step 1, --steps 1: nothing to train" in capsys.readouterr().err
+    train(faces, tmp_path / "new", steps=1, resume=True, **FAST)
+    assert "nothing to resume" in capsys.readouterr().err and state(tmp_path / "new")["step"] == 1
     with pytest.raises(ValueError, match="network"):
         train(faces, tmp_path / "run", steps=2, resume=True, **{**FAST, "network": network_config("tiny")})
 

@@ -212,5 +212,5 @@ def load_faces(source: str | Path | FaceSet, size: int, *, first: str | None = N
             if cache is not None:
                 save_pack(faces, cache)
     if faces.size != size:
-        raise ValueError(f"the images are {faces.size}x{faces.size}, but size={size} was asked for")
+        raise ValueError(f"the images are {faces.size}x{faces.size}, but size {size} was asked for (--size)")
     return faces

@@ -27,6 +27,7 @@ import math
 import pickle
 import signal
 import threading
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -299,10 +300,13 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     channels_last = channels_last and cuda
     state_path = out / STATE
     if state_path.exists() and not resume:
-        raise FileExistsError(f"{state_path} exists: pass resume=True to continue that run, or use a new folder")
+        raise FileExistsError(f"{state_path} exists: continue that run with --resume (resume=True), or use a new "
+                              "folder")
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
     state = read_state(state_path) if resume and state_path.exists() else None
+    if resume and state is None:
+        print(f"note: nothing to resume in {out} (no {STATE}): starting a new run", file=sys.stderr)
     if cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -368,6 +372,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         noise_gen.set_state(state["rng"]["noise"])
         data_sampler.load_state_dict(state["rng"]["sampler"])
         _truncate_log(out / LOG, step)
+        if step >= steps:
+            print(f"note: the run is already at step {step}, --steps {steps}: nothing to train", file=sys.stderr)
 
     def train_step() -> Tensor:
         idx, flip = data_sampler.next()

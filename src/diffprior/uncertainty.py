@@ -8,15 +8,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .solvers import solve
+from .solvers import solve, spec_of
+
+
+def check_samples(method: str, k: int) -> None:
+    """Refuse K posterior samples that could not have a spread: K < 2, or a method that draws nothing."""
+    if k < 2:
+        raise ValueError("at least 2 samples are needed for a standard deviation")
+    if not spec_of(method).random:
+        raise ValueError(f"{method} draws nothing at random: its K samples would be K copies of one point "
+                         "estimate, with no spread to show")
 
 
 def posterior_samples(method: str, prior, op, y: Tensor, k: int, **settings) -> Tensor:
     """K samples (K, C, H, W) of p(x | y) for one measurement y (1, ...), drawn as one batch of K."""
     if y.shape[0] != 1:
         raise ValueError(f"expected one measurement, got a batch of {y.shape[0]}")
-    if k < 2:
-        raise ValueError("at least 2 samples are needed for a standard deviation")
+    check_samples(method, k)
     return solve(method, prior, op, y.expand(k, *y.shape[1:]).contiguous(), **settings)
 
 

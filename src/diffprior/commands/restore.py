@@ -17,6 +17,7 @@ from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
+from ..uncertainty import check_samples, posterior_samples
 from .common import (add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, naive_or_none,
                      parse_settings, quality)
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     outputs = {"restored": out, "figure": out.with_name(out.stem + "_figure.png")}
     if args.samples > 1:
+        check_samples(args.method, args.samples)
         outputs["std"] = out.with_name(out.stem + "_std.png")
         if not args.measured:
             outputs["calibration"] = out.with_name(out.stem + "_calibration.png")
@@ -113,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     std = None
     if args.samples > 1:  # K posterior samples in one batch: their mean is the restoration
-        from ..uncertainty import posterior_samples
         samples = posterior_samples(args.method, prior, op, y, args.samples, sigma_y=args.sigma_y, generator=gen,
                                     progress=not args.json, **settings)
         restored, std = samples.mean(0, keepdim=True), samples.std(0)

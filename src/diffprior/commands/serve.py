@@ -207,6 +207,8 @@ class Studio:
         else:
             op = make_operator(task, (3, size, size), seed=seed)
         unfit = [f"{m}: {why}" for m in methods if (why := SPECS[m].why_not(op, sigma_y))]
+        unfit += [f"{m}: draws nothing at random, so K samples have no spread" for m in methods
+                  if samples > 1 and not SPECS[m].random]
         if unfit:  # before any method runs, not after the first ones have
             raise AppError(f"not for {APP_TASKS[task]} here: " + "; ".join(unfit))
         op = op.to(device)

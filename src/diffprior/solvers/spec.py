@@ -37,6 +37,7 @@ class SolverSpec:
     budget: Callable[[int, int], dict] = steps_budget    # settings spending at most nfe evaluations, prior of T
     task_settings: dict[str, dict] = field(default_factory=dict)  # per-task defaults, under the user's settings
     requires: Callable[[Operator, float], str | None] | None = None  # a further condition: why not (op, sigma_y)
+    random: bool = True                  # draws noise: another seed, another result (a sample of a posterior)
 
     def __post_init__(self):
         if self.operators not in OPERATORS:

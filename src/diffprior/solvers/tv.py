@@ -151,7 +151,7 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
 
 
 SPEC = SolverSpec(
-    tv, operators="linear",
+    tv, operators="linear", random=False,
     nfe=lambda sched, s: 0, budget=lambda nfe, T: {},  # no network: its own defaults at every budget
     # TV weights per unit of sigma_y, best at sigma_y = 0.05 on synthetic piecewise-constant images (1.0 elsewhere)
     task_settings={"random-inpaint": {"weight_scale": 0.5}, "gaussian-blur": {"weight_scale": 0.5},
