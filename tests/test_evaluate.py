@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from diffprior.cli import main
-from diffprior.commands.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile
+from diffprior.commands.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile, write_summary
 from diffprior.io import save_image
 from diffprior.checkpoints import save_checkpoint
 from diffprior.networks import build_network
@@ -224,3 +224,13 @@ def test_student_t_quantiles_and_intervals():
     summary = summarize([{"image": "a", "task": "t", "method": "m", "settings": "{}", "seed": "0", "psnr": "inf",
                           "ssim": "", "lpips": "", "residual": "1", "seconds": "0.1", "nfe": "3"}], {})
     assert summary["cells"][0]["psnr"]["missing"] == 1 and summary["cells"][0]["nfe"]["mean"] == 3
+
+
+def test_the_summary_table_says_how_many_values_are_missing(tmp_path):
+    row = {"task": "t", "method": "m", "settings": "{}", "seed": "0", "ssim": "0.5", "lpips": "0.1", "residual": "1",
+           "seconds": "0.1", "nfe": "3"}
+    rows = [{**row, "image": "a", "psnr": "20"}, {**row, "image": "b", "psnr": ""}, {**row, "image": "c", "psnr": ""}]
+    run = {"model": "m", "images": 3, "seeds": 1, "steps": 5, "sigma_y": 0.05, "batch": 8, "size": 64, "data": "d"}
+    write_summary(tmp_path, summarize(rows, run))
+    line = next(l for l in (tmp_path / "summary.md").read_text().splitlines() if l.startswith("| m |"))
+    assert "| 3 | 20.00 (2 of 3 missing) | 0.500 ± 0.000 |" in line  # the mean of one image, and it says so

@@ -490,8 +490,9 @@ class Runner:
                 x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen, progress=False,
                               **settings)
             except DivergenceError as e:
-                tqdm.write(f"warning: {unit.task} / {unit.method} {unit.settings} seed {unit.seed} on "
-                           f"{names[0]}...: {e}", file=sys.stderr)
+                batch = names[0] if len(names) == 1 else f"the batch {names[0]} ... {names[-1]}"
+                tqdm.write(f"warning: {unit.task} / {unit.method} {unit.settings} seed {unit.seed} on {batch} "
+                           f"({len(names)} rows left empty): {e}", file=sys.stderr)
                 x_hat = torch.full_like(x, math.nan)
         sync(self.device)
         seconds = (time.perf_counter() - start) / len(names)
@@ -598,6 +599,8 @@ def write_summary(out: Path, summary: dict) -> None:
                 value = "-" if s["mean"] is None else format(s["mean"], spec)
                 if s["ci95"] is not None and m not in ("seconds", "nfe"):
                     value += f" ± {s['ci95']:{spec}}"
+                if s["missing"] and m not in ("seconds", "nfe"):
+                    value += f" ({s['missing']} of {c['rows']} missing)"
                 values.append(value)
             lines.append(f"| {c['method']} | `{compact(c['settings'])}` | {c['images']} | " + " | ".join(values) + " |")
         lines.append("")
