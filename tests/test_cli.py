@@ -75,6 +75,8 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert scores["psnr"] is None and scores["ssim"] == pytest.approx(1)  # identical: PSNR is infinite
     assert scores["lpips"] == pytest.approx(0, abs=1e-6)
+    assert main(["metrics", str(clean_image), str(clean_image)]) == 0
+    assert "psnr inf (identical images)" in capsys.readouterr().out
 
     assert main(["sample", "--model", "gmm-demo", "--n", "4", "--steps", "20", "--out", str(tmp_path / "s.png"),
                  "--device", "cpu"]) == 0

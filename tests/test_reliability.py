@@ -129,8 +129,10 @@ BAD = [
     ("train --data noformat.zip --out tr --steps 1", "not a diffprior face pack"),
     ("train --data faces --out run --size 8 --config tiny --steps 1 --resume", "cannot resume"),
     ("pack faces folder.zip", "is a folder"),
-    ("pack faces existing.png", "--overwrite"),
+    ("pack faces noformat.zip", "--overwrite"),
     ("pack faces faces.zip --quality 0", "--quality"),
+    ("pack faces faces.tar", "a pack is a zip file"),
+    ("pack faces faces.zip --format npy --quality 80", "--quality is JPEG's"),
 ]
 
 

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-
 from ..io import open_image, pil_to_tensor
 from .common import fmt, quality
 
@@ -32,5 +31,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         ref_im, img_im = ref_im.resize(small, Image.LANCZOS), img_im.resize(small, Image.LANCZOS)
     scores = quality(pil_to_tensor(img_im), pil_to_tensor(ref_im))
-    print(json.dumps(scores) if args.json else "  ".join(f"{k} {fmt(v)}" for k, v in scores.items()))
+    if args.json:  # JSON has no infinity: null, as documented in `quality`
+        print(json.dumps(scores))
+        return 0
+    undefined = {"psnr": "inf (identical images)", "lpips": "- (needs at least 31x31 pixels)"}
+    print("  ".join(f"{k} {undefined.get(k, '-') if v is None else fmt(v)}" for k, v in scores.items()))
     return 0

@@ -20,15 +20,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=arguments.positive, help="at most this many files")
     parser.add_argument("--format", choices=PACK_FORMATS, default="jpeg",
                         help="npy (exact, large), webp (exact, ~half), jpeg (smallest; default)")
-    parser.add_argument("--quality", type=arguments.integer(1, 100), default=95, help="JPEG quality, 1 to 100 (default 95)")
+    parser.add_argument("--quality", type=arguments.integer(1, 100), default=None,
+                        help="JPEG quality, 1 to 100 (default 95; jpeg only)")
     arguments.add_overwrite_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"no folder at {args.folder}")
+    if Path(args.out).suffix.lower() != ".zip":
+        raise ValueError(f"{args.out}: a pack is a zip file; name it ....zip")
+    if args.quality is not None and args.format != "jpeg":
+        raise ValueError(f"--quality is JPEG's: {args.format} packs are exact")
     arguments.check_outputs([args.out], inputs=[args.folder], overwrite=args.overwrite, images=False)
     faces = load_folder(args.folder, args.size, first=args.first, last=args.last, count=args.count)
-    path = save_pack(faces, args.out, format=args.format, quality=args.quality)
-    print(f"{path}: {len(faces)} images of {faces.size}x{faces.size}, {path.stat().st_size / 2**20:.1f} MiB "
+    path = save_pack(faces, args.out, format=args.format, quality=args.quality or 95)
+    print(f"{path}: {len(faces)} images of {faces.size}x{faces.size}, {path.stat().st_size / 2**20:.2f} MiB "
           f"({args.format}); {len(faces.skipped)} skipped")
