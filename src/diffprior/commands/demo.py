@@ -34,12 +34,15 @@ PARSER = dict(help="sample a clean image, degrade it with each task, restore it 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="diffprior-demo")
-    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4")
-    p.add_argument("--methods", default="sdedit,scoreald,dps,ddnm")
+    p.add_argument("--out", default="diffprior-demo", help="the folder for demo.png, demo.md and demo.json "
+                   "(diffprior-demo)")
+    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4",
+                   help="comma-separated (box-inpaint,random-inpaint,gaussian-blur,sr4)")
+    p.add_argument("--methods", default="sdedit,scoreald,dps,ddnm", help="comma-separated (sdedit,scoreald,dps,ddnm)")
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: 1000 on a GPU, 100 on a CPU)")
-    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05)
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
+                   help="measurement noise std on [-1, 1] images (0.05)")
     add_model_arguments(p)
 
 

@@ -30,8 +30,9 @@ PARSER = dict(help="degrade an image with a task's operator, then restore it",
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="the image (any size: centre-cropped and resized to the model's)")
     p.add_argument("--task", choices=[*TASKS, "inpaint"], help="the degradation (inpaint needs --mask)")
-    p.add_argument("--method", choices=list(SOLVERS), default="dps")
-    p.add_argument("--out", default="restored.png")
+    p.add_argument("--method", choices=list(SOLVERS), default="dps", help="the solver (dps)")
+    p.add_argument("--out", default="restored.png", help="the restored image (restored.png); the figure and, with "
+                   "--samples, the std map and calibration figure are written beside it")
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: 100 on a CPU; on a GPU the solver's own, all 1000 for most)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     save_image(restored, out)
     from ..figures import displayable, image_table
     from ..metrics import residual
-    report = {"task": task, "method": args.method, "model": str(args.model), "settings": settings,
+    report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
+              "model": str(args.model), "settings": settings,
               "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3)}
     for name, img in (("naive", naive), ("restored", restored)):
         if img is not None:
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     image_table([cols], figure, col_titles=titles, captions=[captions], cell=2.0)
     written.append(figure)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps({**report, "files": [str(p) for p in written]}))
     else:
         print(f"{task} / {args.method} on {args.input} ({size}x{size}, {seconds:.1f} s)")
         for k in ("naive", "restored"):
