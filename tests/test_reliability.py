@@ -114,6 +114,7 @@ BAD = [
     ("demo --tasks sr4,box-inpaint --methods dps,repaint", "repaint on sr4: inpainting only"),
     ("demo --tasks phase-retrieval", "phase-retrieval has no naive reconstruction"),
     ("sample --eta 0.5", "--eta is the DDIM sampler's"),
+    ("sample --model gmm-demo --config ffhq256", "gmm-demo brings its own"),
     ("metrics clean.png wide.png", "aspect ratio"),
     ("metrics clean.png bomb.png", "decompression bomb"),
     ("eval --data faces --out ev --limit 0", "--limit"),

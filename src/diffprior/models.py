@@ -164,6 +164,10 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
     `dtype` sets how a network prior computes: "fp32", "bf16" (autocast) or "auto" (bf16 where the device
     computes it natively, `devices.native_bf16`; else fp32); None leaves it as it is (a new prior: fp32).
     Analytic priors compute exactly either way."""
+    named = str(name_or_path) in (*BUILTIN_ANALYTIC, *EMBEDDED, *REMOTE_MODELS)
+    if config is not None and (named or isinstance(name_or_path, Prior)):
+        raise ValueError(f"config (--config) names the architecture of a guided-diffusion .pt file; {name_or_path} "
+                         "brings its own")
     if isinstance(name_or_path, Prior):
         prior = name_or_path
     elif str(name_or_path) in BUILTIN_ANALYTIC:
