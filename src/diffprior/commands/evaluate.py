@@ -599,7 +599,7 @@ def write_summary(out: Path, summary: dict) -> None:
                 value = "-" if s["mean"] is None else format(s["mean"], spec)
                 if s["ci95"] is not None and m not in ("seconds", "nfe"):
                     value += f" ± {s['ci95']:{spec}}"
-                if s["missing"] and m not in ("seconds", "nfe"):
+                if s["missing"] and s["mean"] is not None and m not in ("seconds", "nfe"):  # some, not all
                     value += f" ({s['missing']} of {c['rows']} missing)"
                 values.append(value)
             lines.append(f"| {c['method']} | `{compact(c['settings'])}` | {c['images']} | " + " | ".join(values) + " |")
