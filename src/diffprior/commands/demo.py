@@ -61,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, images=False)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
-    from .evaluate import derive_seed, has_naive, why_not
+    from .evaluate import derive_seed, has_naive, unfit_pairs
     size = prior.shape[-1]
     unfit = [f"{task} has no naive reconstruction to show (restore it with `diffprior restore`)"
-             for task in tasks if not has_naive(task, size)]
-    unfit += [f"{m} on {task}: {why}" for task in tasks for m in methods if (why := why_not(m, task, size, args.sigma_y))]
+             for task in tasks if not has_naive(task, size)] + unfit_pairs(tasks, methods, size, args.sigma_y)
     if unfit:  # before the draw and the first runs, not after them
         raise ValueError("drop from --tasks or --methods what does not apply: " + "; ".join(unfit))
     steps = cpu_steps_note(device, args.steps, 100)

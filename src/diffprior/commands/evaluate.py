@@ -355,7 +355,7 @@ def evaluate(data: str | Path, out: str | Path, *,
     with process_group(device) as (ranks, dev):
         prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
-        unfit = [f"{m} on {task}: {why}" for task in tasks for m in methods if (why := why_not(m, task, size, sigma_y))]
+        unfit = unfit_pairs(tasks, methods, size, sigma_y)
         if unfit:
             raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
         out.mkdir(parents=True, exist_ok=True)
@@ -421,6 +421,11 @@ def evaluate(data: str | Path, out: str | Path, *,
 def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
     """Why `method` does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
     return SPECS[method].why_not(make_operator(task, (3, size, size)), sigma_y)
+
+
+def unfit_pairs(tasks: Sequence[str], methods: Sequence[str], size: int, sigma_y: float) -> list[str]:
+    """'method on task: why' for every pair in which the method does not apply to the task."""
+    return [f"{m} on {task}: {why}" for task in tasks for m in methods if (why := why_not(m, task, size, sigma_y))]
 
 
 def _image_size(prior: Prior, size: int | None) -> int:
