@@ -79,7 +79,7 @@ def preprocess(path: str | Path, size: int) -> np.ndarray:
 
 
 def load_folder(folder: str | Path, size: int, *, first: str | None = None, last: str | None = None,
-                count: int | None = None, workers: int | None = None, progress: bool = True) -> FaceSet:
+                count: int | None = None, workers: int | None = None) -> FaceSet:
     """Read and preprocess the selected images of a folder; unreadable files are skipped with a warning."""
     files = select_files(folder, first=first, last=last, count=count)
     if not files:
@@ -95,7 +95,7 @@ def load_folder(folder: str | Path, size: int, *, first: str | None = None, last
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding and resizing
         results = list(tqdm(pool.map(read, files), total=len(files), desc=f"reading {Path(folder).name}",
-                            unit="image", disable=not progress or len(files) < 500, leave=False))
+                            unit="image", disable=len(files) < 500, leave=False))
     arrays = [r for r in results if not isinstance(r, str)]
     names = [f.name for f, r in zip(files, results) if not isinstance(r, str)]
     skipped = [r for r in results if isinstance(r, str)]

@@ -11,13 +11,18 @@ from torch import Tensor
 from .solvers import solve, spec_of
 
 
+def why_no_spread(method: str) -> str | None:
+    """Why K samples of `method` would have no spread (it draws nothing at random), or None."""
+    return None if spec_of(method).random else ("draws nothing at random: its K samples would be K copies of one "
+                                                "point estimate, with no spread to show")
+
+
 def check_samples(method: str, k: int) -> None:
     """Refuse K posterior samples that could not have a spread: K < 2, or a method that draws nothing."""
     if k < 2:
         raise ValueError("at least 2 samples are needed for a standard deviation")
-    if not spec_of(method).random:
-        raise ValueError(f"{method} draws nothing at random: its K samples would be K copies of one point "
-                         "estimate, with no spread to show")
+    if why := why_no_spread(method):
+        raise ValueError(f"{method} {why}")
 
 
 def posterior_samples(method: str, prior, op, y: Tensor, k: int, **settings) -> Tensor:

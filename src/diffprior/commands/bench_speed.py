@@ -294,7 +294,8 @@ def run(args: argparse.Namespace) -> int:
     args.dtype = resolve_dtype(args.dtype, device)
     prior.configure(dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     doc = {"benchmark": "speed", **environment(device),
-           "model": None if args.random_weights else args.model, "config": args.config, "random_weights": bool(args.random_weights),
+           "model": None if args.random_weights else args.model, "config": args.config,
+           "random_weights": bool(args.random_weights),
            "parameters": sum(p.numel() for p in prior.net.parameters()), "image_shape": list(prior.shape),
            "settings": {"dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile,
                         "cudnn_benchmark": args.cudnn_benchmark, "steps": args.steps, "warmup": args.warmup,

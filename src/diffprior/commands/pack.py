@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> None:
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"no folder at {args.folder}")
     if Path(args.out).suffix.lower() != ".zip":
-        raise ValueError(f"{args.out}: a pack is a zip file; name it ....zip")
+        raise ValueError(f"{args.out}: a pack is a zip file; give its name the suffix .zip")
     if args.quality is not None and args.format != "jpeg":
         raise ValueError(f"--quality is JPEG's: {args.format} packs are exact")
     arguments.check_outputs([args.out], inputs=[args.folder], overwrite=args.overwrite, images=False)

@@ -42,6 +42,7 @@ from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
 from ..solvers import SOLVERS, SPECS, DivergenceError, check_settings, sample, settings_for, tuned_settings, solve
+from ..uncertainty import posterior_samples, std_image, why_no_spread
 from .common import add_prior_arguments
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
@@ -207,8 +208,7 @@ class Studio:
         else:
             op = make_operator(task, (3, size, size), seed=seed)
         unfit = [f"{m}: {why}" for m in methods if (why := SPECS[m].why_not(op, sigma_y))]
-        unfit += [f"{m}: draws nothing at random, so K samples have no spread" for m in methods
-                  if samples > 1 and not SPECS[m].random]
+        unfit += [f"{m}: {why}" for m in methods if samples > 1 and (why := why_no_spread(m))]
         if unfit:  # before any method runs, not after the first ones have
             raise AppError(f"not for {APP_TASKS[task]} here: " + "; ".join(unfit))
         op = op.to(device)
@@ -283,7 +283,6 @@ class Studio:
             std = None
             try:
                 if samples > 1:
-                    from ..uncertainty import posterior_samples
                     draws = posterior_samples(method, self.prior, op, y, samples, sigma_y=sigma_y, generator=gen,
                                               progress=True, **settings[method])
                     restored, std = draws.mean(0, keepdim=True), draws.std(0)
@@ -302,7 +301,6 @@ class Studio:
             label = method + (f" mean (K={samples})" if std is not None else "")
             show(restored, method, label + _caption(results[method]))
             if std is not None:
-                from ..uncertainty import std_image
                 results[method]["mean_std"] = _finite(std.mean())
                 std_path = job / f"restored_{method}_std.png"
                 tensor_to_pil(std_image(std)).save(std_path)
