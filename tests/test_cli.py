@@ -131,3 +131,7 @@ def test_restore_with_posterior_samples(clean_image, tmp_path, capsys):
     assert report["uncertainty"]["mean_std"] > 0
     for name in ("mean.png", "mean_std.png", "mean_calibration.png", "mean_figure.png"):
         assert (tmp_path / name).is_file()
+    # replaced by a run without samples: no std map or calibration figure of the old run is left beside it
+    assert main(["restore", "--input", str(clean_image), "--task", "box-inpaint", "--method", "dps", "--model",
+                 "gmm-demo", "--steps", "5", "--out", str(out), "--overwrite", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("mean*")) == ["mean.png", "mean_figure.png"]

@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -233,14 +234,25 @@ def test_read_only_folder_is_refused_before_work(files, capsys, monkeypatch):
     ro.mkdir()
     ro.chmod(0o555)
     if os.geteuid() == 0:  # root may write anywhere: let the folder answer as it would to anyone else
-        access = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode, *a, **k:
-                            not (Path(path) == ro and mode & os.W_OK) and access(path, mode, *a, **k))
+        temporary = tempfile.TemporaryFile
+
+        def refuse(*a, dir=None, **k):
+            if Path(dir) == ro:
+                raise PermissionError(13, "Permission denied")
+            return temporary(*a, dir=dir, **k)
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     try:
         assert main(["sample", "--out", str(ro / "s.png"), "--device", "cpu"]) == 2
         assert "not writable" in capsys.readouterr().err
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+def test_a_folder_no_file_can_be_made_in_is_refused_before_work(capsys):
+    # /proc passes os.access for root, but no file can be created there
+    assert main(["sample", "--out", "/proc/s.png", "--device", "cpu"]) == 2
+    assert "not writable" in capsys.readouterr().err
 
 
 # -- files that are not what they claim ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -118,5 +119,7 @@ def check_outputs(outputs: Iterable[str | Path], *, inputs: Iterable[str | Path 
             folder = folder.parent
         if not folder.is_dir():
             raise NotADirectoryError(f"cannot write {out}: {folder} is a file, not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot write {out}: the folder {folder} is not writable")
+        try:  # a real file, not os.access: root passes access checks in folders such as /proc
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError:
+            raise PermissionError(f"cannot write {out}: the folder {folder} is not writable") from None

@@ -75,14 +75,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--task inpaint needs --mask MASK.png (white = known pixels, black = holes)")
     user_settings = parse_settings(args.set, args.method)
     out = Path(args.out)
-    outputs = {"restored": out, "figure": out.with_name(out.stem + "_figure.png")}
+    beside = {name: out.with_name(f"{out.stem}_{name}.png") for name in ("figure", "std", "calibration")}
+    outputs = {"restored": out, "figure": beside["figure"]}
     if args.samples > 1:
         check_samples(args.method, args.samples)
-        outputs["std"] = out.with_name(out.stem + "_std.png")
+        outputs["std"] = beside["std"]
         if not args.measured:
-            outputs["calibration"] = out.with_name(out.stem + "_calibration.png")
+            outputs["calibration"] = beside["calibration"]
     arguments.check_outputs(outputs.values(), inputs=[args.input, args.mask, model_input(args.model)],
                             overwrite=args.overwrite)
+    # an earlier run's std map or calibration figure that this run does not write would sit beside the new
+    # result as if it were this run's: --overwrite replaces the whole result, so those go once it is saved
+    stale = [p for name, p in beside.items() if name not in outputs and p.is_file()] if args.overwrite else []
     photo = open_image(args.input)
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
@@ -125,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
 
     save_image(restored, out)
+    for p in stale:
+        p.unlink()
     from ..figures import displayable, image_table
     from ..metrics import residual
     report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
