@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(diffprior-demo)")
     p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4",
                    help="comma-separated (box-inpaint,random-inpaint,gaussian-blur,sr4)")
-    p.add_argument("--methods", default="sdedit,scoreald,dps,ddnm", help="comma-separated (sdedit,scoreald,dps,ddnm)")
+    p.add_argument("--methods", default="sdedit,scoreald,dps,diffpir",
+                   help="comma-separated (sdedit,scoreald,dps,diffpir: the modern solver with the best PSNR on "
+                   "faces64 in Table 4 of docs/RESULTS.md)")
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: 1000 on a GPU, 100 on a CPU)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
