@@ -158,12 +158,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if solvers and "tv" not in solvers:
         solvers.append("tv")  # the classical baseline is always in table 4
     steps = args.steps or (20 if quick else 1000)
-    try:
-        budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else ([20] if quick else [100, 1000])
-    except ValueError:
-        raise ValueError(f"--budgets expects whole numbers separated by commas, got {args.budgets!r}") from None
-    if n is not None and n < 1 or args.seeds < 1 or args.batch < 1 or steps < 1 or min(budgets) < 1:
-        raise ValueError("--limit, generated:N, --seeds, --batch, --steps and --budgets must be at least 1")
+    budgets = args.budgets or ([20] if quick else [100, 1000])
+    if n is not None and n < 1 or args.seeds < 1 or args.batch < 1 or steps < 1:
+        raise ValueError("--limit, generated:N, --seeds, --batch and --steps must be at least 1")
     return Plan(out=Path(args.out), data=data, n=n, solvers_n=args.solvers_limit, first=args.first, last=args.last,
                 seeds=args.seeds, steps=steps,
                 budgets=budgets, solvers=solvers, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
@@ -177,7 +174,8 @@ def canonical_command(args: argparse.Namespace) -> str:
     words = ["diffprior", "reproduce", "--out", args.out, "--data", args.data]
     for flag, value in (("--limit", args.n), ("--solvers-limit", args.solvers_limit), ("--first", args.first),
                         ("--last", args.last), ("--seeds", args.seeds),
-                        ("--steps", args.steps), ("--budgets", args.budgets), ("--solvers", args.solvers),
+                        ("--steps", args.steps), ("--budgets", args.budgets and ",".join(map(str, args.budgets))),
+                        ("--solvers", args.solvers),
                         ("--batch", args.batch), ("--sigma-y", args.sigma_y), ("--model", args.model),
                         ("--config", args.config), ("--device", args.device), ("--dtype", args.dtype)):
         if value is not None:
@@ -679,7 +677,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "16 images, 4 with --quick)")
     add_range_arguments(p, "only the first N readable images of the folder")
     p.add_argument("--steps", type=arguments.positive, default=None, help="diffusion steps (default 1000; 20 with --quick)")
-    p.add_argument("--budgets", default=None, help="NFE budgets of table 4, comma-separated (default 100,1000; 20 "
+    p.add_argument("--budgets", type=arguments.integers(1), default=None, help="NFE budgets of table 4, comma-separated (default 100,1000; 20 "
                    "with --quick)")
     p.add_argument("--solvers", default=None, help="table 4's solvers: all, report (no table 4) or a comma-separated "
                    f"list (default all; {','.join(QUICK_SOLVERS)} with --quick)")
