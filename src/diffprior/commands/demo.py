@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated (sdedit,scoreald,dps,diffpir: the modern solver with the best PSNR on "
                    "faces64 in Table 4 of docs/RESULTS.md)")
     p.add_argument("--steps", type=arguments.positive, default=None,
-                   help="solver steps (default: 1000 on a GPU, 100 on a CPU)")
+                   help="solver steps (default: 100 on a CPU; on a GPU each solver's own, see docs/SOLVERS.md)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
                    help="measurement noise std on [-1, 1] images (0.05)")
     add_model_arguments(p)

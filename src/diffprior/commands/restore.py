@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="restored.png", help="the restored image (restored.png); the figure and, with "
                    "--samples, the std map and calibration figure are written beside it")
     p.add_argument("--steps", type=arguments.positive, default=None,
-                   help="solver steps (default: 100 on a CPU; on a GPU the solver's own, all 1000 for most)")
+                   help="solver steps (default: 100 on a CPU; on a GPU the solver's own: 1000 for DPS, ScoreALD "
+                        "and RED-diff, fewer for the others, see docs/SOLVERS.md)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
                    help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "

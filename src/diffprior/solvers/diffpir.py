@@ -17,7 +17,8 @@ from .spec import SolverSpec
 
 @torch.no_grad()
 def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
-            steps: int = 100,             # reverse steps = network evaluations (the paper: NFE 100)
+            steps: int = 100,             # reverse steps; network evaluations are the distinct
+                                          # timesteps (equal up to 501; the paper: NFE 100)
             lam: float = 1.0,             # lambda: rho_t = lam sigma_y^2 / sigma_t^2 (see below; official
                                           # scripts: 1.75 deblurring, 0.5..3 SR, in these units)
             zeta: float = 0.1,            # zeta: the share of fresh noise per step (official scripts: 0.3
