@@ -60,6 +60,18 @@ def test_greyscale_and_16_bit_become_rgb(tmp_path):
     assert torch.allclose(load_image(tmp_path / "over.tiff")[..., 1:, :], torch.tensor(128 / 127.5 - 1), atol=1e-6)
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stores its pixels sideways and an orientation tag; the image is what viewers show."""
+    arr = np.zeros((40, 60, 3), dtype=np.uint8)  # stored 60 wide, 40 tall, bright top-left block
+    arr[:20, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(arr).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    x = load_image(tmp_path / "phone.jpg")
+    assert x.shape == (1, 3, 60, 40)  # upright: 40 wide, 60 tall
+    assert float(x[0, :, :20, 20:].mean()) > 0.9 and float(x[0, :, :20, :20].mean()) < -0.9  # block top-right
+
+
 def test_odd_sizes_are_centre_cropped_and_resized(tmp_path):
     arr = np.zeros((109, 89, 3), dtype=np.uint8)  # a CelebA-shaped image with a bright central square
     arr[10:99, :] = 255

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 
 
 def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
-    """Open an image file as an RGB PIL image, with clear errors for missing or unreadable files.
+    """Open an image file as an RGB PIL image, upright by its EXIF orientation, with clear errors for missing
+    or unreadable files.
 
     A file whose header claims more than Pillow's `Image.MAX_IMAGE_PIXELS` pixels (a decompression bomb)
     is refused before it is decoded."""
@@ -35,7 +36,8 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
                 raise ValueError(f"it claims {im.size[0]}x{im.size[1]} pixels, more than the {limit} that "
                                  "PIL.Image.MAX_IMAGE_PIXELS allows (a decompression bomb?)")
             im.load()
-            return to_rgb(im, alpha=alpha)
+            # upright as viewers show it: a camera's EXIF orientation tag turns or mirrors the stored pixels
+            return to_rgb(ImageOps.exif_transpose(im), alpha=alpha)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read {path} as an image ({e})") from e
 
