@@ -98,11 +98,12 @@ def test_time_budget_stops_with_a_checkpoint(faces, tmp_path):
     assert state(out)["step"] == s["step"] + 2
 
 
-def test_ctrl_c_saves_a_checkpoint(faces, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and `kill` or a job scheduler
+def test_ctrl_c_or_sigterm_saves_a_checkpoint(faces, tmp_path, monkeypatch, signum):
     real_sample = train_module.sample
 
-    def interrupted_sample(*args, **kwargs):  # Ctrl-C arrives while the step-2 sample grid is drawn
-        os.kill(os.getpid(), signal.SIGINT)
+    def interrupted_sample(*args, **kwargs):  # the signal arrives while the step-2 sample grid is drawn
+        os.kill(os.getpid(), signum)
         return real_sample(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "sample", interrupted_sample)
@@ -112,6 +113,17 @@ def test_ctrl_c_saves_a_checkpoint(faces, tmp_path, monkeypatch):
     assert state(out)["step"] == 2
     assert (out / "samples" / "step-0000002.png").is_file()
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_new_run_starts_a_new_log_and_needs_a_folder(faces, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.csv").write_text("step,images\n450,1800\n")  # a run stopped before its first checkpoint
+    train(faces, out, steps=2, resume=True, **FAST)
+    assert [r["step"] for r in read_log(out / "log.csv")] == [2]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="is a file"):
+        train(faces, tmp_path / "file", steps=2, **FAST)
 
 
 def test_exported_model_loads_and_describes_itself(faces, tmp_path):

@@ -9,8 +9,8 @@ that gets exported and sampled.
 
 Everything that a run needs to continue lives in `out/state.pt` (network, EMA, optimiser, step, and
 every random state: the global torch generators, the noise generator and the data sampler's position),
-written atomically every `checkpoint_every` steps, when the time budget runs out, on Ctrl-C and at the
-end. `resume=True` continues from it: the data order, noise and dropout continue exactly where they
+written atomically every `checkpoint_every` steps, when the time budget runs out, on Ctrl-C or SIGTERM
+and at the end. `resume=True` continues from it: the data order, noise and dropout continue exactly where they
 stopped, so on the CPU the weights are bit-identical to an uninterrupted run's (CUDA kernels such as
 the convolutions' backward passes are not deterministic unless torch.use_deterministic_algorithms is
 set, so there the runs agree only up to rounding). At each checkpoint the EMA network is exported as
@@ -96,16 +96,18 @@ class EpochSampler:
 
 
 class StopRequest:
-    """While active, the first Ctrl-C only asks the loop to stop after the current step (so that the
-    checkpoint is consistent); a second one interrupts at once."""
+    """While active, the first Ctrl-C or SIGTERM (`kill`, a job scheduler's stop) only asks the loop to stop
+    after the current step (so that the checkpoint is consistent); a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -114,8 +116,8 @@ class StopRequest:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def resolve_network(network: str | dict, size: int) -> dict:
@@ -299,6 +301,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     cuda = device.type == "cuda"
     channels_last = channels_last and cuda
     state_path = out / STATE
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file: a training run writes a folder")
     if state_path.exists() and not resume:
         raise FileExistsError(f"{state_path} exists: continue that run with --resume (resume=True), or use a new "
                               "folder")
@@ -309,6 +313,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         print(f"note: nothing to resume in {out} (no {STATE}): starting a new run", file=sys.stderr)
     if cuda:
         torch.backends.cudnn.benchmark = True
+
+    net_config = resolve_network(network, size)
+    warm_start = None if init is None else _warm_start(init, net_config)
 
     # Data: the whole uint8 set lives on the device; batches are gathered, flipped and scaled there.
     faces = load_faces(data, size, first=first, last=last, count=count, cache=out / f"data-{size}.zip")
@@ -321,8 +328,6 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     # Model, EMA copy, optimiser and every source of randomness.
     schedule = Schedule.linear()
     bf16 = cuda if bf16 is None else bf16
-    net_config = resolve_network(network, size)
-    warm_start = None if init is None else _warm_start(init, net_config)
     if prediction is None:  # by default a run keeps its own parameterisation, or its initial model's
         prediction = (state["identity"].get("prediction", "eps") if state is not None
                       else warm_start["prediction"] if warm_start is not None else "eps")
@@ -437,6 +442,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                      **{f"val_psnr_{t}": objective.tweedie_psnr(ema_net, val_images[:psnr_count], batch, t)
                         for t in PSNR_STEPS})
 
+    if state is None:  # a new run starts a new log (rows of a run stopped before its first checkpoint go)
+        (out / LOG).unlink(missing_ok=True)
     log = _Log(out / LOG)
     loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, -1
 
