@@ -53,6 +53,9 @@ def test_restore_with_a_mask_file_and_a_measured_input(clean_image, tmp_path, ca
     (["restore", "--input", "{clean}", "--task", "box-inpaint", "--model", "no-such-model"], "no prior called"),
     (["restore", "--input", "{clean}", "--mask", "{big}", "--measured"], "does not fit"),
     (["restore", "--input", "{clean}", "--task", "denoise", "--set", "bogus=1"], "bogus"),
+    (["restore", "--input", "{clean}", "--task", "denoise", "--set", "scale=1", "scale=2"], "given twice"),
+    (["restore", "--input", "{clean}", "--task", "denoise", "--set", "scale=null"], "takes a value"),
+    (["demo", "--tasks", ",", "--model", "gmm-demo"], "--tasks: names none"),
     (["metrics", "{clean}", "{corrupt}"], "cannot read"),
 ])
 def test_bad_input_gives_a_clear_error(clean_image, tmp_path, capsys, argv, message):
@@ -78,6 +81,9 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert scores["lpips"] == pytest.approx(0, abs=1e-6)
     assert main(["metrics", str(clean_image), str(clean_image)]) == 0
     assert "psnr inf (identical images)" in capsys.readouterr().out
+    tiny = save_image(torch.zeros(3, 8, 8), tmp_path / "tiny.png")
+    assert main(["metrics", str(tiny), str(tiny)]) == 0
+    assert "ssim - (needs at least 11x11 pixels)" in capsys.readouterr().out
 
     assert main(["sample", "--model", "gmm-demo", "--n", "4", "--steps", "20", "--out", str(tmp_path / "s.png"),
                  "--device", "cpu"]) == 0

@@ -201,6 +201,22 @@ def test_selection_by_name_range(tmp_path):
     assert names(select_images(tmp_path, first="009501", last="010000")) == ["009501", "009502", "010000"]
     assert names(select_images(tmp_path, first="009501", n=2)) == ["009501", "009502"]
     assert names(select_images(tmp_path, n=1)) == ["009500"]
+    save_image(torch.zeros(1, 3, 8, 8), tmp_path / "009501.png")  # its restorations would overwrite 009501.jpg's
+    with pytest.raises(ValueError, match="009501.jpg and 009501.png .* share the name '009501'"):
+        select_images(tmp_path)
+
+
+def test_bad_data_or_out_is_refused_before_anything_is_written(setup, tmp_path, capsys):
+    """A mistyped or empty --data folder leaves no run.json behind to block the corrected command."""
+    _, data, model = setup
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("")
+    for folder, message in ((tmp_path / "typo", "no folder at"), (tmp_path / "empty", "no readable image")):
+        assert main(command(folder, model, tmp_path / "out")) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+    assert main(command(data, model, tmp_path / "file")) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_settings_grid():
@@ -212,6 +228,8 @@ def test_settings_grid():
         parse_grid(["dps.t0=1"], ["dps"])
     with pytest.raises(ValueError, match="not one of"):
         parse_grid(["sdedit.t0=1"], ["dps"])
+    with pytest.raises(ValueError, match="given twice"):
+        parse_grid(["ddrm.eta=0.5", "ddrm.eta=0.7"], ["ddrm"])  # not silently the last one
 
 
 def test_student_t_quantiles_and_intervals():

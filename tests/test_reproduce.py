@@ -157,3 +157,12 @@ def test_budgets_and_plans():
         make_plan(parse(["reproduce", "--out", "x", "--solvers", "dps,nope"]))
     with pytest.raises(ValueError, match="generated:N"):
         make_plan(parse(["reproduce", "--out", "x", "--data", "generated:many"]))
+    with pytest.raises(ValueError, match="names no solver"):
+        make_plan(parse(["reproduce", "--out", "x", "--solvers", ","]))
+    assert make_plan(parse(["reproduce", "--out", "x", "--solvers", "dps,dps"])).solvers == ["dps", "tv"]
+
+
+def test_out_naming_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(command(tmp_path / "file")) == 2
+    assert "is a file" in capsys.readouterr().err

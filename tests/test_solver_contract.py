@@ -137,10 +137,18 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     ("dps", "start", 100.5, "whole number"),
     ("dps", "start", "500", "expected a finite number"),
     ("sdedit", "t0", -1, "must not be negative"),
+    ("dps", "scale", None, "takes a value"),  # --set scale=null: no automatic choice to fall back on
+    ("dps", "clip", None, "takes a value"),
+    ("ddrm", "eta", None, "takes a value"),
 ])
 def test_values_out_of_their_range_are_refused(method, key, value, message):
     with pytest.raises(ValueError, match=f"{method} setting {key}=.*{message}"):
         check_settings(method, {key: value}, 1000)
+
+
+def test_null_is_taken_where_it_means_something():
+    assert check_settings("dps", {"start": None, "ref_size": None, "steps": None}, 1000)["ref_size"] is None
+    assert check_settings("reddiff", {"lr": None}, 1000) == {"lr": None}
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -19,6 +19,11 @@ MAX_SEED = 2 ** 63 - 1  # the largest seed a torch generator takes
 MAX_SIGMA_Y = 10.0  # measurement noise std on [-1, 1] images: 5 times their range, where y is pure noise
 
 
+def names(text: str) -> list[str]:
+    """A comma-separated list of names (tasks, methods, solvers), blanks and repeats dropped, in order."""
+    return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+
+
 def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (either bound may be None)."""
     def parse(text: str) -> int:

@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         arguments.check_outputs([args.out], overwrite=args.overwrite, images=False)
     device = pick_device(args.device)
-    methods = [m for m in args.method.split(",") if m]
+    methods = arguments.names(args.method)
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
     if unknown:
         raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")

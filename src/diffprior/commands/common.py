@@ -29,10 +29,13 @@ def parse_settings(pairs: list[str], method: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}")
+        key = key.replace("-", "_")
+        if key in settings:
+            raise ValueError(f"--set {key} is given twice; give each setting once")
         try:
-            settings[key.replace("-", "_")] = json.loads(value)
+            settings[key] = json.loads(value)
         except json.JSONDecodeError:
-            settings[key.replace("-", "_")] = value
+            settings[key] = value
     if "sigma_y" in settings:
         raise ValueError("--set sigma_y: use --sigma-y, which sets the measurement noise and the solver's model of it")
     if "steps" in settings:

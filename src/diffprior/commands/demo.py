@@ -51,11 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..figures import displayable, image_table
     device = pick_device(args.device)
-    tasks, methods = args.tasks.split(","), args.methods.split(",")
+    tasks, methods = arguments.names(args.tasks), arguments.names(args.methods)
     for given, known, what in ((tasks, TASKS, "--tasks"), (methods, SOLVERS, "--methods")):
         unknown = [v for v in given if v not in known]
         if unknown or not given:
-            raise ValueError(f"{what}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+            problem = f"unknown {', '.join(unknown)}" if unknown else "names none"
+            raise ValueError(f"{what}: {problem}; choose from {', '.join(known)}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file: the demo writes a folder")
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         captions.append(cap)
     figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
-                         row_titles=args.tasks.split(","), captions=captions,
+                         row_titles=tasks, captions=captions,
                          title=f"{args.model}: PSNR dB / LPIPS, {steps or 'all'} steps, sigma_y = {args.sigma_y}")
     lines = ["| task | method | PSNR | SSIM | LPIPS | seconds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['lpips'], '.3f')} | {r['seconds']} |"

@@ -120,6 +120,8 @@ def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
         if method not in axes:
             raise ValueError(f"--set {pair}: {method!r} is not one of the --methods ({', '.join(methods)})")
         key = key.replace("-", "_")
+        if key in axes[method]:
+            raise ValueError(f"--set {method}.{key} is given twice; give its values once, comma-separated")
         if key not in solver_settings(method):
             raise ValueError(f"--set {pair}: {method} has no setting {key!r}; its settings are "
                              + ", ".join(solver_settings(method)))
@@ -138,9 +140,16 @@ def _json_or_text(value: str):
 
 def select_images(folder: str | Path, *, first: str | None = None, last: str | None = None,
                   n: int | None = None) -> list[Path]:
-    """The folder's images sorted by name, those whose stem lies in [first, last], then the first n."""
+    """The folder's images sorted by name, those whose stem lies in [first, last], then the first n. An image
+    is known by its stem (in ranges, figures and saved restorations), so two files may not share one."""
     paths = [p for p in list_images(folder)
              if (first is None or p.stem >= first) and (last is None or p.stem <= last)]
+    by_stem: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in by_stem:
+            raise ValueError(f"{by_stem[p.stem].name} and {p.name} in {folder} share the name {p.stem!r}: "
+                             "rename or move one (images are known by their name without the suffix)")
+        by_stem[p.stem] = p
     return paths if n is None else paths[:n]
 
 
@@ -345,14 +354,21 @@ def evaluate(data: str | Path, out: str | Path, *,
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
              progress: bool = True) -> dict | None:
     """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
-    data, out, tasks, methods, grid = Path(data), Path(out), list(tasks), list(methods), grid or {}
+    data, out, grid = Path(data), Path(out), grid or {}
+    tasks, methods = list(dict.fromkeys(tasks)), list(dict.fromkeys(methods))  # a repeated name is one
     for given, known, what in ((tasks, TASKS, "task"), (methods, SOLVERS, "method")):
         unknown = [v for v in given if v not in known]
         if unknown:
             raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
     if not tasks or batch < 1 or seeds < 1:
         raise ValueError("give at least one task, and --batch and --seeds of at least 1")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: an evaluation writes a folder")
     with process_group(device) as (ranks, dev):
+        images, skipped = readable(select_images(data, first=first, last=last), n)  # before anything is written
+        if not images:
+            raise ValueError(f"no readable image selected in {data}"
+                             + "".join(f"\n  {p.name}: {reason}" for p, reason in skipped[:3]))
         prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
         unfit = unfit_pairs(tasks, methods, size, sigma_y)
@@ -365,11 +381,8 @@ def evaluate(data: str | Path, out: str | Path, *,
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
 
-        images, skipped = readable(select_images(data, first=first, last=last), n)
         if ranks.rank == 0:
             report_skipped(out, skipped)
-        if not images:
-            raise ValueError(f"no readable image selected in {data}")
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
         tuned = tuned_settings(prior)
         cells = {task: [(NAIVE, "{}")] * has_naive(task, size)
@@ -638,8 +651,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = [m for m in args.methods.split(",") if m and m != NAIVE]
-    evaluate(args.data, args.out, tasks=[t for t in args.tasks.split(",") if t], methods=methods,
+    methods = [m for m in arguments.names(args.methods) if m != NAIVE]
+    evaluate(args.data, args.out, tasks=arguments.names(args.tasks), methods=methods,
              grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
              steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
              dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images,

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:  # JSON has no infinity: null, as documented in `quality`
         print(json.dumps(scores))
         return 0
-    undefined = {"psnr": "inf (identical images)", "lpips": "- (needs at least 31x31 pixels)"}
+    undefined = {"psnr": "inf (identical images)", "ssim": "- (needs at least 11x11 pixels)",
+                 "lpips": "- (needs at least 31x31 pixels)"}
     print("  ".join(f"{k} {undefined.get(k, '-') if v is None else fmt(v)}" for k, v in scores.items()))
     return 0

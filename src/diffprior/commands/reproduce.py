@@ -151,8 +151,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     elif args.solvers == "report":
         solvers = []
     else:
-        solvers = [s for s in args.solvers.split(",") if s]
+        solvers = arguments.names(args.solvers)
         unknown = [s for s in solvers if s not in SOLVERS]
+        if not solvers:
+            raise ValueError("--solvers names no solver; give all, report (no table 4) or solver names")
         if unknown:
             raise ValueError(f"unknown solver {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
     if solvers and "tv" not in solvers:
@@ -617,6 +619,8 @@ def reproduce(plan: Plan) -> Path:
     """Run every experiment (skipping work already on disk) and write OUT/REPORT.md; returns its path."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("reproduce runs in one process; shard a table with `torchrun ... -m diffprior eval` instead")
+    if plan.out.exists() and not plan.out.is_dir():
+        raise ValueError(f"--out {plan.out} is a file: reproduce writes a folder")
     device = pick_device(plan.device)
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)

@@ -93,6 +93,9 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
     for key, value in settings.items():
         default = known[key]
         if value is None:
+            if key not in spec_of(method).nullable:
+                raise ValueError(f"{method} setting {key}=null: {key} takes a value (default {default!r}); "
+                                 "leave it out for the default")
             continue
         if isinstance(default, bool):
             if not isinstance(value, bool):

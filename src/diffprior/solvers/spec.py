@@ -53,6 +53,12 @@ class SolverSpec:
         params = inspect.signature(self.run).parameters.items()
         return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
 
+    @property
+    def nullable(self) -> set[str]:
+        """The settings that take None (null): those whose default is None or whose annotation admits None."""
+        params = inspect.signature(self.run).parameters
+        return {k for k in self.settings if params[k].default is None or "None" in str(params[k].annotation)}
+
     def evaluations(self, schedule: Schedule, **settings) -> int:
         """Network evaluations of a run with these settings (the rest at their defaults)."""
         return self.nfe(schedule, {**self.settings, **{k: v for k, v in settings.items() if k not in PLUMBING}})
