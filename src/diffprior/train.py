@@ -10,8 +10,8 @@ that gets exported and sampled.
 Everything that a run needs to continue lives in `out/state.pt` (network, EMA, optimiser, step, and
 every random state: the global torch generators, the noise generator and the data sampler's position),
 written atomically every `checkpoint_every` steps, when the time budget runs out, on Ctrl-C or SIGTERM
-and at the end. `resume=True` continues from it: the data order, noise and dropout continue exactly where they
-stopped, so on the CPU the weights are bit-identical to an uninterrupted run's (CUDA kernels such as
+and at the end. `resume=True` continues from it: the data order, noise and dropout continue exactly where
+they stopped, so on the CPU the weights are bit-identical to an uninterrupted run's (CUDA kernels such as
 the convolutions' backward passes are not deterministic unless torch.use_deterministic_algorithms is
 set, so there the runs agree only up to rounding). At each checkpoint the EMA network is exported as
 `out/model.safetensors` + `out/model.json`, loadable with `diffprior.load_prior`. `out/log.csv` records the loss curve; with

@@ -402,7 +402,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     arguments.check_outputs([out / "posterior_benchmark.md", out / "posterior_benchmark.json"],
                             overwrite=args.overwrite, images=False)
-    doc = run_posterior_benchmark(out, quick=args.quick, methods=arguments.names(args.methods) if args.methods else None,
-                                  seeds=args.seeds, step_budgets=args.budgets, dims=args.dims, n_samples=args.samples)
+    methods = arguments.names(args.methods) if args.methods else None
+    doc = run_posterior_benchmark(out, quick=args.quick, methods=methods, seeds=args.seeds,
+                                  step_budgets=args.budgets, dims=args.dims, n_samples=args.samples)
     print(markdown(doc))
     return 0

@@ -43,9 +43,9 @@ def scoreald(prior: Prior, op: LinearOperator, y: Tensor, *,
     where it mattered). Annealed Langevin needs many levels: at 100 levels (the demo's CPU default) it fell
     below the naive reconstruction on every task of the built-in prior (sr4 17.3 dB against 29.0, seed 0)
     because one step per level does not reach each level's distribution before the next; 3 steps per level
-    recovered most of the gap (28.4 on sr4) at three times the cost. At its default 1000 levels it beat the naive reconstruction on seed 0 of every
-    task; on seed 1 box and random inpainting and sr4 (gamma_scale 1) ended in a wrong mixture component
-    (19-22 dB), which the annealing at high noise chooses with too little weight on y.
+    recovered most of the gap (28.4 on sr4) at three times the cost. At its default 1000 levels it beat the
+    naive reconstruction on seed 0 of every task; on seed 1 box and random inpainting and sr4 (gamma_scale 1)
+    ended in a wrong mixture component (19-22 dB), which the annealing at high noise chooses with too little weight on y.
     """
     sched = prior.schedule
     ts = sched.timesteps(steps)

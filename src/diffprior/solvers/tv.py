@@ -118,8 +118,8 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
     with a 5% margin; ||grad||^2 <= 8), started at the naive reconstruction. Only A and A_adjoint are used,
     so any linear operator works. Vectorial TV (`vectorial`) takes one gradient length per pixel over all
     channels, which keeps colour edges aligned. The default weight is weight_scale * sigma_y (at least weight_scale * 0.01, so that noise-free inpainting
-    still fills its holes); the per-task scales in SPEC.task_settings were the best, or within 0.1 dB of it, at sigma_y = 0.05 on
-    synthetic piecewise-constant 64x64 images (TV's own model, so natural images may want smaller weights).
+    still fills its holes); the per-task scales in SPEC.task_settings were the best, or within 0.1 dB of it, at
+    sigma_y = 0.05 on synthetic piecewise-constant 64x64 images (TV's own model, so natural images may want smaller weights).
     """
     iterations = 300 if steps is None else steps
     bounded = (prior is None or prior.bounded) if bounded is None else bounded
@@ -153,6 +153,7 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
 SPEC = SolverSpec(
     tv, operators="linear", random=False,
     nfe=lambda sched, s: 0, budget=lambda nfe, T: {},  # no network: its own defaults at every budget
-    # TV weights per unit of sigma_y, best (or within 0.1 dB) at sigma_y = 0.05 on synthetic piecewise-constant images (1.0 elsewhere)
+    # TV weights per unit of sigma_y, best (or within 0.1 dB) at sigma_y = 0.05 on synthetic piecewise-constant
+    # images (1.0 elsewhere)
     task_settings={"random-inpaint": {"weight_scale": 0.5}, "gaussian-blur": {"weight_scale": 0.5},
                    "motion-blur": {"weight_scale": 0.25}, "sr4": {"weight_scale": 0.25}})
