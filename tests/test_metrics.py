@@ -169,6 +169,14 @@ def test_ssim_matches_scikit_image(size):
     torch.testing.assert_close(ssim(ref, x), got, atol=1e-6, rtol=0)
 
 
+def test_integer_images_are_refused():
+    """uint8 pixels read as [-1, 1] values would give a PSNR of -25 dB: an error names the conversion."""
+    x = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    for metric in (psnr, ssim, lpips):
+        with pytest.raises(TypeError, match="from_uint8"):
+            metric(x, x)
+
+
 def test_ssim_too_small():
     x, ref = pairs(16, 16)
     with pytest.raises(ValueError, match="at least 11x11"):

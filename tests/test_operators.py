@@ -153,9 +153,16 @@ def test_bad_inputs():
     for kwargs, message in [(dict(shape=(3, 64.0, 64.0)), "whole numbers"), (dict(shape=(64,)), "ending in H, W"),
                             (dict(shape=(3, 0, 64)), "sizes > 0"), (dict(seed=None), "seed=None: whole numbers"),
                             (dict(seed=1.5), "seed=1.5"),
-                            (dict(std=float("nan")), "option std=nan")]:
+                            (dict(std=float("nan")), "option std=nan"), (dict(std="1"), "option std='1'"),
+                            (dict(size=3.5), "size=3.5: a whole number of pixels"), (dict(seed=2 ** 70), r"2\*\*63")]:
         with pytest.raises(ValueError, match=message):
             make_operator("gaussian-blur", **({"shape": SHAPE} | kwargs))
+    with pytest.raises(TypeError, match="gaussian-blur has no option foo; its options are size, std"):
+        make_operator("gaussian-blur", SHAPE, foo=0)
+    for kwargs in (dict(margin=-10), dict(position=(3.5, 2)), dict(size=16.5)):  # a negative margin made no hole
+        with pytest.raises(ValueError, match="of pixels, not negative"):
+            make_operator("box-inpaint", SHAPE, **kwargs)
+    assert int((make_operator("box-inpaint", (3, 64, 32)).mask == 0).sum()) == 16 * 16  # wide or tall: min side
     with pytest.raises(ValueError):
         SuperResolution(3, (32, 32))
     with pytest.raises(ValueError, match="observes no pixel"):

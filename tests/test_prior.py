@@ -124,6 +124,30 @@ def test_network_prior_splits_learned_variance():
     assert prior.eps(x, torch.tensor([3, 4])).shape == x.shape
 
 
+def test_network_prior_takes_float64_images_and_restores_eager_training_mode():
+    """The network computes in its weights' dtype; eps comes back in the input's (float64 solvers work).
+    configure(compile=...) freezes the weights, and configure() makes them trainable again."""
+    net = torch.nn.Conv2d(3, 3, 1)
+    prior = NetworkPrior(_TimeFree(net), Schedule.linear(), (3, 4, 4))
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    eps, _ = prior.predict(x, 10)
+    assert eps.dtype == torch.float64
+    torch.testing.assert_close(eps, net(x.float()).double().detach())
+    prior.configure(compile="default")  # compiles lazily, at the first call: none here
+    assert not any(p.requires_grad for p in net.parameters())
+    prior.configure()
+    assert all(p.requires_grad for p in net.parameters())
+
+
+class _TimeFree(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t):
+        return self.net(x)
+
+
 class _VelocityOracle(torch.nn.Module):
     """Returns the exact v = a eps - b x0 of a known clean image x0: a = sqrt(abar), b = sqrt(1 - abar), or
     their values at SNR / shift (`eps_from_v`)."""

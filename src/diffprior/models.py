@@ -21,7 +21,7 @@ import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, load_file, save_checkpoint  # noqa: F401  (re-exported)
 from .download import DownloadError, RemoteFile, cache_dir, fetch
-from .devices import resolve_dtype
+from .devices import pick_device, resolve_dtype
 from .prior import GaussianMixturePrior, NetworkPrior, Prior
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
@@ -178,7 +178,7 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
         prior = load_remote(str(name_or_path))
     else:
         prior = _load_path(Path(name_or_path), config)
-    prior = prior.to(device) if device is not None else prior
+    prior = prior.to(pick_device(device)) if device is not None else prior
     if dtype is not None:
         dtype = resolve_dtype(dtype, prior.device)
         if isinstance(prior, NetworkPrior):

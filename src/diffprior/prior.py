@@ -132,20 +132,23 @@ class NetworkPrior(Prior):
         self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.speed = Speed(dtype, channels_last, compile)
         self._compiled = None
+        self.net.requires_grad_(compile is None)  # eager: trainable, as loaded; compiled: frozen (above)
         if compile is not None:
-            self.net.requires_grad_(False)
             self._compiled = torch.compile(self._forward, mode=compile, dynamic=False)
         return self
 
     def _forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The network's output under the speed settings, in x's dtype and device."""
+        """The network's output under the speed settings, in x's dtype and device (the network computes in
+        its weights' dtype: float64 images go in as float32)."""
+        dtype, weight = x.dtype, next(self.net.parameters(), None)
+        x = x if weight is None else x.to(weight.dtype)
         if self.speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.speed.dtype == "fp32":
-            return self.net(x, t)
+            return self.net(x, t).to(dtype)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = self.net(x, t)
-        return out.to(x.dtype)
+        return out.to(dtype)
 
     def predict(self, x_t, t):
         # abar from the t as given: an int t (the solvers' case) gives a float, without a device round trip

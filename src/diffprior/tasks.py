@@ -4,12 +4,15 @@ operators live in operators.py, the non-linear ones in nonlinear.py; this table 
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import operator
 from typing import Callable
 
 import torch
 
+from .arguments import MAX_SEED
 from .nonlinear import HighDynamicRange, PhaseRetrieval, Saturation
 from .operators import Blur, Colorize, Identity, Inpaint, Operator, SuperResolution, box_mask, gaussian_kernel, \
     motion_kernel, random_mask
@@ -21,8 +24,8 @@ def _odd(v: float) -> int:
 
 def _box(shape, seed, size=None, margin=None, position=None):
     H, W = shape[-2:]
-    size = H // 2 if size is None else size  # 128 at 256x256
-    margin = H // 16 if margin is None else margin  # 16 at 256x256
+    size = min(H, W) // 2 if size is None else size  # 128 at 256x256
+    margin = min(H, W) // 16 if margin is None else margin  # 16 at 256x256
     g = torch.Generator().manual_seed(seed)
     return Inpaint(box_mask(size, H, W, position=position, margin=margin, generator=g))
 
@@ -81,6 +84,8 @@ NONLINEAR_TASKS: dict[str, Callable[..., Operator]] = {
 }
 
 TASKS: dict[str, Callable[..., Operator]] = {**LINEAR_TASKS, **NONLINEAR_TASKS}
+PIXEL_OPTIONS = ("size", "margin", "position")  # whole numbers of pixels, never negative (position: a pair)
+NUMBER_OPTIONS = ("std", "fraction", "intensity", "oversample", "scale", "gain")  # real numbers
 
 
 def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options) -> Operator:
@@ -96,8 +101,24 @@ def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options
         raise ValueError(f"shape {tuple(shape)} and seed={seed!r}: whole numbers") from None
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape {shape}: sizes > 0, ending in H, W (e.g. (3, 64, 64))")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed}: a whole number in [0, 2**63 - 1]")
+    known = [k for k in inspect.signature(TASKS[task]).parameters if k not in ("shape", "seed")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"{task} has no option {', '.join(unknown)}; its options are {', '.join(known) or 'none'}")
     for key, value in options.items():
-        if isinstance(value, float) and not math.isfinite(value):
+        if key in PIXEL_OPTIONS and value is not None:
+            parts = value if key == "position" else (value,)
+            try:
+                whole = [operator.index(v) for v in parts] if not isinstance(parts, (str, bytes)) else []
+            except TypeError:
+                whole = []
+            if len(whole) != (2 if key == "position" else 1) or min(whole) < 0:
+                what = "a pair (top, left) of whole numbers" if key == "position" else "a whole number"
+                raise ValueError(f"{task} option {key}={value!r}: {what} of pixels, not negative")
+        elif key in NUMBER_OPTIONS and value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)):
             raise ValueError(f"{task} option {key}={value!r}: expected a finite number")
     op = TASKS[task](shape, seed, **options)
     op.name = task

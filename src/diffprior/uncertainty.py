@@ -3,6 +3,7 @@ standard deviation, and how well that standard deviation predicts the actual err
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ def why_no_spread(method: str) -> str | None:
 
 def check_samples(method: str, k: int) -> None:
     """Refuse K posterior samples that could not have a spread: K < 2, or a method that draws nothing."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k={k!r}: the number of samples, a whole number >= 2")
     if k < 2:
         raise ValueError("at least 2 samples are needed for a standard deviation")
     if why := why_no_spread(method):
@@ -27,10 +30,11 @@ def check_samples(method: str, k: int) -> None:
 
 def posterior_samples(method: str, prior, op, y: Tensor, k: int, **settings) -> Tensor:
     """K samples (K, C, H, W) of p(x | y) for one measurement y (1, ...), drawn as one batch of K."""
-    if y.shape[0] != 1:
-        raise ValueError(f"expected one measurement, got a batch of {y.shape[0]}")
+    if not isinstance(y, Tensor) or y.dim() < 2 or y.shape[0] != 1:
+        raise ValueError(f"expected one measurement, a batch of 1 (1, ...), got shape "
+                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
     check_samples(method, k)
-    return solve(method, prior, op, y.expand(k, *y.shape[1:]).contiguous(), **settings)
+    return solve(method, prior, op, y.expand(int(k), *y.shape[1:]).contiguous(), **settings)
 
 
 def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dict:

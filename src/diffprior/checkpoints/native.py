@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -60,21 +61,37 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         if config.get("prediction", "eps") not in PREDICTIONS:
             raise ValueError(f"prediction {config['prediction']!r} is not 'eps' or 'v'")
         v_shift = float(config.get("v_shift", 1.0))
-        if not v_shift > 0:
-            raise ValueError(f"v_shift {v_shift} is not positive")
+        if not (math.isfinite(v_shift) and v_shift > 0):
+            raise ValueError(f"v_shift {v_shift} is not a positive number")
+        channels, learned_variance = config.get("channels", 3), config.get("learned_variance", False)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels {channels!r} is not a whole number >= 1")
+        if not isinstance(learned_variance, bool):
+            raise ValueError(f"learned_variance {learned_variance!r} is not true or false")
+        if config.get("network", {}).get("image_size", size) != size:
+            raise ValueError(f"image_size {size} differs from the network's {config['network']['image_size']}")
+        if not isinstance(config.get("schedule", {}), dict):
+            raise ValueError(f"schedule {config['schedule']!r} is not an object such as {Schedule.linear().config}")
+        schedule = Schedule.from_config(config.get("schedule", {}))
         # The description is checked against the weights file's header before the network is built for real:
-        # a description that does not fit the file never allocates anything (it is built on the meta device).
+        # a description that does not fit the file never allocates anything (it is built on the meta device),
+        # and a forward pass there checks that the network maps the described images to what the prior reads.
         with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build_network(config["architecture"], **config.get("network", {}))
-                      .state_dict().items()}
+            net = build_network(config["architecture"], **config.get("network", {}))
+            shapes = {k: v.shape for k, v in net.state_dict().items()}
+            try:
+                out = tuple(net(torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long)).shape)
+            except RuntimeError as e:
+                raise ValueError(f"the network does not take {(1, channels, size, size)} images: {e}") from None
+        want = (1, channels * (2 if learned_variance else 1), size, size)
+        if out != want:
+            raise ValueError(f"the network maps {(1, channels, size, size)} images to {out}, not {want}")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
     check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
     net = build_network(config["architecture"], **config.get("network", {}))
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
     load_state_strict(net, state, str(weights))
-    prior = NetworkPrior(net.eval(), Schedule.from_config(config.get("schedule", {})),
-                         (int(config.get("channels", 3)), size, size),
-                         learned_variance=bool(config.get("learned_variance", False)),
+    prior = NetworkPrior(net.eval(), schedule, (channels, size, size), learned_variance=learned_variance,
                          prediction=config.get("prediction", "eps"), v_shift=v_shift, config=config)
     return prior.to(device) if device is not None else prior

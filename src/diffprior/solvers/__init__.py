@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -78,7 +79,9 @@ def solver_settings(method: str) -> dict:
 TIMESTEP_SETTINGS = ("t0", "start")  # a timestep of the prior's chain, in [0, T - 1]
 WHOLE_SETTINGS = ("steps", *TIMESTEP_SETTINGS)  # whole numbers, whatever their default (None for some)
 SHARE_SETTINGS = ("eta", "eta_b", "zeta", "lr_min_ratio")  # shares of noise or of a rate, in [0, 1]
-POSITIVE_SETTINGS = ("rho", "sigma_min", "sigma_max", "ode_sigma_min")  # divided by, or a log taken
+POSITIVE_SETTINGS = ("rho", "sigma_min", "sigma_max", "ode_sigma_min", "ref_size",  # divided by, or a log taken
+                     "step_size")  # a Langevin step of 0 never moves
+AT_LEAST_ONE = {"steps": None, "langevin_steps": "scoreald"}  # setting: the one solver it is for (None: all)
 
 
 def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
@@ -97,7 +100,7 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
                 raise ValueError(f"{method} setting {key}=null: {key} takes a value (default {default!r}); "
                                  "leave it out for the default")
             continue
-        if isinstance(default, bool):
+        if isinstance(default, bool) or key == "bounded":  # bounded: true, false or null (TV)
             if not isinstance(value, bool):
                 raise ValueError(f"{method} setting {key}={value!r}: expected true or false")
             continue
@@ -107,16 +110,18 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
             continue
         if not isinstance(default, (int, float)) and key not in (*WHOLE_SETTINGS, "weight"):
             continue  # a setting without a numeric default (e.g. a kernel): the solver checks it
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{method} setting {key}={value!r}: expected a finite number")
+        if not isinstance(value, (int, float)):  # a NumPy (or other) scalar: a plain number, as JSON takes it
+            value = checked[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
         if key in WHOLE_SETTINGS or isinstance(default, int):
             if not float(value).is_integer():
                 raise ValueError(f"{method} setting {key}={value!r}: expected a whole number")
             checked[key] = int(value)
         if value < 0:
             raise ValueError(f"{method} setting {key}={value!r}: must not be negative")
-        if key == "steps" and value < 1:
-            raise ValueError(f"{method} setting steps={value!r}: must be at least 1")
+        if key in AT_LEAST_ONE and AT_LEAST_ONE[key] in (None, method) and value < 1:
+            raise ValueError(f"{method} setting {key}={value!r}: must be at least 1")
         if key in SHARE_SETTINGS and value > 1:
             raise ValueError(f"{method} setting {key}={value!r}: a share, at most 1")
         if key in POSITIVE_SETTINGS and value == 0:
@@ -142,6 +147,10 @@ def check_measurement(prior, op, y) -> None:
         raise ValueError(f"the measurement holds no images (shape {tuple(y.shape)})")
     if not bool(y.isfinite().all()):
         raise ValueError("the measurement contains NaN or infinite values")
+    device = getattr(prior, "device", None)
+    if device is not None and (device.type, device.index or 0) != (y.device.type, y.device.index or 0):
+        raise ValueError(f"the measurement is on {y.device} but the prior on {device}: move one, "
+                         "e.g. y.to(prior.device)")
     shape = getattr(prior, "shape", None)
     if shape is None:
         return
@@ -191,6 +200,14 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
         raise TypeError(f"{method} does not apply to {op.name}: {why}")
     op = op.to(y.device) if isinstance(y, Tensor) else op
     check_measurement(prior, op, y)
+    init = settings.get("init")
+    if init is not None:  # a start image per measurement (SDEdit, RED-diff, DPS's warm start)
+        if not isinstance(init, Tensor) or not init.is_floating_point():
+            raise TypeError(f"init must be a floating-point tensor, got {getattr(init, 'dtype', type(init).__name__)}")
+        expected = (y.shape[0], *getattr(prior, "shape", init.shape[1:]))
+        if tuple(init.shape) != expected:
+            raise ValueError(f"init must have shape {expected}, one image per measurement; got {tuple(init.shape)}")
+        settings["init"] = init.to(y)
     x = spec.run(prior, op, y, **settings)
     why = divergence(op, x, y)
     if why is not None:

@@ -9,6 +9,7 @@ clean data. With respacing, the step uses the respaced forward variance beta = 1
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -137,10 +138,15 @@ def sample(prior: Prior, n: int, *,
     """Unconditional samples x_0 ~ p: ancestral DDPM (Ho et al. 2020) or DDIM (Song et al. 2021)."""
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n={n!r}: the number of samples, a whole number >= 1")
     if not 0 <= eta <= 1:  # NaN fails too
         raise ValueError(f"eta={eta!r}: DDIM's share of fresh noise, in [0, 1]")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype={dtype}: samples are computed in torch.float32 or torch.float64")
+    if isinstance(steps, numbers.Real) and steps > prior.schedule.T:
+        raise ValueError(f"steps={steps}: at most the prior's T = {prior.schedule.T} diffusion steps")
+    n = int(n)
     x = initial_noise(prior, n, generator, dtype)
     for t, t_prev in steps_of(prior, steps, progress=progress, desc=f"{sampler} sampling"):
         eps, v = prior.predict(x, t)
@@ -160,5 +166,11 @@ def denoise(prior: Prior, x0: Tensor, t: int | Tensor, *,
     whole = not (ts.is_floating_point() or ts.is_complex() or ts.dtype == torch.bool)
     if not whole or not bool(((ts >= 0) & (ts < T)).all()):
         raise ValueError(f"t={t!r}: a whole timestep in [0, {T - 1}] (or a tensor of them, one per image)")
+    if not isinstance(x0, Tensor) or not x0.is_floating_point() or tuple(x0.shape[1:]) != tuple(prior.shape):
+        got = f"{x0.dtype} {tuple(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"x0 must be a float batch (B, {', '.join(map(str, prior.shape))}) of images in [-1, 1], "
+                         f"got {got}")
+    if ts.numel() not in (1, x0.shape[0]):
+        raise ValueError(f"t holds {ts.numel()} timesteps for {x0.shape[0]} images: give one, or one per image")
     x_t = prior.schedule.q_sample(x0, t, generator=generator)
     return x_t, clip_x0(prior, prior.x0(x_t, t))
