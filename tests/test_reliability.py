@@ -5,9 +5,11 @@ import hashlib
 import json
 import os
 import struct
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -144,7 +146,7 @@ def forbidden(*args, **kwargs):
 
 @pytest.mark.parametrize("argv,message", BAD, ids=[a for a, _ in BAD])
 def test_bad_input_is_one_clear_line_before_any_work(files, capsys, monkeypatch, argv, message):
-    for module in cli.VERBS.values():
+    for module in cli.verbs().values():
         for name in ("solve", "sample", "denoise", "load_folder", "save_pack", "posterior_samples"):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, forbidden)
@@ -227,6 +229,35 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         image_table([[torch.ones(3, 8, 8)]], path)
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["f.png"]
+
+
+def test_a_killed_write_leaves_no_temporary_file_behind_the_next(tmp_path):
+    """SIGKILL skips the cleanup of a write in progress: the next write of that file removes its leftover."""
+    from diffprior.io import atomic_write
+    (tmp_path / ".out.png.abc123.tmp").write_bytes(b"half")  # what a killed write of out.png leaves
+    (tmp_path / ".other.png.abc123.tmp").write_bytes(b"half")  # another file's: not ours to touch
+    atomic_write(tmp_path / "out.png", lambda tmp: Path(tmp).write_bytes(b"whole"))
+    assert sorted(os.listdir(tmp_path)) == [".other.png.abc123.tmp", "out.png"]
+
+
+def test_the_command_line_imports_torch_inside_its_error_handling():
+    """Ctrl-C during the first seconds (importing torch) is one line too: neither the package nor the CLI
+    module imports torch before `main` runs; `diffprior.solve` and the rest still resolve."""
+    code = ("import sys, diffprior, diffprior.cli; assert 'torch' not in sys.modules; "
+            "assert callable(diffprior.solve) and 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sigterm_is_an_interruption_of_one_line(tmp_path):
+    """`kill` (or a job scheduler) stops a command as Ctrl-C does: one line, exit 130, no temporary files."""
+    proc = subprocess.Popen([sys.executable, "-m", "diffprior", "sample", "--model", "gmm-demo", "--n", "64",
+                             "--steps", "1000", "--device", "cpu", "--out", str(tmp_path / "s.png")],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # past the imports, into the sampling
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].endswith("interrupted (SIGTERM)"), err
+    assert os.listdir(tmp_path) == []
 
 
 def test_read_only_folder_is_refused_before_work(files, capsys, monkeypatch):

@@ -115,6 +115,30 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint(faces, tmp_path, monkeypatch, sign
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_second_ctrl_c_waits_for_the_checkpoint_to_be_whole(faces, tmp_path, monkeypatch):
+    """Ctrl-C twice while the checkpoint is written: the state and the exported model still agree."""
+    real_save = train_module.save_checkpoint
+
+    def interrupted_save(*args, **kwargs):  # both signals arrive between state.pt and the exported model
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", interrupted_save)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(faces, out, steps=100, **{**FAST, "checkpoint_every": 3})
+    assert state(out)["step"] == 3
+    assert load_prior(out / "model.safetensors").config["training"]["steps"] == 3
+
+
+def test_resuming_a_finished_run_logs_nothing_twice(faces, tmp_path):
+    out = tmp_path / "run"
+    train(faces, out, steps=4, **FAST)
+    train(faces, out, steps=4, resume=True, **FAST)
+    assert [r["step"] for r in read_log(out / "log.csv")] == [2, 4]
+
+
 def test_a_new_run_starts_a_new_log_and_needs_a_folder(faces, tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -1,16 +1,31 @@
-"""diffprior: inverse imaging with a pretrained diffusion model as the prior."""
+"""diffprior: inverse imaging with a pretrained diffusion model as the prior.
 
-from .models import load_prior
-from .operators import LinearOperator, Operator, measure
-from .prior import GaussianMixturePrior, GaussianPrior, NetworkPrior, Prior
-from .schedule import Schedule
-from .solvers import SOLVERS, denoise, dps, sample, scoreald, sdedit, solve
-from .tasks import TASKS, make_operator
+The names below are imported on first use (PEP 562), so that `import diffprior` and the command line start
+without waiting for torch until they need it."""
+
+import importlib
+
 from .version import __version__
 
-__all__ = [
-    "__version__",
-    "Schedule", "Prior", "NetworkPrior", "GaussianPrior", "GaussianMixturePrior", "load_prior",
-    "Operator", "LinearOperator", "TASKS", "make_operator", "measure",
-    "SOLVERS", "solve", "sample", "denoise", "sdedit", "scoreald", "dps",
-]
+_EXPORTS = {  # name: the module that defines it
+    "Schedule": "schedule", "Prior": "prior", "NetworkPrior": "prior", "GaussianPrior": "prior",
+    "GaussianMixturePrior": "prior", "load_prior": "models",
+    "Operator": "operators", "LinearOperator": "operators", "measure": "operators", "TASKS": "tasks",
+    "make_operator": "tasks",
+    "SOLVERS": "solvers", "solve": "solvers", "sample": "solvers", "denoise": "solvers", "sdedit": "solvers",
+    "scoreald": "solvers", "dps": "solvers",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

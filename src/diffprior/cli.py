@@ -1,29 +1,28 @@
 """The `diffprior` command line: a table of verbs, each a module of `commands/` with PARSER (its sub-parser's
-help and description), add_arguments(parser) and run(args); the errors a user can cause end in one line."""
+help and description), add_arguments(parser) and run(args); the errors a user can cause end in one line, and so
+does an interruption (Ctrl-C or SIGTERM), even while torch is still being imported."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import signal
 import sys
+import threading
 
-from .commands import bench, demo, denoise, evaluate, metrics, models, pack, reproduce, restore, sample, serve, train
-from .devices import set_cpu_threads
 from .version import __version__
 
-VERBS = {  # verb: its module in commands/, in the order of `diffprior --help`
-    "restore": restore,
-    "demo": demo,
-    "sample": sample,
-    "denoise": denoise,
-    "metrics": metrics,
-    "bench": bench,
-    "eval": evaluate,
-    "reproduce": reproduce,
-    "train": train,
-    "pack": pack,
-    "models": models,
-    "serve": serve,
-}
+# verb: its module in commands/, in the order of `diffprior --help`
+VERB_MODULES = {"restore": "restore", "demo": "demo", "sample": "sample", "denoise": "denoise", "metrics": "metrics",
+                "bench": "bench", "eval": "evaluate", "reproduce": "reproduce", "train": "train", "pack": "pack",
+                "models": "models", "serve": "serve"}
+
+
+@functools.cache
+def verbs() -> dict:
+    """verb: its module, imported on first use (they import torch, a few seconds)."""
+    return {verb: importlib.import_module(f".commands.{name}", __package__) for verb, name in VERB_MODULES.items()}
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffprior {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for verb, module in VERBS.items():
+    for verb, module in verbs().items():
         p = sub.add_parser(verb, **module.PARSER)
         module.add_arguments(p)
         p.set_defaults(run=module.run)
@@ -68,14 +67,34 @@ def describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")  # as Ctrl-C: files being written are cleaned up, one line is printed
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    previous = (signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread()
+                else None)
     try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt as e:  # during the first imports
+        print(f"diffprior: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
+    try:
+        from .devices import set_cpu_threads
         set_cpu_threads(getattr(args, "threads", None))
         code = args.run(args)
         return code if isinstance(code, int) else 0
-    except KeyboardInterrupt:
-        print(f"diffprior {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # the reason when there is one: SIGTERM, or where a run's checkpoint is
+        print(f"diffprior {args.command}: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:
         if args.debug:

@@ -8,8 +8,11 @@ resize, so odd sizes and aspect ratios are handled the same, documented way.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +124,12 @@ def image_format(path: str | Path) -> str:
 
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place: readers see either
-    the old file or the complete new one, never a partial write (a full disk leaves the old file as it was)."""
+    the old file or the complete new one, never a partial write (a full disk leaves the old file as it was).
+    Temporary files of earlier writes of `path` that a killed process left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -136,6 +142,23 @@ def atomic_write(path: str | Path, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextlib.contextmanager
+def all_or_none(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Files written together: when the block ends by an exception (Ctrl-C and SIGTERM included), the files
+    of `paths` it wrote are removed, so that a run leaves all of its outputs or none, never a part of them
+    that would refuse (or mislead) the next run."""
+    def signature(p: Path):
+        return (p.stat().st_ino, p.stat().st_mtime_ns) if p.exists() else None
+    before = {Path(p): signature(Path(p)) for p in paths}
+    try:
+        yield
+    except BaseException:
+        for p, old in before.items():
+            if signature(p) not in (None, old):
+                p.unlink(missing_ok=True)
+        raise
 
 
 def save_image(x: Tensor, path: str | Path) -> Path:

@@ -21,6 +21,7 @@ and noise, so that the two are comparable (a gap between them is a sign of memor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import math
@@ -29,6 +30,7 @@ import signal
 import threading
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -97,13 +99,25 @@ class EpochSampler:
 
 class StopRequest:
     """While active, the first Ctrl-C or SIGTERM (`kill`, a job scheduler's stop) only asks the loop to stop
-    after the current step (so that the checkpoint is consistent); a second one interrupts at once."""
+    after the current step (so that the checkpoint is consistent); a second one interrupts at once, or, inside
+    `protected()` (a checkpoint being written), as soon as that section ends."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
         self._previous = {}
+        self._protected = self._pending = False
+
+    @contextlib.contextmanager
+    def protected(self) -> Iterator[None]:
+        self._protected = True
+        try:
+            yield
+        finally:
+            self._protected = False
+        if self._pending:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -111,7 +125,9 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and self._protected:
+            self._pending = True
+        elif self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -361,6 +377,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
             ema_net.load_state_dict(net.state_dict())
         warm_start.pop("state", None)
     step, seen, seconds, last_loss = 0, 0, 0.0, float("nan")
+    logged_at_resume = -1  # the step of the log's last row when resuming
     evals: dict = {}  # the latest evaluation losses and the step they were measured at
     if state is not None:
         for key in identity.keys() | state["identity"].keys():
@@ -376,7 +393,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         noise_gen.set_state(state["rng"]["noise"])
         data_sampler.load_state_dict(state["rng"]["sampler"])
-        _truncate_log(out / LOG, step)
+        logged_at_resume = _truncate_log(out / LOG, step)
+        print(f"resuming {out} at step {step} ({seen:,} images seen)", file=sys.stderr)
         if step >= steps:
             print(f"note: the run is already at step {step}, --steps {steps}: nothing to train", file=sys.stderr)
 
@@ -424,8 +442,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                  "net": net.state_dict(), "ema": ema_net.state_dict(), "opt": opt.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None,
                          "noise": noise_gen.get_state(), "sampler": data_sampler.state_dict()}}
-        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-        save_checkpoint(ema_net, record(), out / MODEL)
+        with stop.protected():  # the state and the exported model: written whole, as one
+            atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+            save_checkpoint(ema_net, record(), out / MODEL)
 
     def sample_grid() -> None:
         prior = NetworkPrior(ema_net, schedule, (3, size, size), prediction=prediction, v_shift=v_shift)
@@ -445,7 +464,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     if state is None:  # a new run starts a new log (rows of a run stopped before its first checkpoint go)
         (out / LOG).unlink(missing_ok=True)
     log = _Log(out / LOG)
-    loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, -1
+    stop = StopRequest()
+    loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, logged_at_resume
 
     def log_row() -> None:
         nonlocal last_loss, loss_sum, loss_n, logged_step
@@ -461,7 +481,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     deadline = None if max_minutes is None else started + 60 * max_minutes
     bar = tqdm(total=steps, initial=step, desc="training", dynamic_ncols=True, disable=not progress)
     net.train()
-    with StopRequest() as stop:
+    with stop:
         while step < steps and not stop.requested and (deadline is None or time.monotonic() < deadline):
             tick = time.monotonic()
             loss_sum, loss_n = loss_sum + train_step(), loss_n + 1
@@ -536,10 +556,11 @@ class _Log:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint a run resumes from."""
+def _truncate_log(path: Path, step: int) -> int:
+    """Drop log rows written after the checkpoint a run resumes from; returns the last kept row's step (-1:
+    none)."""
     if not path.exists():
-        return
+        return -1
     with path.open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
     def write(tmp: str) -> None:
@@ -548,6 +569,7 @@ def _truncate_log(path: Path, step: int) -> None:
             w.writeheader()
             w.writerows(rows)
     atomic_write(path, write)
+    return int(rows[-1]["step"]) if rows else -1
 
 
 def read_log(path: str | Path) -> list[dict]:

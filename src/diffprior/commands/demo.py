@@ -13,7 +13,7 @@ import torch
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import atomic_write
+from ..io import all_or_none, atomic_write
 from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
@@ -112,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
                   f"LPIPS {fmt(scores['lpips'], '.3f')}  ({seconds:.1f} s)", file=sys.stderr)
         rows.append(row)
         captions.append(cap)
-    figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
-                         row_titles=tasks, captions=captions,
-                         title=f"{args.model}: PSNR dB / LPIPS, {steps or 'all'} steps, sigma_y = {args.sigma_y}")
     lines = ["| task | method | PSNR | SSIM | LPIPS | seconds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['lpips'], '.3f')} | {r['seconds']} |"
               for r in table]
@@ -129,8 +126,12 @@ def run(args: argparse.Namespace) -> int:
     settings = {"model": str(args.model), "steps": steps, "sigma_y": args.sigma_y, "seed": args.seed,
                 "device": str(device), "command": "diffprior " + " ".join(sys.argv[1:])}
     doc = json.dumps({"settings": settings, "rows": table}, indent=2) + "\n"
-    atomic_write(out / "demo.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(doc))
+    with all_or_none([out / "demo.png", out / "demo.md", out / "demo.json"]):  # interrupted: none of them
+        figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
+                             row_titles=tasks, captions=captions,
+                             title=f"{args.model}: PSNR dB / LPIPS, {steps or 'all'} steps, sigma_y = {args.sigma_y}")
+        atomic_write(out / "demo.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+        atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(doc))
     print("\n".join(lines))
     print(f"wrote {figure}, {out / 'demo.md'} and {out / 'demo.json'}")
     return 0

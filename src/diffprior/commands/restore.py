@@ -12,12 +12,12 @@ import torch
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import center_square, load_mask, open_image, pil_to_tensor, save_image
+from ..io import all_or_none, center_square, load_mask, open_image, pil_to_tensor, save_image
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
-from ..uncertainty import check_samples, posterior_samples
+from ..uncertainty import calibration, calibration_figure, check_samples, posterior_samples, std_image
 from .common import (add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, naive_or_none,
                      parse_settings, quality)
 
@@ -129,9 +129,6 @@ def run(args: argparse.Namespace) -> int:
                          **settings)
     seconds = time.perf_counter() - start
 
-    save_image(restored, out)
-    for p in stale:
-        p.unlink()
     from ..figures import displayable, image_table
     from ..metrics import residual
     report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
@@ -141,17 +138,12 @@ def run(args: argparse.Namespace) -> int:
         if img is not None:
             report[name] = quality(img, x) if x is not None else {}
             report[name]["residual"] = round(float(residual(op, img, y)[0]), 4)
-    written = [out]
+    cal = None
     if std is not None:
-        from ..uncertainty import calibration, calibration_figure, std_image
-        written.append(save_image(std_image(std), outputs["std"]))
         report["uncertainty"] = {"samples": args.samples, "mean_std": round(float(std.mean()), 4)}
         if x is not None:
             cal = calibration(restored[0], std, x[0])
             report["uncertainty"]["coverage90"] = round(cal["coverage90"], 4)
-            written.append(calibration_figure(cal, outputs["calibration"],
-                                              title=f"{task} / {args.method}, {args.samples} samples"))
-    figure = outputs["figure"]
     cols = ([x] if x is not None else []) + [displayable(y, (size, size)), naive, restored]
     titles = (["input"] if x is not None else []) + ["measurement", "naive",
                                                       args.method + (" (mean)" if std is not None else "")]
@@ -160,8 +152,17 @@ def run(args: argparse.Namespace) -> int:
     if std is not None:
         cols, titles, captions = cols + [std_image(std)], titles + ["posterior std"], captions + [
             f"mean {report['uncertainty']['mean_std']:.3f}"]
-    image_table([cols], figure, col_titles=titles, captions=[captions], cell=2.0)
-    written.append(figure)
+
+    with all_or_none(outputs.values()):  # an interrupted run leaves none of its files
+        written = [save_image(restored, out)]
+        if std is not None:
+            written.append(save_image(std_image(std), outputs["std"]))
+        if cal is not None:
+            written.append(calibration_figure(cal, outputs["calibration"],
+                                              title=f"{task} / {args.method}, {args.samples} samples"))
+        written.append(image_table([cols], outputs["figure"], col_titles=titles, captions=[captions], cell=2.0))
+    for p in stale:  # once the new result is complete (see `stale` above)
+        p.unlink()
     if args.json:
         print(json.dumps({**report, "files": [str(p) for p in written]}))
     else:
