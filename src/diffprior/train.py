@@ -21,7 +21,6 @@ and noise, so that the two are comparable (a gap between them is a sign of memor
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import math
@@ -31,7 +30,7 @@ import threading
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -109,7 +108,7 @@ class StopRequest:
         self._previous = {}
         self._protected = self._pending = False
 
-    @contextlib.contextmanager
+    @contextmanager
     def protected(self) -> Iterator[None]:
         self._protected = True
         try:
