@@ -60,6 +60,16 @@ def test_greyscale_and_16_bit_become_rgb(tmp_path):
     assert torch.allclose(load_image(tmp_path / "over.tiff")[..., 1:, :], torch.tensor(128 / 127.5 - 1), atol=1e-6)
 
 
+def test_sizes_and_grids_that_make_no_image_are_refused(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    for size in (0, -1, 64.5):
+        with pytest.raises(ValueError, match=f"size={size}: the side of the square image"):
+            load_image(tmp_path / "a.png", size)
+    for images, nrow in ((torch.zeros(0, 3, 4, 4), 8), (torch.zeros(2, 3, 4, 4), 0)):
+        with pytest.raises(ValueError, match="non-empty batch .* nrow >= 1"):
+            image_grid(images, nrow)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     """A phone photo stores its pixels sideways and an orientation tag; the image is what viewers show."""
     arr = np.zeros((40, 60, 3), dtype=np.uint8)  # stored 60 wide, 40 tall, bright top-left block

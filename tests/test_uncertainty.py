@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffprior.uncertainty import calibration, calibration_figure, posterior_samples
+from diffprior.uncertainty import calibration, calibration_figure, posterior_samples, std_image
 
 
 def test_calibration_of_exact_samples_is_perfect():
@@ -43,3 +43,13 @@ def test_posterior_samples_refuse_what_has_no_spread_or_is_no_count(gaussian_pro
             posterior_samples("dps", p["prior"], p["op"], y, k)
     with pytest.raises(ValueError, match="tv"):
         posterior_samples("tv", p["prior"], p["op"], p["y"], 2)
+
+
+def test_calibration_and_std_image_refuse_shapes_that_do_not_fit():
+    x = torch.zeros(3, 4, 4)
+    with pytest.raises(ValueError, match="of one shape and bins >= 1"):
+        calibration(x, x[:1], x)
+    with pytest.raises(ValueError, match="bins=0"):
+        calibration(x, x, x, bins=0)
+    with pytest.raises(ValueError, match=r"\(C, H, W\), got shape \(1, 3, 4, 4\)"):
+        std_image(x[None])

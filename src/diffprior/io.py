@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -70,6 +71,8 @@ def center_square(im: Image.Image, size: int | None) -> Image.Image:
     """The central square crop, resized (antialiased) to size x size; unchanged when size is None."""
     if size is None:
         return im
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"size={size!r}: the side of the square image, a whole number >= 1")
     w, h = im.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
@@ -189,6 +192,9 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
 
 def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
     """Tile a batch (B, C, H, W) into one (C, H', W') image, row-major, `nrow` images per row."""
+    if images.dim() != 4 or images.shape[0] == 0 or nrow < 1:
+        raise ValueError(f"image_grid takes a non-empty batch (B, C, H, W) and nrow >= 1, got shape "
+                         f"{tuple(images.shape)} and nrow={nrow}")
     B, C, H, W = images.shape
     nrow = min(nrow, B)
     rows = -(-B // nrow)

@@ -43,6 +43,9 @@ def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dic
     Pixels (all channels) are grouped into `bins` quantile bins of predicted std; per bin, the root mean
     square error against the root mean square predicted std (equal for a calibrated sampler). Also the
     coverage of the central 90% Gaussian interval mean +- 1.645 std (0.90 when calibrated)."""
+    if not mean.shape == std.shape == truth.shape or bins < 1:
+        raise ValueError(f"calibration takes mean, std and truth of one shape and bins >= 1, got "
+                         f"{tuple(mean.shape)}, {tuple(std.shape)}, {tuple(truth.shape)} and bins={bins}")
     s, e = std.flatten().double(), (mean - truth).abs().flatten().double()
     order = torch.argsort(s)
     groups = [g for g in torch.tensor_split(order, bins) if g.numel()]
@@ -72,6 +75,8 @@ def calibration_figure(cal: dict, path: str | Path, title: str = "") -> Path:
 
 def std_image(std: Tensor) -> Tensor:
     """A (3, H, W) image in [-1, 1] of the per-pixel std averaged over channels, scaled to its maximum."""
+    if std.dim() != 3:
+        raise ValueError(f"std_image takes one image's std map (C, H, W), got shape {tuple(std.shape)}")
     m = std.mean(0, keepdim=True)
     m = m / m.max().clamp_min(1e-12)
     return (2 * m - 1).expand(3, -1, -1)
