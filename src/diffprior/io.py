@@ -147,6 +147,14 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def output_folder(path: str | Path, what: str) -> Path:
+    """`path` as the folder that `what` (a run, a command) writes; a file in its place is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file: {what} writes a folder")
+    return path
+
+
 @contextlib.contextmanager
 def all_or_none(paths: Iterable[str | Path]) -> Iterator[None]:
     """Files written together: when the block ends by an exception (Ctrl-C and SIGTERM included), the files

@@ -316,8 +316,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     cuda = device.type == "cuda"
     channels_last = channels_last and cuda
     state_path = out / STATE
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file: a training run writes a folder")
+    io.output_folder(out, "a training run")
     if state_path.exists() and not resume:
         raise FileExistsError(f"{state_path} exists: continue that run with --resume (resume=True), or use a new "
                               "folder")

@@ -13,7 +13,7 @@ import torch
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import all_or_none, atomic_write
+from ..io import all_or_none, atomic_write, output_folder
 from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
@@ -57,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if unknown or not given:
             problem = f"unknown {', '.join(unknown)}" if unknown else "names none"
             raise ValueError(f"{what}: {problem}; choose from {', '.join(known)}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file: the demo writes a folder")
+    out = output_folder(args.out, "the demo")
     arguments.check_outputs([out / "demo.png", out / "demo.md", out / "demo.json"], inputs=[model_input(args.model)],
                   overwrite=args.overwrite, images=False)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)

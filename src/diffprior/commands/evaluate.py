@@ -69,7 +69,7 @@ from .. import arguments
 from ..io import list_images, load_image, open_image, save_image
 from ..metrics import image_metrics, residual
 from ..devices import pick_device, sync
-from ..io import atomic_write
+from ..io import atomic_write, output_folder
 from ..models import DEFAULT_MODEL, load_prior
 from ..operators import Operator, measure
 from ..tasks import TASKS, make_operator
@@ -362,8 +362,7 @@ def evaluate(data: str | Path, out: str | Path, *,
             raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
     if not tasks or batch < 1 or seeds < 1:
         raise ValueError("give at least one task, and --batch and --seeds of at least 1")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: an evaluation writes a folder")
+    output_folder(out, "an evaluation")
     with process_group(device) as (ranks, dev):
         images, skipped = readable(select_images(data, first=first, last=last), n)  # before anything is written
         if not images:

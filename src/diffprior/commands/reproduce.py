@@ -65,7 +65,7 @@ from ..figures import displayable, image_table
 from .. import arguments
 from ..io import load_image, tensor_to_pil
 from ..metrics import image_metrics
-from ..io import atomic_write
+from ..io import atomic_write, output_folder
 from ..models import load_prior
 from ..prior import GaussianMixturePrior, Prior
 from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for, tuned_settings
@@ -619,8 +619,7 @@ def reproduce(plan: Plan) -> Path:
     """Run every experiment (skipping work already on disk) and write OUT/REPORT.md; returns its path."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("reproduce runs in one process; shard a table with `torchrun ... -m diffprior eval` instead")
-    if plan.out.exists() and not plan.out.is_dir():
-        raise ValueError(f"--out {plan.out} is a file: reproduce writes a folder")
+    output_folder(plan.out, "reproduce")
     device = pick_device(plan.device)
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)

@@ -96,11 +96,11 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
     for key, value in settings.items():
         default = known[key]
         if value is None:
-            if key not in spec_of(method).nullable:
+            if not spec_of(method).accepts(key, type(None)):
                 raise ValueError(f"{method} setting {key}=null: {key} takes a value (default {default!r}); "
                                  "leave it out for the default")
             continue
-        if isinstance(default, bool) or key == "bounded":  # bounded: true, false or null (TV)
+        if spec_of(method).accepts(key, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"{method} setting {key}={value!r}: expected true or false")
             continue

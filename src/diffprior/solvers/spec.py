@@ -6,6 +6,7 @@ read these facts; none of them keeps its own list."""
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,11 +54,10 @@ class SolverSpec:
         params = inspect.signature(self.run).parameters.items()
         return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
 
-    @property
-    def nullable(self) -> set[str]:
-        """The settings that take None (null): those whose default is None or whose annotation admits None."""
-        params = inspect.signature(self.run).parameters
-        return {k for k in self.settings if params[k].default is None or "None" in str(params[k].annotation)}
+    def accepts(self, key: str, kind: type) -> bool:
+        """Whether setting `key` takes values of `kind` (None, bool, ...): by its annotation, or a None default."""
+        hint = typing.get_type_hints(self.run).get(key)
+        return hint is kind or kind in typing.get_args(hint) or (kind is type(None) and self.settings[key] is None)
 
     def evaluations(self, schedule: Schedule, **settings) -> int:
         """Network evaluations of a run with these settings (the rest at their defaults)."""
