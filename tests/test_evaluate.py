@@ -67,6 +67,27 @@ def numbers(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def assert_close(a, b, where="rows"):
+    """Equal but for float rounding: the same keys, names and settings, numbers within 1e-5 relative.
+
+    Another split of the images into batches (a resumed run, two ranks) changes float sums in the last digits."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            assert_close(u, v, f"{where}[{i}]")
+    else:
+        try:
+            u, v = float(a), float(b)
+        except (TypeError, ValueError):
+            assert a == b, where
+        else:
+            assert u == pytest.approx(v, rel=1e-5, abs=1e-6, nan_ok=True), where
+
+
 @pytest.fixture(scope="module")
 def reference(setup):
     """One uninterrupted single-process run."""
@@ -139,7 +160,7 @@ def test_resume_after_a_hard_kill_gives_the_same_rows(reference, setup, tmp_path
         f.write("img_003.png,random-inpaint,dps,\"{\"\"sca")
     assert main(command(data, model, out)) == 0
     rows = rows_of(out)
-    assert numbers(rows) == numbers(rows_of(reference))
+    assert_close(numbers(rows), numbers(rows_of(reference)))  # the resumed images may form other batches
     done_before = before.count("\n") - 1
     assert 5 <= done_before < len(rows)
     # the rows written before the kill are kept as they were (their timings included)
@@ -173,11 +194,12 @@ def test_two_processes_with_torchrun_give_the_same_rows(reference, setup, tmp_pa
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers
     assert proc.returncode == 0, err[-3000:]
-    assert numbers(rows_of(out)) == numbers(rows_of(reference))
+    # two ranks split the images into other batches than one process: the same rows, up to float rounding
+    assert_close(numbers(rows_of(out)), numbers(rows_of(reference)))
     assert not list(out.glob("rows.rank*.csv"))
     untimed = lambda path: [{k: v for k, v in c.items() if k != "seconds"}  # noqa: E731
                             for c in json.loads((path / "summary.json").read_text())["cells"]]
-    assert untimed(out) == untimed(reference)
+    assert_close(untimed(out), untimed(reference), "cells")
 
 
 def test_small_images_have_no_lpips(setup, tmp_path):
