@@ -108,6 +108,10 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert (tmp_path / "demo" / "demo.png").is_file()
     notes = (tmp_path / "demo" / "demo.md").read_text()
     assert "SDEdit uses y only at its start" in notes and "ScoreALD (annealed Langevin) needs" in notes and "with 30 " in notes
+    # on a CPU the 8 runs go side by side, one per thread (main set the threads from the idle cores)
+    workers = min(torch.get_num_threads(), 8)
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text())["settings"]["side_by_side"] == workers
+    assert ("runs side by side on one CPU thread each" in notes) == (workers > 1)
 
 
 def test_demo_keeps_the_other_results_when_a_method_diverges(tmp_path, monkeypatch):

@@ -260,6 +260,22 @@ def test_sigterm_is_an_interruption_of_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_sigterm_stops_the_demos_runs_side_by_side(tmp_path):
+    """The demo's runs go side by side on worker threads: stopped, it ends them too (a thread left running into
+    the interpreter's exit aborted the process with a C++ message) and writes nothing."""
+    proc = subprocess.Popen([sys.executable, "-m", "diffprior", "demo", "--model", "gmm-demo", "--steps", "1000",
+                             "--tasks", "box-inpaint,gaussian-blur", "--methods", "dps", "--threads", "2",
+                             "--device", "cpu", "--out", str(tmp_path / "demo")], stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # past the imports, into the runs
+    assert proc.poll() is None, "the demo ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].endswith("interrupted (SIGTERM)"), err
+    assert "terminate called" not in err and time.monotonic() - start < 10
+    assert not (tmp_path / "demo").exists() or not any((tmp_path / "demo").iterdir())
+
+
 def test_read_only_folder_is_refused_before_work(files, capsys, monkeypatch):
     ro = files / "ro"
     ro.mkdir()

@@ -3,6 +3,9 @@
 import argparse
 import json
 import math
+import threading
+import time
+from functools import partial
 
 import pytest
 import torch
@@ -151,6 +154,50 @@ def test_threads_follow_the_idle_cores(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert 0 <= devices.busy_cores() < 10_000  # the real reading parses
+
+
+def test_side_by_side_runs_jobs_at_once_on_one_thread_each_and_restores_the_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        meet = threading.Barrier(2, timeout=10)  # passes only if both jobs run at the same time
+
+        def job(value):
+            meet.wait()
+            return value, torch.get_num_threads()
+        results = dict(devices.side_by_side([partial(job, "a"), partial(job, "b")], workers=2))
+        assert results == {0: ("a", 1), 1: ("b", 1)}
+        assert torch.get_num_threads() == 2
+        # more jobs than workers: every index once; one worker (or one job): in order, on torch's threads
+        assert sorted(devices.side_by_side([partial(abs, -i) for i in range(7)], workers=3)) == [(i, i) for i in range(7)]
+        assert list(devices.side_by_side([torch.get_num_threads] * 2, workers=1)) == [(0, 2), (1, 2)]
+        assert list(devices.side_by_side([torch.get_num_threads], workers=2)) == [(0, 2)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_side_by_side_stops_the_running_jobs_and_starts_no_more_after_an_error():
+    started, finished = [], []
+
+    def fail():
+        started.append("fail")
+        time.sleep(0.1)
+        raise ValueError("this job failed")
+
+    def slow(i):
+        started.append(i)
+        for _ in range(1000):  # 10 s of Python lines, where a stop can land
+            time.sleep(0.01)
+        finished.append(i)
+    jobs = [partial(slow, 0), fail, *[partial(slow, i) for i in range(2, 6)]]
+    threads, alive, begin = torch.get_num_threads(), threading.active_count(), time.monotonic()
+    with pytest.raises(ValueError, match="this job failed"):
+        for _ in devices.side_by_side(jobs, workers=2):
+            pass
+    assert time.monotonic() - begin < 5  # the running jobs were stopped, not waited for
+    assert set(started[:2]) == {0, "fail"} and len(started) <= 3 and not finished
+    assert torch.get_num_threads() == threads
+    assert threading.active_count() == alive  # the workers have ended
 
 
 def test_compile_setting_freezes_the_network_and_is_undone(monkeypatch):

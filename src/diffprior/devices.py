@@ -3,12 +3,19 @@ in bfloat16 natively, waiting for it, and naming it in reports."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
+import queue
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+
+Result = TypeVar("Result")
 
 
 def pick_device(name: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
@@ -76,6 +83,67 @@ def set_cpu_threads(requested: int | None = None) -> int:
         raise ValueError(f"--threads {requested}: must be at least 1")
     torch.set_num_threads(requested)
     return requested
+
+
+class _Stopped(BaseException):
+    """Raised in a `side_by_side` worker thread to stop its job when the caller stops early."""
+
+
+def side_by_side(jobs: Sequence[Callable[[], Result]], workers: int) -> Iterator[tuple[int, Result]]:
+    """Run independent CPU jobs `workers` at a time, each on one CPU thread, and yield (index, result) as each
+    finishes; a job's exception is raised here. With one worker (or one job) they run in order on torch's
+    threads as set.
+
+    A network of a few million parameters on a single 64x64 image keeps 2 cores only partly busy (1.45x one
+    thread's speed); two such jobs side by side, one thread each, ran 1.25x faster than the same two one after
+    the other on both threads (faces64 on a 2-core AMD EPYC, float32). Stopped early (a job's error, Ctrl-C,
+    the caller leaving the loop), it starts no more jobs and stops the running ones at their next line of
+    Python (a thread left running into the interpreter's exit aborts it); torch's thread count is restored."""
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            yield i, job()
+        return
+    todo, done = queue.SimpleQueue(), queue.SimpleQueue()
+    for item in enumerate(jobs):
+        todo.put(item)
+
+    def work() -> None:
+        try:
+            while True:
+                try:
+                    i, job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, job(), None))
+                except Exception as e:  # noqa: BLE001 - raised again in the caller's thread
+                    done.put((i, None, e))
+        except _Stopped:
+            pass
+
+    threads, pool = torch.get_num_threads(), [threading.Thread(target=work) for _ in range(workers)]
+    torch.set_num_threads(1)  # each worker's operations run on its own thread
+    finished = 0
+    try:
+        for thread in pool:
+            thread.start()
+        while finished < len(jobs):
+            i, result, error = done.get()
+            finished += 1
+            if error is not None:
+                raise error
+            yield i, result
+    finally:
+        if finished < len(jobs):
+            while not todo.empty():
+                todo.get_nowait()
+            for thread in pool:
+                if thread.is_alive():
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Stopped))
+        for thread in pool:
+            thread.join()
+        torch.set_num_threads(threads)
 
 
 def native_bf16(device: torch.device) -> bool:

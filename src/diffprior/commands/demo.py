@@ -7,12 +7,14 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import arguments
-from ..devices import pick_device
+from ..devices import pick_device, side_by_side
 from ..io import all_or_none, atomic_write, output_folder
 from ..models import load_prior
 from ..operators import measure
@@ -79,37 +81,53 @@ def run(args: argparse.Namespace) -> int:
         draw_steps = min(CPU_DRAW_STEPS, prior.schedule.T) if device.type == "cpu" else prior.schedule.T
         print(f"drawing a clean image from {args.model} ({draw_steps} ancestral steps) ...", file=sys.stderr)
         x = sample(prior, 1, steps=draw_steps, generator=generator(device, args.seed), progress=True)
-    rows, captions, table = [], [], []
+    measured = {}  # task -> (operator, y)
     for task in tasks:
         op = make_operator(task, (3, size, size), seed=args.seed).to(device)
-        y = measure(op, x, args.sigma_y, generator(device, derive_seed("measure", args.seed, task)))
+        measured[task] = op, measure(op, x, args.sigma_y, generator(device, derive_seed("measure", args.seed, task)))
+
+    def restore(task: str, method: str):
+        op, y = measured[task]
+        start = time.perf_counter()
+        try:
+            restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=generator(
+                device, derive_seed("solve", args.seed, task, method)), progress=workers == 1,
+                **settings_for(method, task, tuned_settings(prior), steps=steps))
+        except DivergenceError as e:
+            return None, time.perf_counter() - start, str(e)
+        return restored, time.perf_counter() - start, None
+
+    # The runs are independent: on a CPU, as many side by side as there are threads, one thread each
+    cells = [(task, method) for task in tasks for method in methods]
+    workers = min(torch.get_num_threads(), len(cells)) if device.type == "cpu" else 1
+
+    def label(scores: dict) -> str:
+        return f"{fmt(scores['psnr'], '.1f')} dB / {fmt(scores['lpips'], '.2f')}"
+    results = {}  # (task, method) -> (image, table row, caption)
+    with tqdm(total=len(cells), desc="restoring", unit="run", dynamic_ncols=True, leave=False) as bar:
+        for i, (restored, seconds, failure) in side_by_side([partial(restore, *c) for c in cells], workers):
+            task, method = cells[i]
+            if failure:  # the other cells' results stay
+                results[task, method] = (torch.zeros_like(x), {  # a grey square
+                    "task": task, "method": method, "psnr": None, "ssim": None, "lpips": None,
+                    "seconds": round(seconds, 2), "failed": failure}, "diverged")
+                bar.write(f"{task:15s} {method:9s} failed: {failure}", file=sys.stderr)
+            else:
+                scores = quality(restored, x)
+                results[task, method] = (restored, {"task": task, "method": method, **scores,
+                                                    "seconds": round(seconds, 2)}, label(scores))
+                bar.write(f"{task:15s} {method:9s} PSNR {fmt(scores['psnr'], '6.2f')}  SSIM {fmt(scores['ssim'], '.3f')}  "
+                          f"LPIPS {fmt(scores['lpips'], '.3f')}  ({seconds:.1f} s)", file=sys.stderr)
+            bar.update()
+    rows, captions, table = [], [], []
+    for task in tasks:
+        op, y = measured[task]
         naive = op.naive(y)
-        row, cap = [x, displayable(y, (size, size)), naive], ["", "", ""]
         scores = quality(naive, x)
-        table.append({"task": task, "method": "naive", **scores, "seconds": 0.0})
-        cap[2] = f"{fmt(scores['psnr'], '.1f')} dB / {fmt(scores['lpips'], '.2f')}"
-        for method in methods:
-            start = time.perf_counter()
-            gen = generator(device, derive_seed("solve", args.seed, task, method))
-            try:
-                restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=True,
-                                 **settings_for(method, task, tuned_settings(prior), steps=steps))
-            except DivergenceError as e:  # the other cells' results stay
-                print(f"{task:15s} {method:9s} failed: {e}", file=sys.stderr)
-                table.append({"task": task, "method": method, "psnr": None, "ssim": None, "lpips": None,
-                              "seconds": round(time.perf_counter() - start, 2), "failed": str(e)})
-                row.append(torch.zeros_like(x))  # a grey square
-                cap.append("diverged")
-                continue
-            seconds = time.perf_counter() - start
-            scores = quality(restored, x)
-            table.append({"task": task, "method": method, **scores, "seconds": round(seconds, 2)})
-            row.append(restored)
-            cap.append(f"{fmt(scores['psnr'], '.1f')} dB / {fmt(scores['lpips'], '.2f')}")
-            print(f"{task:15s} {method:9s} PSNR {fmt(scores['psnr'], '6.2f')}  SSIM {fmt(scores['ssim'], '.3f')}  "
-                  f"LPIPS {fmt(scores['lpips'], '.3f')}  ({seconds:.1f} s)", file=sys.stderr)
-        rows.append(row)
-        captions.append(cap)
+        done = [results[task, method] for method in methods]
+        rows.append([x, displayable(y, (size, size)), naive, *(image for image, _, _ in done)])
+        captions.append(["", "", label(scores), *(caption for _, _, caption in done)])
+        table += [{"task": task, "method": "naive", **scores, "seconds": 0.0}, *(row for _, row, _ in done)]
     lines = ["| task | method | PSNR | SSIM | LPIPS | seconds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {fmt(r['psnr'], '.2f')} | {fmt(r['ssim'], '.3f')} | {fmt(r['lpips'], '.3f')} | {r['seconds']} |"
               for r in table]
@@ -119,10 +137,12 @@ def run(args: argparse.Namespace) -> int:
     levels = steps or prior.schedule.T
     notes = [NOTES[m].format(steps=levels) for m in methods
              if m in NOTES and not (m == "scoreald" and levels >= prior.schedule.T)]
+    if workers > 1:
+        notes.append(f"seconds: each run's wall time, {workers} runs side by side on one CPU thread each.")
     if notes:
         lines += ["", *notes]
     settings = {"model": str(args.model), "steps": steps, "sigma_y": args.sigma_y, "seed": args.seed,
-                "device": str(device), "command": "diffprior " + " ".join(sys.argv[1:])}
+                "device": str(device), "side_by_side": workers, "command": "diffprior " + " ".join(sys.argv[1:])}
     doc = json.dumps({"settings": settings, "rows": table}, indent=2) + "\n"
     with all_or_none([out / "demo.png", out / "demo.md", out / "demo.json"]):  # interrupted: none of them
         figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
