@@ -264,9 +264,10 @@ def test_sigterm_stops_the_demos_runs_side_by_side(tmp_path):
     """The demo's runs go side by side on worker threads: stopped, it ends them too (a thread left running into
     the interpreter's exit aborted the process with a C++ message) and writes nothing."""
     proc = subprocess.Popen([sys.executable, "-m", "diffprior", "demo", "--model", "gmm-demo", "--steps", "1000",
-                             "--tasks", "box-inpaint,gaussian-blur", "--methods", "dps", "--threads", "2",
-                             "--device", "cpu", "--out", str(tmp_path / "demo")], stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # past the imports, into the runs
+                             "--tasks", "box-inpaint,random-inpaint,gaussian-blur,sr4", "--methods", "dps,scoreald",
+                             "--threads", "2", "--device", "cpu", "--out", str(tmp_path / "demo")],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # past the imports, into the runs (8 of 1000 steps: about 30 s on 2 cores)
     assert proc.poll() is None, "the demo ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     start = time.monotonic()
