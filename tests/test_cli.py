@@ -132,6 +132,30 @@ def test_demo_keeps_the_other_results_when_a_method_diverges(tmp_path, monkeypat
     assert (tmp_path / "demo" / "demo.png").is_file()
 
 
+def test_cpu_steps_cut_only_runs_longer_than_100_network_evaluations(capsys):
+    from diffprior.commands.common import cpu_steps
+    from diffprior.models import load_prior
+    from diffprior.solvers import settings_for
+    prior, cpu, gpu = load_prior("gmm-demo"), torch.device("cpu"), torch.device("cuda")
+    own = lambda method, task="sr4", **s: settings_for(method, task, **s)  # noqa: E731
+    assert cpu_steps(cpu, None, prior, "dps", own("dps")) == 100  # 1000 steps
+    assert "dps runs 100 steps on the CPU" in capsys.readouterr().err
+    assert cpu_steps(cpu, None, prior, "ddrm", own("ddrm")) is None  # its own 20: more would be worse
+    assert cpu_steps(cpu, None, prior, "diffpir", own("diffpir")) is None  # its own 100
+    assert cpu_steps(cpu, None, prior, "tv", own("tv")) is None  # no network: its 300 iterations
+    assert cpu_steps(cpu, None, prior, "sdedit", own("sdedit", t0=50)) is None  # 51 steps from t0 = 50
+    assert cpu_steps(cpu, None, prior, "sdedit", own("sdedit", t0=200)) == 100
+    assert cpu_steps(cpu, 1000, prior, "dps", own("dps")) == 1000 and cpu_steps(gpu, None, prior, "dps", own("dps")) is None
+    assert capsys.readouterr().err.count("note:") == 1  # the sdedit one; the rest were not cut
+
+
+def test_restore_takes_evals_method_dot_key_form_for_its_own_method(clean_image, tmp_path, capsys):
+    base = ["restore", "--input", str(clean_image), "--task", "sr4", "--method", "ddnm", "--model", "gmm-demo",
+            "--steps", "5", "--json", "--device", "cpu"]
+    assert main([*base, "--set", "ddnm.eta=0.5", "--out", str(tmp_path / "a.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["eta"] == 0.5
+
+
 def test_restore_with_posterior_samples(clean_image, tmp_path, capsys):
     out = tmp_path / "mean.png"
     assert main(["restore", "--input", str(clean_image), "--task", "box-inpaint", "--method", "dps", "--model",

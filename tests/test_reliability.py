@@ -87,7 +87,7 @@ BAD = [
     ("restore --input clean.png --task box-inpaint --method sdedit --set t0=2000", "t0=2000"),
     ("restore --input clean.png --task box-inpaint --set scale=abc", "scale='abc'"),
     ("restore --input clean.png --task box-inpaint --set scale=-1", "negative"),
-    ("restore --input clean.png --task box-inpaint --set generator=1", "no setting generator"),
+    ("restore --input clean.png --task box-inpaint --set generator=1", "--set generator: dps has no such setting"),
     ("restore --input clean.png --task box-inpaint --set sigma_y=1", "--sigma-y"),
     ("restore --input clean.png --task box-inpaint --set steps=7", "--set steps: use --steps"),
     ("restore --input clean.png --task box-inpaint --sigma-y nan", "finite"),
@@ -103,6 +103,8 @@ BAD = [
     ("restore --input big.png --task gaussian-blur --measured", "takes an image of 64x64 pixels"),
     ("restore --input clean.png --task phase-retrieval --measured", "a phase-retrieval measurement is no image"),
     ("restore --input bomb.png --task sr4", "decompression bomb"),
+    ("restore --input clean.png --task sr4 --method ddnm --set dps.eta=0.5", "runs ddnm; write its settings as KEY=VALUE"),
+    ("restore --input clean.png --task sr4 --method ddnm --set bogus=1", "its settings are eta, travel_length, travel_repeat, clip (and --steps, --sigma-y)"),
     ("restore --input missing.png --task sr4", "no image file"),
     ("denoise --input clean.png --t 2000", "[0, 999]"),
     ("denoise --input clean.png --t -5", "--t"),
@@ -245,6 +247,14 @@ def test_the_command_line_imports_torch_inside_its_error_handling():
     module imports torch before `main` runs; `diffprior.solve` and the rest still resolve."""
     code = ("import sys, diffprior, diffprior.cli; assert 'torch' not in sys.modules; "
             "assert callable(diffprior.solve) and 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_submodules_resolve_on_first_use():
+    """`dp.io.load_image(...)` (the README's) works in a fresh process, before anything else imported diffprior.io."""
+    code = ("import diffprior as dp; assert callable(dp.io.load_image) and callable(dp.metrics.psnr) "
+            "and callable(dp.solvers.dps); import pytest\n"
+            "with pytest.raises(AttributeError, match='no attribute'): dp.nothing")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -84,6 +84,8 @@ def test_quick_run_writes_every_table_figure_and_the_report(quick_run):
     assert "inpainting only" in skipped["sr4", "repaint"]
     ddrm = next(r for r in t4["rows"] if r["method"] == "ddrm")
     assert ddrm["budget"] == 20 and ddrm["ours"]["nfe"]["mean"] == 20 and ddrm["ours"]["seconds"]["mean"] > 0
+    # the footnote on solvers that backpropagate only where one of them ran (none of the quick ones does)
+    assert not any(r.get("backprop") for r in t4["rows"]) and "†" not in (out / "table4_solvers.md").read_text()
 
     report = (out / "REPORT.md").read_text()
     for text in ("diffprior reproduce", "--quick", "`gmm-demo`, 64x64", "3 images drawn from the prior", "seeds",

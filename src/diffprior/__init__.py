@@ -4,6 +4,7 @@ The names below are imported on first use (PEP 562), so that `import diffprior` 
 without waiting for torch until they need it."""
 
 import importlib
+import importlib.util
 
 from .version import __version__
 
@@ -20,6 +21,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
+    if name not in _EXPORTS and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        return importlib.import_module(f".{name}", __name__)  # a submodule (`dp.io`, `dp.solvers`), on first use too
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

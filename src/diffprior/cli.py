@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for verb, module in verbs().items():
-        p = sub.add_parser(verb, **module.PARSER)
+        p = sub.add_parser(verb, **{"description": module.PARSER["help"], **module.PARSER})
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     _add_debug(parser)

@@ -14,7 +14,7 @@ import torch
 from .. import arguments
 from ..devices import DTYPES
 from ..models import DEFAULT_MODEL
-from ..solvers import check_settings
+from ..solvers import SPECS, check_settings, solver_settings
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
@@ -30,6 +30,11 @@ def parse_settings(pairs: list[str], method: str) -> dict:
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}")
         key = key.replace("-", "_")
+        named, dot, rest = key.partition(".")
+        if dot and named == method:  # `eval`'s METHOD.KEY form, for the one method run here
+            key = rest
+        elif dot:
+            raise ValueError(f"--set {pair}: this command runs {method}; write its settings as KEY=VALUE")
         if key in settings:
             raise ValueError(f"--set {key} is given twice; give each setting once")
         try:
@@ -40,6 +45,11 @@ def parse_settings(pairs: list[str], method: str) -> dict:
         raise ValueError("--set sigma_y: use --sigma-y, which sets the measurement noise and the solver's model of it")
     if "steps" in settings:
         raise ValueError("--set steps: use --steps")
+    known = [k for k in solver_settings(method) if k not in ("steps", "sigma_y")]
+    unknown = [k for k in settings if k not in known]
+    if unknown:
+        raise ValueError(f"--set {', '.join(unknown)}: {method} has no such setting; its settings are "
+                         f"{', '.join(known) or 'none'} (and --steps, --sigma-y)")
     check_settings(method, settings)
     return settings
 
@@ -68,13 +78,24 @@ def fmt(v: float | None, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def cpu_steps_note(device: torch.device, steps: int | None, cpu_default: int) -> int | None:
-    """On a CPU, run `cpu_default` steps unless the user chose; say so."""
-    if steps is None and device.type == "cpu":
-        print(f"note: running {cpu_default} steps on the CPU (the papers use 1000; pass --steps 1000 for those)",
-              file=sys.stderr)
-        return cpu_default
-    return steps
+CPU_STEPS = 100  # on a CPU, a run of more network evaluations than this runs this many steps
+
+
+def cpu_steps(device: torch.device, steps: int | None, prior, method: str, settings: dict,
+              note: bool = True) -> int | None:
+    """The steps to run `method` with: `steps` when given; else, on a CPU, CPU_STEPS where the method's own run
+    (`settings`: its settings for the task and prior, but steps) would evaluate the network more often than
+    that (DPS's and ScoreALD's 1000 steps take minutes there), saying so when `note`; else None, the method's
+    own (DDRM's 20 steps stay 20: it gets worse with more)."""
+    if steps is not None or device.type != "cpu":
+        return steps
+    own = SPECS[method].evaluations(prior.schedule, **settings)
+    if own <= CPU_STEPS:
+        return None
+    if note:
+        print(f"note: {method} runs {CPU_STEPS} steps on the CPU, where its own {own} network evaluations would take "
+              "minutes (--steps sets the count)", file=sys.stderr)
+    return CPU_STEPS
 
 
 def add_prior_arguments(p: argparse.ArgumentParser, default_device: str = "cuda when available") -> None:

@@ -20,7 +20,7 @@ from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
-from .common import add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, quality
+from .common import CPU_STEPS, add_model_arguments, check_steps, cpu_steps, fmt, generator, model_input, quality
 
 CPU_DRAW_STEPS = 250  # ancestral steps of the demo's clean image on a CPU
 
@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated (sdedit,scoreald,dps,diffpir: the modern solver with the best PSNR on "
                    "faces64 in Table 4 of docs/RESULTS.md)")
     p.add_argument("--steps", type=arguments.positive, default=None,
-                   help="solver steps (default: 100 on a CPU; on a GPU each solver's own, see docs/SOLVERS.md)")
+                   help="solver steps (default: each solver's own, see docs/SOLVERS.md; on a CPU, 100 where a "
+                        "solver's own run takes more than 100 network evaluations)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
                    help="measurement noise std on [-1, 1] images (0.05)")
     add_model_arguments(p)
@@ -70,7 +71,17 @@ def run(args: argparse.Namespace) -> int:
              for task in tasks if not has_naive(task, size)] + unfit_pairs(tasks, methods, size, args.sigma_y)
     if unfit:  # before the draw and the first runs, not after them
         raise ValueError("drop from --tasks or --methods what does not apply: " + "; ".join(unfit))
-    steps = cpu_steps_note(device, args.steps, 100)
+    plan, capped = {}, []  # (task, method) -> the run's settings; the methods whose steps a CPU cut
+    for task in tasks:
+        for method in methods:
+            own = settings_for(method, task, tuned_settings(prior), steps=args.steps)
+            steps = cpu_steps(device, args.steps, prior, method, own, note=False)
+            plan[task, method] = own if steps is None else {**own, "steps": steps}
+            if steps != args.steps and method not in capped:
+                capped.append(method)
+    if capped:
+        print(f"note: {', '.join(capped)} run {CPU_STEPS} steps on the CPU, where their own runs would take minutes "
+              "(--steps sets the count)", file=sys.stderr)
     # Every random draw has its own generator, seeded by what it is for (the image; each task's measurement;
     # each method on each task), so a result does not depend on which other tasks and methods ran before it.
     if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
@@ -91,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             restored = solve(method, prior, op, y, sigma_y=args.sigma_y, generator=generator(
-                device, derive_seed("solve", args.seed, task, method)), progress=workers == 1,
-                **settings_for(method, task, tuned_settings(prior), steps=steps))
+                device, derive_seed("solve", args.seed, task, method)), progress=workers == 1, **plan[task, method])
         except DivergenceError as e:
             return None, time.perf_counter() - start, str(e)
         return restored, time.perf_counter() - start, None
@@ -110,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
             if failure:  # the other cells' results stay
                 results[task, method] = (torch.zeros_like(x), {  # a grey square
                     "task": task, "method": method, "psnr": None, "ssim": None, "lpips": None,
-                    "seconds": round(seconds, 2), "failed": failure}, "diverged")
+                    "seconds": round(seconds, 2), "settings": plan[task, method], "failed": failure}, "diverged")
                 bar.write(f"{task:15s} {method:9s} failed: {failure}", file=sys.stderr)
             else:
                 scores = quality(restored, x)
-                results[task, method] = (restored, {"task": task, "method": method, **scores,
-                                                    "seconds": round(seconds, 2)}, label(scores))
+                results[task, method] = (restored, {"task": task, "method": method, **scores, "seconds": round(
+                    seconds, 2), "settings": plan[task, method]}, label(scores))
                 bar.write(f"{task:15s} {method:9s} PSNR {fmt(scores['psnr'], '6.2f')}  SSIM {fmt(scores['ssim'], '.3f')}  "
                           f"LPIPS {fmt(scores['lpips'], '.3f')}  ({seconds:.1f} s)", file=sys.stderr)
             bar.update()
@@ -134,20 +144,22 @@ def run(args: argparse.Namespace) -> int:
     failed = [f"{r['task']} / {r['method']} failed: {r['failed']}" for r in table if "failed" in r]
     if failed:
         lines += ["", *failed]
-    levels = steps or prior.schedule.T
-    notes = [NOTES[m].format(steps=levels) for m in methods
-             if m in NOTES and not (m == "scoreald" and levels >= prior.schedule.T)]
+    levels = {m: plan[tasks[0], m].get("steps") or prior.schedule.T for m in methods}
+    notes = [NOTES[m].format(steps=levels[m]) for m in methods
+             if m in NOTES and not (m == "scoreald" and levels[m] >= prior.schedule.T)]
     if workers > 1:
         notes.append(f"seconds: each run's wall time, {workers} runs side by side on one CPU thread each.")
     if notes:
         lines += ["", *notes]
-    settings = {"model": str(args.model), "steps": steps, "sigma_y": args.sigma_y, "seed": args.seed,
+    steps = (f"{args.steps} steps" if args.steps else f"at most {CPU_STEPS} steps" if device.type == "cpu"
+             else "each solver's own steps")
+    settings = {"model": str(args.model), "steps": args.steps, "sigma_y": args.sigma_y, "seed": args.seed,
                 "device": str(device), "side_by_side": workers, "command": "diffprior " + " ".join(sys.argv[1:])}
     doc = json.dumps({"settings": settings, "rows": table}, indent=2) + "\n"
     with all_or_none([out / "demo.png", out / "demo.md", out / "demo.json"]):  # interrupted: none of them
         figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
                              row_titles=tasks, captions=captions,
-                             title=f"{args.model}: PSNR dB / LPIPS, {steps or 'all'} steps, sigma_y = {args.sigma_y}")
+                             title=f"{args.model}: PSNR dB / LPIPS, {steps}, sigma_y = {args.sigma_y}")
         atomic_write(out / "demo.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
         atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(doc))
     print("\n".join(lines))

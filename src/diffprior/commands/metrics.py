@@ -13,9 +13,9 @@ PARSER = dict(help="PSNR, SSIM and LPIPS between two image files")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ref")
-    p.add_argument("img")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("ref", help="the reference image")
+    p.add_argument("img", help="the image to score against it")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
     diffprior reproduce --out runs/report --data generated:16      # clean images drawn from the prior itself
     diffprior reproduce --out runs/celeba --data celeba/ --first 009501 --last 010000 --seeds 2
-    diffprior reproduce --out runs/smoke --quick                   # a CPU smoke run of about two minutes
+    diffprior reproduce --out runs/smoke --quick                   # a CPU smoke run of 2-3 minutes
 
 Every table is written as Markdown and JSON (mean and 95% Student-t interval over the images, each image's
 value first averaged over its seeds), every figure as PNG; REPORT.md sets each table beside the report's own
@@ -494,7 +494,8 @@ def table4(plan: Plan, cells: list[dict], skipped: list[dict], budget_of: dict) 
             doc.append({**s, "skipped": True})
     md = markdown(["task", "method", "budget", "NFE", "PSNR", "SSIM", "LPIPS", "s / image",
                    "published, other setup (context)"], rows)
-    md += ("\n† also backpropagates through the network at every step. NFE: network evaluations per image, "
+    dagger = "† also backpropagates through the network at every step. " * any(d.get("backprop") for d in doc)
+    md += (f"\n{dagger}NFE: network evaluations per image, "
            f"counted. Published: {PUBLISHED_SOURCE}; PSNR / LPIPS, beside our budget closest to theirs.\n")
     return write_table(plan, "table4_solvers", "Table 4: the modern solvers at equal network-evaluation budgets",
                        md, {"published_source": PUBLISHED_SOURCE, "budgets": plan.budgets, "rows": doc})
@@ -689,7 +690,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per network call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     add_prior_arguments(p)
-    p.add_argument("--quick", action="store_true", help="a reduced run for CPUs and tests (about two minutes)")
+    p.add_argument("--quick", action="store_true", help="a reduced run for CPUs and tests (2-3 minutes on 2 CPU cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

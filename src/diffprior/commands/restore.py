@@ -18,7 +18,7 @@ from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from ..uncertainty import calibration, calibration_figure, check_samples, posterior_samples, std_image
-from .common import (add_model_arguments, check_steps, cpu_steps_note, fmt, generator, model_input, naive_or_none,
+from .common import (add_model_arguments, check_steps, cpu_steps, fmt, generator, model_input, naive_or_none,
                      parse_settings, quality)
 
 PARSER = dict(help="degrade an image with a task's operator, then restore it",
@@ -34,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="restored.png", help="the restored image (restored.png); the figure and, with "
                    "--samples, the std map and calibration figure are written beside it")
     p.add_argument("--steps", type=arguments.positive, default=None,
-                   help="solver steps (default: 100 on a CPU; on a GPU the solver's own: 1000 for DPS, ScoreALD "
-                        "and RED-diff, fewer for the others, see docs/SOLVERS.md)")
+                   help="solver steps (default: the solver's own, 1000 for DPS, ScoreALD and RED-diff, fewer for "
+                        "the others, see docs/SOLVERS.md; on a CPU, 100 where the solver's own run takes more than "
+                        "100 network evaluations)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
                    help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
@@ -96,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
     op = (Inpaint(load_mask(args.mask, (size, size), photo.size)) if task == "inpaint"
           else make_operator(task, (3, size, size), seed=args.seed)).to(device)
     check_steps(prior, args.steps, args.method)
-    steps = args.steps if args.method == "tv" else cpu_steps_note(device, args.steps, 100)
-    settings = settings_for(args.method, task, tuned_settings(prior), steps=steps, **user_settings)
+    settings = settings_for(args.method, task, tuned_settings(prior), steps=args.steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
+    steps = cpu_steps(device, args.steps, prior, args.method, settings)
+    settings = {**settings, "steps": steps} if steps is not None else settings
 
     x = None
     if args.measured:  # the input is already degraded: it is y
@@ -144,11 +146,13 @@ def run(args: argparse.Namespace) -> int:
         if x is not None:
             cal = calibration(restored[0], std, x[0])
             report["uncertainty"]["coverage90"] = round(cal["coverage90"], 4)
-    cols = ([x] if x is not None else []) + [displayable(y, (size, size)), naive, restored]
-    titles = (["input"] if x is not None else []) + ["measurement", "naive",
-                                                      args.method + (" (mean)" if std is not None else "")]
-    captions = ([""] if x is not None else []) + [""] + [
-        f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else "" for k in ("naive", "restored")]
+
+    def score(k: str) -> str:
+        return f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else ""
+    panels = [(x, "input", ""), (displayable(y, (size, size)), "measurement", ""), (naive, "naive", score("naive")),
+              (restored, args.method + (" (mean)" if std is not None else ""), score("restored"))]
+    panels = [p for p in panels if p[0] is not None]  # no input given (--measured), no naive reconstruction
+    cols, titles, captions = (list(c) for c in zip(*panels))
     if std is not None:
         cols, titles, captions = cols + [std_image(std)], titles + ["posterior std"], captions + [
             f"mean {report['uncertainty']['mean_std']:.3f}"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import arguments
 from ..devices import pick_device
 from ..io import image_grid, save_image
 from ..models import load_prior
 from ..solvers import sample
-from .common import add_model_arguments, check_steps, generator, model_input
+from .common import CPU_STEPS, add_model_arguments, check_steps, generator, model_input
 
 PARSER = dict(help="unconditional samples from the prior, as one grid image (one sample: the image itself)")
 
@@ -17,7 +18,9 @@ PARSER = dict(help="unconditional samples from the prior, as one grid image (one
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=arguments.positive, default=16, help="how many samples (16)")
     p.add_argument("--nrow", type=arguments.positive, default=8, help="samples per row of the grid (8)")
-    p.add_argument("--steps", type=arguments.positive, default=None, help="default: all T steps")
+    p.add_argument("--steps", type=arguments.positive, default=None,
+                   help=f"sampler steps (default: all T of the prior; on a CPU {CPU_STEPS}, where all 1000 take "
+                        "minutes)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ancestral (ddpm, the default) or ddim")
     p.add_argument("--eta", type=arguments.number(0.0, 1.0), default=None,
                    help="DDIM noise, 0 (deterministic, the default) to 1; ddim only")
@@ -32,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     arguments.check_outputs([args.out], inputs=[model_input(args.model)], overwrite=args.overwrite)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
-    x = sample(prior, args.n, steps=args.steps, sampler=args.sampler, eta=args.eta or 0.0,
+    steps = args.steps
+    if steps is None and device.type == "cpu" and prior.schedule.T > CPU_STEPS:
+        steps = CPU_STEPS
+        print(f"note: sampling with {CPU_STEPS} of the prior's {prior.schedule.T} steps on the CPU, where all of them "
+              f"would take minutes (--steps {prior.schedule.T} for all)", file=sys.stderr)
+    x = sample(prior, args.n, steps=steps, sampler=args.sampler, eta=args.eta or 0.0,
                generator=generator(device, args.seed), progress=True)
     save_image(x if args.n == 1 else image_grid(x, nrow=args.nrow), args.out)  # one: no border
     print(f"wrote {args.n} samples to {args.out}")
