@@ -21,13 +21,13 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # the next lookup is a plain attribute
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
         return importlib.import_module(f".{name}", __name__)  # a submodule (`dp.io`, `dp.solvers`), on first use too
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

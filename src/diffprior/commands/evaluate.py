@@ -633,12 +633,15 @@ PARSER = dict(help="evaluate solvers over a folder of images: resumable rows.csv
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a folder of images (taken in file-name order)")
     p.add_argument("--out", required=True, help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")
-    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4", help="comma-separated tasks (box-inpaint,random-inpaint,gaussian-blur,sr4)")
-    p.add_argument("--methods", default="sdedit,scoreald,dps", help="comma-separated solvers (sdedit,scoreald,dps; naive is always added)")
+    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4",
+                   help="comma-separated tasks (box-inpaint,random-inpaint,gaussian-blur,sr4)")
+    p.add_argument("--methods", default="sdedit,scoreald,dps",
+                   help="comma-separated solvers (sdedit,scoreald,dps; naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
                    help="solver settings; several values make a grid of cells, e.g. sdedit.t0=400,500,600")
     add_range_arguments(p, "only the first N readable images (after --first/--last)")
-    p.add_argument("--steps", type=arguments.positive, default=None, help="solver steps (default: each solver's own, on a CPU too: 1000 for DPS and ScoreALD)")
+    p.add_argument("--steps", type=arguments.positive, default=None,
+                   help="solver steps (default: each solver's own, on a CPU too: 1000 for DPS and ScoreALD)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per solver call (default 8)")
     p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--size", type=arguments.integer(8, 4096), default=None,
