@@ -141,3 +141,21 @@ def test_descriptions_that_do_not_fit_the_network_are_refused(tmp_path, change, 
     path = save_checkpoint(net, {**checkpoint_config(net.config), **change}, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match=message):
         load_prior(path)
+
+
+def test_a_large_claimed_size_is_checked_without_running_the_network(tmp_path, monkeypatch):
+    """Up to 256 px the load-time check runs the network once; a larger claim is checked on the meta device
+    (a forward pass at 4096 x 4096 would take many gigabytes), with the same errors."""
+    net = tiny(image_size=4096)
+    ran = []
+    monkeypatch.setattr(SmallUNet, "forward", lambda self, x, t, f=SmallUNet.forward: ran.append(x.device.type) or f(self, x, t))
+    config = {**checkpoint_config(net.config), "image_size": 4096}
+    assert load_prior(save_checkpoint(net, config, tmp_path / "m.safetensors")).shape == (3, 4096, 4096)
+    assert ran == ["meta"]
+    path = save_checkpoint(net, {**config, "channels": 1}, tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match=r"does not take \(1, 1, 4096, 4096\) images"):
+        load_prior(path)
+    small = tiny()
+    ran.clear()
+    load_prior(save_checkpoint(small, checkpoint_config(small.config), tmp_path / "s.safetensors"))
+    assert ran == ["cpu"]

@@ -74,24 +74,33 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
             raise ValueError(f"schedule {config['schedule']!r} is not an object such as {Schedule.linear().config}")
         schedule = Schedule.from_config(config.get("schedule", {}))
         # The description is checked against the weights file's header before the network is built for real:
-        # a description that does not fit the file never allocates anything (it is built on the meta device),
-        # and a forward pass there checks that the network maps the described images to what the prior reads.
+        # a description that does not fit the file never allocates anything (it is built on the meta device).
         with torch.device("meta"):
-            net = build_network(config["architecture"], **config.get("network", {}))
-            shapes = {k: v.shape for k, v in net.state_dict().items()}
-            try:
-                out = tuple(net(torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long)).shape)
-            except RuntimeError as e:
-                raise ValueError(f"the network does not take {(1, channels, size, size)} images: {e}") from None
-        want = (1, channels * (2 if learned_variance else 1), size, size)
-        if out != want:
-            raise ValueError(f"the network maps {(1, channels, size, size)} images to {out}, not {want}")
+            skeleton = build_network(config["architecture"], **config.get("network", {}))
+            shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
     check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
     net = build_network(config["architecture"], **config.get("network", {}))
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
     load_state_strict(net, state, str(weights))
-    prior = NetworkPrior(net.eval(), schedule, (channels, size, size), learned_variance=learned_variance,
+    device = torch.device(device if device is not None else "cpu")
+    net = net.eval().to(device)
+    # One forward pass checks that the network maps the described images to what the prior reads: at batch 1
+    # where the network will run, which costs less than the first-use set-up of a pass on the meta device
+    # (seconds); a claimed size beyond what diffusion models have, on the meta device, which allocates nothing.
+    probe, where = (net, device) if size <= 256 else (skeleton, torch.device("meta"))
+    try:
+        with torch.no_grad():
+            out = tuple(probe(torch.zeros(1, channels, size, size, device=where),
+                              torch.zeros(1, dtype=torch.long, device=where)).shape)
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{meta} is not a valid checkpoint description (the network does not take "
+                              f"{(1, channels, size, size)} images: {e})") from None
+    want = (1, channels * (2 if learned_variance else 1), size, size)
+    if out != want:
+        raise CheckpointError(f"{meta} is not a valid checkpoint description (the network maps "
+                              f"{(1, channels, size, size)} images to {out}, not {want})")
+    prior = NetworkPrior(net, schedule, (channels, size, size), learned_variance=learned_variance,
                          prediction=config.get("prediction", "eps"), v_shift=v_shift, config=config)
-    return prior.to(device) if device is not None else prior
+    return prior.to(device)
