@@ -20,8 +20,8 @@
 #   TINY=1 scripts/gpu_run.sh OUT             # the same end to end on a CPU in about 7 minutes, tiny settings
 #
 # Settings (environment): DATA (gpu-data), REFERENCE (reference/dps), TRAIN_MIN (3), BATCH (256), LR (1e-4),
-# INIT (faces64), T_DENSITY (0:1,600:0.25), CONFIG (default), IMAGES (100), STEPS (1000), SAMPLES (64),
-# DEADLINE_S (570), DEVICE (cuda).
+# INIT (faces64), T_DENSITY (0:1,600:0.25), CONFIG (default), VAL_COUNT (500: the trainer's validation faces),
+# IMAGES (100), STEPS (1000), SAMPLES (64), DEADLINE_S (570), DEVICE (cuda).
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mkdir -p "${1:?usage: gpu_run.sh OUT}" && cd "$1" && pwd)"
@@ -30,7 +30,7 @@ mkdir -p "$WORK"
 DATA="$(cd "${DATA:-$ROOT/gpu-data}" && pwd)" || { echo "no data folder: run scripts/gpu_prepare.sh first"; exit 1; }
 REFERENCE="${REFERENCE:-$ROOT/reference/dps}"
 if [ -n "${TINY:-}" ]; then  # a CPU dry run of every stage
-    : "${DEVICE:=cpu}" "${TRAIN_MIN:=0.3}" "${BATCH:=8}" "${IMAGES:=2}" "${STEPS:=4}" "${SAMPLES:=4}"
+    : "${DEVICE:=cpu}" "${TRAIN_MIN:=0.3}" "${BATCH:=8}" "${VAL_COUNT:=16}" "${IMAGES:=2}" "${STEPS:=4}" "${SAMPLES:=4}"
     : "${DEADLINE_S:=1200}" "${EVAL_RANGE:=:009501:009508}" "${CARD_S:=400}"
     export STEPS_BENCH=2 WARMUP=1 BENCH_CONFIG="$WORK/tiny_adm.yaml" BENCH_MODEL=""
     printf '%s\n' "image_size: 32" "num_channels: 32" "num_res_blocks: 1" "channel_mult: '1,2'" "learn_sigma: True" \
@@ -39,7 +39,7 @@ if [ -n "${TINY:-}" ]; then  # a CPU dry run of every stage
         "use_new_attention_order: False" > "$BENCH_CONFIG"
 fi
 DEVICE="${DEVICE:-cuda}" TRAIN_MIN="${TRAIN_MIN:-3}" BATCH="${BATCH:-256}" LR="${LR:-1e-4}" INIT="${INIT:-faces64}"
-CONFIG="${CONFIG:-default}" IMAGES="${IMAGES:-100}" STEPS="${STEPS:-1000}" SAMPLES="${SAMPLES:-64}"
+CONFIG="${CONFIG:-default}" VAL_COUNT="${VAL_COUNT:-500}" IMAGES="${IMAGES:-100}" STEPS="${STEPS:-1000}" SAMPLES="${SAMPLES:-64}"
 DEADLINE_S="${DEADLINE_S:-570}" T_DENSITY="${T_DENSITY:-0:1,600:0.25}"  # as faces64 version 4 was trained
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"
@@ -74,7 +74,7 @@ train_seconds=$(python3 -c "print(int($TRAIN_MIN * 60 + 90))")
 init=(--init "$INIT")
 [ "$CONFIG" = default ] || init=()  # the shipped weights fit the default network only
 stage train "$train_seconds" 300 "${DP[@]}" train --data "$DATA/celeba64-train.zip" --val "$DATA/celeba64-val.zip" \
-    --out "$WORK/train" --config "$CONFIG" "${init[@]}" --batch "$BATCH" --lr "$LR" --warmup 100 \
+    --out "$WORK/train" --config "$CONFIG" "${init[@]}" --batch "$BATCH" --lr "$LR" --warmup 100 --val-count "$VAL_COUNT" \
     --t-density "$T_DENSITY" --max-minutes "$TRAIN_MIN" --steps 1000000 --eval-every 250 --checkpoint-every 500 --device "$DEVICE"
 NEW=""
 if [ -f "$WORK/train/model.safetensors" ]; then

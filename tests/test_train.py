@@ -98,6 +98,25 @@ def test_time_budget_stops_with_a_checkpoint(faces, tmp_path):
     assert state(out)["step"] == s["step"] + 2
 
 
+def test_a_run_stopped_during_its_final_evaluation_keeps_its_training(faces, tmp_path, monkeypatch):
+    """The checkpoint comes before the final evaluation, which can take minutes on a CPU, past a time budget:
+    a run killed there (a job's hard limit) keeps every step it trained."""
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed during the evaluation")
+
+    monkeypatch.setattr(train_module.EpsLoss, "evaluate", killed)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(faces, out, steps=3, val=faces, **FAST)
+    assert state(out)["step"] == 3
+    assert load_prior(out / "model.safetensors").config["training"]["steps"] == 3
+    monkeypatch.undo()
+    train(faces, out, steps=3, val=faces, resume=True, **FAST)  # resumed: only the evaluation is left to do
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows] == [2, 3] and rows[-1]["val_loss"] is not None
+    assert "val_psnr_100" in load_prior(out / "model.safetensors").config["training"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and `kill` or a job scheduler
 def test_ctrl_c_or_sigterm_saves_a_checkpoint(faces, tmp_path, monkeypatch, signum):
     real_sample = train_module.sample

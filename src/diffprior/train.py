@@ -496,14 +496,14 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
             if checkpoint_every and step % checkpoint_every == 0 and step < steps:
                 checkpoint()
         bar.close()
-        final_eval = val_images is not None and evals.get("step") != step
-        if final_eval:
-            evaluate()
-            if logged_step == step:  # this step's row was written before its evaluation: write it once, whole
-                _truncate_log(out / LOG, step - 1)
-        if loss_n or logged_step != step or final_eval:
+        if loss_n or logged_step != step:
             log_row()
-        checkpoint()
+        checkpoint()  # the training first: a run killed during the final evaluation (minutes on a CPU) keeps it
+        if val_images is not None and evals.get("step") != step:
+            evaluate()
+            _truncate_log(out / LOG, step - 1)  # this step's row again, with its evaluation
+            log_row()
+            checkpoint()
         if sample_every and step % sample_every:
             sample_grid()
         if stop.requested:
