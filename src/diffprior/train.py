@@ -300,7 +300,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           sample_steps: int = 100,              # sampler steps for the grids
           sampler: str = "ddpm",                # "ddpm" or "ddim"
           log_every: int = 10,                  # steps averaged into one row of out/log.csv
-          max_minutes: float | None = None,     # wall-clock budget of this call: stop cleanly, with a checkpoint
+          max_minutes: float | None = None,     # time budget of this call: stop, checkpoint, then the final validation
           resume: bool = False,                 # continue from out/state.pt when it exists
           init: str | Path | None = None,       # start from this model's weights (a name such as "faces64"
                                                 #   or a checkpoint path), with a fresh optimiser

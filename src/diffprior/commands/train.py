@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--sample-every", type=arguments.count, default=0, help="steps between sample grids, also drawn at the end (default 0: none)")
     a("--sample-steps", type=arguments.positive, default=100, help="sampler steps for the grids (default 100)")
     a("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="sampler for the grids (default ddpm)")
-    a("--max-minutes", type=arguments.number(0.0, above=True), help="stop cleanly, with a checkpoint, after this many minutes")
+    a("--max-minutes", type=arguments.number(0.0, above=True), help="stop cleanly this many minutes after the start, with a checkpoint (then the final "
+      "validation, when --val is given, which may take a minute or two on a CPU)")
     a("--resume", action="store_true", help="continue from OUT/state.pt")
     a("--init", help="start from this model's weights (e.g. faces64, or a checkpoint path) with a fresh optimiser")
     a("--device", type=arguments.device, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
