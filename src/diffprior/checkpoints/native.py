@@ -88,7 +88,8 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
     net = net.eval().to(device)
     # One forward pass checks that the network maps the described images to what the prior reads: at batch 1
     # where the network will run, which costs less than the first-use set-up of a pass on the meta device
-    # (seconds); a claimed size beyond what diffusion models have, on the meta device, which allocates nothing.
+    # (seconds); for a claimed size over 256 px on the meta device, which allocates nothing (a claim of
+    # thousands of pixels a side would otherwise take gigabytes).
     probe, where = (net, device) if size <= 256 else (skeleton, torch.device("meta"))
     try:
         with torch.no_grad():
