@@ -159,3 +159,15 @@ def test_a_large_claimed_size_is_checked_without_running_the_network(tmp_path, m
     ran.clear()
     load_prior(save_checkpoint(small, checkpoint_config(small.config), tmp_path / "s.safetensors"))
     assert ran == ["cpu"]
+
+
+def test_running_out_of_memory_at_load_is_not_blamed_on_the_description(tmp_path, monkeypatch):
+    net = tiny()
+    path = save_checkpoint(net, checkpoint_config(net.config), tmp_path / "m.safetensors")
+
+    def out_of_memory(self, x, t):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(SmallUNet, "forward", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        load_prior(path)

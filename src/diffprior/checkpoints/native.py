@@ -95,6 +95,8 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         with torch.no_grad():
             out = tuple(probe(torch.zeros(1, channels, size, size, device=where),
                               torch.zeros(1, dtype=torch.long, device=where)).shape)
+    except torch.OutOfMemoryError:  # the device's memory, not the description
+        raise
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{meta} is not a valid checkpoint description (the network does not take "
                               f"{(1, channels, size, size)} images: {e})") from None
