@@ -149,6 +149,16 @@ def test_cpu_steps_cut_only_runs_longer_than_100_network_evaluations(capsys):
     assert capsys.readouterr().err.count("note:") == 1  # the sdedit one; the rest were not cut
 
 
+def test_cpu_sample_steps_serve_sample_and_the_demos_draw(capsys):
+    from diffprior.commands.common import cpu_sample_steps
+    from diffprior.models import load_prior
+    prior, cpu, gpu = load_prior("gmm-demo"), torch.device("cpu"), torch.device("cuda")
+    assert cpu_sample_steps(cpu, None, prior) == 100  # of its 1000
+    assert "sampling with 100 of the prior's 1000 steps" in capsys.readouterr().err
+    assert cpu_sample_steps(cpu, 1000, prior) == 1000 and cpu_sample_steps(gpu, None, prior) is None
+    assert cpu_sample_steps(cpu, None, prior, note=False) == 100 and not capsys.readouterr().err
+
+
 def test_restore_takes_evals_method_dot_key_form_for_its_own_method(clean_image, tmp_path, capsys):
     base = ["restore", "--input", str(clean_image), "--task", "sr4", "--method", "ddnm", "--model", "gmm-demo",
             "--steps", "5", "--json", "--device", "cpu"]

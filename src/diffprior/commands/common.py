@@ -98,6 +98,17 @@ def cpu_steps(device: torch.device, steps: int | None, prior, method: str, setti
     return CPU_STEPS
 
 
+def cpu_sample_steps(device: torch.device, steps: int | None, prior, note: bool = True) -> int | None:
+    """The unconditional sampler's steps: `steps` when given; else, on a CPU, CPU_STEPS where the prior has more
+    (all 1000 take minutes there), saying so when `note`; else None, all of the prior's T."""
+    if steps is not None or device.type != "cpu" or prior.schedule.T <= CPU_STEPS:
+        return steps
+    if note:
+        print(f"note: sampling with {CPU_STEPS} of the prior's {prior.schedule.T} steps on the CPU, where all of them "
+              f"would take minutes (--steps {prior.schedule.T} for all)", file=sys.stderr)
+    return CPU_STEPS
+
+
 def add_prior_arguments(p: argparse.ArgumentParser, default_device: str = "cuda when available") -> None:
     """--model, --config, --device, --dtype and --threads: the prior to load, where and how it runs."""
     p.add_argument("--model", default=DEFAULT_MODEL,

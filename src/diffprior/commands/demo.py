@@ -20,7 +20,8 @@ from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
-from .common import CPU_STEPS, add_model_arguments, check_steps, cpu_steps, fmt, generator, model_input, quality
+from .common import (CPU_STEPS, add_model_arguments, check_steps, cpu_sample_steps, cpu_steps, fmt, generator,
+                     model_input, quality)
 
 # what a reader of the table should know about the two baselines of the report that trail it
 NOTES = {
@@ -85,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(prior, "sample") and not prior.bounded:  # an analytic prior draws exactly
         x = prior.sample(1, torch.Generator().manual_seed(args.seed)).float().to(device)
     else:
-        # ancestral steps (few-step DDIM draws of faces64 are poorer): all T on a GPU, as many as `sample` takes
-        # on a CPU, where 100 drew as many clear faces as 250 (docs/MODEL_CARD.md)
-        draw_steps = min(CPU_STEPS, prior.schedule.T) if device.type == "cpu" else prior.schedule.T
+        # ancestral steps (few-step DDIM draws of faces64 are poorer), as many as `sample` takes: all T on a GPU,
+        # 100 on a CPU, where they drew as many clear faces as 250 (docs/MODEL_CARD.md)
+        draw_steps = cpu_sample_steps(device, None, prior, note=False) or prior.schedule.T
         print(f"drawing a clean image from {args.model} ({draw_steps} ancestral steps) ...", file=sys.stderr)
         x = sample(prior, 1, steps=draw_steps, generator=generator(device, args.seed), progress=True)
     measured = {}  # task -> (operator, y)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .. import arguments
 from ..devices import pick_device
 from ..io import image_grid, save_image
 from ..models import load_prior
 from ..solvers import sample
-from .common import CPU_STEPS, add_model_arguments, check_steps, generator, model_input
+from .common import CPU_STEPS, add_model_arguments, check_steps, cpu_sample_steps, generator, model_input
 
 PARSER = dict(help="unconditional samples from the prior, as one grid image (one sample: the image itself)")
 
@@ -35,12 +34,7 @@ def run(args: argparse.Namespace) -> int:
     arguments.check_outputs([args.out], inputs=[model_input(args.model)], overwrite=args.overwrite)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
-    steps = args.steps
-    if steps is None and device.type == "cpu" and prior.schedule.T > CPU_STEPS:
-        steps = CPU_STEPS
-        print(f"note: sampling with {CPU_STEPS} of the prior's {prior.schedule.T} steps on the CPU, where all of them "
-              f"would take minutes (--steps {prior.schedule.T} for all)", file=sys.stderr)
-    x = sample(prior, args.n, steps=steps, sampler=args.sampler, eta=args.eta or 0.0,
+    x = sample(prior, args.n, steps=cpu_sample_steps(device, args.steps, prior), sampler=args.sampler, eta=args.eta or 0.0,
                generator=generator(device, args.seed), progress=True)
     save_image(x if args.n == 1 else image_grid(x, nrow=args.nrow), args.out)  # one: no border
     print(f"wrote {args.n} samples to {args.out}")
