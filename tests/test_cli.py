@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,6 +47,15 @@ def test_restore_with_a_mask_file_and_a_measured_input(clean_image, tmp_path, ca
     assert report["measured"] and report["files"] == [str(tmp_path / "r.png"), str(tmp_path / "r_figure.png")]
     observed = 3 * (64 * 64 - 24 * 24)
     assert report["restored"]["residual"] < 0.1 * observed ** 0.5  # fits the known pixels to RMS < 0.1
+
+
+def test_restore_says_when_it_crops_or_upscales_the_photo(tmp_path, capsys):
+    Image.fromarray(np.full((20, 30, 3), 128, dtype=np.uint8)).save(tmp_path / "small.png")
+    code = main(["restore", "--input", str(tmp_path / "small.png"), "--task", "gaussian-blur", "--method", "tv",
+                 "--model", "gmm-demo", "--out", str(tmp_path / "r.png"), "--device", "cpu"])
+    assert code == 0
+    assert ("note: " + str(tmp_path / "small.png") + " is 30x20: its central 20x20 square is used, upscaled to "
+            "64x64") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffprior.io import image_grid, list_images, load_image, save_image, tensor_to_pil
+from diffprior.io import fit_note, image_grid, list_images, load_image, save_image, tensor_to_pil
 
 
 def test_round_trip_is_exact_for_8_bit_images(tmp_path):
@@ -89,6 +89,15 @@ def test_odd_sizes_are_centre_cropped_and_resized(tmp_path):
     x = load_image(tmp_path / "c.jpg", 64)
     assert x.shape == (1, 3, 64, 64)
     assert float(x.mean()) > 0.95  # the crop is the central 89x89, all bright
+
+
+def test_the_note_says_when_the_crop_drops_part_of_a_photo_or_upscales_it():
+    assert fit_note("a.png", (64, 64), 64) is None and fit_note("a.png", (300, 300), 64) is None
+    assert fit_note("a.png", (89, 109), 64) == "a.png is 89x109: its central 89x89 square is used"
+    small = fit_note("a.png", (40, 30), 64)
+    assert small.startswith("a.png is 40x30: its central 30x30 square is used, upscaled to 64x64")
+    assert fit_note("a.png", (16, 16), 64) == ("a.png is 16x16: it is used, upscaled to 64x64, so the result has "
+                                               "no more detail than its 16x16 pixels")
 
 
 def test_bad_files_give_clear_errors(tmp_path):

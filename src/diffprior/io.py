@@ -80,6 +80,19 @@ def center_square(im: Image.Image, size: int | None) -> Image.Image:
     return im if s == size else im.resize((size, size), Image.LANCZOS)
 
 
+def fit_note(name: str, size: tuple[int, int], side: int) -> str | None:
+    """What `center_square` does to an image of `size` (W, H) on its way to side x side, when it loses part of the
+    image or makes up detail: a note for the user, or None when the image is already square and large enough."""
+    w, h = size
+    s = min(w, h)
+    if w == h and s >= side:
+        return None
+    what = f"{name} is {w}x{h}: " + (f"its central {s}x{s} square is used" if w != h else "it is used")
+    if s < side:
+        what += f", upscaled to {side}x{side}, so the result has no more detail than its {s}x{s} pixels"
+    return what
+
+
 def from_uint8(images: Tensor) -> Tensor:
     """uint8 values in [0, 255] -> float32 in [-1, 1]."""
     return images.float() / 127.5 - 1.0

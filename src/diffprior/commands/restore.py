@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import all_or_none, center_square, load_mask, open_image, pil_to_tensor, save_image
+from ..io import all_or_none, center_square, fit_note, load_mask, open_image, pil_to_tensor, save_image
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
@@ -114,11 +115,15 @@ def run(args: argparse.Namespace) -> int:
                              f"image of {side}x{side} pixels for this {size}x{size} model; {args.input} is "
                              f"{photo.size[0]}x{photo.size[1]}")
         y = pil_to_tensor(center_square(photo, side or size)).to(device)
+        note = fit_note(str(args.input), photo.size, side or size)
         if isinstance(op, (Inpaint, Colorize)):
             y = op.A(y)  # the holes (or the colours) carry nothing
     else:
         x = pil_to_tensor(center_square(photo, size)).to(device)
+        note = fit_note(str(args.input), photo.size, size)
         y = measure(op, x, args.sigma_y, gen)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     naive = naive_or_none(op, y)
     start = time.perf_counter()
     std = None
