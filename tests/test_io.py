@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffprior.io import fit_note, image_grid, list_images, load_image, save_image, tensor_to_pil
+from diffprior.io import (center_square, fill_holes, fit_note, image_grid, list_images, load_image, masked_center_square, photo_mask,
+                          save_image, tensor_to_pil)
 
 
 def test_round_trip_is_exact_for_8_bit_images(tmp_path):
@@ -115,3 +116,52 @@ def test_grid_and_listing(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert list_images(tmp_path) == [tmp_path / "grid.png"]
     assert tensor_to_pil(torch.zeros(3, 2, 2)).size == (2, 2)
+
+
+def damaged_photo(hole_colour=None):
+    """A 150x120 photo (a smooth gradient) whose pixels in rows 40-59, columns 50-79 hold `hole_colour` (None:
+    undamaged), and its mask (True = observed)."""
+    yy, xx = np.mgrid[0:120, 0:150]
+    arr = np.stack([xx * 1.5, yy * 2.0, np.full_like(xx, 100.0)], -1).astype(np.uint8)
+    known = np.ones((120, 150), dtype=bool)
+    known[40:60, 50:80] = False
+    if hole_colour is not None:
+        arr[~known] = hole_colour
+    return Image.fromarray(arr), known
+
+
+def test_what_the_holes_of_a_damaged_photo_hold_does_not_reach_the_observed_pixels():
+    (green, known), (black, _), (undamaged, _) = damaged_photo((0, 255, 0)), damaged_photo((0, 0, 0)), damaged_photo()
+    a, b = (np.asarray(masked_center_square(photo, known, 64), dtype=float) for photo in (green, black))
+    assert np.array_equal(a, b)  # what the holes hold makes no difference at all
+    observed = np.ones((64, 64), dtype=bool)
+    observed[21:32, 19:35] = False  # the hole in the central 120x120 square, at 64/120 of its size
+    truth = np.asarray(center_square(undamaged, 64), dtype=float)
+    assert np.abs(a - truth)[observed].max() <= 1  # the observed pixels as if there had been no damage
+    plain = np.asarray(center_square(green, 64), dtype=float)
+    assert np.abs(plain - truth)[observed].max() > 20  # a plain resize smears the green into them
+
+
+def test_the_holes_are_filled_at_the_photos_size_and_nothing_else_changes():
+    photo, known = damaged_photo((0, 255, 0))
+    restored = torch.full((1, 3, 64, 64), -1.0)  # a black restoration
+    filled = np.asarray(fill_holes(photo, restored, known))
+    assert filled.shape == (120, 150, 3)
+    assert np.array_equal(filled[known], np.asarray(photo)[known])  # every observed pixel as it was
+    assert filled[~known].max() == 0  # every hole pixel from the restoration
+    outside = known.copy()
+    outside[5, 3] = False  # left of the central 120x120 square (columns 15-134): the model never sees it
+    with pytest.raises(ValueError, match="1 missing pixels outside the photo's central 120x120 square"):
+        fill_holes(photo, restored, outside)
+
+
+def test_a_mask_of_the_models_size_covers_the_photos_central_square(tmp_path):
+    mask = np.full((64, 64), 255, dtype=np.uint8)
+    mask[:32] = 0  # the top half missing
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    known = photo_mask(tmp_path / "m.png", (150, 120), 64)
+    assert known.shape == (120, 150) and known[:, :15].all() and known[:, 135:].all()  # outside the square
+    assert not known[:60, 15:135].any() and known[60:, 15:135].all()
+    Image.new("L", (100, 100), 255).save(tmp_path / "odd.png")
+    with pytest.raises(ValueError, match="does not fit"):
+        photo_mask(tmp_path / "odd.png", (150, 120), 64)

@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -421,6 +422,26 @@ def test_measured_inputs_documented_in_the_readme_work(files, capsys, argv):
     report = json.loads(capsys.readouterr().out)
     assert report["restored"]["residual"] is not None
     assert Image.open(files / "o.png").size == (64, 64)
+
+
+def test_full_size_fills_the_holes_of_the_photo_itself(files, capsys):
+    photo = np.asarray(Image.open(files / "wide.png").convert("RGB"))  # 300x200
+    mask = Image.new("L", (300, 200), 255)
+    mask.paste(0, (120, 60, 180, 120))  # a hole inside the central 200x200 square
+    mask.save(files / "m.png")
+    argv = ["restore", "--input", "wide.png", "--mask", "m.png", "--measured", "--steps", "5", "--device", "cpu"]
+    assert main([*argv, "--full-size", "--out", "o.png", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["written_size"] == [300, 200]
+    out, known = np.asarray(Image.open(files / "o.png")), np.asarray(mask) > 0
+    assert out.shape == (200, 300, 3) and np.array_equal(out[known], photo[known])  # the rest as it was
+    assert np.abs(out[~known].astype(int) - photo[~known]).max() > 10  # the hole from the restoration
+    mask.paste(0, (10, 10, 20, 20))  # a hole the model never sees: refused before any run
+    mask.save(files / "m.png")
+    assert main([*argv, "--full-size", "--out", "o2.png"]) == 2
+    assert "100 missing pixels outside the photo's central 200x200 square" in capsys.readouterr().err
+    assert not (files / "o2.png").exists()
+    assert main(["restore", "--input", "wide.png", "--task", "sr4", "--full-size", "--out", "o3.png"]) == 2
+    assert "--full-size fills the holes of a --mask" in capsys.readouterr().err
 
 
 def test_torchrun_passes_every_eval_and_reproduce_option_through():

@@ -67,17 +67,22 @@ def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
     return im.convert("RGB")
 
 
-def center_square(im: Image.Image, size: int | None) -> Image.Image:
+def central_square_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the central square of an image of `size` (W, H)."""
+    w, h = size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return left, top, left + s, top + s
+
+
+def center_square(im: Image.Image, size: int | None, resample: int = Image.LANCZOS) -> Image.Image:
     """The central square crop, resized (antialiased) to size x size; unchanged when size is None."""
     if size is None:
         return im
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size={size!r}: the side of the square image, a whole number >= 1")
-    w, h = im.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    im = im.crop((left, top, left + s, top + s))
-    return im if s == size else im.resize((size, size), Image.LANCZOS)
+    im = im.crop(central_square_box(im.size))
+    return im if im.size[0] == size else im.resize((size, size), resample)
 
 
 def fit_note(name: str, size: tuple[int, int], side: int) -> str | None:
@@ -185,10 +190,10 @@ def all_or_none(paths: Iterable[str | Path]) -> Iterator[None]:
         raise
 
 
-def save_image(x: Tensor, path: str | Path) -> Path:
-    """Write one image (C, H, W) or (1, C, H, W) in [-1, 1], C = 3 or 1 (grey), to a file, atomically; the
-    format follows the suffix."""
-    im, fmt = tensor_to_pil(x), image_format(path)
+def save_image(x: Tensor | Image.Image, path: str | Path) -> Path:
+    """Write one image (C, H, W) or (1, C, H, W) in [-1, 1], C = 3 or 1 (grey), or a PIL image, to a file,
+    atomically; the format follows the suffix."""
+    im, fmt = x if isinstance(x, Image.Image) else tensor_to_pil(x), image_format(path)
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
 
 
@@ -207,8 +212,70 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
         photo = f"the photo's {photo_size[0]}x{photo_size[1]} or " if photo_size else ""
         raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected "
                          f"{photo}the model's {size[1]}x{size[0]}")
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy((arr >= 0.5).astype(np.float32))
+    return torch.from_numpy(binary_mask(im).astype(np.float32))
+
+
+def binary_mask(im: Image.Image) -> np.ndarray:
+    """A greyscale mask image as booleans: True (observed) where it is at least 50% white."""
+    return np.asarray(im, dtype=np.float32) / 255.0 >= 0.5
+
+
+def photo_mask(path: str | Path, photo_size: tuple[int, int], size: int) -> np.ndarray:
+    """The mask of `load_mask` at the photo's size (H, W booleans, True = observed): as drawn when it has the
+    photo's size; a mask of the model's size is stretched (nearest) over the photo's central square, and the
+    rest of the photo is observed."""
+    im = open_image(path).convert("L")
+    if im.size == tuple(photo_size):
+        return binary_mask(im)
+    known = np.ones((photo_size[1], photo_size[0]), dtype=bool)
+    left, top, right, bottom = central_square_box(photo_size)
+    stretched = im.resize((right - left, bottom - top), Image.NEAREST) if im.size == (size, size) else None
+    if stretched is None:
+        raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected the "
+                         f"photo's {photo_size[0]}x{photo_size[1]} or the model's {size}x{size}")
+    known[top:bottom, left:right] = binary_mask(stretched)
+    return known
+
+
+def masked_center_square(photo: Image.Image, known: np.ndarray, size: int) -> Image.Image:
+    """`center_square` of a damaged photo from its observed pixels only (`known`, H x W booleans): the
+    Lanczos resize of photo * known divided by that of known, so that what the holes hold (a scratch, a
+    stain) does not bleed into the observed pixels around them. Where the resized mask is under 1/4 (inside a
+    hole: `load_mask` marks the pixels under 1/2 missing) the result is black."""
+    weight = np.asarray(center_square(Image.fromarray(known.astype(np.float32)), size))
+    rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) * known[..., None]
+    channels = [np.asarray(center_square(Image.fromarray(np.ascontiguousarray(rgb[..., c])), size)) for c in range(3)]
+    observed = weight >= 0.25
+    out = np.stack(channels, -1) / np.where(observed, weight, 1.0)[..., None] * observed[..., None]
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+
+
+def check_fillable(known: np.ndarray) -> None:
+    """ValueError if the mask (H x W booleans, True = observed) misses a pixel outside the photo's central
+    square, which the model never sees and `fill_holes` cannot fill."""
+    left, top, right, bottom = central_square_box((known.shape[1], known.shape[0]))
+    outside = ~known.copy()
+    outside[top:bottom, left:right] = False
+    if outside.any():
+        raise ValueError(f"the mask has {int(outside.sum())} missing pixels outside the photo's central "
+                         f"{right - left}x{bottom - top} square, the part the model restores: crop the photo and "
+                         "its mask to a square around the holes first")
+
+
+def fill_holes(photo: Image.Image, restored: Tensor, known: np.ndarray) -> Image.Image:
+    """The photo at its own size, its missing pixels (`known` False, H x W) taken from `restored`, a
+    restoration of the photo's central square (`center_square`) resized up (Lanczos) to that square; every
+    observed pixel stays as it was (`check_fillable` says which masks this can fill)."""
+    if known.shape != (photo.size[1], photo.size[0]):
+        raise ValueError(f"the mask is {known.shape[1]}x{known.shape[0]}, the photo {photo.size[0]}x{photo.size[1]}")
+    check_fillable(known)
+    left, top, right, bottom = central_square_box(photo.size)
+    fill = tensor_to_pil(restored).convert("RGB").resize((right - left, bottom - top), Image.LANCZOS)
+    out = np.array(photo.convert("RGB"))
+    square = out[top:bottom, left:right]  # a view: filling it fills `out`
+    holes = ~known[top:bottom, left:right]
+    square[holes] = np.asarray(fill)[holes]
+    return Image.fromarray(out)
 
 
 def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:

@@ -13,7 +13,8 @@ import torch
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import all_or_none, center_square, fit_note, load_mask, open_image, pil_to_tensor, save_image
+from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, load_mask, masked_center_square,
+                  open_image, photo_mask, pil_to_tensor, save_image)
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
                    "photo's size (cropped and resized with it) or the model's")
+    p.add_argument("--full-size", action="store_true", help="with --mask: write the photo at its own size with its "
+                   "holes filled from the restoration (resized up from the model's size; every other pixel as it "
+                   "was), instead of the model-size restoration")
     p.add_argument("--measured", action="store_true", help="the input is already the degraded measurement: for sr4 "
                    "the low-resolution image (the model's size / 4), for inpaint (--mask) and colorize a photo of "
                    "any size, for the other tasks (not phase-retrieval) an image of the model's size")
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("say which degradation with --task (one of: " + ", ".join(TASKS) + ") or give --mask")
     if task == "inpaint" and args.mask is None:
         raise ValueError("--task inpaint needs --mask MASK.png (white = known pixels, black = holes)")
+    if args.full_size and task != "inpaint":
+        raise ValueError("--full-size fills the holes of a --mask in the photo at its own size; other tasks restore "
+                         "the model's size only")
     user_settings = parse_settings(args.set, args.method)
     out = Path(args.out)
     beside = {name: out.with_name(f"{out.stem}_{name}.png") for name in ("figure", "std", "calibration")}
@@ -97,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     gen = generator(device, args.seed)
     op = (Inpaint(load_mask(args.mask, (size, size), photo.size)) if task == "inpaint"
           else make_operator(task, (3, size, size), seed=args.seed)).to(device)
+    known = photo_mask(args.mask, photo.size, size) if task == "inpaint" else None  # at the photo's size
+    if args.full_size:
+        check_fillable(known)
     check_steps(prior, args.steps, args.method)
     settings = settings_for(args.method, task, tuned_settings(prior), steps=args.steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
@@ -114,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--measured --task {task} takes {'the low-resolution' if side != size else 'an'} "
                              f"image of {side}x{side} pixels for this {size}x{size} model; {args.input} is "
                              f"{photo.size[0]}x{photo.size[1]}")
-        y = pil_to_tensor(center_square(photo, side or size)).to(device)
+        # a damaged photo's holes hold anything (a scratch, a stain): only its observed pixels make y
+        square = center_square(photo, side or size) if known is None else masked_center_square(photo, known, size)
+        y = pil_to_tensor(square).to(device)
         note = fit_note(str(args.input), photo.size, side or size)
         if isinstance(op, (Inpaint, Colorize)):
             y = op.A(y)  # the holes (or the colours) carry nothing
@@ -140,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import residual
     report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
               "model": str(args.model), "settings": settings,
-              "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3)}
+              "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3),
+              "written_size": list(photo.size) if args.full_size else [size, size]}  # W, H
     for name, img in (("naive", naive), ("restored", restored)):
         if img is not None:
             report[name] = quality(img, x) if x is not None else {}
@@ -163,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             f"mean {report['uncertainty']['mean_std']:.3f}"]
 
     with all_or_none(outputs.values()):  # an interrupted run leaves none of its files
-        written = [save_image(restored, out)]
+        written = [save_image(fill_holes(photo, restored, known) if args.full_size else restored, out)]
         if std is not None:
             written.append(save_image(std_image(std), outputs["std"]))
         if cal is not None:
@@ -175,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**report, "files": [str(p) for p in written]}))
     else:
-        print(f"{task} / {args.method} on {args.input} ({size}x{size}, {seconds:.1f} s)")
+        written_at = f", holes filled in the photo's {photo.size[0]}x{photo.size[1]}" if args.full_size else ""
+        print(f"{task} / {args.method} on {args.input} ({size}x{size}{written_at}, {seconds:.1f} s)")
         for k in ("naive", "restored"):
             if k in report:
                 print(f"  {k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
