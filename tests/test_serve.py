@@ -160,6 +160,41 @@ def test_painted_mask_with_posterior_samples(server, clean_png, tmp_path):
     assert "--mask mask.png" in report["commands"][0] and "--samples 4" in report["commands"][0]
 
 
+def test_a_painted_mask_fills_the_holes_of_the_whole_upload(server, clean_png, tmp_path, monkeypatch):
+    url, _ = server
+    c = client(url, tmp_path)
+    photo = Image.new("RGB", (96, 80), (200, 30, 30))  # a red border left and right of the 80x80 centre
+    photo.paste(Image.open(clean_png).resize((80, 80), Image.LANCZOS), (8, 0))
+    photo.save(tmp_path / "my photo.png")
+    c.predict(handle_file(str(tmp_path / "my photo.png")), api_name="/upload")
+    layer = np.zeros((4 * SIZE, 4 * SIZE, 4), dtype=np.uint8)
+    layer[80:112, 120:152] = (255, 0, 255, 255)  # model pixels: rows 20-27, columns 30-37
+    Image.fromarray(layer, "RGBA").save(tmp_path / "stroke.png")
+    _, _, files = restore(c, "inpaint", ["ddnm"], measured=True, layers=[tmp_path / "stroke.png"])
+    full = np.asarray(Image.open(files["restored_ddnm_full.png"]), dtype=int)
+    assert full.shape == (80, 96, 3)
+    known = np.ones((80, 96), dtype=bool)
+    known[25:35, 45:55] = False  # the 8x8 model pixels, stretched over the 80x80 centre (offset 8)
+    assert np.array_equal(full[known], np.asarray(photo, dtype=int)[known])  # every other pixel as it was
+    assert np.abs(full[~known] - np.asarray(photo, dtype=int)[~known]).max() > 10  # the holes filled
+    # the CLI reproduces both files: the model-size one from input.png, the full-size one from the photo
+    report = json.loads(files["settings.json"].read_text())
+    assert "my photo.png" in report["note"] and len(report["commands"]) == 2
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    for name in ("input.png", "mask.png"):
+        shutil.copy(files[name], rerun / name)
+    shutil.copy(tmp_path / "my photo.png", rerun / "my photo.png")
+    monkeypatch.chdir(rerun)
+    for command in report["commands"]:
+        argv = shlex.split(command)
+        assert cli_main(argv[1:] + ["--json"]) == 0
+        out = argv[argv.index("--out") + 1]
+        mine = np.asarray(Image.open(rerun / out), dtype=int)
+        app = np.asarray(Image.open(files[out]), dtype=int)
+        assert mine.shape == app.shape and np.abs(mine - app).max() <= 1, f"{command} differs from the app's {out}"
+
+
 def test_an_already_damaged_low_resolution_photo(server, tmp_path):
     url, _ = server
     c = client(url, tmp_path)

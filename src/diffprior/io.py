@@ -222,19 +222,24 @@ def binary_mask(im: Image.Image) -> np.ndarray:
 
 def photo_mask(path: str | Path, photo_size: tuple[int, int], size: int) -> np.ndarray:
     """The mask of `load_mask` at the photo's size (H, W booleans, True = observed): as drawn when it has the
-    photo's size; a mask of the model's size is stretched (nearest) over the photo's central square, and the
-    rest of the photo is observed."""
+    photo's size, else `stretch_mask` of a mask of the model's size."""
     im = open_image(path).convert("L")
     if im.size == tuple(photo_size):
         return binary_mask(im)
-    known = np.ones((photo_size[1], photo_size[0]), dtype=bool)
-    left, top, right, bottom = central_square_box(photo_size)
-    stretched = im.resize((right - left, bottom - top), Image.NEAREST) if im.size == (size, size) else None
-    if stretched is None:
+    if im.size != (size, size):
         raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected the "
                          f"photo's {photo_size[0]}x{photo_size[1]} or the model's {size}x{size}")
-    known[top:bottom, left:right] = binary_mask(stretched)
-    return known
+    return stretch_mask(binary_mask(im), photo_size)
+
+
+def stretch_mask(known: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
+    """A mask of the model's size (H x W booleans, True = observed) stretched (nearest) over the central square
+    of a photo of `photo_size` (W, H); the rest of the photo counts as observed."""
+    full = np.ones((photo_size[1], photo_size[0]), dtype=bool)
+    left, top, right, bottom = central_square_box(photo_size)
+    full[top:bottom, left:right] = np.asarray(Image.fromarray(known).resize((right - left, bottom - top),
+                                                                            Image.NEAREST))
+    return full
 
 
 def masked_center_square(photo: Image.Image, known: np.ndarray, size: int) -> Image.Image:

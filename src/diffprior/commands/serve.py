@@ -5,7 +5,8 @@ motion blur, x4 super-resolution, colourisation, denoising) or paint the missing
 mark the upload as already damaged; restore it with one or several methods side by side, with the
 measurement, the naive reconstruction, PSNR / SSIM / LPIPS when the clean photo is known and the residual
 ||y - A x|| always; K posterior samples give their mean and a per-pixel standard-deviation map. Every result
-can be downloaded with a settings JSON that holds the equivalent `diffprior restore` command lines.
+can be downloaded with a settings JSON that holds the equivalent `diffprior restore` command lines; with a
+painted mask, the uploaded photo itself at its own size with the holes filled too.
 
 Safety: the server binds 127.0.0.1 unless --host says otherwise; uploads over --max-upload-mb or over
 --max-pixels (checked in the header, before decoding) are refused with a message, and so are decompression
@@ -36,7 +37,7 @@ import torch
 from PIL import Image
 
 from .. import arguments
-from ..io import center_square, open_image, pil_to_tensor, tensor_to_pil
+from ..io import center_square, fill_holes, masked_center_square, open_image, pil_to_tensor, stretch_mask, tensor_to_pil
 from ..models import load_prior
 from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
@@ -124,11 +125,13 @@ class Studio:
         return im
 
     def source_from_upload(self, path: str | Path) -> dict:
-        """What the app keeps of an upload: the photo at the model's size and, when the upload is not
-        larger than that, the upload itself (an already damaged low-resolution input is taken as it is)."""
+        """What the app keeps of an upload: the photo at the model's size; when the upload is not larger
+        than that, the upload itself (an already damaged low-resolution input is taken as it is); and when
+        it has another size, the whole upload too (a painted mask's holes are filled in it as well)."""
         im = self.open_upload(path)
         return {"photo": center_square(im, self.size), "raw": im if max(im.size) <= self.size else None,
-                "name": Path(path).name, "size": im.size}
+                "full": im if im.size != (self.size, self.size) else None, "name": Path(path).name,
+                "size": im.size}
 
     @torch.no_grad()
     def draw(self, seed: int) -> dict:
@@ -214,10 +217,13 @@ class Studio:
         op = op.to(device)
         gen = torch.Generator(device=device).manual_seed(seed)
         photo = source["photo"]
+        # a painted mask on an upload of another size: its holes are filled in the whole upload too
+        full = source.get("full") if task == "inpaint" else None
+        known_full = None if full is None else stretch_mask(mask.cpu().numpy() > 0.5, full.size)
         if measured:  # the photo is already the measurement y, as in `restore --measured`
             side = None if task in ("inpaint", "colorize") else (size // op.factor if hasattr(op, "factor") else size)
-            if side is None:
-                given = photo
+            if side is None:  # of a damaged upload, only the pixels outside the holes make y (as the CLI's)
+                given = photo if known_full is None else masked_center_square(full, known_full, size)
             else:
                 raw = source.get("raw")
                 if raw is None or raw.size != (side, side):
@@ -298,6 +304,10 @@ class Studio:
             out = job / f"restored_{method}.png"
             tensor_to_pil(restored.clamp(-1, 1)).save(out)
             files.append(out)
+            if known_full is not None:
+                full_out = job / f"restored_{method}_full.png"
+                fill_holes(full, restored, known_full).save(full_out)
+                files.append(full_out)
             label = method + (f" mean (K={samples})" if std is not None else "")
             show(restored, method, label + _caption(results[method]))
             if std is not None:
@@ -307,25 +317,32 @@ class Studio:
                 files.append(std_path)
                 show(std_image(std), method + "_std", f"{method} std {float(std.mean()):.3f}")
             rows.append(_row(method, results[method], seconds))
-            commands.append(self.command(task, method, steps=steps, sigma_y=sigma_y, seed=seed, samples=samples,
-                                         measured=measured, out=out.name))
+            for photo_name, out_name in [("input.png", out.name)] + (
+                    [(source["name"], full_out.name)] if known_full is not None else []):
+                commands.append(self.command(task, method, steps=steps, sigma_y=sigma_y, seed=seed, samples=samples,
+                                             measured=measured, out=out_name, photo=photo_name))
         report = {"model": self.model, "device": str(device), "size": size, "input": source["name"],
                   "task": task, "measured": measured, "sigma_y": sigma_y, "seed": seed, "steps": steps,
                   "samples": samples, "methods": methods, "settings": settings, "results": results,
                   "files": [p.name for p in files],
                   "commands": commands,
                   "note": "run the commands in a folder holding the downloaded input.png"
-                          + (" and mask.png" if task == "inpaint" else "")}
+                          + (" and mask.png" if task == "inpaint" else "")
+                          + (f" (the --full-size ones: and your photo {source['name']})" if known_full is not None
+                             else "")}
         settings_path = job / "settings.json"
         settings_path.write_text(json.dumps(report, indent=2) + "\n")
         files.append(settings_path)
         return {"gallery": gallery, "rows": rows, "files": [str(p) for p in files], "report": report}
 
     def command(self, task: str, method: str, *, steps: int, sigma_y: float, seed: int, samples: int,
-                measured: bool, out: str) -> str:
-        """The `diffprior restore` command line that reproduces one method's result from the downloads."""
-        argv = ["diffprior", "restore", "--input", "input.png"]
+                measured: bool, out: str, photo: str = "input.png") -> str:
+        """The `diffprior restore` command line that reproduces one method's result from the downloads (from
+        the uploaded photo itself, with --full-size, when `photo` is not the downloaded input.png)."""
+        argv = ["diffprior", "restore", "--input", photo]
         argv += ["--mask", "mask.png"] if task == "inpaint" else ["--task", task]
+        if photo != "input.png":
+            argv.append("--full-size")
         if measured:
             argv.append("--measured")
         argv += ["--method", method, "--steps", str(steps), "--sigma-y", repr(sigma_y), "--seed", str(seed)]
@@ -467,7 +484,9 @@ def build_app(studio: Studio):
         table = gr.Dataframe(headers=METRIC_HEADERS, label="scores (PSNR / SSIM / LPIPS against the clean photo "
                              "when it is known; the residual ||y - A x|| always)", interactive=False,
                              elem_id="metrics")
-        downloads = gr.File(label="downloads: restorations (PNG) and settings.json (with the CLI commands)",
+        downloads = gr.File(label="downloads: restorations (PNG; with a painted mask on a photo of another size, "
+                            "also the photo itself with its holes filled, *_full.png) and settings.json (with the "
+                            "CLI commands)",
                             file_count="multiple", elem_id="downloads")
         report = gr.JSON(label="settings", visible=False)
 
