@@ -24,7 +24,7 @@ def daps(prior: Prior, op: Operator, y: Tensor, *,
          ode_sigma_min: float = 0.01,   # where each level's ODE ends before its final Tweedie step
          langevin_steps: int = 100,     # Langevin updates in x0 space per level
          lr: float = 0.15,              # Langevin step at the first level, relative to v_i (below)
-         lr_min_ratio: float = 0.01,    # lr decays linearly to lr * lr_min_ratio at the last level
+         lr_min_ratio: float = 0.01,    # lr decays linearly towards lr * lr_min_ratio (reached after the last level)
          sigma_y: float = 0.05,         # likelihood std: log p(y | x0) = -||y - A(x0)||^2 / (2 sigma_y^2)
          clip: bool = False,            # clip x0 estimates and output to [-1, 1] for images (official: no)
          generator: torch.Generator | None = None,

@@ -46,8 +46,8 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     and images of d values:
         zeta = scale * (N / S) * sqrt(d / ref_size)     (loss "norm"; without the last factor for "squared")
     Resolution: the reference's scales (0.5 inpainting, 0.3 blur and SR) were tuned on 3x256x256 images
-    (ref_size). The gradient of the unsquared norm, A^T r / ||r||, has a per-pixel size that falls as
-    1 / sqrt(number of measurements), since ||r|| ~ sigma_y sqrt(m) near the data: at 64x64 (16x fewer
+    (ref_size). The gradient of the unsquared norm, A^T r / ||r||, has a per-pixel size that scales as
+    1 / sqrt(number of measurements) (larger with fewer), since ||r|| ~ sigma_y sqrt(m) near the data: at 64x64 (16x fewer
     values) the same zeta would be a 4x stronger step. sqrt(d / ref_size) keeps the reference's per-pixel
     step at every resolution (0.25 at 3x64x64, 1 for the 256-px models). The squared norm's gradient,
     2 A^T r, does not depend on m, so loss="squared" is not rescaled. Chain length: each step of a
