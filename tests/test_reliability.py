@@ -440,6 +440,19 @@ def test_full_size_fills_the_holes_of_the_photo_itself(files, capsys):
     assert main([*argv, "--full-size", "--out", "o2.png"]) == 2
     assert "100 missing pixels outside the photo's central 200x200 square" in capsys.readouterr().err
     assert not (files / "o2.png").exists()
+    # --crop picks the square the model sees: one around the corner hole misses the central one ...
+    assert main([*argv, "--full-size", "--crop", "0,0,100", "--out", "o2.png"]) == 2
+    assert "3600 missing pixels outside the cropped 100x100 square" in capsys.readouterr().err
+    corner = Image.new("L", (300, 200), 255)
+    corner.paste(0, (10, 10, 20, 20))
+    corner.save(files / "corner.png")
+    argv[argv.index("m.png")] = "corner.png"  # ... and fills the corner hole of a mask that has only that one
+    assert main([*argv, "--full-size", "--crop", "0,0,100", "--out", "o2.png"]) == 0
+    out, known = np.asarray(Image.open(files / "o2.png")), np.asarray(corner) > 0
+    assert out.shape == (200, 300, 3) and np.array_equal(out[known], photo[known])
+    assert np.abs(out[~known].astype(int) - photo[~known]).max() > 10
+    assert main([*argv, "--crop", "250,0,100", "--out", "o4.png"]) == 2
+    assert "the crop 250,0,100 (LEFT,TOP,SIDE) reaches beyond the 300x200 photo" in capsys.readouterr().err
     assert main(["restore", "--input", "wide.png", "--task", "sr4", "--full-size", "--out", "o3.png"]) == 2
     assert "--full-size fills the holes of a --mask" in capsys.readouterr().err
 

@@ -48,6 +48,14 @@ def integers(low: int | None = None) -> Callable[[str], list[int]]:
     return parse
 
 
+def square(text: str) -> tuple[int, int, int]:
+    """An argparse type: LEFT,TOP,SIDE of a square in an image, in pixels."""
+    values = integers(0)(text)
+    if len(values) != 3 or values[2] < 1:
+        raise argparse.ArgumentTypeError(f"expected LEFT,TOP,SIDE (whole numbers, SIDE at least 1), got {text!r}")
+    return values[0], values[1], values[2]
+
+
 def number(low: float | None = None, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite number in [low, high] ((low, high] with above=True)."""
     def parse(text: str) -> float:

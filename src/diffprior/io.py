@@ -67,21 +67,29 @@ def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
     return im.convert("RGB")
 
 
-def central_square_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the central square of an image of `size` (W, H)."""
+def square_box(size: tuple[int, int], crop: tuple[int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the square of an image of `size` (W, H) that the model sees: the central
+    square, or `crop` = (left, top, side), refused (ValueError) when it reaches beyond the image."""
     w, h = size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
+    if crop is None:
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        return left, top, left + s, top + s
+    left, top, s = crop
+    if left + s > w or top + s > h:
+        raise ValueError(f"the crop {left},{top},{s} (LEFT,TOP,SIDE) reaches beyond the {w}x{h} photo")
     return left, top, left + s, top + s
 
 
-def center_square(im: Image.Image, size: int | None, resample: int = Image.LANCZOS) -> Image.Image:
-    """The central square crop, resized (antialiased) to size x size; unchanged when size is None."""
+def center_square(im: Image.Image, size: int | None, resample: int = Image.LANCZOS,
+                  crop: tuple[int, int, int] | None = None) -> Image.Image:
+    """The central square crop (or the square `crop`, see `square_box`), resized (antialiased) to size x size;
+    unchanged when size is None."""
     if size is None:
         return im
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size={size!r}: the side of the square image, a whole number >= 1")
-    im = im.crop(central_square_box(im.size))
+    im = im.crop(square_box(im.size, crop))
     return im if im.size[0] == size else im.resize((size, size), resample)
 
 
@@ -197,17 +205,18 @@ def save_image(x: Tensor | Image.Image, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
 
 
-def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None) -> Tensor:
+def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None,
+              crop: tuple[int, int, int] | None = None) -> Tensor:
     """Read a mask image: white (>= 50% grey) marks observed pixels, black marks missing ones.
 
     The mask has either the photo's size `photo_size` (W, H), and then goes through the photo's own
-    central square crop and resize to `size` (H, W), or already the size `size`. Any other size is an
-    error, never silently resized."""
+    central square crop (or `crop`) and resize to `size` (H, W), or already the size `size`. Any other size
+    is an error, never silently resized."""
     im = open_image(path).convert("L")
     if photo_size is not None and im.size == tuple(photo_size) and im.size != (size[1], size[0]):
         if size[0] != size[1]:
             raise ValueError(f"a mask of the photo's size needs a square image size, got {size}")
-        im = center_square(im, size[0])
+        im = center_square(im, size[0], crop=crop)
     if (im.size[1], im.size[0]) != tuple(size):
         photo = f"the photo's {photo_size[0]}x{photo_size[1]} or " if photo_size else ""
         raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected "
@@ -220,7 +229,8 @@ def binary_mask(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / 255.0 >= 0.5
 
 
-def photo_mask(path: str | Path, photo_size: tuple[int, int], size: int) -> np.ndarray:
+def photo_mask(path: str | Path, photo_size: tuple[int, int], size: int,
+               crop: tuple[int, int, int] | None = None) -> np.ndarray:
     """The mask of `load_mask` at the photo's size (H, W booleans, True = observed): as drawn when it has the
     photo's size, else `stretch_mask` of a mask of the model's size."""
     im = open_image(path).convert("L")
@@ -229,52 +239,58 @@ def photo_mask(path: str | Path, photo_size: tuple[int, int], size: int) -> np.n
     if im.size != (size, size):
         raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected the "
                          f"photo's {photo_size[0]}x{photo_size[1]} or the model's {size}x{size}")
-    return stretch_mask(binary_mask(im), photo_size)
+    return stretch_mask(binary_mask(im), photo_size, crop)
 
 
-def stretch_mask(known: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
-    """A mask of the model's size (H x W booleans, True = observed) stretched (nearest) over the central square
-    of a photo of `photo_size` (W, H); the rest of the photo counts as observed."""
+def stretch_mask(known: np.ndarray, photo_size: tuple[int, int], crop: tuple[int, int, int] | None = None
+                 ) -> np.ndarray:
+    """A mask of the model's size (H x W booleans, True = observed) stretched (nearest) over the square of a
+    photo of `photo_size` (W, H) that the model sees (`square_box`); the rest of the photo counts as observed."""
     full = np.ones((photo_size[1], photo_size[0]), dtype=bool)
-    left, top, right, bottom = central_square_box(photo_size)
+    left, top, right, bottom = square_box(photo_size, crop)
     full[top:bottom, left:right] = np.asarray(Image.fromarray(known).resize((right - left, bottom - top),
                                                                             Image.NEAREST))
     return full
 
 
-def masked_center_square(photo: Image.Image, known: np.ndarray, size: int) -> Image.Image:
-    """`center_square` of a damaged photo from its observed pixels only (`known`, H x W booleans): the
+def masked_center_square(photo: Image.Image, known: np.ndarray, size: int,
+                         crop: tuple[int, int, int] | None = None) -> Image.Image:
+    """`center_square` (with `crop`) of a damaged photo from its observed pixels only (`known`, H x W booleans): the
     Lanczos resize of photo * known divided by that of known, so that what the holes hold (a scratch, a
     stain) does not bleed into the observed pixels around them. Where the resized mask is under 1/4 (inside a
     hole: `load_mask` marks the pixels under 1/2 missing) the result is black."""
-    weight = np.asarray(center_square(Image.fromarray(known.astype(np.float32)), size))
+    def resized(values: np.ndarray) -> np.ndarray:
+        return np.asarray(center_square(Image.fromarray(np.ascontiguousarray(values)), size, crop=crop))
+    weight = resized(known.astype(np.float32))
     rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) * known[..., None]
-    channels = [np.asarray(center_square(Image.fromarray(np.ascontiguousarray(rgb[..., c])), size)) for c in range(3)]
+    channels = [resized(rgb[..., c]) for c in range(3)]
     observed = weight >= 0.25
     out = np.stack(channels, -1) / np.where(observed, weight, 1.0)[..., None] * observed[..., None]
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 
-def check_fillable(known: np.ndarray) -> None:
-    """ValueError if the mask (H x W booleans, True = observed) misses a pixel outside the photo's central
-    square, which the model never sees and `fill_holes` cannot fill."""
-    left, top, right, bottom = central_square_box((known.shape[1], known.shape[0]))
+def check_fillable(known: np.ndarray, crop: tuple[int, int, int] | None = None) -> None:
+    """ValueError if the mask (H x W booleans, True = observed) misses a pixel outside the square the model
+    sees (the central one, or `crop`), which `fill_holes` cannot fill."""
+    left, top, right, bottom = square_box((known.shape[1], known.shape[0]), crop)
     outside = ~known.copy()
     outside[top:bottom, left:right] = False
     if outside.any():
-        raise ValueError(f"the mask has {int(outside.sum())} missing pixels outside the photo's central "
-                         f"{right - left}x{bottom - top} square, the part the model restores: crop the photo and "
-                         "its mask to a square around the holes first")
+        where = "the photo's central" if crop is None else "the cropped"
+        raise ValueError(f"the mask has {int(outside.sum())} missing pixels outside {where} {right - left}x"
+                         f"{bottom - top} square, the part the model restores: choose a square around the holes "
+                         "(--crop) or crop the photo and its mask first")
 
 
-def fill_holes(photo: Image.Image, restored: Tensor, known: np.ndarray) -> Image.Image:
+def fill_holes(photo: Image.Image, restored: Tensor, known: np.ndarray,
+               crop: tuple[int, int, int] | None = None) -> Image.Image:
     """The photo at its own size, its missing pixels (`known` False, H x W) taken from `restored`, a
-    restoration of the photo's central square (`center_square`) resized up (Lanczos) to that square; every
-    observed pixel stays as it was (`check_fillable` says which masks this can fill)."""
+    restoration of the square the model sees (the central one, or `crop`) resized up (Lanczos) to that square;
+    every observed pixel stays as it was (`check_fillable` says which masks this can fill)."""
     if known.shape != (photo.size[1], photo.size[0]):
         raise ValueError(f"the mask is {known.shape[1]}x{known.shape[0]}, the photo {photo.size[0]}x{photo.size[1]}")
-    check_fillable(known)
-    left, top, right, bottom = central_square_box(photo.size)
+    check_fillable(known, crop)
+    left, top, right, bottom = square_box(photo.size, crop)
     fill = tensor_to_pil(restored).convert("RGB").resize((right - left, bottom - top), Image.LANCZOS)
     out = np.array(photo.convert("RGB"))
     square = out[top:bottom, left:right]  # a view: filling it fills `out`

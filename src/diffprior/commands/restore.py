@@ -14,7 +14,7 @@ import torch
 from .. import arguments
 from ..devices import pick_device
 from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, load_mask, masked_center_square,
-                  open_image, photo_mask, pil_to_tensor, save_image)
+                  open_image, photo_mask, pil_to_tensor, save_image, square_box)
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measurement noise std on [-1, 1] images (0.05)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
                    "photo's size (cropped and resized with it) or the model's")
+    p.add_argument("--crop", type=arguments.square, metavar="LEFT,TOP,SIDE", help="the square of the photo to "
+                   "restore, in its pixels (default: its central square); a mask of the photo's size is cut with "
+                   "it, and --full-size fills the holes in the whole photo")
     p.add_argument("--full-size", action="store_true", help="with --mask: write the photo at its own size with its "
                    "holes filled from the restoration (resized up from the model's size; every other pixel as it "
                    "was), instead of the model-size restoration")
@@ -97,22 +100,24 @@ def run(args: argparse.Namespace) -> int:
     # an earlier run's std map or calibration figure that this run does not write would sit beside the new
     # result as if it were this run's: --overwrite replaces the whole result, so those go once it is saved
     stale = [p for name, p in beside.items() if name not in outputs and p.is_file()] if args.overwrite else []
-    photo = open_image(args.input)
+    whole = open_image(args.input)
+    photo = whole if args.crop is None else whole.crop(square_box(whole.size, args.crop))  # what the model sees
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     size = prior.shape[-1]
     gen = generator(device, args.seed)
-    op = (Inpaint(load_mask(args.mask, (size, size), photo.size)) if task == "inpaint"
+    op = (Inpaint(load_mask(args.mask, (size, size), whole.size, args.crop)) if task == "inpaint"
           else make_operator(task, (3, size, size), seed=args.seed)).to(device)
-    known = photo_mask(args.mask, photo.size, size) if task == "inpaint" else None  # at the photo's size
+    known = photo_mask(args.mask, whole.size, size, args.crop) if task == "inpaint" else None  # whole photo's
     if args.full_size:
-        check_fillable(known)
+        check_fillable(known, args.crop)
     check_steps(prior, args.steps, args.method)
     settings = settings_for(args.method, task, tuned_settings(prior), steps=args.steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
     steps = cpu_steps(device, args.steps, prior, args.method, settings)
     settings = {**settings, "steps": steps} if steps is not None else settings
 
+    name = str(args.input) + (" cropped" if args.crop else "")
     x = None
     if args.measured:  # the input is already degraded: it is y
         side = measured_size(task, op, size)
@@ -125,14 +130,15 @@ def run(args: argparse.Namespace) -> int:
                              f"image of {side}x{side} pixels for this {size}x{size} model; {args.input} is "
                              f"{photo.size[0]}x{photo.size[1]}")
         # a damaged photo's holes hold anything (a scratch, a stain): only its observed pixels make y
-        square = center_square(photo, side or size) if known is None else masked_center_square(photo, known, size)
+        square = (center_square(photo, side or size) if known is None
+                  else masked_center_square(whole, known, size, args.crop))
         y = pil_to_tensor(square).to(device)
-        note = fit_note(str(args.input), photo.size, side or size)
+        note = fit_note(name, photo.size, side or size)
         if isinstance(op, (Inpaint, Colorize)):
             y = op.A(y)  # the holes (or the colours) carry nothing
     else:
         x = pil_to_tensor(center_square(photo, size)).to(device)
-        note = fit_note(str(args.input), photo.size, size)
+        note = fit_note(name, photo.size, size)
         y = measure(op, x, args.sigma_y, gen)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
               "model": str(args.model), "settings": settings,
               "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3),
-              "written_size": list(photo.size) if args.full_size else [size, size]}  # W, H
+              "written_size": list(whole.size) if args.full_size else [size, size]}  # W, H
     for name, img in (("naive", naive), ("restored", restored)):
         if img is not None:
             report[name] = quality(img, x) if x is not None else {}
@@ -176,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             f"mean {report['uncertainty']['mean_std']:.3f}"]
 
     with all_or_none(outputs.values()):  # an interrupted run leaves none of its files
-        written = [save_image(fill_holes(photo, restored, known) if args.full_size else restored, out)]
+        written = [save_image(fill_holes(whole, restored, known, args.crop) if args.full_size else restored, out)]
         if std is not None:
             written.append(save_image(std_image(std), outputs["std"]))
         if cal is not None:
@@ -188,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**report, "files": [str(p) for p in written]}))
     else:
-        written_at = f", holes filled in the photo's {photo.size[0]}x{photo.size[1]}" if args.full_size else ""
+        written_at = f", holes filled in the photo's {whole.size[0]}x{whole.size[1]}" if args.full_size else ""
         print(f"{task} / {args.method} on {args.input} ({size}x{size}{written_at}, {seconds:.1f} s)")
         for k in ("naive", "restored"):
             if k in report:
