@@ -14,7 +14,7 @@ _EXPORTS = {  # name: the module that defines it
     "Operator": "operators", "LinearOperator": "operators", "measure": "operators", "TASKS": "tasks",
     "make_operator": "tasks",
     "SOLVERS": "solvers", "solve": "solvers", "sample": "solvers", "denoise": "solvers", "sdedit": "solvers",
-    "scoreald": "solvers", "dps": "solvers",
+    "scoreald": "solvers", "dps": "solvers", "DivergenceError": "solvers",
 }
 
 __all__ = ["__version__", *_EXPORTS]
