@@ -7,7 +7,7 @@ from PIL import Image
 
 from diffprior.io import load_mask, save_image
 from diffprior.operators import (Blur, Identity, Inpaint, SuperResolution, box_mask, gaussian_kernel, measure,
-                                 motion_kernel, random_mask, resize_matrix)
+                                 motion_kernel, random_mask, resize_matrix, stroke_mask)
 from diffprior.tasks import TASKS, make_operator
 
 SHAPE = (3, 32, 32)
@@ -92,6 +92,24 @@ def test_box_mask_geometry():
     # defaults at 256x256 are the DPS reference's: a 128x128 box, 16 px from the borders
     op = make_operator("box-inpaint", (3, 256, 256), seed=5)
     assert int((op.mask == 0).sum()) == 128 * 128
+
+
+def test_stroke_masks_are_seeded_polylines_of_the_brushs_width():
+    def strokes(brush, seed=0, strokes=3):
+        return stroke_mask(strokes, brush, 48, 64, generator=torch.Generator().manual_seed(seed)) == 0  # holes
+    assert torch.equal(strokes(4), strokes(4)) and not torch.equal(strokes(4), strokes(4, seed=1))
+    thin, thick = strokes(2), strokes(8)
+    assert thin.shape == (48, 64) and thin.any() and not (thin & ~thick).any()  # the same lines, wider
+    assert 2.5 < thick.sum() / thin.sum() < 4.5  # area grows about as the width (round ends add a little)
+    # a 1-pixel brush draws lines one pixel thick: no 2x2 block of holes on a lone segment's straight run
+    one = stroke_mask(1, 1, 64, generator=torch.Generator().manual_seed(3)) == 0
+    assert one.sum() < 3 * 64 and (one[:-1, :-1] & one[1:, :-1] & one[:-1, 1:] & one[1:, 1:]).sum() <= 4
+    covered = [1 - float(make_operator("stroke-inpaint", (3, 64, 64), seed=s).mask.mean()) for s in range(40)]
+    assert 0.08 < sum(covered) / 40 < 0.2 and min(covered) > 0.02  # about an eighth of the pixels
+    assert make_operator("stroke-inpaint", (3, 64, 64), seed=2, brush=6).mask.shape[-2:] == (64, 64)
+    for bad in (dict(strokes=0, brush=4), dict(strokes=2, brush=0), dict(strokes=2, brush=33)):
+        with pytest.raises(ValueError):
+            stroke_mask(bad["strokes"], bad["brush"], 64)
 
 
 def test_random_mask_fraction_and_seed():

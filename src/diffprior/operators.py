@@ -260,6 +260,36 @@ def random_mask(fraction: float, height: int, width: int | None = None, *,
     return mask.reshape(height, width)
 
 
+def stroke_mask(strokes: int, brush: int, height: int, width: int | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
+    """A (H, W) mask with free-form holes, like hand-drawn damage (after the free-form masks of Yu et al.
+    2019, DeepFill v2): `strokes` polylines of 2-5 segments, each at a random angle and 1/8 to 1/4 of the
+    image's shorter side long, `brush` pixels wide with round ends and joints (a pixel is missing when its
+    centre lies within brush / 2 of a segment)."""
+    width = height if width is None else width
+    side = min(height, width)
+    if strokes < 1 or not 1 <= brush <= side // 2:
+        raise ValueError(f"need at least one stroke and a brush of 1 to {side // 2} pixels for a {height}x{width} "
+                         f"image, got {strokes} strokes of {brush}")
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    hole = torch.zeros(height, width, dtype=torch.bool)
+    for _ in range(strokes):
+        x, y = uniform(0, width), uniform(0, height)
+        for _ in range(int(torch.randint(2, 6, (), generator=generator))):
+            angle, length = uniform(0, 2 * math.pi), uniform(side / 8, side / 4)
+            x1 = min(max(x + length * math.cos(angle), 0.0), float(width))
+            y1 = min(max(y + length * math.sin(angle), 0.0), float(height))
+            # distance from each pixel centre to the segment (x, y) -> (x1, y1)
+            dx, dy = x1 - x, y1 - y
+            along = (((xs - x) * dx + (ys - y) * dy) / max(dx * dx + dy * dy, 1e-12)).clamp(0, 1)
+            hole |= (xs - x - along * dx) ** 2 + (ys - y - along * dy) ** 2 <= (brush / 2) ** 2
+            x, y = x1, y1
+    return (~hole).float()
+
+
 # ---------------------------------------------------------------------------------------------------
 class Blur(LinearOperator):
     """Circular convolution with a (k, k) kernel on (H, W) images, by FFT.

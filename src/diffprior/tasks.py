@@ -15,7 +15,7 @@ import torch
 from .arguments import MAX_SEED
 from .nonlinear import HighDynamicRange, PhaseRetrieval, Saturation
 from .operators import Blur, Colorize, Identity, Inpaint, Operator, SuperResolution, box_mask, gaussian_kernel, \
-    motion_kernel, random_mask
+    motion_kernel, random_mask, stroke_mask
 
 
 def _odd(v: float) -> int:
@@ -33,6 +33,12 @@ def _box(shape, seed, size=None, margin=None, position=None):
 def _random(shape, seed, fraction=0.7):
     H, W = shape[-2:]
     return Inpaint(random_mask(fraction, H, W, generator=torch.Generator().manual_seed(seed)))
+
+
+def _strokes(shape, seed, strokes=4, brush=None):
+    H, W = shape[-2:]
+    brush = max(1, min(H, W) // 16) if brush is None else brush  # 16 at 256x256, 4 at 64x64
+    return Inpaint(stroke_mask(strokes, brush, H, W, generator=torch.Generator().manual_seed(seed)))
 
 
 def _gaussian(shape, seed, size=None, std=None):
@@ -70,6 +76,7 @@ def _saturation(shape, seed, gain=2.0):
 LINEAR_TASKS: dict[str, Callable[..., Operator]] = {
     "box-inpaint": _box,
     "random-inpaint": _random,
+    "stroke-inpaint": _strokes,
     "gaussian-blur": _gaussian,
     "motion-blur": _motion,
     "sr4": _sr(4),
@@ -84,7 +91,7 @@ NONLINEAR_TASKS: dict[str, Callable[..., Operator]] = {
 }
 
 TASKS: dict[str, Callable[..., Operator]] = {**LINEAR_TASKS, **NONLINEAR_TASKS}
-PIXEL_OPTIONS = ("size", "margin", "position")  # whole numbers of pixels, never negative (position: a pair)
+PIXEL_OPTIONS = ("size", "margin", "position", "brush", "strokes")  # whole numbers, never negative (position: a pair)
 NUMBER_OPTIONS = ("std", "fraction", "intensity", "oversample", "scale", "gain")  # real numbers
 
 

@@ -1,6 +1,6 @@
 """`diffprior serve`: a local web app (Gradio) to restore your own photo with a diffusion prior.
 
-Upload a photo or draw a face from the prior; damage it with a task (box / random inpainting, Gaussian /
+Upload a photo or draw a face from the prior; damage it with a task (box / random / stroke inpainting, Gaussian /
 motion blur, x4 super-resolution, colourisation, denoising) or paint the missing region with the brush, or
 mark the upload as already damaged; restore it with one or several methods side by side, with the
 measurement, the naive reconstruction, PSNR / SSIM / LPIPS when the clean photo is known and the residual
@@ -50,6 +50,7 @@ from .common import add_prior_arguments
 APP_TASKS = {
     "box-inpaint": "box inpainting",
     "random-inpaint": "random inpainting (70% of the pixels)",
+    "stroke-inpaint": "free-form strokes (like hand-drawn damage)",
     "gaussian-blur": "Gaussian blur",
     "motion-blur": "motion blur",
     "sr4": "x4 super-resolution",
