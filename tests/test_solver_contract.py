@@ -17,7 +17,7 @@ from diffprior.operators import Identity, Inpaint
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
 from diffprior.solvers import SOLVERS, SPECS, check_measurement, check_settings, settings_for, solve, tuned_settings
-from diffprior.tasks import TASKS
+from diffprior.tasks import INPAINTING_TASKS, TASKS
 
 N = 1000  # posterior samples per check
 
@@ -76,7 +76,7 @@ def test_registered_with_facts_that_fit(name):
     assert spec.name == name and SOLVERS[name] is spec.run and getattr(diffprior.solvers, name) is spec.run
     assert sys.modules[spec.run.__module__].SPEC is spec and spec.run.__doc__
     for task, settings in spec.task_settings.items():
-        assert task in TASKS and set(settings) <= set(spec.settings), task
+        assert (task in TASKS or task in INPAINTING_TASKS) and set(settings) <= set(spec.settings), task
     schedule = Schedule.linear(1000)
     for nfe in (20, 100, 1000):
         settings = spec.budget(nfe, 1000)
@@ -216,12 +216,17 @@ def test_settings_layer_task_defaults_then_the_priors_tuned_values_then_the_user
     warm = {"dps": {"box-inpaint": {"scale": 2.0, "start": 500}}}
     assert settings_for("dps", "box-inpaint", warm, steps=100, start=None) == {"scale": 2.0, "start": None,
                                                                              "steps": 100}  # None overrides too
+    for task in INPAINTING_TASKS:  # a user's own mask ("inpaint") gets the official inpainting settings too
+        assert settings_for("dps", task) == {"scale": 0.5} and settings_for("diffpir", task) == {"zeta": 1.0}
 
 
 def test_faces64_ships_valid_tuned_settings_and_other_priors_none(gaussian_problem):
     prior = load_prior("faces64")
     tuned = tuned_settings(prior)
     assert set(tuned["dps"]) >= {"box-inpaint", "random-inpaint", "gaussian-blur"}
+    # a user's own mask (restore --mask, the app's brush) is restored with tuned settings, not the reference's
+    assert tuned["dps"]["inpaint"] == tuned["dps"]["stroke-inpaint"] == tuned["dps"]["box-inpaint"]
+    assert settings_for("dps", "inpaint", tuned)["scale"] > settings_for("dps", "inpaint")["scale"]
     for method, by_task in tuned.items():
         for task, settings in by_task.items():
             check_settings(method, settings_for(method, task, tuned, steps=100), prior.schedule.T)

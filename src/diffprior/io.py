@@ -81,8 +81,7 @@ def square_box(size: tuple[int, int], crop: tuple[int, int, int] | None = None) 
     return left, top, left + s, top + s
 
 
-def center_square(im: Image.Image, size: int | None, resample: int = Image.LANCZOS,
-                  crop: tuple[int, int, int] | None = None) -> Image.Image:
+def center_square(im: Image.Image, size: int | None, crop: tuple[int, int, int] | None = None) -> Image.Image:
     """The central square crop (or the square `crop`, see `square_box`), resized (antialiased) to size x size;
     unchanged when size is None."""
     if size is None:
@@ -90,7 +89,7 @@ def center_square(im: Image.Image, size: int | None, resample: int = Image.LANCZ
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size={size!r}: the side of the square image, a whole number >= 1")
     im = im.crop(square_box(im.size, crop))
-    return im if im.size[0] == size else im.resize((size, size), resample)
+    return im if im.size[0] == size else im.resize((size, size), Image.LANCZOS)
 
 
 def fit_note(name: str, size: tuple[int, int], side: int) -> str | None:

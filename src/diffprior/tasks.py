@@ -91,6 +91,9 @@ NONLINEAR_TASKS: dict[str, Callable[..., Operator]] = {
 }
 
 TASKS: dict[str, Callable[..., Operator]] = {**LINEAR_TASKS, **NONLINEAR_TASKS}
+# the tasks whose operator is a mask, for settings that every inpainting shares; "inpaint" is a user's own mask
+# (`restore --mask`, the web app's brush), not in TASKS
+INPAINTING_TASKS = ("box-inpaint", "random-inpaint", "stroke-inpaint", "inpaint")
 PIXEL_OPTIONS = ("size", "margin", "position", "brush", "strokes")  # whole numbers, never negative (position: a pair)
 NUMBER_OPTIONS = ("std", "fraction", "intensity", "oversample", "scale", "gain")  # real numbers
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..operators import LinearOperator
 from ..prior import Prior
+from ..tasks import INPAINTING_TASKS
 from ..schedule import Schedule
 from .sampling import clip_x0, ddim_update, initial_noise, steps_of
 from .spec import SolverSpec
@@ -86,7 +87,8 @@ SPEC = SolverSpec(
     nfe=lambda sched, s: len(diffpir_timesteps(sched, s["steps"], s["skip"])),
     # the official scripts: deblurring lambda 7 (1.75 in our units) and zeta 0.3; super-resolution zeta 0.25
     # with lambda swept over 2..12 (0.5..3 here; 1 was best or within 0.1 dB on the built-in prior); inpainting
-    # (noiseless there) zeta 1, drawing all of each step's noise afresh. Elsewhere lam 1, zeta 0.1.
-    task_settings={"box-inpaint": {"zeta": 1.0}, "random-inpaint": {"zeta": 1.0},
+    # (noiseless there) zeta 1, drawing all of each step's noise afresh, for every mask (a user's: "inpaint").
+    # Elsewhere lam 1, zeta 0.1.
+    task_settings={**dict.fromkeys(INPAINTING_TASKS, {"zeta": 1.0}),
                    "gaussian-blur": {"lam": 1.75, "zeta": 0.3}, "motion-blur": {"lam": 1.75, "zeta": 0.3},
                    "sr4": {"lam": 1.0, "zeta": 0.25}})

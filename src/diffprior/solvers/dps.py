@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..operators import Inpaint, Operator
 from ..prior import Prior
+from ..tasks import INPAINTING_TASKS
 from .sampling import clip_x0, ddpm_step, initial_noise, steps_of
 from .spec import SolverSpec
 from .tv import rough_guess
@@ -108,5 +109,5 @@ def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
 SPEC = SolverSpec(
     dps, backprop=True, nfe=lambda sched, s: len(sched.timesteps(s["steps"], s["start"])),
     # the step scales of the DPS reference configs
-    task_settings={"box-inpaint": {"scale": 0.5}, "random-inpaint": {"scale": 0.5}, "gaussian-blur": {"scale": 0.3},
+    task_settings={**dict.fromkeys(INPAINTING_TASKS, {"scale": 0.5}), "gaussian-blur": {"scale": 0.3},
                    "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}})
