@@ -272,7 +272,7 @@ def check_fillable(known: np.ndarray, crop: tuple[int, int, int] | None = None) 
     """ValueError if the mask (H x W booleans, True = observed) misses a pixel outside the square the model
     sees (the central one, or `crop`), which `fill_holes` cannot fill."""
     left, top, right, bottom = square_box((known.shape[1], known.shape[0]), crop)
-    outside = ~known.copy()
+    outside = ~known  # a new array
     outside[top:bottom, left:right] = False
     if outside.any():
         where = "the photo's central" if crop is None else "the cropped"

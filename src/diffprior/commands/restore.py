@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     gen = generator(device, args.seed)
     op = (Inpaint(load_mask(args.mask, (size, size), whole.size, args.crop)) if task == "inpaint"
           else make_operator(task, (3, size, size), seed=args.seed)).to(device)
-    known = photo_mask(args.mask, whole.size, size, args.crop) if task == "inpaint" else None  # whole photo's
+    # the mask at the whole photo's size, for what uses it: a damaged photo's measurement, the full-size result
+    known = photo_mask(args.mask, whole.size, size, args.crop) if task == "inpaint" and (
+        args.measured or args.full_size) else None
     if args.full_size:
         check_fillable(known, args.crop)
     check_steps(prior, args.steps, args.method)

@@ -318,10 +318,10 @@ class Studio:
                 files.append(std_path)
                 show(std_image(std), method + "_std", f"{method} std {float(std.mean()):.3f}")
             rows.append(_row(method, results[method], seconds))
-            for photo_name, out_name in [("input.png", out.name)] + (
-                    [(source["name"], full_out.name)] if known_full is not None else []):
+            for out_name, photo in [(out.name, None)] + ([(full_out.name, source["name"])] if known_full is not None
+                                                       else []):
                 commands.append(self.command(task, method, steps=steps, sigma_y=sigma_y, seed=seed, samples=samples,
-                                             measured=measured, out=out_name, photo=photo_name))
+                                             measured=measured, out=out_name, full_size_of=photo))
         report = {"model": self.model, "device": str(device), "size": size, "input": source["name"],
                   "task": task, "measured": measured, "sigma_y": sigma_y, "seed": seed, "steps": steps,
                   "samples": samples, "methods": methods, "settings": settings, "results": results,
@@ -337,12 +337,12 @@ class Studio:
         return {"gallery": gallery, "rows": rows, "files": [str(p) for p in files], "report": report}
 
     def command(self, task: str, method: str, *, steps: int, sigma_y: float, seed: int, samples: int,
-                measured: bool, out: str, photo: str = "input.png") -> str:
-        """The `diffprior restore` command line that reproduces one method's result from the downloads (from
-        the uploaded photo itself, with --full-size, when `photo` is not the downloaded input.png)."""
-        argv = ["diffprior", "restore", "--input", photo]
+                measured: bool, out: str, full_size_of: str | None = None) -> str:
+        """The `diffprior restore` command line that reproduces one method's result from the downloads; with
+        `full_size_of` (the uploaded photo's name), its --full-size result from that photo."""
+        argv = ["diffprior", "restore", "--input", full_size_of or "input.png"]
         argv += ["--mask", "mask.png"] if task == "inpaint" else ["--task", task]
-        if photo != "input.png":
+        if full_size_of:
             argv.append("--full-size")
         if measured:
             argv.append("--measured")

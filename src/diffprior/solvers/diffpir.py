@@ -89,6 +89,6 @@ SPEC = SolverSpec(
     # with lambda swept over 2..12 (0.5..3 here; 1 was best or within 0.1 dB on the built-in prior); inpainting
     # (noiseless there) zeta 1, drawing all of each step's noise afresh, for every mask (a user's: "inpaint").
     # Elsewhere lam 1, zeta 0.1.
-    task_settings={**dict.fromkeys(INPAINTING_TASKS, {"zeta": 1.0}),
+    task_settings={**{task: {"zeta": 1.0} for task in INPAINTING_TASKS},
                    "gaussian-blur": {"lam": 1.75, "zeta": 0.3}, "motion-blur": {"lam": 1.75, "zeta": 0.3},
                    "sr4": {"lam": 1.0, "zeta": 0.25}})

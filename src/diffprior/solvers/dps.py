@@ -109,5 +109,5 @@ def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
 SPEC = SolverSpec(
     dps, backprop=True, nfe=lambda sched, s: len(sched.timesteps(s["steps"], s["start"])),
     # the step scales of the DPS reference configs
-    task_settings={**dict.fromkeys(INPAINTING_TASKS, {"scale": 0.5}), "gaussian-blur": {"scale": 0.3},
+    task_settings={**{task: {"scale": 0.5} for task in INPAINTING_TASKS}, "gaussian-blur": {"scale": 0.3},
                    "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}})
