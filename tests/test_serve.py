@@ -107,7 +107,7 @@ def test_serve_binds_to_this_machine_only_unless_told():
 def test_restore_two_methods_and_rerun_with_the_cli(server, clean_png, tmp_path, monkeypatch):
     url, _ = server
     c = client(url, tmp_path)
-    editor, about = c.predict(handle_file(str(clean_png)), api_name="/upload")
+    editor, about, *_ = c.predict(handle_file(str(clean_png)), api_name="/upload")
     assert "64x64" in about
     gallery, table, files = restore(c, "box-inpaint", ["dps", "ddnm"])
     captions = [g["caption"] for g in gallery]
@@ -177,14 +177,19 @@ def test_a_painted_mask_fills_the_holes_of_the_whole_upload(server, clean_png, t
     known[25:35, 45:55] = False  # the 8x8 model pixels, stretched over the 80x80 centre (offset 8)
     assert np.array_equal(full[known], np.asarray(photo, dtype=int)[known])  # every other pixel as it was
     assert np.abs(full[~known] - np.asarray(photo, dtype=int)[~known]).max() > 10  # the holes filled
-    # the CLI reproduces both files: the model-size one from input.png, the full-size one from the photo
     report = json.loads(files["settings.json"].read_text())
     assert "my photo.png" in report["note"] and len(report["commands"]) == 2
+    rerun_full_size(report, files, tmp_path / "my photo.png", tmp_path, monkeypatch)
+
+
+def rerun_full_size(report, files, photo, tmp_path, monkeypatch):
+    """The CLI reproduces the app's files of a painted mask on an upload of another size: the model-size one
+    from input.png, the full-size one from the photo."""
     rerun = tmp_path / "rerun"
     rerun.mkdir()
     for name in ("input.png", "mask.png"):
         shutil.copy(files[name], rerun / name)
-    shutil.copy(tmp_path / "my photo.png", rerun / "my photo.png")
+    shutil.copy(photo, rerun / photo.name)
     monkeypatch.chdir(rerun)
     for command in report["commands"]:
         argv = shlex.split(command)
@@ -193,6 +198,52 @@ def test_a_painted_mask_fills_the_holes_of_the_whole_upload(server, clean_png, t
         mine = np.asarray(Image.open(rerun / out), dtype=int)
         app = np.asarray(Image.open(files[out]), dtype=int)
         assert mine.shape == app.shape and np.abs(mine - app).max() <= 1, f"{command} differs from the app's {out}"
+
+
+def test_choose_the_square_to_restore_in_a_photo_of_another_size(server, clean_png, tmp_path, monkeypatch):
+    url, _ = server
+    c = client(url, tmp_path)
+    photo = Image.new("RGB", (120, 80), (200, 30, 30))  # the picture at the left edge, red to its right
+    photo.paste(Image.open(clean_png).resize((80, 80), Image.LANCZOS), (0, 0))
+    photo.save(tmp_path / "off centre.png")
+    _, about, whole, *sliders = c.predict(handle_file(str(tmp_path / "off centre.png")), api_name="/upload")
+    assert "centre crop" in about and sliders == [50, 50, 100]
+    assert whole["visible"] and Image.open(whole["value"]).size == (256, 171)  # the whole upload, shown 256 wide
+    editor, about, whole = c.predict(0, 50, 100, api_name="/square")  # to the left edge
+    assert "the square 0,0,80" in about
+    shown = np.asarray(Image.open(editor["background"]).convert("RGB"), dtype=int)
+    picture = np.asarray(Image.open(clean_png).convert("RGB").resize((4 * SIZE, 4 * SIZE), Image.NEAREST), dtype=int)
+    assert np.abs(shown - picture).mean() < 6  # the picture, not the red border
+    framed = np.asarray(Image.open(whole["value"]).convert("RGB"), dtype=int)
+    assert (framed[85, 0] == (255, 0, 255)).all() and (framed[85, 170] == (255, 0, 255)).all()  # 80 px * 256 / 120
+    assert (framed[85, 220] == (200, 30, 30)).all()
+    # a painted mask on that square: the holes filled in the whole photo, where that square lies
+    layer = np.zeros((4 * SIZE, 4 * SIZE, 4), dtype=np.uint8)
+    layer[80:112, 120:152] = (255, 0, 255, 255)  # model pixels: rows 20-27, columns 30-37
+    Image.fromarray(layer, "RGBA").save(tmp_path / "stroke.png")
+    _, _, files = restore(c, "inpaint", ["ddnm"], measured=True, layers=[tmp_path / "stroke.png"])
+    full = np.asarray(Image.open(files["restored_ddnm_full.png"]), dtype=int)
+    known = np.ones((80, 120), dtype=bool)
+    known[25:35, 37:47] = False  # the 8x8 model pixels, stretched over the 80x80 square at the left edge
+    assert np.array_equal(full[known], np.asarray(photo, dtype=int)[known])
+    assert np.abs(full[~known] - np.asarray(photo, dtype=int)[~known]).max() > 10
+    report = json.loads(files["settings.json"].read_text())
+    assert report["crop"] == [0, 0, 80] and "--crop 0,0,80" in report["commands"][1]
+    rerun_full_size(report, files, tmp_path / "off centre.png", tmp_path, monkeypatch)
+    # back to the middle: the central square, as the command line takes it without --crop
+    _, about, _ = c.predict(50, 50, 100, api_name="/square")
+    assert "centre crop" in about
+
+
+def test_no_square_to_choose_in_a_photo_of_the_models_size_or_out_of_range(server, clean_png, tmp_path):
+    url, _ = server
+    c = client(url, tmp_path)
+    with pytest.raises(gradio_client.exceptions.AppError, match="upload a photo first"):
+        c.predict(0, 50, 100, api_name="/square")
+    _, _, whole, *_ = c.predict(handle_file(str(clean_png)), api_name="/upload")
+    assert not whole["visible"] and whole["value"] is None  # nothing to frame
+    with pytest.raises(gradio_client.exceptions.AppError, match="already the model's square"):
+        c.predict(0, 50, 100, api_name="/square")
 
 
 def test_an_already_damaged_low_resolution_photo(server, tmp_path):
@@ -211,7 +262,7 @@ def test_an_already_damaged_low_resolution_photo(server, tmp_path):
 
 def test_draw_a_picture_from_the_prior(server, tmp_path):
     url, _ = server
-    editor, about = client(url, tmp_path).predict(3, api_name="/draw")
+    editor, about, _ = client(url, tmp_path).predict(3, api_name="/draw")
     assert "drawn from gmm-demo" in about
     assert Image.open(editor["background"]).size == (4 * SIZE, 4 * SIZE)  # shown enlarged for painting
 
@@ -243,7 +294,7 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
 
 
 # -- a real browser ---------------------------------------------------------------------------------
-def test_in_a_headless_browser_paint_a_mask_and_restore(server, clean_png, tmp_path):
+def test_in_a_headless_browser_choose_the_square_paint_a_mask_and_restore(server, clean_png, tmp_path):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
     if missing:  # not a skip: CI installs both (.ci/run), and a skipped browser test would hide a broken page
         pytest.fail(f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver "
@@ -252,6 +303,7 @@ def test_in_a_headless_browser_paint_a_mask_and_restore(server, clean_png, tmp_p
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = server
@@ -266,8 +318,18 @@ def test_in_a_headless_browser_paint_a_mask_and_restore(server, clean_png, tmp_p
         driver.get(url)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file], "
                                                      "input[data-testid='Upload a photo-upload-button']"))
+        # a portrait photo: move the square the model sees to its top by typing into the slider's box
+        Image.open(clean_png).resize((80, 120)).save(tmp_path / "portrait.png")
+        upload.send_keys(str(tmp_path / "portrait.png"))
+        wait.until(lambda d: "portrait.png" in d.find_element(By.ID, "about").text)
+        down = driver.find_element(By.CSS_SELECTOR, "#down input[type=number]")
+        down.send_keys(Keys.CONTROL, "a")
+        down.send_keys("0", Keys.ENTER)
+        wait.until(lambda d: "the square 0,0,80" in d.find_element(By.ID, "about").text)
+        assert driver.find_element(By.CSS_SELECTOR, "#whole img").get_attribute("src")
         upload.send_keys(str(clean_png))
         wait.until(lambda d: "clean.png" in d.find_element(By.ID, "about").text)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#whole img")  # no other square in a 64x64 photo
         # paint a stroke across the middle of the photo with the brush (the editor's default tool)
         canvas = driver.find_elements(By.CSS_SELECTOR, "#photo canvas")[-1]
         stroke = ActionChains(driver).move_to_element_with_offset(canvas, -40, -30).click_and_hold()

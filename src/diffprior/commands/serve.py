@@ -1,6 +1,7 @@
 """`diffprior serve`: a local web app (Gradio) to restore your own photo with a diffusion prior.
 
-Upload a photo or draw a face from the prior; damage it with a task (box / random / stroke inpainting, Gaussian /
+Upload a photo (and choose the square of it that the model restores, as `restore --crop` does) or draw a face
+from the prior; damage it with a task (box / random / stroke inpainting, Gaussian /
 motion blur, x4 super-resolution, colourisation, denoising) or paint the missing region with the brush, or
 mark the upload as already damaged; restore it with one or several methods side by side, with the
 measurement, the naive reconstruction, PSNR / SSIM / LPIPS when the clean photo is known and the residual
@@ -34,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .. import arguments
-from ..io import center_square, fill_holes, masked_center_square, open_image, pil_to_tensor, stretch_mask, tensor_to_pil
+from ..io import (center_square, fill_holes, masked_center_square, open_image, pil_to_tensor, square_box, stretch_mask,
+                  tensor_to_pil)
 from ..models import load_prior
 from ..devices import pick_device
 from ..operators import Colorize, Inpaint, measure
@@ -61,6 +63,8 @@ APP_TASKS = {
 DEFAULT_METHODS = ["ddnm", "dps"]
 MAX_SAMPLES = 16
 DISPLAY = 256  # the photo is shown enlarged (nearest neighbour) to about this many pixels for painting
+OVERVIEW = 256  # the whole upload, with the square the model restores outlined, is shown this many pixels large
+MIN_SIDE = 10  # the smallest square to restore, in percent of the upload's shorter side
 
 
 class AppError(ValueError):
@@ -132,7 +136,38 @@ class Studio:
         im = self.open_upload(path)
         return {"photo": center_square(im, self.size), "raw": im if max(im.size) <= self.size else None,
                 "full": im if im.size != (self.size, self.size) else None, "name": Path(path).name,
-                "size": im.size}
+                "size": im.size, "crop": None}
+
+    def choose_square(self, source: dict | None, across, down, side) -> dict:
+        """The upload with another square for the model to restore (`restore --crop`): `side` percent of its
+        shorter side, `across` / `down` percent of the way from its left / top edge to the right / bottom one
+        (50, 50, 100: the central square, the default)."""
+        if source is None:
+            raise AppError("upload a photo first")
+        full = source.get("full")
+        if full is None:
+            raise AppError("this photo is already the model's square: there is no other square to choose")
+        across, down = _percent(across, "across", 0), _percent(down, "down", 0)
+        side = _percent(side, "side", MIN_SIDE)
+        w, h = full.size
+        s = max(1, round(min(w, h) * side / 100))
+        crop = (round((w - s) * across / 100), round((h - s) * down / 100), s)
+        if square_box(full.size, crop) == square_box(full.size):
+            crop = None  # the central square, as the command line takes it without --crop
+        return {**source, "photo": center_square(full, self.size, crop), "crop": crop}
+
+    def overview(self, source: dict) -> Image.Image | None:
+        """The whole upload, resized to fit OVERVIEW pixels, with the square the model restores outlined; None
+        when the upload is the model's square itself."""
+        full = source.get("full")
+        if full is None:
+            return None
+        scale = OVERVIEW / max(full.size)
+        im = full.resize((max(1, round(full.size[0] * scale)), max(1, round(full.size[1] * scale))), Image.LANCZOS,
+                         reducing_gap=3.0)
+        box = [round(v * scale) for v in square_box(full.size, source.get("crop"))]
+        ImageDraw.Draw(im).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 0, 255), width=2)
+        return im
 
     @torch.no_grad()
     def draw(self, seed: int) -> dict:
@@ -144,7 +179,8 @@ class Studio:
         else:
             x = sample(self.prior, 1, generator=g, progress=True)
         im = tensor_to_pil(x.clamp(-1, 1))
-        return {"photo": im, "raw": im, "name": f"drawn from {self.model} (seed {seed})", "size": im.size}
+        return {"photo": im, "raw": im, "name": f"drawn from {self.model} (seed {seed})", "size": im.size,
+                "crop": None}
 
     def display(self, im: Image.Image) -> Image.Image:
         """The model-resolution image enlarged by whole pixels, for viewing and painting."""
@@ -220,11 +256,12 @@ class Studio:
         photo = source["photo"]
         # a painted mask on an upload of another size: its holes are filled in the whole upload too
         full = source.get("full") if task == "inpaint" else None
-        known_full = None if full is None else stretch_mask(mask.cpu().numpy() > 0.5, full.size)
+        crop = source.get("crop")
+        known_full = None if full is None else stretch_mask(mask.cpu().numpy() > 0.5, full.size, crop)
         if measured:  # the photo is already the measurement y, as in `restore --measured`
             side = None if task in ("inpaint", "colorize") else (size // op.factor if hasattr(op, "factor") else size)
             if side is None:  # of a damaged upload, only the pixels outside the holes make y (as the CLI's)
-                given = photo if known_full is None else masked_center_square(full, known_full, size)
+                given = photo if known_full is None else masked_center_square(full, known_full, size, crop)
             else:
                 raw = source.get("raw")
                 if raw is None or raw.size != (side, side):
@@ -307,7 +344,7 @@ class Studio:
             files.append(out)
             if known_full is not None:
                 full_out = job / f"restored_{method}_full.png"
-                fill_holes(full, restored, known_full).save(full_out)
+                fill_holes(full, restored, known_full, crop).save(full_out)
                 files.append(full_out)
             label = method + (f" mean (K={samples})" if std is not None else "")
             show(restored, method, label + _caption(results[method]))
@@ -321,8 +358,8 @@ class Studio:
             for out_name, photo in [(out.name, None)] + ([(full_out.name, source["name"])] if known_full is not None
                                                        else []):
                 commands.append(self.command(task, method, steps=steps, sigma_y=sigma_y, seed=seed, samples=samples,
-                                             measured=measured, out=out_name, full_size_of=photo))
-        report = {"model": self.model, "device": str(device), "size": size, "input": source["name"],
+                                             measured=measured, out=out_name, full_size_of=photo, crop=crop))
+        report = {"model": self.model, "device": str(device), "size": size, "input": source["name"], "crop": crop,
                   "task": task, "measured": measured, "sigma_y": sigma_y, "seed": seed, "steps": steps,
                   "samples": samples, "methods": methods, "settings": settings, "results": results,
                   "files": [p.name for p in files],
@@ -337,13 +374,17 @@ class Studio:
         return {"gallery": gallery, "rows": rows, "files": [str(p) for p in files], "report": report}
 
     def command(self, task: str, method: str, *, steps: int, sigma_y: float, seed: int, samples: int,
-                measured: bool, out: str, full_size_of: str | None = None) -> str:
+                measured: bool, out: str, full_size_of: str | None = None,
+                crop: tuple[int, int, int] | None = None) -> str:
         """The `diffprior restore` command line that reproduces one method's result from the downloads; with
-        `full_size_of` (the uploaded photo's name), its --full-size result from that photo."""
+        `full_size_of` (the uploaded photo's name), its --full-size result from that photo (and its square
+        `crop`, when it is not the central one)."""
         argv = ["diffprior", "restore", "--input", full_size_of or "input.png"]
         argv += ["--mask", "mask.png"] if task == "inpaint" else ["--task", task]
         if full_size_of:
             argv.append("--full-size")
+            if crop is not None:
+                argv += ["--crop", ",".join(map(str, crop))]
         if measured:
             argv.append("--measured")
         argv += ["--method", method, "--steps", str(steps), "--sigma-y", repr(sigma_y), "--seed", str(seed)]
@@ -362,6 +403,17 @@ def _whole(value, name: str, low: int, high: int = arguments.MAX_SEED) -> int:
     if isinstance(v, float) and not v.is_integer() or not low <= v <= high:
         raise AppError(f"{name} must be a whole number from {low} to {high}, got {value}")
     return int(v)
+
+
+def _percent(value, name: str, low: float) -> float:
+    """A number in [low, 100]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not low <= v <= 100:  # NaN fails too
+        raise AppError(f"{name} must be a number from {low:g} to 100 (percent), got {value!r}")
+    return v
 
 
 def _finite(v) -> float | None:
@@ -421,20 +473,31 @@ def build_app(studio: Studio):
 
     def describe(source: dict) -> str:
         w, h = source["size"]
-        return (f"**{source['name']}**, {w}x{h}, shown at the model's {studio.size}x{studio.size} "
-                "(centre crop, Lanczos resize)")
+        crop = source.get("crop")
+        square = "centre crop" if crop is None else "the square {},{},{} (LEFT,TOP,SIDE)".format(*crop)
+        return f"**{source['name']}**, {w}x{h}, shown at the model's {studio.size}x{studio.size} ({square}, Lanczos resize)"
+
+    def shown(source: dict) -> tuple:
+        """What the page shows of a photo: the editor, the state, the caption, the whole upload with its square."""
+        whole = studio.overview(source)
+        return (editor_value(source), source, describe(source),
+                gr.Image(whole, visible=whole is not None))
 
     @guarded
     def upload(path):
         if not path:
             raise AppError("no file was uploaded")
         source = studio.source_from_upload(path)
-        return editor_value(source), source, describe(source)
+        return *shown(source), gr.Accordion(visible=source["full"] is not None), 50, 50, 100
 
     @guarded
     def draw(seed, progress=gr.Progress(track_tqdm=True)):
         source = studio.draw(_whole(seed, "seed", 0))
-        return editor_value(source), source, describe(source)
+        return *shown(source), gr.Accordion(visible=False)
+
+    @guarded
+    def choose_square(source, across, down, side):
+        return shown(studio.choose_square(source, across, down, side))
 
     @guarded
     def restore(editor, source, task, methods, steps, sigma_y, seed, samples, measured,
@@ -464,6 +527,17 @@ def build_app(studio: Studio):
                     draw_button = gr.Button("Draw a face from the prior" if "face" in studio.model
                                             else "Draw a picture from the prior", elem_id="draw")
                 about = gr.Markdown("no photo yet", elem_id="about")
+                with gr.Accordion("the square to restore: the model sees a square of the photo", visible=False,
+                                  elem_id="square") as square:
+                    whole = gr.Image(label="the whole photo, the square framed", interactive=False, visible=False,
+                                     height=OVERVIEW, format="png", elem_id="whole")
+                    gr.Markdown("Move the square across and down (percent of the way from the left and top edges) "
+                                "and size it (percent of the photo's shorter side). A new square clears the "
+                                "painted mask.")
+                    with gr.Row():
+                        across = gr.Slider(0, 100, value=50, step=1, label="across", elem_id="across")
+                        down = gr.Slider(0, 100, value=50, step=1, label="down", elem_id="down")
+                        side = gr.Slider(MIN_SIDE, 100, value=100, step=1, label="side", elem_id="side")
             with gr.Column(scale=1):
                 task = gr.Radio([(label, value) for value, label in APP_TASKS.items()], value="box-inpaint",
                                 label="damage", elem_id="task")
@@ -491,10 +565,13 @@ def build_app(studio: Studio):
                             file_count="multiple", elem_id="downloads")
         report = gr.JSON(label="settings", visible=False)
 
-        upload_button.upload(upload, upload_button, [editor, source, about], api_name="upload")
+        shows = [editor, source, about, whole]
+        upload_button.upload(upload, upload_button, [*shows, square, across, down, side], api_name="upload")
         # drawing and restoring share one line of the queue: one job on the model at a time, for all users
-        draw_button.click(draw, seed, [editor, source, about], api_name="draw", concurrency_limit=1,
+        draw_button.click(draw, seed, [*shows, square], api_name="draw", concurrency_limit=1,
                           concurrency_id="model")
+        gr.on([s.input for s in (across, down, side)], choose_square, [source, across, down, side], shows,
+              api_name="square", trigger_mode="always_last", show_progress="hidden")
         run_button.click(restore, [editor, source, task, methods, steps, sigma_y, seed, samples, measured],
                          [gallery, table, downloads, report], api_name="restore", concurrency_limit=1,
                          concurrency_id="model")
