@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 from diffprior.io import load_mask, save_image
-from diffprior.operators import (Blur, Identity, Inpaint, SuperResolution, box_mask, gaussian_kernel, measure,
-                                 motion_kernel, random_mask, resize_matrix, stroke_mask)
+from diffprior.operators import (Blur, Identity, Inpaint, LinearOperator, SuperResolution, box_mask, check_linear,
+                                 gaussian_kernel, measure, motion_kernel, random_mask, resize_matrix, stroke_mask)
+from diffprior.prior import GaussianPrior
+from diffprior.solvers import solve
 from diffprior.tasks import TASKS, make_operator
 
 SHAPE = (3, 32, 32)
@@ -323,3 +325,57 @@ def test_colorize():
         op.A(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="colour weights"):
         Colorize("sepia")
+
+
+# -- an operator of the user's own ------------------------------------------------------------------
+class EveryOtherColumn(LinearOperator):
+    """A linear operator written as a user would: A and its adjoint, nothing else."""
+    name = "every-other-column"
+
+    def A(self, x):
+        return x[..., ::2]
+
+    def A_adjoint(self, y):
+        x = y.new_zeros(*y.shape[:-1], 2 * y.shape[-1])
+        x[..., ::2] = y
+        return x
+
+
+class ShiftedAdjoint(EveryOtherColumn):
+    name = "shifted-adjoint"
+
+    def A_adjoint(self, y):  # a slip: the zeros inserted on the wrong side
+        x = y.new_zeros(*y.shape[:-1], 2 * y.shape[-1])
+        x[..., 1::2] = y
+        return x
+
+
+class ClippedColumns(EveryOtherColumn):
+    name = "clipped-columns"
+
+    def A(self, x):  # not linear: clipping
+        return x[..., ::2].clamp(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_linear_operator_here_passes_the_check_of_a_users_operator(name):
+    check_linear(OPS[name], torch.zeros(2, *SHAPE))
+
+
+def test_an_operator_of_the_users_own_runs_with_the_solvers_it_fits_and_a_wrong_one_is_refused():
+    prior = GaussianPrior(torch.zeros(3, 8, 8, dtype=torch.float64), torch.full((192,), 0.2, dtype=torch.float64))
+    x = prior.sample(1, torch.Generator().manual_seed(1))
+    op = EveryOtherColumn()
+    y = measure(op, x, 0.05, torch.Generator().manual_seed(2))
+    # A only (through autograd); A and its adjoint; the prox by conjugate gradients
+    for method, settings in (("dps", {"scale": 1.0}), ("pigdm", {}), ("diffpir", {})):
+        out = solve(method, prior, op, y, sigma_y=0.05, steps=20, generator=torch.Generator().manual_seed(3),
+                    **settings)
+        # it restores from the measurement: far closer to it than the prior's mean (zero) is
+        assert float((y - op.A(out)).norm()) < 0.3 * float(y.norm()), method
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="shifted-adjoint.A_adjoint is not the adjoint of its A"):
+        solve("dps", prior, ShiftedAdjoint(), y, sigma_y=0.05, steps=5)
+    with pytest.raises(ValueError, match="clipped-columns is marked linear, but A"):
+        solve("dps", prior, ClippedColumns(), y, sigma_y=0.05, steps=5)
+    assert torch.equal(torch.get_rng_state(), state)  # the check draws from its own generator

@@ -148,6 +148,34 @@ def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator 
     return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
 
 
+def check_linear(op: Operator, like: Tensor) -> None:
+    """Refuse (ValueError) an operator marked linear whose `A` is not linear, or whose `A_adjoint` is not the
+    adjoint of its `A`: probed with random images shaped like `like`, drawn from a fixed seed (the caller's
+    random state is untouched). A linear operator without an adjoint passes (the solvers that need one say
+    so). The tolerances, relative to the norms involved, pass float32 rounding and TF32 matmuls (1e-3 per
+    entry) by a wide margin; a wrong formula misses them by orders of magnitude (a wrong adjoint is off by
+    about 1 / sqrt(entries of y), a non-linearity by a share of the norm)."""
+    if not op.linear:
+        return
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = (torch.randn(like.shape, generator=g, dtype=like.dtype).to(like.device) for _ in range(2))
+    with torch.no_grad(), torch.autocast(like.device.type, enabled=False):
+        a1, a2 = op.A(x1), op.A(x2)
+        gap = float((op.A(x1 + 2 * x2) - a1 - 2 * a2).norm())
+        if gap > 1e-2 * float(a1.norm() + 2 * a2.norm()):
+            raise ValueError(f"{op.name} is marked linear, but A(x1 + 2 x2) differs from A(x1) + 2 A(x2) (by "
+                             f"{gap:.3g} in norm): a non-linear operator subclasses Operator, not LinearOperator")
+        y = torch.randn(a1.shape, generator=g, dtype=like.dtype).to(like.device)
+        try:
+            back = op.A_adjoint(y)
+        except NotImplementedError:
+            return
+        forward, adjoint = float((a1 * y).sum()), float((x1 * back).sum())
+        if abs(forward - adjoint) > 1e-4 * float(a1.norm() * y.norm() + x1.norm() * back.norm()):
+            raise ValueError(f"{op.name}.A_adjoint is not the adjoint of its A: <A x, y> = {forward:.6g}, but "
+                             f"<x, A_adjoint(y)> = {adjoint:.6g} for random x and y")
+
+
 # ---------------------------------------------------------------------------------------------------
 class Identity(LinearOperator):
     """Denoising: A = I."""

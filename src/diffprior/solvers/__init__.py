@@ -11,7 +11,7 @@ from torch import Tensor
 
 from importlib import import_module
 
-from ..operators import check_noise_level
+from ..operators import check_linear, check_noise_level
 from .sampling import ddim_step, ddpm_step, denoise, sample
 from .spec import PLUMBING, SolverSpec
 
@@ -164,6 +164,7 @@ def check_measurement(prior, op, y) -> None:
     if tuple(y.shape) != expected:
         raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {expected} from a batch "
                          f"of {y.shape[0]} of the prior's {shape} images")
+    check_linear(op, images)  # an operator of the user's own: its linearity and adjoint, which solvers trust
 
 
 def divergence(op, x: Tensor, y: Tensor) -> str | None:
