@@ -274,3 +274,49 @@ def test_the_summary_table_says_how_many_values_are_missing(tmp_path):
     write_summary(tmp_path, summarize(rows, run))
     line = next(l for l in (tmp_path / "summary.md").read_text().splitlines() if l.startswith("| m |"))
     assert "| 3 | 20.00 (2 of 3 missing) | 0.500 ± 0.000 |" in line  # the mean of one image, and it says so
+
+
+def test_a_mask_file_is_the_task_inpaint_for_every_image(setup, tmp_path, capsys):
+    _, data, model = setup
+    known = torch.ones(32, 32)
+    known[8:20, 10:26] = 0
+    save_image(known.expand(1, 3, 32, 32) * 2 - 1, tmp_path / "holes.png")
+    base = ["eval", "--data", str(data), "--model", str(model), "--device", "cpu", "--limit", "2", "--methods", "dps",
+            "--steps", "2", "--no-progress"]
+    out = tmp_path / "masked"
+    assert main(base + ["--out", str(out), "--mask", str(tmp_path / "holes.png")]) == 0  # the task inpaint alone
+    rows = rows_of(out)
+    assert {(r["task"], r["method"]) for r in rows} == {("inpaint", "naive"), ("inpaint", "dps")}
+    # the naive reconstruction of that mask's measurement, computed here: the same numbers
+    from diffprior.commands.evaluate import derive_seed
+    from diffprior.io import load_image
+    from diffprior.metrics import image_metrics
+    from diffprior.operators import Inpaint, measure
+    op = Inpaint(known)
+    for r in (r for r in rows if r["method"] == "naive"):
+        x = load_image(data / r["image"], 32)
+        y = measure(op, x, 0.05, torch.Generator().manual_seed(derive_seed("measure", 0, "inpaint", r["image"])))
+        assert float(r["psnr"]) == pytest.approx(float(image_metrics(op.naive(y), x)["psnr"][0]), abs=1e-5)
+    # another mask is another run: refused in the same folder
+    known[0:4] = 0
+    save_image(known.expand(1, 3, 32, 32) * 2 - 1, tmp_path / "holes.png")
+    assert main(base + ["--out", str(out), "--mask", str(tmp_path / "holes.png")]) == 2
+    assert "mask:" in capsys.readouterr().err
+    for extra, message in ((["--tasks", "inpaint"], "takes its mask from --mask"),
+                           (["--tasks", "box-inpaint", "--mask", str(tmp_path / "holes.png")], "give both")):
+        assert main(base + ["--out", str(tmp_path / "refused"), *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_path):
+    from diffprior.commands.evaluate import mask_of
+    for i in range(2):
+        save_image(torch.zeros(1, 3, 32, 48), tmp_path / f"wide_{i}.png")  # 48x32 (W x H)
+    known = torch.ones(32, 48)
+    known[10:20, 5:40] = 0  # partly outside the central 32x32 square
+    save_image(known.expand(1, 3, 32, 48) * 2 - 1, tmp_path / "holes.png")
+    images = sorted(tmp_path.glob("wide_*.png"))
+    assert torch.equal(mask_of(tmp_path / "holes.png", images, 32), known[:, 8:40])
+    save_image(torch.zeros(1, 3, 40, 48), tmp_path / "wide_2.png")  # images of two sizes: the model's size only
+    with pytest.raises(ValueError, match="does not fit: it is 48x32 .* expected the model's 32x32"):
+        mask_of(tmp_path / "holes.png", sorted(tmp_path.glob("wide_*.png")), 32)

@@ -12,7 +12,8 @@ Metrics a size does not allow (LPIPS under 31x31) and those of a diverged solver
 `--save-images K` also keeps the restorations of the first K images as PNG under OUT/images/.
 
 Randomness. A task's operator is drawn once per (task, seed) (box position, random mask, motion kernel) and
-is the same for every image: that is what lets images share a batch. An image's measurement noise comes
+is the same for every image: that is what lets images share a batch. `--mask FILE` adds the task `inpaint`
+(the only task by default then), whose mask is that file's for every image and seed. An image's measurement noise comes
 from a generator seeded by (seed, task, image name), so every method sees the same y. A solver's noise
 comes from one generator per batch, seeded by (seed, task, method, settings, the batch's image names).
 Batches are fixed chunks of --batch consecutive images, so a resumed or distributed run gives the numbers
@@ -62,16 +63,18 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import arguments
-from ..io import list_images, load_image, open_image, save_image
+from ..download import sha256_of
+from ..io import list_images, load_image, load_mask, open_image, save_image
 from ..metrics import image_metrics, residual
 from ..devices import pick_device, sync
 from ..io import atomic_write, output_folder
 from ..models import DEFAULT_MODEL, load_prior
-from ..operators import Operator, measure
+from ..operators import Inpaint, Operator, measure
 from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
@@ -80,8 +83,9 @@ from .common import add_prior_arguments, add_range_arguments
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
-IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data")  # run.json: what fixes the numbers
+IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask")  # run.json: what fixes the numbers
 NAIVE = "naive"
+MASK_TASK = "inpaint"  # the task of a mask file (--mask): every image loses the same pixels
 Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed
 
 
@@ -167,8 +171,14 @@ def readable(paths: list[Path], n: int | None = None) -> tuple[list[Path], list[
     return good, bad
 
 
+def probe(task: str, size: int) -> Operator:
+    """An operator of `task` for what its random parts do not change (which solvers fit it, whether it has a
+    naive reconstruction); "inpaint", a mask file's task, as a mask that misses nothing."""
+    return Inpaint(torch.ones(size, size)) if task == MASK_TASK else make_operator(task, (3, size, size))
+
+
 def has_naive(task: str, size: int) -> bool:
-    op = make_operator(task, (3, size, size))
+    op = probe(task, size)
     try:
         op.naive(op.A(torch.zeros(1, 3, size, size)))
         return True
@@ -352,11 +362,15 @@ def evaluate(data: str | Path, out: str | Path, *,
              sigma_y: float = 0.05,
              size: int | None = None,             # image side; default the prior's
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
+             mask: str | Path | None = None,      # the mask file of the task "inpaint" (white = known)
              progress: bool = True) -> dict | None:
     """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
     data, out, grid = Path(data), Path(out), grid or {}
     tasks, methods = list(dict.fromkeys(tasks)), list(dict.fromkeys(methods))  # a repeated name is one
-    for given, known, what in ((tasks, TASKS, "task"), (methods, SOLVERS, "method")):
+    if (MASK_TASK in tasks) != (mask is not None):
+        raise ValueError(f"the task {MASK_TASK} takes its mask from --mask (white = known, black = missing), and "
+                         f"--mask is for that task: give both")
+    for given, known, what in ((tasks, [*TASKS, MASK_TASK], "task"), (methods, SOLVERS, "method")):
         unknown = [v for v in given if v not in known]
         if unknown:
             raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -370,13 +384,14 @@ def evaluate(data: str | Path, out: str | Path, *,
                              + "".join(f"\n  {p.name}: {reason}" for p, reason in skipped[:3]))
         prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
+        known = None if mask is None else mask_of(mask, images, size)
         unfit = unfit_pairs(tasks, methods, size, sigma_y)
         if unfit:
             raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
         out.mkdir(parents=True, exist_ok=True)
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
                     "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
-                    "data": str(data.resolve())}
+                    "data": str(data.resolve()), "mask": None if mask is None else sha256_of(Path(mask))}
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
 
@@ -404,7 +419,7 @@ def evaluate(data: str | Path, out: str | Path, *,
                    initial=sum(k in done for u in mine for k in u.keys(chunks)),
                    desc="eval" if ranks.world == 1 else f"eval (rank 0 of {ranks.world})",
                    disable=not progress or ranks.rank != 0)
-        runner = Runner(prior, chunks, size, sigma_y, dev, out, {p.name for p in images[:save]})
+        runner = Runner(prior, chunks, size, sigma_y, dev, out, {p.name for p in images[:save]}, known)
         try:
             for unit in mine:
                 keys = unit.keys(chunks)
@@ -432,7 +447,7 @@ def evaluate(data: str | Path, out: str | Path, *,
 
 def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
     """Why `method` does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
-    return SPECS[method].why_not(make_operator(task, (3, size, size)), sigma_y)
+    return SPECS[method].why_not(probe(task, size), sigma_y)
 
 
 def unfit_pairs(tasks: Sequence[str], methods: Sequence[str], size: int, sigma_y: float) -> list[str]:
@@ -450,6 +465,16 @@ def _image_size(prior: Prior, size: int | None) -> int:
     return size
 
 
+def mask_of(path: str | Path, images: list[Path], size: int) -> Tensor:
+    """The mask of the task "inpaint" at the image size (1 = known): a mask file of that size, or of the size
+    that all the images share (then cropped and resized as they are)."""
+    sizes = set()
+    for p in images:
+        with Image.open(p) as im:  # the header only
+            sizes.add(im.size)
+    return load_mask(path, (size, size), sizes.pop() if len(sizes) == 1 else None)
+
+
 def report_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
     text = "".join(f"{p.name}\t{reason}\n" for p, reason in skipped)
     for p, reason in skipped:
@@ -461,16 +486,18 @@ class Runner:
     """Runs units one after another, keeping the current chunk's images and measurements and the operators."""
 
     def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
-                 out: Path | None = None, keep: set[str] = frozenset()):
+                 out: Path | None = None, keep: set[str] = frozenset(), mask: Tensor | None = None):
         self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
         self.out, self.keep = out, keep  # the images whose restorations are saved under out
+        self.mask = mask  # the task "inpaint"'s (H, W), 1 = known
         self.ops: dict[tuple[str, int], Operator] = {}
         self.images: tuple[int, Tensor] | None = None
         self.measured: tuple[tuple[int, str, int], Tensor] | None = None
 
     def operator(self, task: str, seed: int) -> Operator:
         if (task, seed) not in self.ops:
-            self.ops[task, seed] = make_operator(task, (3, self.size, self.size), seed=seed).to(self.device)
+            op = Inpaint(self.mask) if task == MASK_TASK else make_operator(task, (3, self.size, self.size), seed=seed)
+            self.ops[task, seed] = op.to(self.device)
         return self.ops[task, seed]
 
     def clean(self, chunk: int) -> Tensor:
@@ -633,8 +660,13 @@ PARSER = dict(help="evaluate solvers over a folder of images: resumable rows.csv
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a folder of images (taken in file-name order)")
     p.add_argument("--out", required=True, help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")
-    p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4",
-                   help="comma-separated tasks (box-inpaint,random-inpaint,gaussian-blur,sr4)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks (default box-inpaint,random-inpaint,gaussian-blur,sr4; with --mask, "
+                        "inpaint)")
+    p.add_argument("--mask", default=None, metavar="FILE",
+                   help="a mask image for the task inpaint, the same for every image: white = known, black = "
+                        "missing; of the model's size, or of the size all the images share (then cropped and "
+                        "resized as they are)")
     p.add_argument("--methods", default="sdedit,scoreald,dps",
                    help="comma-separated solvers (sdedit,scoreald,dps; naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
@@ -654,9 +686,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = [m for m in arguments.names(args.methods) if m != NAIVE]
-    evaluate(args.data, args.out, tasks=arguments.names(args.tasks), methods=methods,
+    tasks = arguments.names(args.tasks) if args.tasks is not None else (
+        [MASK_TASK] if args.mask is not None else ["box-inpaint", "random-inpaint", "gaussian-blur", "sr4"])
+    evaluate(args.data, args.out, tasks=tasks, methods=methods,
              grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
              steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
-             dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images,
+             dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images, mask=args.mask,
              progress=not args.no_progress)
     return 0
