@@ -302,10 +302,13 @@ def test_a_mask_file_is_the_task_inpaint_for_every_image(setup, tmp_path, capsys
     save_image(known.expand(1, 3, 32, 32) * 2 - 1, tmp_path / "holes.png")
     assert main(base + ["--out", str(out), "--mask", str(tmp_path / "holes.png")]) == 2
     assert "mask:" in capsys.readouterr().err
+    save_image(-torch.ones(1, 3, 32, 32), tmp_path / "black.png")
     for extra, message in ((["--tasks", "inpaint"], "takes its mask from --mask"),
-                           (["--tasks", "box-inpaint", "--mask", str(tmp_path / "holes.png")], "give both")):
+                           (["--tasks", "box-inpaint", "--mask", str(tmp_path / "holes.png")], "give both"),
+                           (["--mask", str(tmp_path / "black.png")], "observes no pixel")):
         assert main(base + ["--out", str(tmp_path / "refused"), *extra]) == 2
         assert message in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()  # no run.json to block the corrected command
 
 
 def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_path):

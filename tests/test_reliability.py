@@ -95,6 +95,7 @@ BAD = [
     ("restore --input clean.png --task box-inpaint --sigma-y -1", "at least 0"),
     ("restore --input clean.png --task box-inpaint --sigma-y 1e30", "at most 10"),  # y would overflow float32
     ("restore --input clean.png --task box-inpaint --samples 0", "--samples"),
+    ("restore --input clean.png --task box-inpaint --samples 5000", "--samples: must be at most 1024"),
     ("restore --input clean.png --task box-inpaint --method tv --samples 4", "tv draws nothing at random"),
     ("restore --input clean.png --task box-inpaint --steps 0", "--steps"),
     ("restore --input clean.png --task box-inpaint --steps 5000", "at most the prior's T"),

@@ -1,5 +1,5 @@
-"""Posterior uncertainty: K posterior samples of one measurement in one batch, their per-pixel mean and
-standard deviation, and how well that standard deviation predicts the actual error (calibration)."""
+"""Posterior uncertainty: K posterior samples of one measurement (SAMPLE_BATCH per solver call), their per-pixel
+mean and standard deviation, and how well that standard deviation predicts the actual error (calibration)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import torch
 from torch import Tensor
 
 from .solvers import solve, spec_of
+
+SAMPLE_BATCH = 16  # posterior samples per solver call
+MAX_SAMPLES = 1024  # the most that the command line draws for one measurement
 
 
 def why_no_spread(method: str) -> str | None:
@@ -28,13 +31,17 @@ def check_samples(method: str, k: int) -> None:
         raise ValueError(f"{method} {why}")
 
 
-def posterior_samples(method: str, prior, op, y: Tensor, k: int, **settings) -> Tensor:
-    """K samples (K, C, H, W) of p(x | y) for one measurement y (1, ...), drawn as one batch of K."""
+def posterior_samples(method: str, prior, op, y: Tensor, k: int, *, batch: int = SAMPLE_BATCH,
+                      **settings) -> Tensor:
+    """K samples (K, C, H, W) of p(x | y) for one measurement y (1, ...), drawn in solver calls of at most
+    `batch` samples (one call when K <= batch), one generator throughout: a solver's memory grows with its
+    batch, so many samples take longer, never more memory than `batch` of them."""
     if not isinstance(y, Tensor) or y.dim() < 2 or y.shape[0] != 1:
         raise ValueError(f"expected one measurement, a batch of 1 (1, ...), got shape "
                          f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
     check_samples(method, k)
-    return solve(method, prior, op, y.expand(int(k), *y.shape[1:]).contiguous(), **settings)
+    return torch.cat([solve(method, prior, op, y.expand(min(batch, k - start), *y.shape[1:]).contiguous(), **settings)
+                      for start in range(0, int(k), batch)])
 
 
 def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dict:

@@ -467,12 +467,16 @@ def _image_size(prior: Prior, size: int | None) -> int:
 
 def mask_of(path: str | Path, images: list[Path], size: int) -> Tensor:
     """The mask of the task "inpaint" at the image size (1 = known): a mask file of that size, or of the size
-    that all the images share (then cropped and resized as they are)."""
+    that all the images share (then cropped and resized as they are). Refused (ValueError) before any work
+    when it fits neither or observes nothing."""
     sizes = set()
     for p in images:
         with Image.open(p) as im:  # the header only
             sizes.add(im.size)
-    return load_mask(path, (size, size), sizes.pop() if len(sizes) == 1 else None)
+    shared = sizes.pop() if len(sizes) == 1 else None
+    known = load_mask(path, (size, size), None if shared == (size, size) else shared)
+    Inpaint(known)  # its own checks (a mask that observes no pixel), now rather than mid-run
+    return known
 
 
 def report_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:

@@ -19,7 +19,8 @@ from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
-from ..uncertainty import calibration, calibration_figure, check_samples, posterior_samples, std_image
+from ..uncertainty import (MAX_SAMPLES, SAMPLE_BATCH, calibration, calibration_figure, check_samples, posterior_samples,
+                           std_image)
 from .common import (add_model_arguments, check_steps, cpu_steps, fmt, generator, model_input, naive_or_none,
                      parse_settings, quality)
 
@@ -52,9 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measured", action="store_true", help="the input is already the degraded measurement: for sr4 "
                    "the low-resolution image (the model's size / 4), for inpaint (--mask) and colorize a photo of "
                    "any size, for the other tasks (not phase-retrieval) an image of the model's size")
-    p.add_argument("--samples", type=arguments.positive, default=1, metavar="K",
-                   help="draw K posterior samples in one batch: write their mean, a per-pixel std map and a "
-                        "calibration figure (error against predicted std)")
+    p.add_argument("--samples", type=arguments.integer(1, MAX_SAMPLES), default=1, metavar="K",
+                   help=f"draw K posterior samples (at most {MAX_SAMPLES}; {SAMPLE_BATCH} per solver call): write "
+                        "their mean, a per-pixel std map and a calibration figure (error against predicted std)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other solver settings, e.g. scale=0.3")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_model_arguments(p)
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     naive = naive_or_none(op, y)
     start = time.perf_counter()
     std = None
-    if args.samples > 1:  # K posterior samples in one batch: their mean is the restoration
+    if args.samples > 1:  # K posterior samples: their mean is the restoration
         samples = posterior_samples(args.method, prior, op, y, args.samples, sigma_y=args.sigma_y, generator=gen,
                                     progress=not args.json, **settings)
         restored, std = samples.mean(0, keepdim=True), samples.std(0)
