@@ -12,9 +12,9 @@ Metrics a size does not allow (LPIPS under 31x31) and those of a diverged solver
 `--save-images K` also keeps the restorations of the first K images as PNG under OUT/images/.
 
 Randomness. A task's operator is drawn once per (task, seed) (box position, random mask, motion kernel) and
-is the same for every image: that is what lets images share a batch. `--mask FILE` adds the task `inpaint`
-(the only task by default then), whose mask is that file's for every image and seed. An image's measurement noise comes
-from a generator seeded by (seed, task, image name), so every method sees the same y. A solver's noise
+is the same for every image: that is what lets images share a batch (`--mask FILE` adds the task `inpaint`,
+the only task by default then, whose mask is that file's for every image and seed). An image's measurement
+noise comes from a generator seeded by (seed, task, image name), so every method sees the same y. A solver's noise
 comes from one generator per batch, seeded by (seed, task, method, settings, the batch's image names).
 Batches are fixed chunks of --batch consecutive images, so a resumed or distributed run gives the numbers
 of an uninterrupted single-process run (on the same kind of device).
