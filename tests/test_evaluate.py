@@ -311,6 +311,33 @@ def test_a_mask_file_is_the_task_inpaint_for_every_image(setup, tmp_path, capsys
         assert not (tmp_path / "refused").exists()  # no run.json to block the corrected command
 
 
+def test_a_folder_of_masks_gives_each_image_its_own(setup, tmp_path):
+    _, data, model = setup
+    images = sorted(data.glob("img_*.png"))[:3]
+    (tmp_path / "masks").mkdir()
+    knowns = {}
+    for i, p in enumerate(images):  # a hole in another place in each
+        known = torch.ones(32, 32)
+        known[4 + 6 * i:14 + 6 * i, 2 + 8 * i:12 + 8 * i] = 0
+        save_image(known.expand(1, 3, 32, 32) * 2 - 1, tmp_path / "masks" / f"{p.stem}.png")
+        knowns[p.name] = known
+    out = tmp_path / "per-image"
+    assert main(["eval", "--data", str(data), "--model", str(model), "--device", "cpu", "--limit", "3", "--batch", "2",
+                 "--methods", "ddnm", "--steps", "2", "--no-progress", "--mask", str(tmp_path / "masks"),
+                 "--out", str(out)]) == 0
+    from diffprior.commands.evaluate import derive_seed
+    from diffprior.io import load_image
+    from diffprior.metrics import image_metrics
+    from diffprior.operators import Inpaint, measure
+    naive = [r for r in rows_of(out) if r["method"] == "naive"]
+    assert [r["image"] for r in naive] == [p.name for p in images]
+    for r in naive:  # each image's naive reconstruction under its own mask
+        op, x = Inpaint(knowns[r["image"]]), load_image(data / r["image"], 32)
+        y = measure(op, x, 0.05, torch.Generator().manual_seed(derive_seed("measure", 0, "inpaint", r["image"])))
+        assert float(r["psnr"]) == pytest.approx(float(image_metrics(op.naive(y), x)["psnr"][0]), abs=1e-5)
+    assert json.loads((out / "run.json").read_text())["identity"]["mask"] == str((tmp_path / "masks").resolve())
+
+
 def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_path):
     from diffprior.commands.evaluate import mask_of
     for i in range(2):
@@ -319,7 +346,12 @@ def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_pa
     known[10:20, 5:40] = 0  # partly outside the central 32x32 square
     save_image(known.expand(1, 3, 32, 48) * 2 - 1, tmp_path / "holes.png")
     images = sorted(tmp_path.glob("wide_*.png"))
-    assert torch.equal(mask_of(tmp_path / "holes.png", images, 32), known[:, 8:40])
-    save_image(torch.zeros(1, 3, 40, 48), tmp_path / "wide_2.png")  # images of two sizes: the model's size only
-    with pytest.raises(ValueError, match="does not fit: it is 48x32 .* expected the model's 32x32"):
+    masks = mask_of(tmp_path / "holes.png", images, 32)
+    assert list(masks) == ["wide_0.png", "wide_1.png"] and all(torch.equal(m, known[:, 8:40]) for m in masks.values())
+    save_image(torch.zeros(1, 3, 40, 48), tmp_path / "wide_2.png")  # another size: its mask must fit it
+    with pytest.raises(ValueError, match="does not fit: it is 48x32 .* expected the photo's 48x40 or the model's"):
         mask_of(tmp_path / "holes.png", sorted(tmp_path.glob("wide_*.png")), 32)
+    (tmp_path / "masks").mkdir()
+    save_image(known.expand(1, 3, 32, 48) * 2 - 1, tmp_path / "masks" / "wide_0.jpg")
+    with pytest.raises(ValueError, match="no mask for 2 of the 3 images, e.g. wide_1.png, wide_2.png"):
+        mask_of(tmp_path / "masks", sorted(tmp_path.glob("wide_*.png")), 32)

@@ -12,12 +12,12 @@ Metrics a size does not allow (LPIPS under 31x31) and those of a diverged solver
 `--save-images K` also keeps the restorations of the first K images as PNG under OUT/images/.
 
 Randomness. A task's operator is drawn once per (task, seed) (box position, random mask, motion kernel) and
-is the same for every image: that is what lets images share a batch (`--mask FILE` adds the task `inpaint`,
-the only task by default then, whose mask is that file's for every image and seed). An image's measurement
-noise comes from a generator seeded by (seed, task, image name), so every method sees the same y. A solver's noise
-comes from one generator per batch, seeded by (seed, task, method, settings, the batch's image names).
-Batches are fixed chunks of --batch consecutive images, so a resumed or distributed run gives the numbers
-of an uninterrupted single-process run (on the same kind of device).
+is the same for every image: that is what lets images share a batch (`--mask` adds the task `inpaint`, the only
+task by default then, whose mask is a file's for every image, or each image's own from a folder of masks). An
+image's measurement noise comes from a generator seeded by (seed, task, image name), so every method sees the
+same y. A solver's noise comes from one generator per batch, seeded by (seed, task, method, settings, the
+batch's image names). Batches are fixed chunks of --batch consecutive images, so a resumed or distributed run
+gives the numbers of an uninterrupted single-process run (on the same kind of device).
 
 Resume. A row is written only once complete, each batch is flushed to disk, and rerunning the same command
 skips the rows present (key: image, task, method, settings, seed), drops a torn last line left by a hard
@@ -291,7 +291,8 @@ def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
     """Refuse to add to a run made with other settings; record this run's settings if it is the first."""
     if path.is_file():
         stored = json.loads(path.read_text()).get("identity", {})
-        diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in IDENTITY if stored.get(k) != identity[k]]
+        diff = [f"{k}: {stored.get(k)!r} there, {identity.get(k)!r} now" for k in IDENTITY
+                if stored.get(k) != identity.get(k)]
         if diff:
             raise RunMismatch(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}). "
                               "Rerun with the same settings to continue it, or choose another --out.")
@@ -384,14 +385,15 @@ def evaluate(data: str | Path, out: str | Path, *,
                              + "".join(f"\n  {p.name}: {reason}" for p, reason in skipped[:3]))
         prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
-        known = None if mask is None else mask_of(mask, images, size)
+        masks = None if mask is None else mask_of(mask, images, size)
         unfit = unfit_pairs(tasks, methods, size, sigma_y)
         if unfit:
             raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
         out.mkdir(parents=True, exist_ok=True)
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
                     "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
-                    "data": str(data.resolve()), "mask": None if mask is None else sha256_of(Path(mask))}
+                    "data": str(data.resolve()), "mask": None if mask is None else (  # a file's content, a folder's place
+                        str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask)))}
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
 
@@ -419,7 +421,7 @@ def evaluate(data: str | Path, out: str | Path, *,
                    initial=sum(k in done for u in mine for k in u.keys(chunks)),
                    desc="eval" if ranks.world == 1 else f"eval (rank 0 of {ranks.world})",
                    disable=not progress or ranks.rank != 0)
-        runner = Runner(prior, chunks, size, sigma_y, dev, out, {p.name for p in images[:save]}, known)
+        runner = Runner(prior, chunks, size, sigma_y, dev, out, {p.name for p in images[:save]}, masks)
         try:
             for unit in mine:
                 keys = unit.keys(chunks)
@@ -465,18 +467,26 @@ def _image_size(prior: Prior, size: int | None) -> int:
     return size
 
 
-def mask_of(path: str | Path, images: list[Path], size: int) -> Tensor:
-    """The mask of the task "inpaint" at the image size (1 = known): a mask file of that size, or of the size
-    that all the images share (then cropped and resized as they are). Refused (ValueError) before any work
-    when it fits neither or observes nothing."""
-    sizes = set()
+def mask_of(path: str | Path, images: list[Path], size: int) -> dict[str, Tensor]:
+    """The masks of the task "inpaint" (1 = known), image name -> (size, size) mask: a mask file is every image's;
+    in a mask folder each image has its own, named as the image (any image suffix). A mask has the image size,
+    or the size of its image (then cropped and resized as the image is). Refused (ValueError) before any
+    work when one is missing, fits neither size, or observes nothing."""
+    path = Path(path)
+    files = {p.stem: p for p in list_images(path)} if path.is_dir() else None
+    if files is not None:
+        missing = [p.name for p in images if p.stem not in files]
+        if missing:
+            raise ValueError(f"{path} has no mask for {len(missing)} of the {len(images)} images, e.g. "
+                             f"{', '.join(missing[:3])} (a mask is named as its image: {images[0].stem}.png)")
+    masks = {}
     for p in images:
         with Image.open(p) as im:  # the header only
-            sizes.add(im.size)
-    shared = sizes.pop() if len(sizes) == 1 else None
-    known = load_mask(path, (size, size), None if shared == (size, size) else shared)
-    Inpaint(known)  # its own checks (a mask that observes no pixel), now rather than mid-run
-    return known
+            own = im.size
+        mask = load_mask(files[p.stem] if files else path, (size, size), None if own == (size, size) else own)
+        Inpaint(mask)  # its own checks (a mask that observes no pixel), now rather than mid-run
+        masks[p.name] = mask
+    return masks
 
 
 def report_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
@@ -490,18 +500,20 @@ class Runner:
     """Runs units one after another, keeping the current chunk's images and measurements and the operators."""
 
     def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
-                 out: Path | None = None, keep: set[str] = frozenset(), mask: Tensor | None = None):
+                 out: Path | None = None, keep: set[str] = frozenset(), masks: dict[str, Tensor] | None = None):
         self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
         self.out, self.keep = out, keep  # the images whose restorations are saved under out
-        self.mask = mask  # the task "inpaint"'s (H, W), 1 = known
+        self.masks = masks  # the task "inpaint"'s: image name -> (H, W) mask, 1 = known
         self.ops: dict[tuple[str, int], Operator] = {}
         self.images: tuple[int, Tensor] | None = None
         self.measured: tuple[tuple[int, str, int], Tensor] | None = None
 
-    def operator(self, task: str, seed: int) -> Operator:
+    def operator(self, task: str, seed: int, images: list[Path]) -> Operator:
+        """The task's operator for a batch of images: drawn once per (task, seed); a mask of --mask per image."""
+        if task == MASK_TASK:
+            return Inpaint(torch.stack([self.masks[p.name] for p in images])[:, None]).to(self.device)
         if (task, seed) not in self.ops:
-            op = Inpaint(self.mask) if task == MASK_TASK else make_operator(task, (3, self.size, self.size), seed=seed)
-            self.ops[task, seed] = op.to(self.device)
+            self.ops[task, seed] = make_operator(task, (3, self.size, self.size), seed=seed).to(self.device)
         return self.ops[task, seed]
 
     def clean(self, chunk: int) -> Tensor:
@@ -513,8 +525,8 @@ class Runner:
     def measurement(self, chunk: int, task: str, seed: int) -> Tensor:
         """y per image, its noise from a generator seeded by (seed, task, image name), on the CPU."""
         if self.measured is None or self.measured[0] != (chunk, task, seed):
-            op, x = self.operator(task, seed), self.clean(chunk)
-            y = torch.cat([measure(op, x[i:i + 1], self.sigma_y,
+            x = self.clean(chunk)
+            y = torch.cat([measure(self.operator(task, seed, [p]), x[i:i + 1], self.sigma_y,
                                    torch.Generator().manual_seed(derive_seed("measure", seed, task, p.name)))
                            for i, p in enumerate(self.chunks[chunk])])
             self.measured = ((chunk, task, seed), y)
@@ -523,7 +535,7 @@ class Runner:
     def run(self, unit: Unit) -> list[dict]:
         """Restore one batch and score it: one row per image."""
         names = [p.name for p in self.chunks[unit.chunk]]
-        x, op = self.clean(unit.chunk), self.operator(unit.task, unit.seed)
+        x, op = self.clean(unit.chunk), self.operator(unit.task, unit.seed, self.chunks[unit.chunk])
         y = self.measurement(unit.chunk, unit.task, unit.seed)
         sync(self.device)
         start, nfe = time.perf_counter(), 0
@@ -667,10 +679,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks (default box-inpaint,random-inpaint,gaussian-blur,sr4; with --mask, "
                         "inpaint)")
-    p.add_argument("--mask", default=None, metavar="FILE",
-                   help="a mask image for the task inpaint, the same for every image: white = known, black = "
-                        "missing; of the model's size, or of the size all the images share (then cropped and "
-                        "resized as they are)")
+    p.add_argument("--mask", default=None, metavar="FILE|FOLDER",
+                   help="the masks of the task inpaint (white = known, black = missing): a mask image for every "
+                        "image, or a folder with each image's own, named as the image; of the model's size, or of "
+                        "the image's (then cropped and resized as it is)")
     p.add_argument("--methods", default="sdedit,scoreald,dps",
                    help="comma-separated solvers (sdedit,scoreald,dps; naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
