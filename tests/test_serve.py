@@ -376,6 +376,20 @@ def png_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def test_the_square_of_a_photo_of_any_shape(tmp_path):
+    from diffprior.commands.serve import Studio
+    folder = tmp_path / "app"
+    (folder / "jobs").mkdir(parents=True)
+    studio = Studio("gmm-demo", torch.device("cpu"), folder)
+    for size, choice, crop, shown in [((3000, 20), (0, 0, 10), (0, 0, 2), (256, 2)),  # a square under a pixel shown
+                                      ((1, 500), (50, 50, 100), None, (1, 256)),  # 50, 50, 100: the central one
+                                      ((101, 80), (100, 100, 50), (61, 40, 40), (256, 203))]:
+        Image.new("RGB", size, (90, 120, 200)).save(folder / "photo.png")
+        source = studio.choose_square(studio.source_from_upload(folder / "photo.png"), *choice)
+        assert source["crop"] == crop and source["photo"].size == (SIZE, SIZE)
+        assert studio.overview(source).size == shown
+
+
 def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path):
     from diffprior.commands.serve import AppError, Studio
     folder = tmp_path / "app"

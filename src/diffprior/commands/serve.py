@@ -151,7 +151,7 @@ class Studio:
         side = _percent(side, "side", MIN_SIDE)
         w, h = full.size
         s = max(1, round(min(w, h) * side / 100))
-        crop = (round((w - s) * across / 100), round((h - s) * down / 100), s)
+        crop = (int((w - s) * across / 100), int((h - s) * down / 100), s)  # floor: 50 is the central square
         if square_box(full.size, crop) == square_box(full.size):
             crop = None  # the central square, as the command line takes it without --crop
         return {**source, "photo": center_square(full, self.size, crop), "crop": crop}
@@ -165,8 +165,10 @@ class Studio:
         scale = OVERVIEW / max(full.size)
         im = full.resize((max(1, round(full.size[0] * scale)), max(1, round(full.size[1] * scale))), Image.LANCZOS,
                          reducing_gap=3.0)
-        box = [round(v * scale) for v in square_box(full.size, source.get("crop"))]
-        ImageDraw.Draw(im).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 0, 255), width=2)
+        left, top, right, bottom = (v * scale for v in square_box(full.size, source.get("crop")))
+        x0, y0 = int(left), int(top)  # at least one pixel, however small the square is shown
+        ImageDraw.Draw(im).rectangle([x0, y0, max(x0, math.ceil(right) - 1), max(y0, math.ceil(bottom) - 1)],
+                                     outline=(255, 0, 255), width=2)
         return im
 
     @torch.no_grad()
