@@ -252,6 +252,10 @@ def test_an_already_damaged_low_resolution_photo(server, tmp_path):
     small = load_prior("gmm-demo").sample(1, torch.Generator().manual_seed(7)).float().clamp(-1, 1)
     save_image(torch.nn.functional.avg_pool2d(small, 4), tmp_path / "low.png")  # 16x16
     c.predict(handle_file(str(tmp_path / "low.png")), api_name="/upload")
+    c.predict(0, 0, 50, api_name="/square")  # a part of it: not what the low-resolution image measures
+    with pytest.raises(gradio_client.exceptions.AppError, match="is restored whole: set the square back"):
+        restore(c, "sr4", ["ddnm"], measured=True)
+    c.predict(50, 50, 100, api_name="/square")
     gallery, table, files = restore(c, "sr4", ["ddnm"], measured=True)
     assert Image.open(files["restored_ddnm.png"]).size == (SIZE, SIZE)
     assert Image.open(files["input.png"]).size == (16, 16)  # the measurement itself, for the CLI's --measured

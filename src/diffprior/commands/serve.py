@@ -271,6 +271,9 @@ class Studio:
                     what = "the low-resolution image" if side != size else "an image"
                     raise AppError(f"an already damaged photo for {APP_TASKS[task]} must be {what} of exactly "
                                    f"{side}x{side} pixels for this {size}x{size} model; this one is {w}x{h}")
+                if source.get("crop") is not None:
+                    raise AppError(f"an already damaged photo for {APP_TASKS[task]} is restored whole: set the "
+                                   "square back to across 50, down 50, side 100")
                 given = raw
             x = None
             y = pil_to_tensor(given).to(device)
