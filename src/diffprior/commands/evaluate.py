@@ -85,7 +85,7 @@ COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips
 METRICS = COLUMNS[5:]
 IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask")  # run.json: what fixes the numbers
 NAIVE = "naive"
-MASK_TASK = "inpaint"  # the task of a mask file (--mask): every image loses the same pixels
+MASK_TASK = "inpaint"  # the task of --mask: masks of the user's own, a file for every image or one per image
 Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed
 
 
@@ -363,7 +363,7 @@ def evaluate(data: str | Path, out: str | Path, *,
              sigma_y: float = 0.05,
              size: int | None = None,             # image side; default the prior's
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
-             mask: str | Path | None = None,      # the mask file of the task "inpaint" (white = known)
+             mask: str | Path | None = None,      # the task "inpaint"'s mask file or folder (white = known)
              progress: bool = True) -> dict | None:
     """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
     data, out, grid = Path(data), Path(out), grid or {}
@@ -479,13 +479,15 @@ def mask_of(path: str | Path, images: list[Path], size: int) -> dict[str, Tensor
         if missing:
             raise ValueError(f"{path} has no mask for {len(missing)} of the {len(images)} images, e.g. "
                              f"{', '.join(missing[:3])} (a mask is named as its image: {images[0].stem}.png)")
-    masks = {}
+    masks, loaded = {}, {}  # loaded: (mask file, image size) -> mask, so a shared file is read once per size
     for p in images:
         with Image.open(p) as im:  # the header only
             own = im.size
-        mask = load_mask(files[p.stem] if files else path, (size, size), None if own == (size, size) else own)
-        Inpaint(mask)  # its own checks (a mask that observes no pixel), now rather than mid-run
-        masks[p.name] = mask
+        key = (files[p.stem] if files else path, own)
+        if key not in loaded:
+            loaded[key] = load_mask(key[0], (size, size), None if own == (size, size) else own)
+            Inpaint(loaded[key])  # its own checks (a mask that observes no pixel), now rather than mid-run
+        masks[p.name] = loaded[key]
     return masks
 
 

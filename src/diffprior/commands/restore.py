@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     steps = cpu_steps(device, args.steps, prior, args.method, settings)
     settings = {**settings, "steps": steps} if steps is not None else settings
 
-    name = str(args.input) + (" cropped" if args.crop else "")
+    input_name = str(args.input) + (" cropped" if args.crop else "")
     x = None
     if args.measured:  # the input is already degraded: it is y
         side = measured_size(task, op, size)
@@ -136,12 +136,12 @@ def run(args: argparse.Namespace) -> int:
         square = (center_square(photo, side or size) if known is None
                   else masked_center_square(whole, known, size, args.crop))
         y = pil_to_tensor(square).to(device)
-        note = fit_note(name, photo.size, side or size)
+        note = fit_note(input_name, photo.size, side or size)
         if isinstance(op, (Inpaint, Colorize)):
             y = op.A(y)  # the holes (or the colours) carry nothing
     else:
         x = pil_to_tensor(center_square(photo, size)).to(device)
-        note = fit_note(name, photo.size, size)
+        note = fit_note(input_name, photo.size, size)
         y = measure(op, x, args.sigma_y, gen)
     if note:
         print(f"note: {note}", file=sys.stderr)

@@ -61,7 +61,7 @@ APP_TASKS = {
     "inpaint": "painted mask (paint the missing region on the photo)",
 }
 DEFAULT_METHODS = ["ddnm", "dps"]
-MAX_SAMPLES = 16
+APP_MAX_SAMPLES = 16  # posterior samples per method in the app (the command line takes more)
 DISPLAY = 256  # the photo is shown enlarged (nearest neighbour) to about this many pixels for painting
 OVERVIEW = 256  # the whole upload, with the square the model restores outlined, is shown this many pixels large
 MIN_SIDE = 10  # the smallest square to restore, in percent of the upload's shorter side
@@ -225,8 +225,8 @@ class Studio:
         if not methods:
             raise AppError("pick at least one method")
         steps, seed, samples = _whole(steps, "steps", 1), _whole(seed, "seed", 0), _whole(samples, "samples", 1)
-        if samples > MAX_SAMPLES:
-            raise AppError(f"at most {MAX_SAMPLES} posterior samples")
+        if samples > APP_MAX_SAMPLES:
+            raise AppError(f"at most {APP_MAX_SAMPLES} posterior samples")
         given = sigma_y
         try:
             sigma_y = float(sigma_y)
@@ -556,7 +556,7 @@ def build_app(studio: Studio):
                                         maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
                                      elem_id="seed")
-                samples = gr.Slider(1, MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
+                samples = gr.Slider(1, APP_MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
                                     "per-pixel std map when K > 1)", elem_id="samples")
                 run_button = gr.Button("Restore", variant="primary", elem_id="restore")
         gallery = gr.Gallery(label="measurement, naive reconstruction and restorations", columns=7,
