@@ -20,7 +20,8 @@
 #   TINY=1 scripts/gpu_run.sh OUT             # the same end to end on a CPU in about 7 minutes, tiny settings
 #
 # Settings (environment): DATA (gpu-data), REFERENCE (reference/dps), TRAIN_MIN (3), BATCH (256), LR (1e-4),
-# INIT (faces64), T_DENSITY (0:1,600:0.25), CONFIG (default), VAL_COUNT (500: the trainer's validation faces),
+# INIT (faces64), WIDEN (1: the shipped network K times as wide, started from its weights as the same function),
+# T_DENSITY (0:1,600:0.25), CONFIG (default), VAL_COUNT (500: the trainer's validation faces),
 # IMAGES (100), STEPS (1000), SAMPLES (64), DEADLINE_S (570), DEVICE (cuda).
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,6 +42,7 @@ fi
 DEVICE="${DEVICE:-cuda}" TRAIN_MIN="${TRAIN_MIN:-3}" BATCH="${BATCH:-256}" LR="${LR:-1e-4}" INIT="${INIT:-faces64}"
 CONFIG="${CONFIG:-default}" VAL_COUNT="${VAL_COUNT:-500}" IMAGES="${IMAGES:-100}" STEPS="${STEPS:-1000}" SAMPLES="${SAMPLES:-64}"
 DEADLINE_S="${DEADLINE_S:-570}" T_DENSITY="${T_DENSITY:-0:1,600:0.25}"  # as faces64 version 4 was trained
+WIDEN="${WIDEN:-1}"
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="$OUT/run.log"
 START=$(date +%s)
@@ -71,7 +73,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 
 # 1. the face model
 train_seconds=$(python3 -c "print(int($TRAIN_MIN * 60 + 90))")
-init=(--init "$INIT")
+init=(--init "$INIT" --widen "$WIDEN")
 [ "$CONFIG" = default ] || init=()  # the shipped weights fit the default network only
 stage train "$train_seconds" 300 "${DP[@]}" train --data "$DATA/celeba64-train.zip" --val "$DATA/celeba64-val.zip" \
     --out "$WORK/train" --config "$CONFIG" "${init[@]}" --batch "$BATCH" --lr "$LR" --warmup 100 --val-count "$VAL_COUNT" \

@@ -1,4 +1,4 @@
-"""SmallUNet: shapes, timestep conditioning, size of the default config, checkpoint round trip."""
+"""SmallUNet: shapes, timestep conditioning, size of the default config, checkpoint round trip, widening."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from diffprior import load_prior
 from diffprior.checkpoints import CheckpointError, save_checkpoint
 from diffprior.networks import build_network
-from diffprior.networks.small import CONFIGS, SmallUNet, network_config
+from diffprior.networks.small import CONFIGS, SmallUNet, network_config, widen
 from diffprior.schedule import Schedule
 
 
@@ -171,3 +171,49 @@ def test_running_out_of_memory_at_load_is_not_blamed_on_the_description(tmp_path
     monkeypatch.setattr(SmallUNet, "forward", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         load_prior(path)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widening_keeps_the_function(factor):
+    """A network widened by an integer factor (Net2WiderNet) computes what it did, at every timestep, with
+    factor x the channels at every level and factor x the attention heads."""
+    net = randomised(tiny(base=32, head_channels=16))
+    wide = widen(net, factor).eval()
+    assert wide.config == {**net.config, "base": 32 * factor}
+    assert wide.down[0].res.conv1.out_channels == factor * net.down[0].res.conv1.out_channels
+    assert wide.mid[0].attn.heads == factor * net.mid[0].attn.heads
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([0, 50, 600, 999])
+    with torch.no_grad():
+        out = net(x, t)
+        assert torch.allclose(wide(x, t), out, atol=1e-5 * out.abs().max())
+
+
+def test_widened_copies_learn_apart():
+    """The copies of a channel share their old incoming weights but not their outgoing ones, so one gradient
+    step moves them apart (copies that stayed equal would add no capacity)."""
+    wide = widen(randomised(tiny(base=32, head_channels=16)), 2).train()
+    conv = wide.down[0].res.conv1
+    assert not torch.equal(conv.weight[0], conv.weight[1])  # the input copies are split differently too
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([10, 200, 500, 900])
+    wide(x, t).square().mean().backward()
+    grad = wide.down[0].res.conv2.weight.grad  # rows: the copies 2c, 2c + 1 of output channel c
+    assert not torch.allclose(grad[0], grad[1])
+
+
+def test_widening_refuses_what_it_cannot_keep_exact():
+    with pytest.raises(ValueError, match="positive integer"):
+        widen(tiny(base=32), 0)
+    with pytest.raises(ValueError, match="GroupNorm groups would change"):
+        widen(tiny(), 2)  # 16 channels in 16 groups would become 32 in 32
+    with pytest.raises(ValueError, match="pixel-unshuffle"):
+        widen(tiny(base=32, patch=2, image_size=32), 2)
+
+
+def test_widening_the_shipped_face_model():
+    """faces64 widened 2x (23M parameters) predicts what faces64 predicts."""
+    prior = load_prior("faces64")
+    wide = widen(prior.net, 2).eval()
+    x, t = torch.randn(2, 3, 64, 64), torch.tensor([100, 700])
+    with torch.no_grad():
+        out = prior.net(x, t)
+        assert torch.allclose(wide(x, t), out, atol=1e-5 * out.abs().max())

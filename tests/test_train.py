@@ -289,6 +289,21 @@ def test_warm_start_from_a_model(faces, tmp_path):
         train(faces, tmp_path / "b", steps=2, resume=True, **FAST)
 
 
+def test_warm_start_widened(faces, tmp_path):
+    """widen= trains init's network made wider, started as the same function (with lr 0 the export predicts
+    what init predicts); the record says so; widen needs init."""
+    net32 = {**NET, "base": 32, "dropout": 0.0}
+    first = train(faces, tmp_path / "a", steps=2, **{**FAST, "network": net32})
+    second = train(faces, tmp_path / "b", steps=1, lr=0.0, init=first, widen=2, **{**FAST, "network": net32})
+    a, b = load_prior(first), load_prior(second)
+    assert b.config["network"]["base"] == 64 and b.config["training"]["initialised_from"]["widened"] == 2
+    x, t = torch.randn(2, 3, SIZE, SIZE), torch.tensor([30, 800])
+    with torch.no_grad():
+        assert torch.allclose(b.net(x, t), a.net(x, t), atol=1e-4)
+    with pytest.raises(ValueError, match="widen needs init"):
+        train(faces, tmp_path / "c", steps=1, widen=2, **FAST)
+
+
 def test_learning_rate_schedule(faces, tmp_path):
     """Warm-up, then constant; with lr_end a half-cosine from decay_from to lr_end at the last step, which the
     training log records step by step."""

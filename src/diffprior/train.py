@@ -44,7 +44,7 @@ from .devices import pick_device
 from .io import atomic_write, from_uint8
 from .metrics import psnr
 from .networks import build_network
-from .networks.small import SmallUNet, network_config
+from .networks.small import SmallUNet, network_config, widen as widen_network
 from .prior import PREDICTIONS, NetworkPrior
 from .schedule import Schedule, eps_from_v, v_loss_weight
 from .solvers.sampling import sample
@@ -304,6 +304,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
           resume: bool = False,                 # continue from out/state.pt when it exists
           init: str | Path | None = None,       # start from this model's weights (a name such as "faces64"
                                                 #   or a checkpoint path), with a fresh optimiser
+          widen: int = 1,                       # with init: its network this many times as wide, started as
+                                                #   the same function (`networks.small.widen`)
           device: str | torch.device | None = None,  # default: cuda when available, else cpu
           compile: bool = False,                # torch.compile the training forward pass
           channels_last: bool = False,          # channels-last memory format (CUDA only; measured slower)
@@ -329,7 +331,11 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         torch.backends.cudnn.benchmark = True
 
     net_config = resolve_network(network, size)
-    warm_start = None if init is None else _warm_start(init, net_config)
+    if widen != 1 and init is None:
+        raise ValueError("widen needs init: the model whose network is widened")
+    warm_start = None if init is None else _warm_start(init, net_config, widen, seed)
+    if warm_start is not None:
+        net_config = warm_start.pop("network")
 
     # Data: the whole uint8 set lives on the device; batches are gathered, flipped and scaled there.
     faces = load_faces(data, size, first=first, last=last, count=count, cache=out / f"data-{size}.zip")
@@ -511,19 +517,22 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     return out / MODEL
 
 
-def _warm_start(init: str | Path, net_config: dict) -> dict:
-    """The weights of model `init` for a network of `net_config`, and what to record of where they came
-    from (its name, what it predicts, its own training record):
-    {"model", "prediction", "v_shift", "training", "state"}."""
+def _warm_start(init: str | Path, net_config: dict, widen: int = 1, seed: int = 0) -> dict:
+    """The weights of model `init`, whose network must be `net_config`, made `widen` times as wide (the same
+    function), and what to record of where they came from (its name, what it predicts, its own training
+    record): {"model", "prediction", "v_shift", "training", "widened", "network", "state"}."""
     from .models import load_prior
     prior = load_prior(init)
     config = getattr(prior, "config", {})
     if config.get("architecture") != "small-unet" or SmallUNet.full_config(**config.get("network", {})) != net_config:
         raise ValueError(f"cannot start from {init}: its network ({config.get('architecture')}, "
                          f"{config.get('network')}) is not the one being trained ({net_config})")
-    state = {k: v.float() for k, v in prior.net.state_dict().items()}
+    net = prior.net.float()
+    if widen != 1:
+        net = widen_network(net, widen, seed)
     return {"model": str(init), "prediction": prior.prediction, "v_shift": prior.v_shift,
-            "training": config.get("training"), "state": state}
+            "training": config.get("training"), **({"widened": widen} if widen != 1 else {}),
+            "network": net.config, "state": net.state_dict()}
 
 
 def export(model: str | Path, dest: str | Path, **fields) -> Path:

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "validation, when --val is given, which may take a minute or two on a CPU)")
     a("--resume", action="store_true", help="continue from OUT/state.pt")
     a("--init", help="start from this model's weights (e.g. faces64, or a checkpoint path) with a fresh optimiser")
+    a("--widen", type=arguments.integer(1, 8), default=1,
+      help="with --init: train its network made K times as wide, started as the same function (Net2Net; "
+           "about K^2 times the compute per image; default 1)")
     a("--device", type=arguments.device, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     a("--compile", action="store_true", help="torch.compile the training forward pass")
     a("--channels-last", action="store_true", help="channels-last memory format on CUDA")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> Path:
                  count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
                  val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                  sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
-                 max_minutes=args.max_minutes, resume=args.resume, init=args.init, device=args.device, compile=args.compile,
+                 max_minutes=args.max_minutes, resume=args.resume, init=args.init, widen=args.widen,
+                 device=args.device, compile=args.compile,
                  channels_last=args.channels_last, seed=args.seed)
     print(f"model written to {path}")
     return path

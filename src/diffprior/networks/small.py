@@ -199,3 +199,63 @@ class SmallUNet(nn.Module):
             h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), emb)
         h = self.out(h)
         return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
+
+
+def widen(net: SmallUNet, factor: int, seed: int = 0) -> SmallUNet:
+    """The same network with every layer `factor` times as wide, computing the same function (Net2WiderNet,
+    Chen et al. 2016, "Net2Net: Accelerating Learning via Knowledge Transfer"): a larger network that starts
+    from trained weights instead of from scratch.
+
+    Each channel becomes `factor` copies (new channel i is old channel i // factor, so every GroupNorm group
+    holds its old channels, each `factor` times, with unchanged statistics); attention gets `factor` copies of
+    each head. A layer reading copies splits each old weight among them in random proportions (summing to 1):
+    the output is unchanged, but the copies receive different gradients, so training pulls them apart."""
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"widening factor must be a positive integer, not {factor!r}")
+    if net.patch != 1:
+        raise ValueError("widening supports networks without a pixel-unshuffle stem (patch 1)")
+    wide = SmallUNet(**{**net.config, "base": net.base * factor}).to(next(net.parameters()).device)
+    gen = torch.Generator().manual_seed(seed)
+
+    def copies(n: int) -> Tensor:  # new channel -> old channel
+        return torch.arange(n * factor) // factor
+
+    def heads(n: int) -> Tensor:  # whole heads copied: new channel i of q, k or v is old channel i mod n
+        return torch.arange(n * factor) % n
+
+    def timestep_features(n: int) -> Tensor:  # old sinusoid j sits at new index j * factor (-1: a new one)
+        half, new = n // 2, torch.full((n * factor,), -1)
+        new[torch.arange(half) * factor] = torch.arange(half)
+        new[half * factor + torch.arange(half) * factor] = half + torch.arange(half)
+        return new
+
+    def spread(old: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Weight (out, in, ...) for new outputs `rows` and inputs `cols` (old indices, -1: zero)."""
+        ok = cols >= 0
+        share = torch.rand(len(rows), len(cols), generator=gen).add_(0.5) * ok
+        total = torch.zeros(len(rows), old.shape[1]).index_add_(1, cols[ok], share[:, ok])
+        share[:, ok] /= total[:, cols[ok]]
+        w = old.detach().cpu()[rows][:, cols.clamp(min=0)]
+        return w * share.reshape(*share.shape, *[1] * (old.dim() - 2))
+
+    old_modules = dict(net.named_modules())
+    with torch.no_grad():
+        for name, new in wide.named_modules():
+            old = old_modules[name]
+            if isinstance(new, nn.GroupNorm):
+                if new.num_groups != old.num_groups:
+                    raise ValueError(f"cannot widen {name}: its GroupNorm groups would change "
+                                     f"({old.num_groups} -> {new.num_groups})")
+                rows = copies(old.num_channels)
+                new.weight.copy_(old.weight[rows]), new.bias.copy_(old.bias[rows])
+            elif isinstance(new, (nn.Conv2d, nn.Linear)):
+                n_out, n_in = old.weight.shape[:2]
+                rows = (torch.arange(n_out) if name == "out.2"
+                        else torch.cat([i * n_out // 3 + heads(n_out // 3) for i in range(3)])
+                        if name.endswith(".qkv") else copies(n_out))
+                cols = (torch.arange(n_in) if name == "conv_in"
+                        else timestep_features(n_in) if name == "time_mlp.0"
+                        else heads(n_in) if name.endswith(".proj") else copies(n_in))
+                new.weight.copy_(spread(old.weight, rows, cols))
+                new.bias.copy_(old.bias[rows.to(old.bias.device)])
+    return wide
