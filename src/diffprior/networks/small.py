@@ -247,7 +247,8 @@ def widen(net: SmallUNet, factor: int, seed: int = 0) -> SmallUNet:
                     raise ValueError(f"cannot widen {name}: its GroupNorm groups would change "
                                      f"({old.num_groups} -> {new.num_groups})")
                 rows = copies(old.num_channels)
-                new.weight.copy_(old.weight[rows]), new.bias.copy_(old.bias[rows])
+                new.weight.copy_(old.weight[rows])
+                new.bias.copy_(old.bias[rows])
             elif isinstance(new, (nn.Conv2d, nn.Linear)):
                 n_out, n_in = old.weight.shape[:2]
                 rows = (torch.arange(n_out) if name == "out.2"
