@@ -189,8 +189,9 @@ def test_widening_keeps_the_function(factor):
 
 
 def test_widened_copies_learn_apart():
-    """The copies of a channel share their old incoming weights but not their outgoing ones, so one gradient
-    step moves them apart (copies that stayed equal would add no capacity)."""
+    """The copies of a channel compute the same values but feed the next layer through different shares of
+    the old weights, so their gradients differ and training moves them apart (copies that stayed equal would
+    add no capacity)."""
     wide = widen(randomised(tiny(base=32, head_channels=16)), 2).train()
     conv = wide.down[0].res.conv1
     assert not torch.equal(conv.weight[0], conv.weight[1])  # the input copies are split differently too
