@@ -135,6 +135,24 @@ def test_rerun_resumes_after_a_kill_and_an_interruption(quick_run, monkeypatch):
     assert (out / "REPORT.md").is_file() and (out / "fig2_samples.png").is_file()
 
 
+def test_tables_option_runs_those_tables_only(quick_run, monkeypatch):
+    out = quick_run
+    before = numbers(rows_of(out / "solvers" / "rows.csv"))
+    (out / "fig1_denoising.png").unlink()
+    ran = []
+    run = evaluate.Runner.run
+    monkeypatch.setattr(evaluate.Runner, "run", lambda self, unit: ran.append(unit) or run(self, unit))
+    assert main(command(out) + ["--tables", "4"]) == 0
+    assert not ran and numbers(rows_of(out / "solvers" / "rows.csv")) == before  # every row was on disk
+    assert not (out / "fig1_denoising.png").exists()  # table 1 and its figures did not run
+    report = (out / "REPORT.md").read_text()
+    assert "--tables 4" in report and "](fig5_solvers.png)" in report
+    for name in FIGURES[:-1]:
+        assert f"]({name}.png)" not in report
+    assert main(command(out)) == 0  # the full command again: the rest of the report, fig. 1 redrawn
+    assert all(f"]({name}.png)" in (out / "REPORT.md").read_text() for name in FIGURES)
+
+
 def test_budgets_and_plans():
     for nfe in (20, 100, 1000):
         s = budget_settings("repaint", nfe)
@@ -155,6 +173,10 @@ def test_budgets_and_plans():
     assert (full.n, full.steps, full.budgets, full.generate) == (8, 1000, [100, 1000], ("ddpm", 1000))
     assert set(full.solvers) == set(evaluate.SOLVERS)
     assert make_plan(parse(["reproduce", "--out", "x", "--solvers", "report"])).solvers == []
+    assert make_plan(parse(["reproduce", "--out", "x", "--tables", "1,3"])).solvers == []
+    assert make_plan(parse(["reproduce", "--out", "x", "--tables", "4,2,4"])).tables == [2, 4]
+    with pytest.raises(ValueError, match="choose from 1, 2, 3, 4"):
+        make_plan(parse(["reproduce", "--out", "x", "--tables", "5"]))
     with pytest.raises(ValueError, match="unknown solver"):
         make_plan(parse(["reproduce", "--out", "x", "--solvers", "dps,nope"]))
     with pytest.raises(ValueError, match="generated:N"):

@@ -32,6 +32,9 @@ range of file names, --limit caps the count) or --data generated:N (N clean imag
 --steps ancestral steps, or 100 DDIM steps with --quick, seeded, saved under OUT/generated/; figures meant for
 publication should use these, never photos of people).
 
+--tables runs some of them only (1 with Figs. 1 and 2, 2, 3, 4), e.g. `--tables 4` to add images to
+Table 4 alone; REPORT.md then holds the tables that ran.
+
 Resume: tables 2-4 run through `diffprior eval` (a folder each under OUT, with rows.csv), table 1 keeps rows
 of its own, and generated images and samples are files: rerunning the same command after an interruption
 redoes only what is missing. --quick: 4 images, 1 seed, 20 steps, data from 100 DDIM steps, one budget of
@@ -101,6 +104,7 @@ PUBLISHED = {
 DENOISE_TS = (100, 300, 500)
 SDEDIT_T0S = (400, 500, 600)
 REPORT_TASKS = ("box-inpaint", "random-inpaint", "gaussian-blur")
+TABLES = (1, 2, 3, 4)  # the report's Tables 1-3 and the modern solvers' Table 4
 SOLVER_TASKS = ("box-inpaint", "random-inpaint", "gaussian-blur", "motion-blur", "sr4")
 QUICK_SOLVERS = ("ddrm", "diffpir", "repaint")
 FIGURE_IMAGES = 2  # images per task in the restoration figures (their restorations are kept as PNG)
@@ -120,6 +124,7 @@ class Plan:
     steps: int                       # the diffusion chain's length (Fig. 2, ScoreALD, DPS, SDEdit's share)
     budgets: list[int]               # NFE budgets of table 4
     solvers: list[str]               # table 4's solvers ([]: no table 4)
+    tables: list[int]                # which of the tables 1-4 run
     batch: int
     sigma_y: float
     model: str
@@ -157,6 +162,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise ValueError("--solvers names no solver; give all, report (no table 4) or solver names")
         if unknown:
             raise ValueError(f"unknown solver {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
+    tables = sorted(set(args.tables or TABLES))
+    if not set(tables) <= set(TABLES):
+        raise ValueError(f"--tables: choose from {', '.join(map(str, TABLES))}, got {', '.join(map(str, tables))}")
+    if 4 not in tables:
+        solvers = []
     if solvers and "tv" not in solvers:
         solvers.append("tv")  # the classical baseline is always in table 4
     steps = args.steps or (20 if quick else 1000)
@@ -165,7 +175,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError("--limit, generated:N, --seeds, --batch and --steps must be at least 1")
     return Plan(out=Path(args.out), data=data, n=n, solvers_n=args.solvers_limit, first=args.first, last=args.last,
                 seeds=args.seeds, steps=steps,
-                budgets=budgets, solvers=solvers, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
+                budgets=budgets, solvers=solvers, tables=tables, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
                 config=args.config, device=args.device, dtype=args.dtype, quick=quick, progress=not args.no_progress,
                 samples=8 if quick else 16, generate=("ddim", 100) if quick else ("ddpm", steps),
                 command=canonical_command(args))
@@ -177,7 +187,7 @@ def canonical_command(args: argparse.Namespace) -> str:
     for flag, value in (("--limit", args.n), ("--solvers-limit", args.solvers_limit), ("--first", args.first),
                         ("--last", args.last), ("--seeds", args.seeds),
                         ("--steps", args.steps), ("--budgets", args.budgets and ",".join(map(str, args.budgets))),
-                        ("--solvers", args.solvers),
+                        ("--solvers", args.solvers), ("--tables", args.tables and ",".join(map(str, args.tables))),
                         ("--batch", args.batch), ("--sigma-y", args.sigma_y), ("--model", args.model),
                         ("--config", args.config), ("--device", args.device), ("--dtype", args.dtype)):
         if value is not None:
@@ -634,30 +644,33 @@ def reproduce(plan: Plan) -> Path:
         plan.n = len(images)
     sections = []
 
-    stage(plan, "Table 1 / Fig. 1: single-step denoising")
-    summary = table1_rows(prior, plan, folder, images, device)
-    sections.append((*table1(plan, summary), figure1(prior, plan, images, device).name))
-    stage(plan, f"Fig. 2: {plan.samples} unconditional samples, {plan.steps} ancestral steps")
-    sections.append((f"Fig. 2: unconditional samples ({plan.steps} ancestral DDPM steps)", "",
-                     figure2(prior, plan, device).name))
+    if 1 in plan.tables:
+        stage(plan, "Table 1 / Fig. 1: single-step denoising")
+        summary = table1_rows(prior, plan, folder, images, device)
+        sections.append((*table1(plan, summary), figure1(prior, plan, images, device).name))
+        stage(plan, f"Fig. 2: {plan.samples} unconditional samples, {plan.steps} ancestral steps")
+        sections.append((f"Fig. 2: unconditional samples ({plan.steps} ancestral DDPM steps)", "",
+                         figure2(prior, plan, device).name))
 
-    stage(plan, "Table 2 / Fig. 3: SDEdit")
-    grid = {"sdedit": [sdedit_cell(prior, plan, t0) for t0 in SDEDIT_T0S], "tv": [{}]}
-    cells = run_eval(plan, "sdedit", folder, list(REPORT_TASKS), grid)
-    fig = restoration_figure(plan, "sdedit", size, images, list(REPORT_TASKS),
-                             [("naive", NAIVE, {}), ("TV", "tv", {})]
-                             + [(f"SDEdit t0={t0}", "sdedit", g) for t0, g in zip(SDEDIT_T0S, grid["sdedit"])],
-                             plan.out / "fig3_sdedit.png", "Fig. 3: SDEdit (PSNR dB / LPIPS)")
-    sections.append((*table2(plan, prior, cells), fig.name))
+    if 2 in plan.tables:
+        stage(plan, "Table 2 / Fig. 3: SDEdit")
+        grid = {"sdedit": [sdedit_cell(prior, plan, t0) for t0 in SDEDIT_T0S], "tv": [{}]}
+        cells = run_eval(plan, "sdedit", folder, list(REPORT_TASKS), grid)
+        fig = restoration_figure(plan, "sdedit", size, images, list(REPORT_TASKS),
+                                 [("naive", NAIVE, {}), ("TV", "tv", {})]
+                                 + [(f"SDEdit t0={t0}", "sdedit", g) for t0, g in zip(SDEDIT_T0S, grid["sdedit"])],
+                                 plan.out / "fig3_sdedit.png", "Fig. 3: SDEdit (PSNR dB / LPIPS)")
+        sections.append((*table2(plan, prior, cells), fig.name))
 
-    stage(plan, "Table 3 / Fig. 4: ScoreALD vs DPS")
-    grid = {"scoreald": [{"steps": plan.steps}], "dps": [{"steps": plan.steps}], "tv": [{}]}
-    cells = run_eval(plan, "scoreald_dps", folder, list(REPORT_TASKS), grid)
-    fig = restoration_figure(plan, "scoreald_dps", size, images, list(REPORT_TASKS),
-                             [("naive", NAIVE, {}), ("TV", "tv", {}), ("ScoreALD", "scoreald", {"steps": plan.steps}),
-                              ("DPS", "dps", {"steps": plan.steps})],
-                             plan.out / "fig4_scoreald_dps.png", "Fig. 4: ScoreALD vs DPS (PSNR dB / LPIPS)")
-    sections.append((*table3(plan, cells), fig.name))
+    if 3 in plan.tables:
+        stage(plan, "Table 3 / Fig. 4: ScoreALD vs DPS")
+        grid = {"scoreald": [{"steps": plan.steps}], "dps": [{"steps": plan.steps}], "tv": [{}]}
+        cells = run_eval(plan, "scoreald_dps", folder, list(REPORT_TASKS), grid)
+        fig = restoration_figure(plan, "scoreald_dps", size, images, list(REPORT_TASKS),
+                                 [("naive", NAIVE, {}), ("TV", "tv", {}),
+                                  ("ScoreALD", "scoreald", {"steps": plan.steps}), ("DPS", "dps", {"steps": plan.steps})],
+                                 plan.out / "fig4_scoreald_dps.png", "Fig. 4: ScoreALD vs DPS (PSNR dB / LPIPS)")
+        sections.append((*table3(plan, cells), fig.name))
 
     if plan.solvers:
         stage(plan, f"Table 4 / Fig. 5: {', '.join(plan.solvers)} at {', '.join(map(str, plan.budgets))} NFE")
@@ -685,6 +698,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "with --quick)")
     p.add_argument("--solvers", default=None, help="table 4's solvers: all, report (no table 4) or a comma-separated "
                    f"list (default all; {','.join(QUICK_SOLVERS)} with --quick)")
+    p.add_argument("--tables", type=arguments.integers(1), default=None,
+                   help="which tables run, comma-separated: 1 (with Figs. 1 and 2), 2, 3, 4 (default all)")
     p.add_argument("--solvers-limit", type=arguments.positive, default=None, metavar="N",
                    help="table 4 on the first N images only (default: all of them)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per network call (default 8)")
