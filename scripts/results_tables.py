@@ -5,7 +5,8 @@ per run and metric), beside the report's own numbers where it has them.
   python scripts/results_tables.py celeba=runs/results-celeba utkface=runs/results-utkface > tables.md
 
 Reads each run's tableN_*.json (written by `reproduce`); a table missing from a run leaves its cells empty.
-Values: mean ± 95% Student-t half-width over the images, as `reproduce` computed them.
+Values: mean ± 95% Student-t half-width over the images, as `reproduce` computed them; where a table has
+them (Table 4), each row's PSNR minus its task's best row's, paired image by image.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from diffprior.commands.evaluate import paired_text
 
 TABLES = ("table1_denoising", "table2_sdedit", "table3_scoreald_dps", "table4_solvers")
 METRICS = (("psnr", "PSNR", 2), ("lpips", "LPIPS", 3), ("ssim", "SSIM", 3))
@@ -54,7 +57,8 @@ def table(name: str, runs: dict[str, Path]) -> str | None:
     head = list(keys)
     for _, label, _ in METRICS:
         head += [f"{label} {run}" for run in runs] + ([f"{label} report"] if has_report and label != "SSIM" else [])
-    head += [f"s / image ({next(iter(docs))})", "NFE"]
+    paired = any(r.get("ours", {}).get("psnr_vs_best") for by_run in rows.values() for r in by_run.values())
+    head += [f"PSNR - best {run}" for run in runs] * paired + [f"s / image ({next(iter(docs))})", "NFE"]
     lines = [f"**{next(iter(docs.values()))['title']}**", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for key, by_run in rows.items():
@@ -65,6 +69,8 @@ def table(name: str, runs: dict[str, Path]) -> str | None:
             if has_report and label != "SSIM":
                 report = reference(first) or {}
                 out.append(f"{report[metric]:g}" if report.get(metric) is not None else "-")
+        if paired:
+            out += [paired_text((by_run.get(run) or {}).get("ours", {}).get("psnr_vs_best")) for run in runs]
         ours = first.get("ours", {})
         out += [cell(ours.get("seconds"), 2, interval=False), cell(ours.get("nfe"), 0, interval=False)]
         lines.append("| " + " | ".join(out) + " |")

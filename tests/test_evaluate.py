@@ -266,6 +266,42 @@ def test_student_t_quantiles_and_intervals():
     assert summary["cells"][0]["psnr"]["missing"] == 1 and summary["cells"][0]["nfe"]["mean"] == 3
 
 
+def test_each_cell_is_compared_with_its_tasks_best_image_by_image(tmp_path):
+    """The paired difference removes what the images share: two methods 0.5 dB apart on images whose PSNR
+    spreads over 10 dB are ranked by the paired interval, not by the overlapping unpaired ones."""
+    row = {"ssim": "0.5", "lpips": "0.1", "residual": "1", "seconds": "0.1", "nfe": "3"}
+    base = {f"im{i}": 20.0 + 2 * i for i in range(6)}
+    rows = []
+    for seed, jitter in (("0", 0.02), ("1", -0.02)):  # two seeds, averaged per image first
+        for image, psnr in base.items():
+            rows += [{**row, "image": image, "task": "blur", "method": "a", "settings": "{}", "seed": seed,
+                      "psnr": str(psnr)},
+                     {**row, "image": image, "task": "blur", "method": "b", "settings": '{"k":1}', "seed": seed,
+                      "psnr": str(psnr - 0.5 + jitter * int(image[-1]))},
+                     {**row, "image": image, "task": "sr", "method": "a", "settings": "{}", "seed": seed,
+                      "psnr": str(psnr - 3)}]
+    rows.append({**row, "image": "extra", "task": "blur", "method": "b", "settings": '{"k":1}', "seed": "0",
+                 "psnr": "99"})  # an image the best cell lacks: no pair, left out of the difference
+    run = {"model": "m", "images": 7, "seeds": 2, "steps": 5, "sigma_y": 0.05, "batch": 8, "size": 64, "data": "d"}
+    summary = summarize([r for r in rows if r["image"] != "extra"], run)
+    a, b, sr = summary["cells"]
+    assert a["psnr_vs_best"]["mean"] == 0 and a["psnr_vs_best"]["ci95"] == 0 and a["psnr_vs_best"]["best"] == "a {}"
+    assert b["psnr_vs_best"]["mean"] == pytest.approx(-0.5) and b["psnr_vs_best"]["ci95"] < 1e-9  # seeds cancel
+    assert b["psnr"]["ci95"] > 3  # unpaired, the two cells' intervals overlap
+    assert sr["psnr_vs_best"]["mean"] == 0  # each task its own best
+    summary = summarize(rows, run)
+    b = summary["cells"][1]
+    assert b["psnr"]["mean"] > summary["cells"][0]["psnr"]["mean"]  # the extra image makes b the best on average
+    assert b["psnr_vs_best"]["best"] == 'b {"k":1}' and summary["cells"][0]["psnr_vs_best"]["n"] == 6
+    assert summary["cells"][0]["psnr_vs_best"]["mean"] == pytest.approx(0.5)
+    write_summary(tmp_path, summarize([r for r in rows if r["image"] != "extra"], run))
+    text = (tmp_path / "summary.md").read_text()
+    assert "PSNR - best (paired) |" in text and "| best |" in text and "| -0.50 ± 0.00 |" in text
+    assert "psnr_vs_best" not in json.dumps(summarize(rows, run, paired=False))
+    write_summary(tmp_path, summarize(rows, run, paired=False))
+    assert "paired" not in (tmp_path / "summary.md").read_text()
+
+
 def test_the_summary_table_says_how_many_values_are_missing(tmp_path):
     row = {"task": "t", "method": "m", "settings": "{}", "seed": "0", "ssim": "0.5", "lpips": "0.1", "residual": "1",
            "seconds": "0.1", "nfe": "3"}

@@ -84,6 +84,15 @@ def test_quick_run_writes_every_table_figure_and_the_report(quick_run):
     assert "inpainting only" in skipped["sr4", "repaint"]
     ddrm = next(r for r in t4["rows"] if r["method"] == "ddrm")
     assert ddrm["budget"] == 20 and ddrm["ours"]["nfe"]["mean"] == 20 and ddrm["ours"]["seconds"]["mean"] > 0
+    for task in ("box-inpaint", "sr4"):  # each task's rows against its best, paired over the same 3 images
+        rows = [r for r in t4["rows"] if r["task"] == task and not r.get("skipped")]
+        best = max(rows, key=lambda r: r["ours"]["psnr"]["mean"])
+        assert best["ours"]["psnr_vs_best"]["mean"] == 0 and best["ours"]["psnr_vs_best"]["best"].startswith(best["method"])
+        for r in rows:
+            d = r["ours"]["psnr_vs_best"]
+            assert d["n"] == 3 and d["mean"] == pytest.approx(r["ours"]["psnr"]["mean"] - best["ours"]["psnr"]["mean"])
+    assert "| PSNR - best (paired) |" in (out / "table4_solvers.md").read_text()
+    assert "psnr_vs_best" not in (out / "table1_denoising.json").read_text()  # t = 100 and 500 are not one task
     # the footnote on solvers that backpropagate only where one of them ran (none of the quick ones does)
     assert not any(r.get("backprop") for r in t4["rows"]) and "†" not in (out / "table4_solvers.md").read_text()
 

@@ -612,13 +612,30 @@ def mean_ci(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "ci95": ci, "n": n}
 
 
-def summarize(rows: list[dict], run: dict) -> dict:
+def paired_to_best(cells: list[dict], psnr_by_image: list[dict[str, float]]) -> None:
+    """Add to each cell `psnr_vs_best`: its PSNR minus that of its task's best cell (the highest mean PSNR),
+    image by image over the images both have, with the 95% t-interval of that paired difference. Two cells
+    within a narrow paired interval of each other are tied; a wide unpaired interval says little when both
+    vary with the image alike."""
+    for task in dict.fromkeys(c["task"] for c in cells):
+        mine = [(c, v) for c, v in zip(cells, psnr_by_image) if c["task"] == task and c["psnr"]["mean"] is not None]
+        if not mine:
+            continue
+        best, best_values = max(mine, key=lambda cv: cv[0]["psnr"]["mean"])
+        for c, v in mine:
+            diffs = [v[i] - best_values[i] for i in v if i in best_values]
+            c["psnr_vs_best"] = {**mean_ci(diffs), "best": f"{best['method']} {compact(best['settings'])}"}
+
+
+def summarize(rows: list[dict], run: dict, paired: bool = True) -> dict:
     """Per cell (task, method, settings), in the rows' order: each metric averaged per image over its
-    seeds, then mean and 95% t-interval over the images; also each seed's mean, and the NaN count."""
+    seeds, then mean and 95% t-interval over the images; also each seed's mean, the NaN count, and, if
+    `paired` (the cells of a task restore the same measurements), the paired PSNR difference to the
+    task's best cell (`paired_to_best`)."""
     cells: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
         cells.setdefault((r["task"], r["method"], r["settings"]), []).append(r)
-    out = []
+    out, psnr_by_image = [], []
     for (task, method, settings), cell in cells.items():
         entry = {"task": task, "method": method, "settings": json.loads(settings),
                  "images": len({r["image"] for r in cell}), "seeds": len({r["seed"] for r in cell}), "rows": len(cell)}
@@ -636,7 +653,11 @@ def summarize(rows: list[dict], run: dict) -> dict:
             seed_means = {s: statistics.fmean(per_seed[s]) for s in sorted(per_seed, key=int)}
             entry[m] = {**mean_ci([statistics.fmean(v) for v in per_image.values()]), "missing": missing,
                         "seed_means": seed_means}
+            if m == "psnr":
+                psnr_by_image.append({i: statistics.fmean(v) for i, v in per_image.items()})
         out.append(entry)
+    if paired:
+        paired_to_best(out, psnr_by_image)
     note = ("mean +- 95% Student-t interval over images; each image's value is first averaged over its seeds; "
             "empty or infinite values are left out and counted as missing")
     return {"run": run, "ci": note, "cells": out}
@@ -645,15 +666,25 @@ def summarize(rows: list[dict], run: dict) -> dict:
 FORMATS = {"psnr": ".2f", "ssim": ".3f", "lpips": ".3f", "residual": ".3f", "seconds": ".3f", "nfe": ".0f"}
 
 
+def paired_text(d: dict | None) -> str:
+    """A cell's `psnr_vs_best` as text: 'best', '-0.42 ± 0.15', or '-' (none)."""
+    if not d or d["mean"] is None:
+        return "-"
+    if d["mean"] == 0 and not d["ci95"]:
+        return "best"
+    return f"{d['mean']:+.2f}" + (f" ± {d['ci95']:.2f}" if d["ci95"] is not None else "")
+
+
 def write_summary(out: Path, summary: dict) -> None:
     run = summary["run"]
     lines = [f"# diffprior eval: {Path(run['model']).name}, {run['images']} images, {run['seeds']} seed(s)", "",
              f"steps {run['steps'] or 'solver default'}, sigma_y {run['sigma_y']}, batch {run['batch']}, "
              f"images {run['size']}x{run['size']} from {Path(run['data']).name}. Each value: {summary['ci']}.", ""]
+    paired = any("psnr_vs_best" in c for c in summary["cells"])
     for task in dict.fromkeys(c["task"] for c in summary["cells"]):
         lines += [f"## {task}", "",
-                  "| method | settings | images | PSNR (dB) | SSIM | LPIPS | residual | s / image | NFE |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method | settings | images | PSNR (dB) | SSIM | LPIPS | residual | s / image | NFE |"
+                  + " PSNR - best (paired) |" * paired, "|---|---|---|---|---|---|---|---|---|" + "---|" * paired]
         for c in (c for c in summary["cells"] if c["task"] == task):
             values = []
             for m in METRICS:
@@ -664,8 +695,12 @@ def write_summary(out: Path, summary: dict) -> None:
                 if s["missing"] and s["mean"] is not None and m not in ("seconds", "nfe"):  # some, not all
                     value += f" ({s['missing']} of {c['rows']} missing)"
                 values.append(value)
+            values += [paired_text(c.get("psnr_vs_best"))] * paired
             lines.append(f"| {c['method']} | `{compact(c['settings'])}` | {c['images']} | " + " | ".join(values) + " |")
         lines.append("")
+    if paired:
+        lines.append("PSNR - best (paired): the cell's PSNR minus its task's best cell's, image by image, with the "
+                     "95% interval of that difference; an interval that reaches 0 does not rank the two.")
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
 

@@ -61,7 +61,7 @@ from torch import Tensor
 from ..version import __version__
 from .common import add_prior_arguments, add_range_arguments
 from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, merge_rows,
-                       read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
+                       paired_text, read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        why_not, write_summary)
 from ..devices import describe_device, pick_device
 from ..figures import displayable, image_table
@@ -285,7 +285,7 @@ def table1_rows(prior: Prior, plan: Plan, folder: Path, images: list[Path], devi
         writer.close()
     wanted = set(order)
     rows = [r for r in merge_rows(out, order) if row_key(r) in wanted]
-    summary = summarize(rows, {**identity, "seeds": plan.seeds, "images": len(images)})
+    summary = summarize(rows, {**identity, "seeds": plan.seeds, "images": len(images)}, paired=False)  # t differs
     write_summary(out, summary)
     return summary
 
@@ -405,7 +405,8 @@ def _ref(value: float | None, spec: str) -> str:
 
 
 def ours(cell: dict) -> dict:
-    return {m: {k: cell[m][k] for k in ("mean", "ci95", "n")} for m in ("psnr", "ssim", "lpips", "seconds", "nfe")}
+    values = {m: {k: cell[m][k] for k in ("mean", "ci95", "n")} for m in ("psnr", "ssim", "lpips", "seconds", "nfe")}
+    return {**values, **{k: cell[k] for k in ("psnr_vs_best",) if k in cell}}
 
 
 def find(cells: list[dict], task: str, method: str, settings: str | None = None) -> dict | None:
@@ -495,18 +496,19 @@ def table4(plan: Plan, cells: list[dict], skipped: list[dict], budget_of: dict) 
             pub = PUBLISHED.get((m, task))
             closest = pub and budget == min(plan.budgets, key=lambda b: abs(math.log(b / pub[2])))
             rows.append([task, m + " †" * backprop, "-" if budget is None else str(budget),
-                         stat(c, "nfe", False), stat(c, "psnr"), stat(c, "ssim"), stat(c, "lpips"),
+                         stat(c, "nfe", False), stat(c, "psnr"), paired_text(c.get("psnr_vs_best")), stat(c, "ssim"), stat(c, "lpips"),
                          stat(c, "seconds", False), f"{pub[0]:.2f} / {pub[1]:.3f} ({pub[2]} NFE)" if closest else ""])
             doc.append({"task": task, "method": m, "budget": budget, "settings": c["settings"], "ours": ours(c),
                         "backprop": backprop, "published": closest and dict(zip(("psnr", "lpips", "nfe"), pub))})
         for s in (s for s in skipped if s["task"] == task):
-            rows.append([task, s["method"], "-", "-", f"skipped: {s['reason']}", "", "", "", ""])
+            rows.append([task, s["method"], "-", "-", f"skipped: {s['reason']}", "", "", "", "", ""])
             doc.append({**s, "skipped": True})
-    md = markdown(["task", "method", "budget", "NFE", "PSNR", "SSIM", "LPIPS", "s / image",
+    md = markdown(["task", "method", "budget", "NFE", "PSNR", "PSNR - best (paired)", "SSIM", "LPIPS", "s / image",
                    "published, other setup (context)"], rows)
     dagger = "† also backpropagates through the network at every step. " * any(d.get("backprop") for d in doc)
-    md += (f"\n{dagger}NFE: network evaluations per image, "
-           f"counted. Published: {PUBLISHED_SOURCE}; PSNR / LPIPS, beside our budget closest to theirs.\n")
+    md += (f"\n{dagger}NFE: network evaluations per image, counted. PSNR - best: the PSNR minus that of the "
+           "task's best row, image by image, with the 95% interval of the difference (an interval that reaches 0 "
+           f"does not rank the two). Published: {PUBLISHED_SOURCE}; PSNR / LPIPS, beside our budget closest to theirs.\n")
     return write_table(plan, "table4_solvers", "Table 4: the modern solvers at equal network-evaluation budgets",
                        md, {"published_source": PUBLISHED_SOURCE, "budgets": plan.budgets, "rows": doc})
 
