@@ -175,7 +175,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError("--limit, generated:N, --seeds, --batch and --steps must be at least 1")
     return Plan(out=Path(args.out), data=data, n=n, solvers_n=args.solvers_limit, first=args.first, last=args.last,
                 seeds=args.seeds, steps=steps,
-                budgets=budgets, solvers=solvers, tables=tables, batch=args.batch, sigma_y=args.sigma_y, model=args.model,
+                budgets=budgets, solvers=solvers, tables=tables, batch=args.batch, sigma_y=args.sigma_y,
+                model=args.model,
                 config=args.config, device=args.device, dtype=args.dtype, quick=quick, progress=not args.no_progress,
                 samples=8 if quick else 16, generate=("ddim", 100) if quick else ("ddpm", steps),
                 command=canonical_command(args))
@@ -406,7 +407,9 @@ def _ref(value: float | None, spec: str) -> str:
 
 def ours(cell: dict) -> dict:
     values = {m: {k: cell[m][k] for k in ("mean", "ci95", "n")} for m in ("psnr", "ssim", "lpips", "seconds", "nfe")}
-    return {**values, **{k: cell[k] for k in ("psnr_vs_best",) if k in cell}}
+    if "psnr_vs_best" in cell:  # not in Table 1, whose rows differ in t
+        values["psnr_vs_best"] = cell["psnr_vs_best"]
+    return values
 
 
 def find(cells: list[dict], task: str, method: str, settings: str | None = None) -> dict | None:
@@ -496,7 +499,8 @@ def table4(plan: Plan, cells: list[dict], skipped: list[dict], budget_of: dict) 
             pub = PUBLISHED.get((m, task))
             closest = pub and budget == min(plan.budgets, key=lambda b: abs(math.log(b / pub[2])))
             rows.append([task, m + " †" * backprop, "-" if budget is None else str(budget),
-                         stat(c, "nfe", False), stat(c, "psnr"), paired_text(c.get("psnr_vs_best")), stat(c, "ssim"), stat(c, "lpips"),
+                         stat(c, "nfe", False), stat(c, "psnr"), paired_text(c.get("psnr_vs_best")),
+                         stat(c, "ssim"), stat(c, "lpips"),
                          stat(c, "seconds", False), f"{pub[0]:.2f} / {pub[1]:.3f} ({pub[2]} NFE)" if closest else ""])
             doc.append({"task": task, "method": m, "budget": budget, "settings": c["settings"], "ours": ours(c),
                         "backprop": backprop, "published": closest and dict(zip(("psnr", "lpips", "nfe"), pub))})
