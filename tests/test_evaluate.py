@@ -302,6 +302,26 @@ def test_each_cell_is_compared_with_its_tasks_best_image_by_image(tmp_path):
     assert "paired" not in (tmp_path / "summary.md").read_text()
 
 
+def test_the_spread_over_seeds_is_pooled_within_images(tmp_path):
+    """Image a moves by 2 dB between its seeds (variance 2), image b not at all: the pooled standard deviation
+    is sqrt((2 + 0) / 2) = 1, while the images' own 10 dB apart does not enter it."""
+    row = {"task": "t", "method": "m", "settings": "{}", "ssim": "0.5", "lpips": "0.1", "residual": "1",
+           "seconds": "0.1", "nfe": "3"}
+    rows = [{**row, "image": image, "seed": seed, "psnr": psnr}
+            for image, seed, psnr in (("a", "0", "10"), ("a", "1", "12"), ("b", "0", "20"), ("b", "1", "20"),
+                                      ("c", "0", "30"))]  # c has one seed: nothing to say about its spread
+    run = {"model": "m", "images": 3, "seeds": 2, "steps": 5, "sigma_y": 0.05, "batch": 8, "size": 64, "data": "d"}
+    cell = summarize(rows, run)["cells"][0]
+    assert cell["psnr"]["seed_sd"] == pytest.approx(1.0) and cell["ssim"]["seed_sd"] == 0
+    write_summary(tmp_path, summarize(rows, run))
+    text = (tmp_path / "summary.md").read_text()
+    assert "PSNR per seed | PSNR sd over seeds |" in text and "| 20.00 / 16.00 | 1.00 |" in text
+    one_seed = [r for r in rows if r["seed"] == "0"]
+    assert summarize(one_seed, run)["cells"][0]["psnr"]["seed_sd"] is None
+    write_summary(tmp_path, summarize(one_seed, run))
+    assert "over seeds" not in (tmp_path / "summary.md").read_text()
+
+
 def test_the_summary_table_says_how_many_values_are_missing(tmp_path):
     row = {"task": "t", "method": "m", "settings": "{}", "seed": "0", "ssim": "0.5", "lpips": "0.1", "residual": "1",
            "seconds": "0.1", "nfe": "3"}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffprior.commands import evaluate
 from diffprior.cli import build_parser, main
-from diffprior.commands.reproduce import budget_settings, make_plan
+from diffprior.commands.reproduce import budget_settings, make_plan, ours
 from diffprior.schedule import Schedule
 from diffprior.solvers.diffpir import diffpir_timesteps
 from diffprior.solvers.repaint import repaint_nfe
@@ -199,3 +199,15 @@ def test_out_naming_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(command(tmp_path / "file")) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_tables_keep_the_spread_over_seeds_when_there_are_several():
+    row = {"task": "t", "method": "m", "settings": "{}", "ssim": "0.5", "lpips": "0.1", "residual": "1",
+           "seconds": "0.1", "nfe": "3"}
+    rows = [{**row, "image": i, "seed": s, "psnr": v} for i, s, v in (("a", "0", "10"), ("a", "1", "12"),
+                                                                    ("b", "0", "20"), ("b", "1", "20"))]
+    run = {"model": "m", "images": 2, "seeds": 2, "steps": 5, "sigma_y": 0.05, "batch": 8, "size": 64, "data": "d"}
+    psnr = ours(evaluate.summarize(rows, run)["cells"][0])["psnr"]
+    assert psnr["seed_sd"] == pytest.approx(1.0) and psnr["seed_means"] == {"0": 15.0, "1": 16.0}
+    one_seed = ours(evaluate.summarize([r for r in rows if r["seed"] == "0"], run)["cells"][0])["psnr"]
+    assert set(one_seed) == {"mean", "ci95", "n"}

@@ -28,7 +28,9 @@ seeds or images may be added to a finished run.
 Summary (OUT/summary.md and OUT/summary.json), per cell task x method x settings: each image's metric is
 first averaged over its seeds, then mean +- t(0.975, n - 1) s / sqrt(n) is taken over the n images (a 95%
 Student-t interval): images are the independent units, the seeds of one image are not. summary.json also
-gives the mean of each seed alone. Empty (NaN) values are left out and counted.
+gives the mean of each seed alone and, with two or more seeds, how far one image's value moves with the seed
+(the standard deviation within an image, pooled over images; summary.md shows it for PSNR). Empty (NaN)
+values are left out and counted.
 
 Distributed. `torchrun --nproc-per-node 4 -m diffprior eval ...` spreads the batches over the processes
 (cuda:LOCAL_RANK each with NCCL where CUDA is available, Gloo on CPUs). Each rank appends to
@@ -612,6 +614,13 @@ def mean_ci(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "ci95": ci, "n": n}
 
 
+def seed_sd(per_image: list[list[float]]) -> float | None:
+    """How far one image's value moves with the seed: the standard deviation over seeds within an image,
+    pooled over the images that have two or more seeds (None if none has)."""
+    variances = [statistics.variance(v) for v in per_image if len(v) > 1]
+    return math.sqrt(statistics.fmean(variances)) if variances else None
+
+
 def paired_to_best(cells: list[dict], psnr_by_image: list[dict[str, float]]) -> None:
     """Add to each cell `psnr_vs_best`: its PSNR minus that of its task's best cell (the highest mean PSNR),
     image by image over the images both have, with the 95% t-interval of that paired difference. Two cells
@@ -629,9 +638,9 @@ def paired_to_best(cells: list[dict], psnr_by_image: list[dict[str, float]]) -> 
 
 def summarize(rows: list[dict], run: dict, paired: bool = True) -> dict:
     """Per cell (task, method, settings), in the rows' order: each metric averaged per image over its
-    seeds, then mean and 95% t-interval over the images; also each seed's mean, the NaN count, and, if
-    `paired` (the cells of a task restore the same measurements), the paired PSNR difference to the
-    task's best cell (`paired_to_best`)."""
+    seeds, then mean and 95% t-interval over the images; also each seed's mean, the spread over seeds
+    within an image (`seed_sd`), the NaN count, and, if `paired` (the cells of a task restore the same
+    measurements), the paired PSNR difference to the task's best cell (`paired_to_best`)."""
     cells: dict[tuple[str, str, str], list[dict]] = {}
     for r in rows:
         cells.setdefault((r["task"], r["method"], r["settings"]), []).append(r)
@@ -652,7 +661,7 @@ def summarize(rows: list[dict], run: dict, paired: bool = True) -> dict:
                 per_seed.setdefault(r["seed"], []).append(v)
             seed_means = {s: statistics.fmean(per_seed[s]) for s in sorted(per_seed, key=int)}
             entry[m] = {**mean_ci([statistics.fmean(v) for v in per_image.values()]), "missing": missing,
-                        "seed_means": seed_means}
+                        "seed_means": seed_means, "seed_sd": seed_sd(list(per_image.values()))}
             if m == "psnr":
                 psnr_by_image.append({i: statistics.fmean(v) for i, v in per_image.items()})
         out.append(entry)
@@ -681,10 +690,12 @@ def write_summary(out: Path, summary: dict) -> None:
              f"steps {run['steps'] or 'solver default'}, sigma_y {run['sigma_y']}, batch {run['batch']}, "
              f"images {run['size']}x{run['size']} from {Path(run['data']).name}. Each value: {summary['ci']}.", ""]
     paired = any("psnr_vs_best" in c for c in summary["cells"])
+    seeded = any(c["psnr"]["seed_sd"] is not None for c in summary["cells"])
     for task in dict.fromkeys(c["task"] for c in summary["cells"]):
         lines += [f"## {task}", "",
                   "| method | settings | images | PSNR (dB) | SSIM | LPIPS | residual | s / image | NFE |"
-                  + " PSNR - best (paired) |" * paired, "|---|---|---|---|---|---|---|---|---|" + "---|" * paired]
+                  + " PSNR - best (paired) |" * paired + " PSNR per seed | PSNR sd over seeds |" * seeded,
+                  "|---|---|---|---|---|---|---|---|---|" + "---|" * (paired + 2 * seeded)]
         for c in (c for c in summary["cells"] if c["task"] == task):
             values = []
             for m in METRICS:
@@ -696,11 +707,19 @@ def write_summary(out: Path, summary: dict) -> None:
                     value += f" ({s['missing']} of {c['rows']} missing)"
                 values.append(value)
             values += [paired_text(c.get("psnr_vs_best"))] * paired
+            if seeded:
+                sd = c["psnr"]["seed_sd"]
+                values += [" / ".join(f"{v:.2f}" for v in c["psnr"]["seed_means"].values()),
+                           "-" if sd is None else f"{sd:.2f}"]
             lines.append(f"| {c['method']} | `{compact(c['settings'])}` | {c['images']} | " + " | ".join(values) + " |")
         lines.append("")
     if paired:
         lines.append("PSNR - best (paired): the cell's PSNR minus its task's best cell's, image by image, with the "
                      "95% interval of that difference; an interval that reaches 0 does not rank the two.")
+    if seeded:
+        lines.append("PSNR per seed: the mean over images of each seed alone (0, 1, ...). PSNR sd over seeds: how "
+                     "far one image's PSNR moves with the seed (its operator draw, measurement noise and solver "
+                     "noise), the standard deviation within an image, pooled over images.")
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
 

@@ -409,6 +409,8 @@ def ours(cell: dict) -> dict:
     values = {m: {k: cell[m][k] for k in ("mean", "ci95", "n")} for m in ("psnr", "ssim", "lpips", "seconds", "nfe")}
     if "psnr_vs_best" in cell:  # not in Table 1, whose rows differ in t
         values["psnr_vs_best"] = cell["psnr_vs_best"]
+    if cell["psnr"]["seed_sd"] is not None:  # two or more seeds: how much they move the numbers
+        values["psnr"] |= {k: cell["psnr"][k] for k in ("seed_means", "seed_sd")}
     return values
 
 
