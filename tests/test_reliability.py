@@ -82,6 +82,8 @@ BAD = [
     ("restore --input clean.png --task sr4 --out existing.png", "--overwrite"),
     ("restore --input clean.png --task sr4 --out out.txt", "suffix"),
     ("restore --input clean.png --task sr4 --out dir.png", "is a folder"),
+    ("restore --input clean.png --task sr4 --out .", "is a folder"),  # no name to put the figure's beside
+    ("sample --out .", "is a folder"),
     ("restore --input clean.png --task sr4 --out existing.png/x.png", "is a file"),
     ("restore --input clean.png --task sr4 --device cuda:99", "argument --device"),
     ("restore --input clean.png --task sr4 --device tpu", "argument --device"),

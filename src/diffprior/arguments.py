@@ -117,10 +117,10 @@ def check_outputs(outputs: Iterable[str | Path], *, inputs: Iterable[str | Path 
     image format (`images`), or a folder that cannot be created or written."""
     inputs = [Path(p) for p in inputs if p is not None]
     for out in map(Path, outputs):
-        if images:
-            image_format(out)
         if out.is_dir():
             raise IsADirectoryError(f"the output {out} is a folder: give a file name")
+        if images:
+            image_format(out)
         for p in inputs:
             if out.exists() and p.exists() and os.path.samefile(out, p) or out.resolve() == p.resolve():
                 raise FileExistsError(f"the output {out} is the input {p}: choose another output file "

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--full-size fills the holes of a --mask in the photo at its own size; other tasks restore "
                          "the model's size only")
     user_settings = parse_settings(args.set, args.method)
-    out = Path(args.out)
+    out, inputs = Path(args.out), [args.input, args.mask, model_input(args.model)]
+    arguments.check_outputs([out], inputs=inputs, overwrite=args.overwrite)  # before naming the files beside it
     beside = {name: out.with_name(f"{out.stem}_{name}.png") for name in ("figure", "std", "calibration")}
     outputs = {"restored": out, "figure": beside["figure"]}
     if args.samples > 1:
@@ -96,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         outputs["std"] = beside["std"]
         if not args.measured:
             outputs["calibration"] = beside["calibration"]
-    arguments.check_outputs(outputs.values(), inputs=[args.input, args.mask, model_input(args.model)],
-                            overwrite=args.overwrite)
+    arguments.check_outputs(outputs.values(), inputs=inputs, overwrite=args.overwrite)
     # an earlier run's std map or calibration figure that this run does not write would sit beside the new
     # result as if it were this run's: --overwrite replaces the whole result, so those go once it is saved
     stale = [p for name, p in beside.items() if name not in outputs and p.is_file()] if args.overwrite else []
