@@ -84,6 +84,26 @@ def test_unknown_task_is_rejected_by_the_parser(clean_image):
         main(["restore", "--input", str(clean_image), "--task", "unblur"])
 
 
+@pytest.mark.parametrize("argv,prog,unknown", [(["pack", "folder", "out.zip", "--out", "x"], "diffprior pack", "--out x"),
+                                               (["bench", "speed", "--bogus"], "diffprior bench speed", "--bogus")])
+def test_an_unknown_option_is_named_by_its_subcommand(capsys, argv, prog, unknown):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"{prog}: error: unrecognized arguments: {unknown} (see {prog} --help)\n"
+
+
+def test_a_warning_is_one_line_named_by_its_command(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_image(torch.zeros(3, 64, 64), folder / "good.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["pack", str(folder), str(tmp_path / "faces.zip")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("diffprior pack: warning: skipped 1 unreadable file(s) in photos: broken.png")
+    assert err.count("\n") == 1 and "UserWarning" not in err
+
+
 def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert main(["metrics", str(clean_image), str(clean_image), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)

@@ -1,6 +1,6 @@
 """The `diffprior` command line: a table of verbs, each a module of `commands/` with PARSER (its sub-parser's
-help and description), add_arguments(parser) and run(args); the errors a user can cause end in one line, and so
-does an interruption (Ctrl-C or SIGTERM), even while torch is still being imported."""
+help and description), add_arguments(parser) and run(args); the errors a user can cause end in one line, named by
+the subcommand given them, and so do a warning and an interruption (Ctrl-C or SIGTERM), even while torch is still being imported."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 
 from .version import __version__
 
@@ -41,18 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, **{"description": module.PARSER["help"], **module.PARSER})
         module.add_arguments(p)
         p.set_defaults(run=module.run)
-    _add_debug(parser)
+    _equip_subcommands(parser)
     return parser
 
 
-def _add_debug(parser: argparse.ArgumentParser) -> None:
-    """`--debug` after any subcommand too (it is also taken before it)."""
+def _equip_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`--debug` after any subcommand too (it is also taken before it), and the innermost subcommand's `error`
+    in `args.error`, so that an unknown option is named by the subcommand given it (`diffprior bench speed`)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                  help="show the full traceback of an error")
-                _add_debug(sub)
+                sub.set_defaults(error=sub.error)
+                _equip_subcommands(sub)
 
 
 # The errors a user can cause (bad files, values, devices, checkpoints, full or read-only disks, missing
@@ -87,7 +90,17 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt as e:  # during the first imports
         print(f"diffprior: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand that was given them, with its own --help
+        args.error(f"unrecognized arguments: {' '.join(unknown)}")
+    with warnings.catch_warnings():  # restores the warning display when done (main runs inside tests too)
+        if not args.debug:  # a warning is one line too, without the source line that raised it
+            warnings.showwarning = lambda message, *_, **__: print(
+                f"diffprior {args.command}: warning: {message}", file=sys.stderr)
+        return _execute(args)
+
+
+def _execute(args: argparse.Namespace) -> int:
     try:
         from .devices import set_cpu_threads
         set_cpu_threads(getattr(args, "threads", None))
