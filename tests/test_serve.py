@@ -104,6 +104,19 @@ def test_serve_binds_to_this_machine_only_unless_told():
     assert (args.host, args.port) == ("127.0.0.1", 7860)
 
 
+@pytest.mark.parametrize("host,message", [("no-such-host.invalid", "--host no-such-host.invalid: no such address"),
+                                          ("192.0.2.1", "--host must be an address of this machine"),
+                                          ("127.0.0.1", "Address already in use; choose another --port")])
+def test_an_address_it_cannot_listen_on_is_refused_before_the_model_loads(capsys, monkeypatch, host, message):
+    monkeypatch.setattr("diffprior.commands.serve.pick_device", lambda *_: pytest.fail("went on to load"))
+    with socket.socket() as taken:  # a server already on the port (for 127.0.0.1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli_main(["serve", "--host", host, "--port", str(port), "--model", "gmm-demo"]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_restore_two_methods_and_rerun_with_the_cli(server, clean_png, tmp_path, monkeypatch):
     url, _ = server
     c = client(url, tmp_path)

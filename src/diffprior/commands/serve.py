@@ -20,12 +20,14 @@ Needs the optional extra: pip install "diffprior[web]".
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -601,11 +603,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 25 million)")
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse, before anything loads, a host that does not resolve or a port the app cannot listen on (in use,
+    privileged, or not an address of this machine), naming the option to change."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: no such address ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as e:
+            hint = ("choose another --port" if e.errno == errno.EADDRINUSE else
+                    "choose a --port above 1023" if e.errno == errno.EACCES else
+                    "--host must be an address of this machine, e.g. 127.0.0.1, or 0.0.0.0 for all of them")
+            raise ValueError(f"cannot listen on {host} port {port}: {e.strerror}; {hint}") from None
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
 def run(args) -> int:
+    check_address(args.host, args.port)
     device = pick_device(args.device)
     if threading.current_thread() is threading.main_thread():  # `kill` stops it like Ctrl-C, also while starting
         signal.signal(signal.SIGTERM, _interrupt)
