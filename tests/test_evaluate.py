@@ -233,7 +233,8 @@ def test_bad_data_or_out_is_refused_before_anything_is_written(setup, tmp_path, 
     _, data, model = setup
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("")
-    for folder, message in ((tmp_path / "typo", "no folder at"), (tmp_path / "empty", "no readable image")):
+    for folder, message in ((tmp_path / "typo", "no folder at"), (tmp_path / "empty", "no readable image"),
+                            (tmp_path / "file", "file is a file: give a folder of images")):
         assert main(command(folder, model, tmp_path / "out")) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "out").exists()

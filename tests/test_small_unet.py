@@ -1,5 +1,7 @@
 """SmallUNet: shapes, timestep conditioning, size of the default config, checkpoint round trip, widening."""
 
+import re
+
 import pytest
 import torch
 
@@ -218,3 +220,15 @@ def test_widening_the_shipped_face_model():
     with torch.no_grad():
         out = prior.net(x, t)
         assert torch.allclose(wide(x, t), out, atol=1e-5 * out.abs().max())
+
+
+@pytest.mark.parametrize("description,reason", [
+    ('{"image_size": 16}', "(it has no 'architecture')"),
+    ("[16]", "(it is not a JSON object)"),
+    ('{"image_size": 16,', "(JSONDecodeError: Expecting property name"),
+])
+def test_a_broken_description_names_what_is_wrong(tmp_path, description, reason):
+    path = save_checkpoint(randomised(tiny()), checkpoint_config(tiny().config), tmp_path / "m.safetensors")
+    path.with_suffix(".json").write_text(description)
+    with pytest.raises(CheckpointError, match=re.escape(f"m.json is not a valid checkpoint description {reason}")):
+        load_prior(path)

@@ -317,6 +317,8 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float
 def list_images(folder: str | Path) -> list[Path]:
     """The image files directly in a folder, sorted by name."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"{folder} is a file: give a folder of images")
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder at {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

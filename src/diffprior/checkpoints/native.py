@@ -55,6 +55,8 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
                                     "with NAME.json beside it)")
     try:
         config = json.loads(meta.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("it is not a JSON object")
         size = int(config["image_size"])
         if not 1 <= size <= MAX_IMAGE_SIZE:
             raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
@@ -79,7 +81,9 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
             skeleton = build_network(config["architecture"], **config.get("network", {}))
             shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{meta} is not a valid checkpoint description ({e!r})") from e
+        reason = f"it has no {e.args[0]!r}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}" if isinstance(
+            e, json.JSONDecodeError) else str(e)
+        raise CheckpointError(f"{meta} is not a valid checkpoint description ({reason})") from e
     check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
     net = build_network(config["architecture"], **config.get("network", {}))
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights).items()}
