@@ -85,13 +85,15 @@ def test_registered_with_facts_that_fit(name):
         assert (used == 0) if name == "tv" else (nfe // 2 < used <= nfe), (nfe, settings, used)
 
 
+@pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("name", SPECS)
 def test_deterministic_under_a_seed(gaussian_problem, name):
     p = gaussian_problem
     settings = {"steps": 10} if "steps" in SPECS[name].settings else {}  # and the defaults
-    runs = [solve(name, p["prior"], p["op"], p["y"].expand(3, -1, -1, -1), sigma_y=p["sigma_y"],
-                  generator=torch.Generator().manual_seed(seed), **settings) for seed in (7, 7, 8)]
-    assert torch.equal(runs[0], runs[1])
+    y = p["y"].expand(3, -1, -1, -1)
+    runs = [solve(name, p["prior"], p["op"], y_, sigma_y=p["sigma_y"], generator=torch.Generator().manual_seed(seed),
+                  **settings) for y_, seed in ((y.clone().requires_grad_(), 7), (y, 7), (y, 8))]
+    assert torch.equal(runs[0], runs[1]) and not runs[0].requires_grad  # a y that requires grad is data all the same
     assert torch.equal(runs[0], runs[2]) != SPECS[name].random  # TV draws nothing, the others do
 
 
@@ -108,7 +110,7 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     prior, op, y = p["prior"], p["op"], p["y"]
     run = lambda y=y, **kw: solve(name, prior, op, y, **({"sigma_y": p["sigma_y"]} | kw))
     for bad, error, message in [
-        (y[0], ValueError, r"has shape \(1, 4, 4\), but inpaint makes \(1, 1, 4, 4\)"),  # no batch axis
+        (y[0], ValueError, r"has shape \(1, 4, 4\), but inpaint makes a batch \(B, 1, 4, 4\).*\(y\[None\]\)"),
         (y[..., :2, :2], ValueError, "from a batch of 1 of the prior's"),
         (y.expand(1, 3, 4, 4), ValueError, "has shape"),  # channels the prior does not have
         (y[:0], ValueError, "holds no images"),
@@ -118,6 +120,13 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     ]:
         with pytest.raises(error, match=message):
             run(bad)
+    with pytest.raises(TypeError, match="the operator must be a diffprior Operator.*got NoneType"):
+        solve(name, prior, None, y, sigma_y=p["sigma_y"])
+    if SPECS[name].needs_prior:  # TV alone runs without one
+        with pytest.raises(TypeError, match=r"the prior must be a diffprior Prior.*got str \(load it with"):
+            solve(name, "faces64", op, y, sigma_y=p["sigma_y"])
+    else:
+        assert solve(name, None, op, y, sigma_y=p["sigma_y"]).shape == y.shape
     two_masks = Inpaint(torch.stack([op.mask[0], 1 - op.mask[0]]))  # a batch of 2 masks for 1 measurement
     with pytest.raises(ValueError, match=r"inpaint makes \(2, 1, 4, 4\) from a batch of 1"):
         solve(name, prior, two_masks, y, sigma_y=p["sigma_y"])

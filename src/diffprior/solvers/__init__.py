@@ -11,7 +11,8 @@ from torch import Tensor
 
 from importlib import import_module
 
-from ..operators import check_linear, check_noise_level
+from ..operators import Operator, check_linear, check_noise_level
+from ..prior import Prior
 from .sampling import ddim_step, ddpm_step, denoise, sample
 from .spec import PLUMBING, SolverSpec
 
@@ -161,6 +162,9 @@ def check_measurement(prior, op, y) -> None:
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"{op.name} does not take a batch of {y.shape[0]} of the prior's {shape} images "
                          f"(the measurement's batch): {e}") from None
+    if y.dim() != len(expected):
+        raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes a batch (B, "
+                         f"{', '.join(map(str, expected[1:]))}): for one measurement, add the batch dimension (y[None])")
     if tuple(y.shape) != expected:
         raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {expected} from a batch "
                          f"of {y.shape[0]} of the prior's {shape} images")
@@ -184,11 +188,17 @@ def divergence(op, x: Tensor, y: Tensor) -> str | None:
 
 def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **settings) -> Tensor:
     """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
-    measurement noise. Unknown settings raise a TypeError, a bad value a ValueError, a measurement that is
-    not a float tensor a TypeError, one with NaNs or of a shape that `op` does not make from the prior's
-    images a ValueError, an operator the solver does not accept a TypeError, and a run that diverges (see
-    `divergence`) a DivergenceError."""
+    measurement noise. A prior or an operator that is not one (a name, None) raises a TypeError, so do unknown
+    settings, a bad value a ValueError, a measurement that is not a float tensor a TypeError, one with NaNs or of
+    a shape that `op` does not make from the prior's images a ValueError, an operator the solver does not accept
+    a TypeError, and a run that diverges (see `divergence`) a DivergenceError. `y` is data: never differentiated."""
     spec = spec_of(method)
+    if not isinstance(prior, Prior) and not (prior is None and not spec.needs_prior):
+        raise TypeError(f"the prior must be a diffprior Prior, e.g. dp.load_prior('faces64'); got "
+                        f"{type(prior).__name__}{' (load it with dp.load_prior)' if isinstance(prior, str) else ''}")
+    if not isinstance(op, Operator):
+        raise TypeError(f"the operator must be a diffprior Operator, e.g. dp.make_operator('box-inpaint', "
+                        f"(3, 64, 64)); got {type(op).__name__}")
     if sigma_y is not None:
         sigma_y = check_noise_level(sigma_y)
         if "sigma_y" in spec.settings:
@@ -201,6 +211,7 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
         raise TypeError(f"{method} does not apply to {op.name}: {why}")
     op = op.to(y.device) if isinstance(y, Tensor) else op
     check_measurement(prior, op, y)
+    y = y.detach()  # data: nothing differentiates through it
     init = settings.get("init")
     if init is not None:  # a start image per measurement (SDEdit, RED-diff, DPS's warm start)
         if not isinstance(init, Tensor) or not init.is_floating_point():

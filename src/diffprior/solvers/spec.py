@@ -54,6 +54,11 @@ class SolverSpec:
         params = inspect.signature(self.run).parameters.items()
         return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
 
+    @property
+    def needs_prior(self) -> bool:
+        """Whether the solver runs a prior: False where its `prior` may be None (the classical TV baseline)."""
+        return type(None) not in typing.get_args(typing.get_type_hints(self.run)["prior"])
+
     def accepts(self, key: str, kind: type) -> bool:
         """Whether setting `key` takes values of `kind` (None, bool, ...): by its annotation, or a None default."""
         hint = typing.get_type_hints(self.run).get(key)
