@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from diffprior.models import load_prior
 from diffprior.prior import GaussianMixturePrior, GaussianPrior, NetworkPrior
 from diffprior.schedule import Schedule, eps_from_v
 
@@ -212,3 +213,12 @@ def test_low_rank_mixture_equals_its_full_covariance_form():
         assert torch.allclose(low.x0(xt, t), full.x0(xt, t), atol=1e-9)
     x = low.sample(100_000, torch.Generator().manual_seed(0))
     assert torch.allclose(torch.cov(x.T), low.covariance(), atol=0.05)
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    (None, TypeError, r"takes a model's name \(gmm-demo, faces64, .*\) or a checkpoint's path; got NoneType"),
+    ("", FileNotFoundError, "no prior called '': not a named model"),  # not the current folder
+])
+def test_load_prior_says_what_it_takes(bad, error, message):
+    with pytest.raises(error, match=message):
+        load_prior(bad)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,10 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
     `dtype` sets how a network prior computes: "fp32", "bf16" (autocast) or "auto" (bf16 where the device
     computes it natively, `devices.native_bf16`; else fp32); None leaves it as it is (a new prior: fp32).
     Analytic priors compute exactly either way."""
-    named = str(name_or_path) in (*BUILTIN_ANALYTIC, *EMBEDDED, *REMOTE_MODELS)
+    if not isinstance(name_or_path, (str, os.PathLike, Prior)):
+        raise TypeError(f"load_prior takes a model's name ({', '.join(model_names())}) or a checkpoint's path; "
+                        f"got {type(name_or_path).__name__}")
+    named = str(name_or_path) in model_names()
     if config is not None and (named or isinstance(name_or_path, Prior)):
         raise ValueError(f"config (--config) names the architecture of a guided-diffusion .pt file; {name_or_path} "
                          "brings its own")
@@ -177,7 +181,7 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
     elif str(name_or_path) in REMOTE_MODELS:
         prior = load_remote(str(name_or_path))
     else:
-        prior = _load_path(Path(name_or_path), config)
+        prior = _load_path(name_or_path, config)
     prior = prior.to(pick_device(device)) if device is not None else prior
     if dtype is not None:
         dtype = resolve_dtype(dtype, prior.device)
@@ -186,8 +190,14 @@ def load_prior(name_or_path: str | Path | Prior, device=None, *, config: str | N
     return prior
 
 
-def _load_path(path: Path, config: str | None) -> Prior:
-    if not path.exists():
-        names = ", ".join([*BUILTIN_ANALYTIC, *EMBEDDED, *REMOTE_MODELS])
-        raise FileNotFoundError(f"no prior called {str(path)!r}: not a named model ({names}) and no such file or folder")
+def model_names() -> list[str]:
+    """Every named prior: the analytic ones, the embedded and the downloadable models."""
+    return [*BUILTIN_ANALYTIC, *EMBEDDED, *REMOTE_MODELS]
+
+
+def _load_path(name: str | os.PathLike, config: str | None) -> Prior:
+    path = Path(name)
+    if not str(name) or not path.exists():  # Path("") is the current folder
+        raise FileNotFoundError(f"no prior called {str(name)!r}: not a named model ({', '.join(model_names())}) "
+                                "and no such file or folder")
     return load_file(path, config)
