@@ -205,6 +205,8 @@ def test_selection_and_cache(faces, tmp_path):
     assert torch.equal(a.images, b.images) and len(b) == 4
     with pytest.raises(ValueError, match="size"):
         load_faces(cache, 32)
+    with pytest.raises(FileNotFoundError, match="no pack file or image folder at .*typo.zip"):
+        load_faces(tmp_path / "typo.zip", SIZE)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "webp", "jpeg"])

@@ -199,6 +199,8 @@ def load_faces(source: str | Path | FaceSet, size: int, *, first: str | None = N
     """Images from a FaceSet, a pack file or a folder, selected by name range and count.
     A folder's images are cached as an npy pack at `cache`, and read back from there while the folder's
     selected file names are unchanged."""
+    if not isinstance(source, FaceSet) and not Path(source).exists():
+        raise FileNotFoundError(f"no pack file or image folder at {source}")
     if isinstance(source, FaceSet) or Path(source).is_file():
         faces = subset(source if isinstance(source, FaceSet) else load_pack(source), first=first, last=last,
                        count=count)
