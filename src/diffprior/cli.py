@@ -1,6 +1,7 @@
 """The `diffprior` command line: a table of verbs, each a module of `commands/` with PARSER (its sub-parser's
 help and description), add_arguments(parser) and run(args); the errors a user can cause end in one line, named by
-the subcommand given them, and so do a warning and an interruption (Ctrl-C or SIGTERM), even while torch is still being imported."""
+the subcommand given them, and so do a warning and an interruption (Ctrl-C or SIGTERM), even while torch is still
+being imported."""
 
 from __future__ import annotations
 

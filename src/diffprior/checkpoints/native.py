@@ -81,8 +81,12 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
             skeleton = build_network(config["architecture"], **config.get("network", {}))
             shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        reason = f"it has no {e.args[0]!r}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}" if isinstance(
-            e, json.JSONDecodeError) else str(e)
+        if isinstance(e, KeyError):
+            reason = f"it has no {e.args[0]!r}"
+        elif isinstance(e, json.JSONDecodeError):
+            reason = f"not valid JSON: {e}"
+        else:
+            reason = str(e)
         raise CheckpointError(f"{meta} is not a valid checkpoint description ({reason})") from e
     check_shapes(shapes, safetensors_shapes(weights), f"{weights} (described by {meta.name})")
     net = build_network(config["architecture"], **config.get("network", {}))
