@@ -84,8 +84,10 @@ def test_unknown_task_is_rejected_by_the_parser(clean_image):
         main(["restore", "--input", str(clean_image), "--task", "unblur"])
 
 
-@pytest.mark.parametrize("argv,prog,unknown", [(["pack", "folder", "out.zip", "--out", "x"], "diffprior pack", "--out x"),
-                                               (["bench", "speed", "--bogus"], "diffprior bench speed", "--bogus")])
+@pytest.mark.parametrize("argv,prog,unknown", [
+    (["pack", "folder", "out.zip", "--out", "x"], "diffprior pack", "--out x"),
+    (["bench", "speed", "--bogus"], "diffprior bench speed", "--bogus"),
+])
 def test_an_unknown_option_is_named_by_its_subcommand(capsys, argv, prog, unknown):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

@@ -164,7 +164,8 @@ def check_measurement(prior, op, y) -> None:
                          f"(the measurement's batch): {e}") from None
     if y.dim() != len(expected):
         raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes a batch (B, "
-                         f"{', '.join(map(str, expected[1:]))}): for one measurement, add the batch dimension (y[None])")
+                         f"{', '.join(map(str, expected[1:]))}): for one measurement, add the batch dimension "
+                         "(y[None])")
     if tuple(y.shape) != expected:
         raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {expected} from a batch "
                          f"of {y.shape[0]} of the prior's {shape} images")
