@@ -205,6 +205,9 @@ def test_selection_and_cache(faces, tmp_path):
     assert torch.equal(a.images, b.images) and len(b) == 4
     with pytest.raises(ValueError, match="size"):
         load_faces(cache, 32)
+    for read in (lambda **r: load_folder(faces, SIZE, **r), lambda **r: load_faces(cache, SIZE, **r)):  # file, pack
+        with pytest.raises(ValueError, match="first '000004' comes after last '000001' .*so nothing is selected"):
+            read(first="000004", last="000001")
     with pytest.raises(FileNotFoundError, match="no pack file or image folder at .*typo.zip"):
         load_faces(tmp_path / "typo.zip", SIZE)
 

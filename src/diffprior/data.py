@@ -21,6 +21,7 @@ import os
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -61,11 +62,19 @@ class FaceSet:
 
 
 # -- reading folders ----------------------------------------------------------------------------------
+def name_range(first: str | None, last: str | None) -> Callable[[str], bool]:
+    """Whether a file-name stem lies in [first, last] (inclusive, compared as text; None leaves that end open).
+    A first that comes after the last selects nothing: a ValueError that says so."""
+    if first is not None and last is not None and first > last:
+        raise ValueError(f"first {first!r} comes after last {last!r} (names compare as text), so nothing is selected")
+    return lambda stem: (first is None or stem >= first) and (last is None or stem <= last)
+
+
 def select_files(folder: str | Path, *, first: str | None = None, last: str | None = None,
                  count: int | None = None) -> list[Path]:
     """The image files of `folder` whose stems lie in [first, last] (inclusive), sorted, at most `count`."""
-    files = [p for p in io.list_images(folder)
-             if (first is None or p.stem >= first) and (last is None or p.stem <= last)]
+    selected = name_range(first, last)
+    files = [p for p in io.list_images(folder) if selected(p.stem)]
     if count is not None:
         if count < 1:
             raise ValueError(f"count must be positive, got {count}")
@@ -114,8 +123,8 @@ def subset(faces: FaceSet, *, first: str | None = None, last: str | None = None,
     """The images of `faces` selected as `select_files` selects files (by name stem, then count)."""
     if first is None and last is None and count is None:
         return faces
-    keep = [i for i, name in enumerate(faces.names)
-            if (first is None or Path(name).stem >= first) and (last is None or Path(name).stem <= last)]
+    selected = name_range(first, last)
+    keep = [i for i, name in enumerate(faces.names) if selected(Path(name).stem)]
     keep = keep[:count] if count is not None else keep
     if not keep:
         raise ValueError(f"no images of {faces.source} for the selection first={first}, last={last}, count={count}")

@@ -70,6 +70,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import arguments
+from ..data import name_range
 from ..download import sha256_of
 from ..io import list_images, load_image, load_mask, open_image, save_image
 from ..metrics import image_metrics, residual
@@ -148,8 +149,8 @@ def select_images(folder: str | Path, *, first: str | None = None, last: str | N
                   n: int | None = None) -> list[Path]:
     """The folder's images sorted by name, those whose stem lies in [first, last], then the first n. An image
     is known by its stem (in ranges, figures and saved restorations), so two files may not share one."""
-    paths = [p for p in list_images(folder)
-             if (first is None or p.stem >= first) and (last is None or p.stem <= last)]
+    selected = name_range(first, last)
+    paths = [p for p in list_images(folder) if selected(p.stem)]
     by_stem: dict[str, Path] = {}
     for p in paths:
         if p.stem in by_stem:
