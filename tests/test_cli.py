@@ -79,6 +79,23 @@ def test_bad_input_gives_a_clear_error(clean_image, tmp_path, capsys, argv, mess
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["restore", "denoise"])
+def test_the_image_is_given_as_an_argument_or_with_input(clean_image, tmp_path, capsys, command):
+    rest = ["--model", "gmm-demo", "--device", "cpu"] + (["--task", "gaussian-blur", "--method", "tv"]
+                                                         if command == "restore" else [])
+    assert main([command, str(clean_image), "--out", str(tmp_path / "a.png"), *rest]) == 0
+    assert main([command, "--out", str(tmp_path / "b.png"), "--input", str(clean_image), *rest]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    capsys.readouterr()
+    for argv, message in ([[], "one of the arguments IMAGE --input is required"],
+                          [[str(clean_image), "--input", str(clean_image)],
+                           "argument --input: not allowed with argument IMAGE"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, *argv, *rest])
+        assert exit_.value.code == 2
+        assert f"diffprior {command}: error: {message} (see" in capsys.readouterr().err
+
+
 def test_unknown_task_is_rejected_by_the_parser(clean_image):
     with pytest.raises(SystemExit):
         main(["restore", "--input", str(clean_image), "--task", "unblur"])

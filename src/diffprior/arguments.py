@@ -24,6 +24,13 @@ def names(text: str) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
 
 
+def add_image_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """The command's input image in `args.input`, given as `COMMAND IMAGE` or `COMMAND --input IMAGE`."""
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("input", nargs="?", default=argparse.SUPPRESS, metavar="IMAGE", help=help)
+    given.add_argument("--input", dest="input", metavar="IMAGE", help="the same, as an option")
+
+
 def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (either bound may be None)."""
     def parse(text: str) -> int:

@@ -31,7 +31,7 @@ PARSER = dict(help="degrade an image with a task's operator, then restore it",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="the image (any size: centre-cropped and resized to the model's)")
+    arguments.add_image_argument(p, "the image (any size: centre-cropped and resized to the model's)")
     p.add_argument("--task", choices=[*TASKS, "inpaint"], help="the degradation (inpaint needs --mask)")
     p.add_argument("--method", choices=list(SOLVERS), default="dps", help="the solver (dps)")
     p.add_argument("--out", default="restored.png", help="the restored image (restored.png); the figure and, with "
