@@ -16,7 +16,8 @@ from diffprior.nonlinear import PhaseRetrieval, Saturation
 from diffprior.operators import Identity, Inpaint
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
-from diffprior.solvers import SOLVERS, SPECS, check_measurement, check_settings, settings_for, solve, tuned_settings
+from diffprior.solvers import (SOLVERS, SPECS, DivergenceError, check_measurement, check_settings, settings_for, solve,
+                               tuned_settings)
 from diffprior.tasks import INPAINTING_TASKS, TASKS
 
 N = 1000  # posterior samples per check
@@ -167,6 +168,15 @@ def test_numpy_scalars_are_plain_numbers():
     import numpy as np
     checked = check_settings("dps", {"steps": np.int64(5), "scale": np.float32(0.25)}, 1000)
     assert checked == {"steps": 5, "scale": 0.25} and type(checked["scale"]) is float
+
+
+@pytest.mark.parametrize("name", ["tv", "dps"])
+def test_a_measurement_of_0_to_255_pixels_is_warned_about(gaussian_problem, name):
+    p = gaussian_problem
+    with pytest.warns(UserWarning, match=r"the measurement reaches 2\d\d.*but inpaint makes at most about 1 from "
+                                         r"images in \[-1, 1\].*not \[0, 255\]"):
+        with contextlib.suppress(DivergenceError):  # TV's result lies as far out as its measurement
+            solve(name, p["prior"], p["op"], (p["y"] + 1) * 127.5, sigma_y=p["sigma_y"])
 
 
 def test_a_measurement_on_another_device_than_the_prior_is_refused(gaussian_problem):

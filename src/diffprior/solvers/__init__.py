@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -134,10 +135,10 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
     return checked
 
 
-def check_measurement(prior, op, y) -> None:
+def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
     """Refuse a measurement that `op` could not have made from a batch of the prior's images: not a float32
     or float64 tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does not
-    fit y's)."""
+    fit y's); warn when its values lie far beyond what op makes from images in [-1, 1] (pixels in [0, 255])."""
     if not isinstance(y, Tensor) or not y.is_floating_point():
         kind = y.dtype if isinstance(y, Tensor) else type(y).__name__
         raise TypeError(f"the measurement must be a floating-point tensor (images in [-1, 1]), got {kind}")
@@ -170,6 +171,14 @@ def check_measurement(prior, op, y) -> None:
         raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {expected} from a batch "
                          f"of {y.shape[0]} of the prior's {shape} images")
     check_linear(op, images)  # an operator of the user's own: its linearity and adjoint, which solvers trust
+    signs = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(0)).to(images) * 2 - 1
+    with torch.no_grad():  # a lower bound of max |A x| over images in [-1, 1]
+        reach = max(float(op.A(v).abs().max()) for v in (images + 1, images - 1, signs))
+    largest = float(y.detach().abs().max())
+    if largest > 4 * reach + 6 * sigma_y + 0.5:
+        warnings.warn(f"the measurement reaches {largest:.4g}, but {op.name} makes at most about {reach:.3g} from "
+                      "images in [-1, 1]: the library's images are in [-1, 1], not [0, 255] (dp.io.load_image "
+                      "converts an image file)", stacklevel=3)
 
 
 def divergence(op, x: Tensor, y: Tensor) -> str | None:
@@ -191,8 +200,9 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
     measurement noise. A prior or an operator that is not one (a name, None) raises a TypeError, so do unknown
     settings, a bad value a ValueError, a measurement that is not a float tensor a TypeError, one with NaNs or of
-    a shape that `op` does not make from the prior's images a ValueError, an operator the solver does not accept
-    a TypeError, and a run that diverges (see `divergence`) a DivergenceError. `y` is data: never differentiated."""
+    a shape that `op` does not make from the prior's images a ValueError (one of values far beyond them, such
+    as [0, 255] pixels, a warning), an operator the solver does not accept a TypeError, and a run that diverges
+    (see `divergence`) a DivergenceError. `y` is data: never differentiated."""
     spec = spec_of(method)
     if not isinstance(prior, Prior) and not (prior is None and not spec.needs_prior):
         raise TypeError(f"the prior must be a diffprior Prior, e.g. dp.load_prior('faces64'); got "
@@ -211,7 +221,7 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     if why is not None:
         raise TypeError(f"{method} does not apply to {op.name}: {why}")
     op = op.to(y.device) if isinstance(y, Tensor) else op
-    check_measurement(prior, op, y)
+    check_measurement(prior, op, y, settings.get("sigma_y", sigma_y or 0.0))
     y = y.detach()  # data: nothing differentiates through it
     init = settings.get("init")
     if init is not None:  # a start image per measurement (SDEdit, RED-diff, DPS's warm start)
