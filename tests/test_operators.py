@@ -171,7 +171,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown task"):
         make_operator("deblur-everything", SHAPE)
     for kwargs, message in [(dict(shape=(3, 64.0, 64.0)), "whole numbers"), (dict(shape=(64,)), "ending in H, W"),
-                            (dict(shape=(3, 0, 64)), "sizes > 0"), (dict(seed=None), "seed=None: whole numbers"),
+                            (dict(shape=(3, 0, 64)), "sizes > 0"), (dict(seed=None), "seed=None: a whole number"),
+                            (dict(shape=64), r"shape=64: whole numbers ending in H, W \(e.g. \(3, 64, 64\)\)"),
                             (dict(seed=1.5), "seed=1.5"),
                             (dict(std=float("nan")), "option std=nan"), (dict(std="1"), "option std='1'"),
                             (dict(size=3.5), "size=3.5: a whole number of pixels"), (dict(seed=2 ** 70), r"2\*\*63")]:

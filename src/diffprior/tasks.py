@@ -106,9 +106,13 @@ def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     try:  # whole numbers of any integer type (numpy's too), never floats
-        shape, seed = tuple(map(operator.index, shape)), operator.index(seed)
+        shape = tuple(map(operator.index, shape))
     except TypeError:
-        raise ValueError(f"shape {tuple(shape)} and seed={seed!r}: whole numbers") from None
+        raise ValueError(f"shape={shape!r}: whole numbers ending in H, W (e.g. (3, 64, 64))") from None
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise ValueError(f"seed={seed!r}: a whole number") from None
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape {shape}: sizes > 0, ending in H, W (e.g. (3, 64, 64))")
     if not 0 <= seed <= MAX_SEED:
