@@ -96,3 +96,9 @@ def test_the_checks_see_loops_and_upward_imports():
     assert cycles(graph) == [["diffprior.a", "diffprior.b"]]
     assert upward(graph) == ["diffprior.c -> diffprior.cli", "diffprior.x.y -> diffprior.x"]
     assert len(import_graph()) > 40 and "diffprior.solvers.spec" in import_graph()["diffprior.solvers.dps"]
+
+
+
+def test_the_package_shows_only_its_api():  # what `dir` and a notebook's completion list: no stray imports
+    extra = {name for name in dir(diffprior) if not name.startswith("_") and name not in diffprior.__all__}
+    assert all(getattr(diffprior, name).__name__ == f"diffprior.{name}" for name in extra), extra  # submodules
