@@ -96,6 +96,31 @@ def test_the_image_is_given_as_an_argument_or_with_input(clean_image, tmp_path, 
         assert f"diffprior {command}: error: {message} (see" in capsys.readouterr().err
 
 
+def test_sample_into_a_folder_in_batches_continues_after_an_interruption(tmp_path, capsys):
+    folder, grid = tmp_path / "samples", tmp_path / "grid.png"
+    run = ["sample", "--model", "gmm-demo", "--n", "5", "--batch", "2", "--steps", "5", "--device", "cpu"]
+    assert main([*run, "--out", f"{folder}/"]) == 0
+    files = sorted(folder.glob("sample_*.png"))
+    assert [f.name for f in files] == [f"sample_{i:05d}.png" for i in range(5)]
+    before = [f.read_bytes() for f in files]
+    assert len(set(before)) == 5  # five different samples
+    for f in files[2:4]:  # an interrupted run: the second batch lost
+        f.unlink()
+    assert main([*run, "--out", str(folder)]) == 0  # an existing folder, without the slash
+    assert [f.read_bytes() for f in files] == before  # the batch drawn again alone is the same
+    # the grid holds the same samples (each batch from its own seed), in rows of --nrow
+    assert main([*run, "--out", str(grid), "--nrow", "3"]) == 0
+    cells = np.asarray(Image.open(grid))
+    for i, f in enumerate(files):
+        top, left = 2 + (i // 3) * 66, 2 + (i % 3) * 66
+        assert np.array_equal(cells[top:top + 64, left:left + 64], np.asarray(Image.open(f)))
+    capsys.readouterr()
+    assert main([*run[:-4], "--steps", "6", "--device", "cpu", "--out", str(folder)]) == 2
+    assert "holds samples of other settings (steps: 5 there, 6 now)" in capsys.readouterr().err
+    assert main(["sample", "--model", "gmm-demo", "--n", "1025", "--out", str(grid), "--overwrite"]) == 2
+    assert "a grid of 1025 samples is too large to look at: give --out a folder" in capsys.readouterr().err
+
+
 def test_unknown_task_is_rejected_by_the_parser(clean_image):
     with pytest.raises(SystemExit):
         main(["restore", "--input", str(clean_image), "--task", "unblur"])

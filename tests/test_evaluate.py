@@ -345,7 +345,7 @@ def test_a_mask_file_is_the_task_inpaint_for_every_image(setup, tmp_path, capsys
     rows = rows_of(out)
     assert {(r["task"], r["method"]) for r in rows} == {("inpaint", "naive"), ("inpaint", "dps")}
     # the naive reconstruction of that mask's measurement, computed here: the same numbers
-    from diffprior.commands.evaluate import derive_seed
+    from diffprior.commands.common import derive_seed
     from diffprior.io import load_image
     from diffprior.metrics import image_metrics
     from diffprior.operators import Inpaint, measure
@@ -382,7 +382,7 @@ def test_a_folder_of_masks_gives_each_image_its_own(setup, tmp_path):
     assert main(["eval", "--data", str(data), "--model", str(model), "--device", "cpu", "--limit", "3", "--batch", "2",
                  "--methods", "ddnm", "--steps", "2", "--no-progress", "--mask", str(tmp_path / "masks"),
                  "--out", str(out)]) == 0
-    from diffprior.commands.evaluate import derive_seed
+    from diffprior.commands.common import derive_seed
     from diffprior.io import load_image
     from diffprior.metrics import image_metrics
     from diffprior.operators import Inpaint, measure

@@ -1,24 +1,71 @@
-"""What the image verbs (restore, demo, sample, denoise, metrics) share: the model options, --set
-settings, seeded generators and the scores they print."""
+"""What the image verbs (restore, demo, sample, denoise, metrics, eval, reproduce) share: the model options, --set
+settings, seeded generators, samples written to a folder and the scores they print."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .. import arguments
 from ..devices import DTYPES
+from ..io import atomic_write, tensor_to_pil
 from ..models import DEFAULT_MODEL
-from ..solvers import SPECS, check_settings, solver_settings
+from ..solvers import SPECS, check_settings, sample, solver_settings
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any JSON-able parts: the same parts give the same seed in every process."""
+    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") >> 1
+
+
+def sample_chunks(prior, n: int, *, batch: int, seed: tuple, skip=lambda start, stop: False, progress: bool = False,
+                  **sampler) -> Iterator[tuple[int, Tensor]]:
+    """(start, the samples start ... start + len - 1) for n samples from the prior drawn `batch` at a time, batch c
+    from the seed derive_seed(*seed, c), so that each batch can be drawn again alone; a batch for which
+    skip(start, stop) holds is not drawn. `sampler`: the keywords of `solvers.sample` (steps, sampler, eta)."""
+    for c, start in enumerate(range(0, n, batch)):
+        stop = min(start + batch, n)
+        if skip(start, stop):
+            continue
+        if progress and n > batch:
+            print(f"samples {start + 1}-{stop} of {n}", file=sys.stderr)
+        yield start, sample(prior, stop - start, generator=generator(prior.device, derive_seed(*seed, c)),
+                            progress=progress, **sampler)
+
+
+def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed: tuple, progress: bool = False,
+                  **sampler) -> list[Path]:
+    """`sample_chunks` as folder/sample_00000.png ...: samples already there are kept, so an interrupted run
+    continues where it stopped. folder/samples.json keeps `record` (what fixes the samples); a folder of
+    samples of other settings is refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / "samples.json"
+    there = json.loads(kept.read_text()) if kept.is_file() else record
+    differ = [f"{k}: {there.get(k)!r} there, {record.get(k)!r} now" for k in {**there, **record}
+              if there.get(k) != record.get(k)]
+    if differ:
+        raise ValueError(f"{folder} holds samples of other settings ({'; '.join(differ)}): rerun with the same "
+                         "settings to continue them, or choose another folder")
+    atomic_write(kept, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
+    paths = [folder / f"sample_{i:05d}.png" for i in range(n)]
+    done = lambda start, stop: all(p.is_file() for p in paths[start:stop])
+    for start, x in sample_chunks(prior, n, batch=batch, seed=seed, skip=done, progress=progress, **sampler):
+        for p, xi in zip(paths[start:], x):
+            if not p.is_file():
+                atomic_write(p, lambda tmp, xi=xi: tensor_to_pil(xi).save(tmp, format="PNG"))
+    return paths
 
 
 def parse_settings(pairs: list[str], method: str) -> dict:

@@ -20,8 +20,8 @@ from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
-from .common import (CPU_STEPS, add_model_arguments, check_steps, cpu_sample_steps, cpu_steps, fmt, generator,
-                     model_input, quality)
+from .common import (CPU_STEPS, add_model_arguments, check_steps, cpu_sample_steps, cpu_steps, derive_seed, fmt,
+                     generator, model_input, quality)
 
 # what a reader of the table should know about the two baselines of the report that trail it
 NOTES = {
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, images=False)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
-    from .evaluate import derive_seed, has_naive, unfit_pairs
+    from .evaluate import has_naive, unfit_pairs
     size = prior.shape[-1]
     unfit = [f"{task} has no naive reconstruction to show (restore it with `diffprior restore`)"
              for task in tasks if not has_naive(task, size)] + unfit_pairs(tasks, methods, size, args.sigma_y)

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -82,7 +81,7 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import add_prior_arguments, add_range_arguments
+from .common import add_prior_arguments, add_range_arguments, derive_seed
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -207,11 +206,6 @@ def saved_image(out: Path, task: str, method: str, settings: str, seed: int | st
     pairs = ",".join(f"{k}={v}" for k, v in json.loads(settings).items())
     cell = re.sub(r"[^\w.=,+-]", "_", f"{method}_{pairs}" if pairs else method)
     return Path(out) / "images" / task / cell / f"seed{seed}" / (Path(image).stem + ".png")
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any JSON-able parts: the same parts give the same seed in every process."""
-    return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") >> 1
 
 
 # -- row files -------------------------------------------------------------------------------------------

@@ -59,14 +59,14 @@ import torch
 from torch import Tensor
 
 from ..version import __version__
-from .common import add_prior_arguments, add_range_arguments
-from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, derive_seed, evaluate, merge_rows,
+from .common import add_prior_arguments, add_range_arguments, derive_seed, sample_folder
+from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, evaluate, merge_rows,
                        paired_text, read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
                        why_not, write_summary)
 from ..devices import describe_device, pick_device
 from ..figures import displayable, image_table
 from .. import arguments
-from ..io import load_image, tensor_to_pil
+from ..io import load_image
 from ..metrics import image_metrics
 from ..io import atomic_write, output_folder
 from ..models import load_prior
@@ -201,34 +201,20 @@ def stage(plan: Plan, text: str) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------
-def generate_images(prior: Prior, plan: Plan, device: torch.device) -> Path:
+def generate_images(prior: Prior, plan: Plan) -> Path:
     """N clean images drawn from the prior into OUT/generated/ (chunks of --batch, each seeded by its index);
     images already there are kept, so an interrupted generation continues."""
-    folder = plan.out / "generated"
-    folder.mkdir(parents=True, exist_ok=True)
     sampler, steps = plan.generate
-    state = {"model": plan.model, "config": plan.config, "n": plan.n, "sampler": sampler, "steps": steps,
-             "batch": plan.batch}
-    record = folder / "generated.json"
-    if record.is_file() and json.loads(record.read_text()) != state:
-        raise ValueError(f"{folder} holds images generated with other settings ({record.read_text().strip()}); "
-                         "rerun with the same settings or choose another --out")
-    atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(state) + "\n"))
-    for c, start in enumerate(range(0, plan.n, plan.batch)):
-        paths = [folder / f"sample_{i:05d}.png" for i in range(start, min(start + plan.batch, plan.n))]
-        if all(p.is_file() for p in paths):
-            continue
-        gen = torch.Generator(device).manual_seed(derive_seed("generate", c))
-        x = sample(prior, len(paths), steps=steps, sampler=sampler, generator=gen, progress=plan.progress)
-        for p, xi in zip(paths, x):
-            if not p.is_file():
-                atomic_write(p, lambda tmp, xi=xi: tensor_to_pil(xi).save(tmp, format="PNG"))
-    return folder
+    record = {"model": plan.model, "config": plan.config, "n": plan.n, "sampler": sampler, "steps": steps,
+              "batch": plan.batch}
+    sample_folder(prior, plan.out / "generated", record, plan.n, batch=plan.batch, seed=("generate",),
+                  progress=plan.progress, steps=steps, sampler=sampler)
+    return plan.out / "generated"
 
 
 def data_folder(prior: Prior, plan: Plan, device: torch.device) -> tuple[Path, list[Path]]:
     """The image folder the experiments read, and the images they use (as `diffprior eval` selects them)."""
-    folder = generate_images(prior, plan, device) if plan.data == "generated" else Path(plan.data)
+    folder = generate_images(prior, plan) if plan.data == "generated" else Path(plan.data)
     images, skipped = readable(select_images(folder, first=plan.first, last=plan.last), plan.n)
     for p, reason in skipped:
         print(f"skipping {p.name}: {reason}", file=sys.stderr)
