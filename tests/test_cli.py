@@ -96,6 +96,17 @@ def test_the_image_is_given_as_an_argument_or_with_input(clean_image, tmp_path, 
         assert f"diffprior {command}: error: {message} (see" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command,name", [("restore", "restored.png"), ("denoise", "denoised.png")])
+def test_an_output_folder_takes_the_commands_file_name(clean_image, tmp_path, command, name):
+    rest = ["--model", "gmm-demo", "--device", "cpu"] + (["--task", "sr4", "--method", "tv"]
+                                                         if command == "restore" else [])
+    (tmp_path / "there").mkdir()
+    for out, folder in ((f"{tmp_path / 'new'}/", tmp_path / "new"), (str(tmp_path / "there"), tmp_path / "there")):
+        assert main([command, str(clean_image), "--out", out, *rest]) == 0
+        assert (folder / name).is_file()
+        assert (folder / "restored_figure.png").is_file() == (command == "restore")
+
+
 def test_sample_into_a_folder_in_batches_continues_after_an_interruption(tmp_path, capsys):
     folder, grid = tmp_path / "samples", tmp_path / "grid.png"
     run = ["sample", "--model", "gmm-demo", "--n", "5", "--batch", "2", "--steps", "5", "--device", "cpu"]

@@ -31,6 +31,14 @@ def add_image_argument(p: argparse.ArgumentParser, help: str) -> None:
     given.add_argument("--input", dest="input", metavar="IMAGE", help="the same, as an option")
 
 
+def image_output(name: str) -> Callable[[str], str]:
+    """An argparse type: the image file to write; a folder (one that exists, or a name ending in /) means the
+    file `name` in it."""
+    def parse(text: str) -> str:
+        return str(Path(text) / name) if text.endswith(("/", os.sep)) or Path(text).is_dir() else text
+    return parse
+
+
 def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (either bound may be None)."""
     def parse(text: str) -> int:

@@ -19,7 +19,8 @@ PARSER = dict(help="single-step denoising: noise an image to timestep t, then th
 def add_arguments(p: argparse.ArgumentParser) -> None:
     arguments.add_image_argument(p, "the clean image (centre-cropped and resized to the model's size)")
     p.add_argument("--t", type=arguments.count, default=300, help="the timestep, 0 to T - 1 (default 300)")
-    p.add_argument("--out", default="denoised.png", help="the one-step estimate of the clean image (denoised.png)")
+    p.add_argument("--out", type=arguments.image_output("denoised.png"), default="denoised.png",
+                   help="the one-step estimate of the clean image (denoised.png; a folder: denoised.png in it)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     add_model_arguments(p)
 

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     arguments.add_image_argument(p, "the image (any size: centre-cropped and resized to the model's)")
     p.add_argument("--task", choices=[*TASKS, "inpaint"], help="the degradation (inpaint needs --mask)")
     p.add_argument("--method", choices=list(SOLVERS), default="dps", help="the solver (dps)")
-    p.add_argument("--out", default="restored.png", help="the restored image (restored.png); the figure and, with "
+    p.add_argument("--out", type=arguments.image_output("restored.png"), default="restored.png",
+                   help="the restored image (restored.png; a folder: restored.png in it); the figure and, with "
                    "--samples, the std map and calibration figure are written beside it")
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: the solver's own, 1000 for DPS, ScoreALD and RED-diff, fewer for "
