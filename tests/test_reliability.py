@@ -56,7 +56,6 @@ def files(tmp_path, monkeypatch):
     Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "existing.png")
     bomb_png(tmp_path / "bomb.png")
     (tmp_path / "folder.zip").mkdir()
-    (tmp_path / "dir.png").mkdir()
     faces = tmp_path / "faces"
     faces.mkdir()
     for i in range(2):
@@ -81,9 +80,8 @@ BAD = [
     ("restore --input big.png --task sr4 --out big.png --overwrite", "is the input"),
     ("restore --input clean.png --task sr4 --out existing.png", "--overwrite"),
     ("restore --input clean.png --task sr4 --out out.txt", "suffix"),
-    ("restore --input clean.png --task sr4 --out dir.png", "is a folder"),
-    ("restore --input clean.png --task sr4 --out .", "is a folder"),  # no name to put the figure's beside
-    ("sample --out .", "is a folder"),
+    ("restore --input clean.png --task sr4 --out existing.png/", "existing.png is a file, not a folder"),
+    ("sample --out existing.png/", "existing.png is a file: sample --out FOLDER/ writes a folder"),
     ("restore --input clean.png --task sr4 --out existing.png/x.png", "is a file"),
     ("restore --input clean.png --task sr4 --device cuda:99", "argument --device"),
     ("restore --input clean.png --task sr4 --device tpu", "argument --device"),
