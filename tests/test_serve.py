@@ -347,7 +347,9 @@ def test_in_a_headless_browser_choose_the_square_paint_a_mask_and_restore(server
         upload.send_keys(str(clean_png))
         wait.until(lambda d: "clean.png" in d.find_element(By.ID, "about").text)
         assert not driver.find_elements(By.CSS_SELECTOR, "#whole img")  # no other square in a 64x64 photo
-        # paint a stroke across the middle of the photo with the brush (the editor's default tool)
+        # paint a stroke across the middle of the photo with the brush (the editor's default tool), once the
+        # editor has redrawn itself around the new photo (a stroke on the canvas it replaces is lost)
+        time.sleep(2)
         canvas = driver.find_elements(By.CSS_SELECTOR, "#photo canvas")[-1]
         stroke = ActionChains(driver).move_to_element_with_offset(canvas, -40, -30).click_and_hold()
         for _ in range(8):
