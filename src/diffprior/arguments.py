@@ -31,11 +31,15 @@ def add_image_argument(p: argparse.ArgumentParser, help: str) -> None:
     given.add_argument("--input", dest="input", metavar="IMAGE", help="the same, as an option")
 
 
+def names_folder(out: str) -> bool:
+    """Whether an --out names a folder: one that exists, or a name ending in /."""
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
 def image_output(name: str) -> Callable[[str], str]:
-    """An argparse type: the image file to write; a folder (one that exists, or a name ending in /) means the
-    file `name` in it."""
+    """An argparse type: the image file to write; a folder (`names_folder`) means the file `name` in it."""
     def parse(text: str) -> str:
-        return str(Path(text) / name) if text.endswith(("/", os.sep)) or Path(text).is_dir() else text
+        return str(Path(text) / name) if names_folder(text) else text
     return parse
 
 

@@ -30,6 +30,12 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "little") >> 1
 
 
+def differences(there: dict, now: dict, keys=None) -> list[str]:
+    """The settings (of `keys`, else of either dict) that a stored record and this run give differently."""
+    return [f"{k}: {there.get(k)!r} there, {now.get(k)!r} now" for k in (keys or {**there, **now})
+            if there.get(k) != now.get(k)]
+
+
 def sample_chunks(prior, n: int, *, batch: int, seed: tuple, skip=lambda start, stop: False, progress: bool = False,
                   **sampler) -> Iterator[tuple[int, Tensor]]:
     """(start, the samples start ... start + len - 1) for n samples from the prior drawn `batch` at a time, batch c
@@ -52,9 +58,7 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     samples of other settings is refused."""
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
-    there = json.loads(kept.read_text()) if kept.is_file() else record
-    differ = [f"{k}: {there.get(k)!r} there, {record.get(k)!r} now" for k in {**there, **record}
-              if there.get(k) != record.get(k)]
+    differ = differences(json.loads(kept.read_text()), record) if kept.is_file() else []
     if differ:
         raise ValueError(f"{folder} holds samples of other settings ({'; '.join(differ)}): rerun with the same "
                          "settings to continue them, or choose another folder")

@@ -81,7 +81,7 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import add_prior_arguments, add_range_arguments, derive_seed
+from .common import add_prior_arguments, add_range_arguments, derive_seed, differences
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -288,8 +288,7 @@ def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
     """Refuse to add to a run made with other settings; record this run's settings if it is the first."""
     if path.is_file():
         stored = json.loads(path.read_text()).get("identity", {})
-        diff = [f"{k}: {stored.get(k)!r} there, {identity.get(k)!r} now" for k in IDENTITY
-                if stored.get(k) != identity.get(k)]
+        diff = differences(stored, identity, IDENTITY)
         if diff:
             raise RunMismatch(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}). "
                               "Rerun with the same settings to continue it, or choose another --out.")

@@ -4,7 +4,6 @@ as a folder of PNG files, drawn --batch at a time."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.eta is not None and args.sampler != "ddim":
         raise ValueError("--eta is the DDIM sampler's: add --sampler ddim")
-    to_folder = args.out.endswith(("/", os.sep)) or Path(args.out).is_dir()
+    to_folder = arguments.names_folder(args.out)
     if to_folder and args.overwrite:
         raise ValueError("--overwrite replaces a grid image; a folder of samples is continued, never overwritten: "
                          "choose another folder")
