@@ -10,6 +10,7 @@
 set -euo pipefail
 celeba=${1:?usage: gpu_prepare.sh CELEBA_FOLDER [DPS_CLONE]}
 clone=${2:-}
+dps_commit=effbde7325b22ce8dc3e2c06c160c021e743a12d   # the commit BENCHMARKS.md's comparison names
 mkdir -p gpu-data/celeba-val reference
 [ -f gpu-data/celeba64-train.zip ] || diffprior pack "$celeba" gpu-data/celeba64-train.zip --first 000001 --last 009500
 [ -f gpu-data/celeba64-val.zip ] || diffprior pack "$celeba" gpu-data/celeba64-val.zip --first 009501 --last 010000
@@ -17,10 +18,11 @@ for i in $(seq 9501 9600); do cp "$celeba/$(printf '%06d' "$i").jpg" gpu-data/ce
 if [ ! -d reference/dps/guided_diffusion ]; then
     if [ -z "$clone" ]; then
         clone=$(mktemp -d)/dps
-        git clone --depth 1 https://github.com/DPS2022/diffusion-posterior-sampling "$clone"
+        git clone https://github.com/DPS2022/diffusion-posterior-sampling "$clone"
     fi
     mkdir -p reference/dps
     # the code and configs only (its figures and sample images are not needed)
-    (cd "$clone" && git archive HEAD guided_diffusion configs util sample_condition.py README.md) | tar -x -C reference/dps
+    (cd "$clone" && git archive "$dps_commit" guided_diffusion configs util sample_condition.py README.md) \
+        | tar -x -C reference/dps
 fi
 du -sh gpu-data reference

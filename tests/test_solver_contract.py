@@ -13,7 +13,7 @@ import torch
 
 import diffprior.solvers
 from diffprior.nonlinear import PhaseRetrieval, Saturation
-from diffprior.operators import Identity, Inpaint
+from diffprior.operators import Identity, Inpaint, LinearOperator
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
 from diffprior.solvers import (SOLVERS, SPECS, DivergenceError, check_measurement, check_settings, settings_for, solve,
@@ -39,7 +39,11 @@ CONTRACT = {
 }
 
 # an operator each kind of solver refuses
-REFUSED = {"linear": Saturation(), "svd": Saturation(), "inpaint": Identity()}
+REFUSED = {"linear": Saturation(), "adjoint": Saturation(), "svd": Saturation(), "inpaint": Identity()}
+# what each solver names as missing from a linear operator of a user's own that has only A (None: it runs on A alone)
+LACKS_WITH_ONLY_A = {"sdedit": "naive", "scoreald": "A_adjoint", "dps": None, "daps": None, "reddiff": None,
+                     "repaint": "Inpaint", "ddrm": "SVD", "ddnm": "A_pinv", "pigdm": "A_adjoint",
+                     "diffpir": "A_adjoint", "tv": "A_adjoint"}
 
 
 @contextlib.contextmanager
@@ -201,6 +205,24 @@ def test_operators_it_does_not_accept_are_refused(gaussian_problem, name):
     assert spec.why_not(p["op"]) is None and spec.why_not(wrong) is not None
     with pytest.raises(TypeError, match="does not apply"):
         solve(name, p["prior"], wrong, p["y"])
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_an_operator_with_only_A_is_refused_naming_what_it_lacks(gaussian_problem, name):
+    p = gaussian_problem
+
+    class OnlyA(LinearOperator):
+        name = "only-A"
+
+        def A(self, x):
+            return p["op"].A(x)
+
+    lacks = LACKS_WITH_ONLY_A[name]
+    if lacks is None:
+        assert SPECS[name].why_not(OnlyA(), 0.1) is None
+        return
+    with pytest.raises(TypeError, match=f"{name} does not apply to only-A: .*{lacks}"):
+        solve(name, p["prior"], OnlyA(), p["y"], sigma_y=0.0 if name == "ddnm" else 0.1)
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -45,6 +45,12 @@ class Operator(nn.Module):
         raise NotImplementedError(f"{self.name} has no naive reconstruction")
 
 
+def implements(op: Operator, method: str) -> bool:
+    """Whether op's class defines `method` (A_adjoint, A_pinv, naive) rather than inheriting the base's refusal."""
+    base = LinearOperator if op.linear else Operator
+    return getattr(type(op), method, None) not in (None, getattr(base, method, None))
+
+
 class LinearOperator(Operator):
     """A linear forward model. Subclasses with a closed-form singular value decomposition set `has_svd`.
 
@@ -62,7 +68,7 @@ class LinearOperator(Operator):
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         """The adjoint: <A x, y> = <x, A_adjoint y> for every x and y."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} has no adjoint A_adjoint")
 
     def A_pinv(self, y: Tensor) -> Tensor:
         """The Moore-Penrose pseudo-inverse, where it is closed-form."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import LinearOperator
+from ..operators import LinearOperator, implements
 from ..prior import Prior
 from ..schedule import randn_like
 from .sampling import clip_x0, ddim_update, initial_noise, jump_schedule, progress_bar, reverse_steps
@@ -75,6 +75,8 @@ def ddnm(prior: Prior, op: LinearOperator, y: Tensor, *,
 def _requires(op, sigma_y: float) -> str | None:
     if sigma_y > 0 and not op.has_svd:
         return "DDNM+ (noisy measurements) needs a closed-form SVD of the operator"
+    if sigma_y == 0 and not implements(op, "A_pinv"):
+        return "DDNM needs the operator's pseudo-inverse A_pinv (and DDNM+, for noisy measurements, its SVD)"
     return None
 
 

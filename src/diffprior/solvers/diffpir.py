@@ -83,7 +83,7 @@ def _budget(nfe: int, T: int) -> dict:
 
 
 SPEC = SolverSpec(
-    diffpir, operators="linear", budget=_budget,
+    diffpir, operators="adjoint", budget=_budget,
     nfe=lambda sched, s: len(diffpir_timesteps(sched, s["steps"], s["skip"])),
     # the official scripts: deblurring lambda 7 (1.75 in our units) and zeta 0.3; super-resolution zeta 0.25
     # with lambda swept over 2..12 (0.5..3 here; 1 was best or within 0.1 dB on the built-in prior); inpainting

@@ -65,4 +65,4 @@ def pigdm(prior: Prior, op: LinearOperator, y: Tensor, *,
     return x.detach()
 
 
-SPEC = SolverSpec(pigdm, operators="linear", backprop=True)
+SPEC = SolverSpec(pigdm, operators="adjoint", backprop=True)

@@ -62,7 +62,7 @@ def scoreald(prior: Prior, op: LinearOperator, y: Tensor, *,
 
 
 SPEC = SolverSpec(
-    scoreald, operators="linear",
+    scoreald, operators="adjoint",
     nfe=lambda sched, s: len(sched.timesteps(s["steps"])) * s["langevin_steps"] + 1,  # and a last Tweedie estimate
     budget=lambda nfe, T: {"steps": max(1, nfe - 1)},
     # gamma_t = gamma_scale sigma_t assumes that A passes noise of std sigma_t; the 4x super-resolution operator

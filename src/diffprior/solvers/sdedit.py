@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import LinearOperator, Operator
+from ..operators import Operator, implements
 from ..prior import Prior
 from .sampling import ddpm_step, steps_of
 from .spec import SolverSpec
@@ -33,8 +33,7 @@ def sdedit(prior: Prior, op: Operator, y: Tensor, *,
 
 def _requires(op: Operator, sigma_y: float) -> str | None:
     """SDEdit starts from op.naive(y) (`rough_guess`): the operator's own, or a linear one's pseudo-inverse."""
-    own = type(op).naive is not (LinearOperator if op.linear else Operator).naive
-    if own or (op.linear and type(op).A_pinv is not LinearOperator.A_pinv):
+    if implements(op, "naive") or (op.linear and implements(op, "A_pinv")):
         return None
     return "needs a naive reconstruction to start from"
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..operators import Inpaint, Operator
+from ..operators import Inpaint, Operator, implements
 from ..schedule import Schedule
 
 PLUMBING = ("generator", "progress", "init")  # keyword arguments of every solver that are not settings
-OPERATORS = ("any", "linear", "svd", "inpaint")  # what a solver may require of its operator, weakest first
+OPERATORS = ("any", "linear", "adjoint", "svd", "inpaint")  # what a solver may require of its operator
 
 
 def chain_nfe(schedule: Schedule, settings: dict) -> int:
@@ -32,7 +32,7 @@ def steps_budget(nfe: int, T: int) -> dict:
 @dataclass(frozen=True)
 class SolverSpec:
     run: Callable[..., Tensor]           # the solver: run(prior, op, y, *, settings, generator, progress)
-    operators: str = "any"               # "any", "linear", "svd" (linear with a closed-form SVD), "inpaint"
+    operators: str = "any"  # "any", "linear", "adjoint" (linear with A_adjoint), "svd" (a closed-form SVD), "inpaint"
     backprop: bool = False               # differentiates through the network at every step
     nfe: Callable[[Schedule, dict], int] = chain_nfe     # evaluations of a run, from its full settings
     budget: Callable[[int, int], dict] = steps_budget    # settings spending at most nfe evaluations, prior of T
@@ -72,8 +72,10 @@ class SolverSpec:
         """Why this solver does not apply to `op` with measurement noise sigma_y, or None when it does."""
         if self.operators == "inpaint" and not isinstance(op, Inpaint):
             return f"inpainting only ({self.name} needs an Inpaint operator, a pixel mask)"
-        if self.operators in ("linear", "svd") and not op.linear:
+        if self.operators in ("linear", "adjoint", "svd") and not op.linear:
             return "linear operators only"
+        if self.operators == "adjoint" and not implements(op, "A_adjoint"):
+            return "needs the operator's adjoint A_adjoint"
         if self.operators == "svd" and not op.has_svd:
             return "needs a closed-form SVD of the operator"
         return self.requires(op, sigma_y) if self.requires else None

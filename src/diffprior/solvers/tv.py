@@ -151,7 +151,7 @@ def tv(prior: Prior | None, op: LinearOperator, y: Tensor, *,
 
 
 SPEC = SolverSpec(
-    tv, operators="linear", random=False,
+    tv, operators="adjoint", random=False,
     nfe=lambda sched, s: 0, budget=lambda nfe, T: {},  # no network: its own defaults at every budget
     # TV weights per unit of sigma_y, best (or within 0.1 dB) at sigma_y = 0.05 on synthetic piecewise-constant
     # images (1.0 elsewhere)
