@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -32,6 +33,7 @@ from diffprior.operators import measure
 from diffprior.tasks import make_operator
 from diffprior.schedule import Schedule
 from diffprior.solvers import DivergenceError, divergence, solve
+from diffprior.solvers import sample as dp_sample
 
 
 def bomb_png(path: Path, width: int = 60000, height: int = 60000) -> Path:
@@ -236,12 +238,32 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_a_killed_write_leaves_no_temporary_file_behind_the_next(tmp_path):
-    """SIGKILL skips the cleanup of a write in progress: the next write of that file removes its leftover."""
+    """SIGKILL skips the cleanup of a write in progress: the next write of that file removes its leftover, but
+    not the live temporary file of another process writing it now, nor anything not named as it names them."""
     from diffprior.io import atomic_write
-    (tmp_path / ".out.png.abc123.tmp").write_bytes(b"half")  # what a killed write of out.png leaves
-    (tmp_path / ".other.png.abc123.tmp").write_bytes(b"half")  # another file's: not ours to touch
+    for name in (".out.png.abc12345.tmp", ".out.png.live1234.tmp", ".other.png.abc12345.tmp", ".out.png.mine.tmp"):
+        (tmp_path / name).write_bytes(b"half")
+    for name in (".out.png.abc12345.tmp", ".other.png.abc12345.tmp", ".out.png.mine.tmp"):  # two hours old
+        os.utime(tmp_path / name, (time.time() - 7200,) * 2)
     atomic_write(tmp_path / "out.png", lambda tmp: Path(tmp).write_bytes(b"whole"))
-    assert sorted(os.listdir(tmp_path)) == [".other.png.abc123.tmp", "out.png"]
+    assert sorted(os.listdir(tmp_path)) == [".other.png.abc12345.tmp", ".out.png.live1234.tmp", ".out.png.mine.tmp",
+                                            "out.png"]
+
+
+def test_concurrent_writes_of_one_file_all_succeed(tmp_path):
+    """Threads saving the same file: each write lands whole, none deletes another's temporary file."""
+    image, errors = torch.rand(1, 3, 64, 64) * 2 - 1, []
+
+    def save():
+        try:
+            for _ in range(10):
+                save_image(image, tmp_path / "race.png")
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+    threads = [threading.Thread(target=save) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == [] and os.listdir(tmp_path) == ["race.png"]
 
 
 def test_the_command_line_imports_torch_inside_its_error_handling():
@@ -469,3 +491,93 @@ def test_torchrun_passes_every_eval_and_reproduce_option_through():
             argv = [command, option, "1"]
             args = run.get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "diffprior", *argv])
             assert args.training_script_args == argv, option
+
+
+# -- the Python API's bad inputs: a clear error (or a warning) before any work, never a traceback from inside ----
+@pytest.fixture(scope="module")
+def small_problem():
+    prior = load_prior("gmm-demo")
+    x = torch.rand(1, *prior.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    op = make_operator("box-inpaint", prior.shape, seed=0)
+    return prior, op, x, measure(op, x, 0.05, torch.Generator().manual_seed(1))
+
+
+def test_operators_of_a_users_own_that_cannot_work_are_refused_saying_why(small_problem):
+    from diffprior.operators import LinearOperator, Operator
+    prior, op, x, y = small_problem
+
+    class Mean(LinearOperator):  # one number per image, as (B,)
+        name = "mean"
+
+        def A(self, x):
+            return x.flatten(1).mean(1)
+
+        def A_adjoint(self, y):
+            return (y / 12288)[:, None, None, None].expand(-1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"\(B, 1\) for one number"):
+        solve("dps", prior, Mean(), measure(Mean(), x, 0.01), steps=2)
+
+    class Forward(Operator):  # forward instead of A, as torch modules do
+        name = "forward-only"
+
+        def forward(self, x):
+            return x[..., ::2]
+    with pytest.raises(NotImplementedError, match="Forward does not define A"):
+        measure(Forward(), x, 0.05)
+    with pytest.raises(ValueError, match="Forward does not define A"):
+        solve("dps", prior, Forward(), y, steps=2)
+
+    class NoInit(LinearOperator):
+        def __init__(self):
+            self.step = 2
+
+        def A(self, x):
+            return x
+    with pytest.raises(TypeError, match=r"NoInit.__init__ must call super\(\).__init__\(\)"):
+        solve("dps", prior, NoInit(), y, steps=2)
+
+
+def test_measurements_images_and_starts_of_the_wrong_kind_are_refused(small_problem):
+    prior, op, x, y = small_problem
+    with pytest.raises(ValueError, match=r"makes a batch \(B, 3, 64, 64\)$"):  # no advice to add a dimension
+        solve("dps", prior, op, y[None], steps=2)
+    with pytest.raises(ValueError, match=r"add the batch dimension \(x\[None\]\)"):
+        measure(op, x[0], 0.05)
+    with pytest.raises(ValueError, match="init contains NaN"):
+        solve("sdedit", prior, op, y, steps=2, init=x * float("nan"))
+    with pytest.warns(UserWarning, match=r"init reaches 25.*not \[0, 255\]"), pytest.raises(DivergenceError):
+        solve("sdedit", prior, op, y, steps=2, t0=10, init=(x + 1) * 127.5)  # warned first: then it diverges
+    with pytest.raises(TypeError, match=r"load it with dp.load_prior"):
+        dp_sample("gmm-demo", 1, steps=2)
+    with pytest.raises(ValueError, match="eta="):
+        dp_sample(prior, 1, steps=2, sampler="ddim", eta="0.5")
+    assert dp_sample(prior, 1, steps=np.int64(2)).shape == (1, *prior.shape)  # NumPy numbers are numbers
+    assert measure(op, x, np.float32(0.05)).shape == y.shape
+    solve("ddrm", prior, op, y, sigma_y=np.float32(0.05), steps=2)
+
+
+def test_extreme_settings_end_as_a_divergence_not_an_arithmetic_error(small_problem):
+    prior, op, x, y = small_problem
+    with pytest.raises(DivergenceError, match="too extreme"):
+        solve("daps", prior, op, y, sigma_y=1e-170, steps=2, ode_steps=1, langevin_steps=2)
+
+
+def test_helpers_check_their_own_arguments(small_problem, tmp_path):
+    from diffprior.io import load_image
+    from diffprior.metrics import psnr
+    from diffprior.uncertainty import calibration, posterior_samples
+    prior, op, x, y = small_problem
+    samples = posterior_samples("sdedit", prior, op, y, 5, batch=2, steps=2, t0=10, init=x)  # 3 calls: 2, 2, 1
+    assert samples.shape == (5, *prior.shape)
+    with pytest.raises(ValueError, match="batch=0"):
+        posterior_samples("sdedit", prior, op, y, 5, batch=0, steps=2)
+    with pytest.raises(ValueError, match="bins=2.5"):
+        calibration(x, x.abs(), x, bins=2.5)
+    with pytest.warns(UserWarning, match=r"not \[0, 255\]"):
+        psnr((x + 1) * 127.5, (x + 1) * 127.5)
+    save_image(x, tmp_path / "face.png")
+    with pytest.raises(ValueError, match="^alpha must be"):  # the argument is wrong, not the file
+        load_image(tmp_path / "face.png", alpha="red")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.png is a folder"):
+        save_image(x, tmp_path / "folder.png")

@@ -13,6 +13,7 @@ import glob
 import numbers
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
     A file whose header claims more than Pillow's `Image.MAX_IMAGE_PIXELS` pixels (a decompression bomb)
     is refused before it is decoded."""
     path = Path(path)
+    check_alpha(alpha)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
     try:
@@ -46,10 +48,14 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
         raise ValueError(f"cannot read {path} as an image ({e})") from e
 
 
-def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
-    """Convert any PIL mode to RGB. alpha: 'white' or 'black' (composite onto it) or 'drop'."""
+def check_alpha(alpha: str) -> None:
     if alpha not in ("white", "black", "drop"):
         raise ValueError(f"alpha must be 'white', 'black' or 'drop', got {alpha!r}")
+
+
+def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
+    """Convert any PIL mode to RGB. alpha: 'white' or 'black' (composite onto it) or 'drop'."""
+    check_alpha(alpha)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         if alpha == "drop":
@@ -153,11 +159,16 @@ def image_format(path: str | Path) -> str:
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place: readers see either
     the old file or the complete new one, never a partial write (a full disk leaves the old file as it was).
-    Temporary files of earlier writes of `path` that a killed process left behind are removed first."""
+    Temporary files of earlier writes of `path` that a killed process left behind (named as this function names
+    them, untouched for an hour: not another writer's, still being written) are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file name")
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +51,10 @@ def _check_pair(x: Tensor, ref: Tensor) -> None:
     if x.dim() != 4 or x.shape != ref.shape:
         raise ValueError(f"expected two image batches (B, C, H, W) of the same shape, got {tuple(x.shape)} "
                          f"and {tuple(ref.shape)}")
+    largest = float(ref.detach().abs().max()) if ref.numel() else 0.0  # the reference: estimates may overshoot
+    if largest > 1.5:
+        warnings.warn(f"the reference reaches {largest:.4g}: the metrics take images in [-1, 1] (data range 2), "
+                      "not [0, 255] (dp.io.load_image converts an image file)", stacklevel=3)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ of the proximal and plug-and-play solvers: closed-form through the SVD, by conju
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,8 @@ class Operator(nn.Module):
 
     def A(self, x: Tensor) -> Tensor:
         """The noiseless measurement of images x, (B, C, H, W) -> (B, ...)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define A(x): an Operator's subclass defines A "
+                                  "(not forward)")
 
     def forward(self, x: Tensor) -> Tensor:  # op(x) is A(x)
         return self.A(x)
@@ -139,7 +141,7 @@ def check_noise_level(sigma_y) -> float:
     """sigma_y as a float: a finite number >= 0 (ValueError otherwise)."""
     if isinstance(sigma_y, Tensor) and sigma_y.numel() == 1:
         sigma_y = sigma_y.item()
-    if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float)) or not 0 <= sigma_y < math.inf:
+    if isinstance(sigma_y, bool) or not isinstance(sigma_y, numbers.Real) or not 0 <= sigma_y < math.inf:
         raise ValueError(f"sigma_y={sigma_y!r}: expected a finite number >= 0 (the measurement noise std)")
     return float(sigma_y)
 
@@ -150,6 +152,9 @@ def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator 
     if not isinstance(x, Tensor) or not x.is_floating_point():
         kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"measure needs floating-point images in [-1, 1], got {kind}")
+    if x.dim() != 4:
+        raise ValueError(f"measure needs a batch of images (B, C, H, W), got shape {tuple(x.shape)}"
+                         + (": for one image, add the batch dimension (x[None])" if x.dim() == 3 else ""))
     y = op.A(x)
     return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
 

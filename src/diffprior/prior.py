@@ -26,6 +26,13 @@ from .schedule import Schedule, eps_from_v
 PREDICTIONS = ("eps", "v")  # what a NetworkPrior's network may predict
 
 
+def check_prior(prior) -> None:
+    """Refuse (TypeError) anything that is not a Prior, saying how to make one."""
+    if not isinstance(prior, Prior):
+        raise TypeError(f"the prior must be a diffprior Prior, e.g. dp.load_prior('faces64'); got "
+                        f"{type(prior).__name__}{' (load it with dp.load_prior)' if isinstance(prior, str) else ''}")
+
+
 class Prior(nn.Module):
     """Base class. Subclasses implement `predict`; the analytic ones also override `x0`."""
 

@@ -8,6 +8,7 @@ loops never synchronise with the device to read them.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,7 @@ class Schedule:
         if not 0 <= start < self.T:
             raise ValueError(f"start timestep must lie in [0, {self.T - 1}], got {start}")
         if steps is not None:
-            if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not float(steps).is_integer():
+            if isinstance(steps, bool) or not isinstance(steps, numbers.Real) or not float(steps).is_integer():
                 raise ValueError(f"steps must be a whole number, got {steps!r}")
             steps = int(steps)
         if steps is None or steps >= start + 1:

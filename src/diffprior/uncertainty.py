@@ -35,13 +35,23 @@ def posterior_samples(method: str, prior, op, y: Tensor, k: int, *, batch: int =
                       **settings) -> Tensor:
     """K samples (K, C, H, W) of p(x | y) for one measurement y (1, ...), drawn in solver calls of at most
     `batch` samples (one call when K <= batch), one generator throughout: a solver's memory grows with its
-    batch, so many samples take longer, never more memory than `batch` of them."""
+    batch, so many samples take longer, never more memory than `batch` of them. An `init` is one image
+    (1, C, H, W), the start of every sample."""
     if not isinstance(y, Tensor) or y.dim() < 2 or y.shape[0] != 1:
         raise ValueError(f"expected one measurement, a batch of 1 (1, ...), got shape "
                          f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
     check_samples(method, k)
-    return torch.cat([solve(method, prior, op, y.expand(min(batch, k - start), *y.shape[1:]).contiguous(), **settings)
-                      for start in range(0, int(k), batch)])
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ValueError(f"batch={batch!r}: samples per solver call, a whole number >= 1")
+    init = settings.pop("init", None)
+    if init is not None and (not isinstance(init, Tensor) or init.dim() < 1 or init.shape[0] != 1):
+        raise ValueError(f"init must be one image (1, C, H, W) for the one measurement, got "
+                         f"{tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__}")
+
+    def draw(n: int) -> Tensor:
+        start = {} if init is None else {"init": init.expand(n, *init.shape[1:])}
+        return solve(method, prior, op, y.expand(n, *y.shape[1:]).contiguous(), **settings, **start)
+    return torch.cat([draw(min(int(batch), k - start)) for start in range(0, int(k), int(batch))])
 
 
 def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dict:
@@ -50,7 +60,9 @@ def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dic
     Pixels (all channels) are grouped into `bins` quantile bins of predicted std; per bin, the root mean
     square error against the root mean square predicted std (equal for a calibrated sampler). Also the
     coverage of the central 90% Gaussian interval mean +- 1.645 std (0.90 when calibrated)."""
-    if not mean.shape == std.shape == truth.shape or bins < 1:
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or not 1 <= bins <= 10_000:
+        raise ValueError(f"bins={bins!r}: a whole number in [1, 10000]")
+    if not mean.shape == std.shape == truth.shape:
         raise ValueError(f"calibration takes mean, std and truth of one shape and bins >= 1, got "
                          f"{tuple(mean.shape)}, {tuple(std.shape)}, {tuple(truth.shape)} and bins={bins}")
     s, e = std.flatten().double(), (mean - truth).abs().flatten().double()

@@ -13,7 +13,7 @@ from torch import Tensor
 from importlib import import_module
 
 from ..operators import Operator, check_linear, check_noise_level
-from ..prior import Prior
+from ..prior import check_prior
 from .sampling import ddim_step, ddpm_step, denoise, sample
 from .spec import PLUMBING, SolverSpec
 
@@ -163,10 +163,13 @@ def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"{op.name} does not take a batch of {y.shape[0]} of the prior's {shape} images "
                          f"(the measurement's batch): {e}") from None
+    if len(expected) < 2:
+        raise ValueError(f"{op.name}.A makes {expected} from a batch of {y.shape[0]} images: give each image's "
+                         "measurement a dimension of its own, (B, 1) for one number (e.g. keepdim=True)")
     if y.dim() != len(expected):
-        raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes a batch (B, "
-                         f"{', '.join(map(str, expected[1:]))}): for one measurement, add the batch dimension "
-                         "(y[None])")
+        layout = f"a batch (B, {', '.join(map(str, expected[1:]))})"
+        advice = ": for one measurement, add the batch dimension (y[None])" if y.dim() == len(expected) - 1 else ""
+        raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {layout}{advice}")
     if tuple(y.shape) != expected:
         raise ValueError(f"the measurement has shape {tuple(y.shape)}, but {op.name} makes {expected} from a batch "
                          f"of {y.shape[0]} of the prior's {shape} images")
@@ -204,12 +207,13 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     as [0, 255] pixels, a warning), an operator the solver does not accept a TypeError, and a run that diverges
     (see `divergence`) a DivergenceError. `y` is data: never differentiated."""
     spec = spec_of(method)
-    if not isinstance(prior, Prior) and not (prior is None and not spec.needs_prior):
-        raise TypeError(f"the prior must be a diffprior Prior, e.g. dp.load_prior('faces64'); got "
-                        f"{type(prior).__name__}{' (load it with dp.load_prior)' if isinstance(prior, str) else ''}")
+    if not (prior is None and not spec.needs_prior):
+        check_prior(prior)
     if not isinstance(op, Operator):
         raise TypeError(f"the operator must be a diffprior Operator, e.g. dp.make_operator('box-inpaint', "
                         f"(3, 64, 64)); got {type(op).__name__}")
+    if "_modules" not in vars(op):
+        raise TypeError(f"{type(op).__name__}.__init__ must call super().__init__() (an Operator is a torch Module)")
     if sigma_y is not None:
         sigma_y = check_noise_level(sigma_y)
         if "sigma_y" in spec.settings:
@@ -230,8 +234,18 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
         expected = (y.shape[0], *getattr(prior, "shape", init.shape[1:]))
         if tuple(init.shape) != expected:
             raise ValueError(f"init must have shape {expected}, one image per measurement; got {tuple(init.shape)}")
+        if not bool(init.isfinite().all()):
+            raise ValueError("init contains NaN or infinite values")
+        if float(init.detach().abs().max()) > 1.5:
+            warnings.warn(f"init reaches {float(init.detach().abs().max()):.4g}: the library's images are in [-1, 1], "
+                          "not [0, 255] (dp.io.load_image converts an image file)", stacklevel=2)
         settings["init"] = init.to(y)
-    x = spec.run(prior, op, y, **settings)
+    try:
+        x = spec.run(prior, op, y, **settings)
+    except ArithmeticError as e:  # a step size that overflows Python's floats (e.g. 1 / a tiny sigma_y)
+        shown = {k: v for k, v in settings.items() if k not in PLUMBING}
+        raise DivergenceError(f"{method} diverged ({type(e).__name__}: {e}) with settings {shown}: a setting "
+                              "(a step size, sigma_y, rho) is too extreme") from e
     why = divergence(op, x, y)
     if why is not None:
         shown = {k: v for k, v in settings.items() if k not in PLUMBING}

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..prior import Prior
+from ..prior import Prior, check_prior
 from ..schedule import randn_like
 
 T = TypeVar("T")
@@ -136,11 +136,12 @@ def sample(prior: Prior, n: int, *,
            generator: torch.Generator | None = None,
            progress: bool = False) -> Tensor:
     """Unconditional samples x_0 ~ p: ancestral DDPM (Ho et al. 2020) or DDIM (Song et al. 2021)."""
+    check_prior(prior)
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n={n!r}: the number of samples, a whole number >= 1")
-    if not 0 <= eta <= 1:  # NaN fails too
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:  # NaN fails too
         raise ValueError(f"eta={eta!r}: DDIM's share of fresh noise, in [0, 1]")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype}: samples are computed in torch.float32 or torch.float64")
@@ -162,6 +163,7 @@ def denoise(prior: Prior, x0: Tensor, t: int | Tensor, *,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Single-step denoising: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) z, then the Tweedie estimate
     E[x0 | x_t] in one network evaluation (Efron 2011; Ho et al. 2020). Returns (x_t, x0_hat)."""
+    check_prior(prior)
     T, ts = prior.schedule.T, torch.as_tensor(t)
     whole = not (ts.is_floating_point() or ts.is_complex() or ts.dtype == torch.bool)
     if not whole or not bool(((ts >= 0) & (ts < T)).all()):
