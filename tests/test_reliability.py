@@ -581,3 +581,23 @@ def test_helpers_check_their_own_arguments(small_problem, tmp_path):
     (tmp_path / "folder.png").mkdir()
     with pytest.raises(IsADirectoryError, match="folder.png is a folder"):
         save_image(x, tmp_path / "folder.png")
+
+
+def test_threads_beyond_what_helps_are_refused(files, capsys):
+    """torch.set_num_threads(100000) crashes the process: the option stops at 4 threads a core."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--model", "gmm-demo", "--n", "1", "--steps", "2", "--out", "s.png", "--threads", "100000"])
+    assert exit_.value.code == 2 and "--threads: must be at most" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "not json", "\xff"])
+def test_a_damaged_run_record_is_named_not_an_internal_error(files, capsys, text):
+    Path("samples").mkdir()
+    Path("samples/samples.json").write_bytes(text.encode("latin-1"))
+    assert main(["sample", "--model", "gmm-demo", "--n", "2", "--steps", "2", "--out", "samples/"]) == 2
+    assert "samples/samples.json is not a record this command wrote" in capsys.readouterr().err
+    Path("eval").mkdir()
+    Path("eval/run.json").write_bytes(text.encode("latin-1"))
+    assert main(["eval", "--model", "gmm-demo", "--data", "faces", "--steps", "2", "--tasks", "denoise",
+                 "--methods", "dps", "--out", "eval"]) == 2
+    assert "eval/run.json is not a record this command wrote" in capsys.readouterr().err

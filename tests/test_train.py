@@ -399,3 +399,12 @@ def test_timestep_density_draws_each_range_as_often_as_its_weight_says(faces, tm
     train(faces, tmp_path / "split", steps=4, t_density="0:1,3:0", resume=True, **FAST)
     assert_same_tree(state(tmp_path / "straight")["net"], state(tmp_path / "split")["net"])
     assert "t of relative density 0:1,3:0" in load_prior(straight).config["training"]["objective"]
+
+
+def test_settings_used_late_are_checked_first_and_a_time_budget_says_it_stopped(faces, tmp_path, capsys):
+    """--sample-steps beyond T was found only at the first grid, after the training it then lost."""
+    with pytest.raises(ValueError, match="--sample-steps"):
+        train(faces, tmp_path / "late", steps=4, sample_every=2, sample_steps=5000, **FAST)
+    assert not (tmp_path / "late" / "state.pt").exists() and not (tmp_path / "late" / "log.csv").exists()
+    train(faces, tmp_path / "budget", steps=1000, max_minutes=1e-9, **FAST)
+    assert "--max-minutes) is spent; --resume continues" in capsys.readouterr().err

@@ -104,6 +104,7 @@ def _check_range(value, text: str, low, high) -> None:
 
 
 positive = integer(1)
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more is only slower (and torch crashes on huge counts)
 count = integer(0)
 seed = integer(0, MAX_SEED)
 noise_std = number(0.0, MAX_SIGMA_Y)  # --sigma-y
@@ -119,7 +120,7 @@ def device(text: str) -> str:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=integer(1), default=None,
+    parser.add_argument("--threads", type=integer(1, MAX_THREADS), default=None,
                         help="CPU threads (default: OMP_NUM_THREADS when set, else the cores other processes leave "
                         "idle: more threads than idle cores is much slower)")
 

@@ -324,6 +324,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                               "folder")
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    if sample_every and not 1 <= sample_steps <= Schedule.linear().T:  # checked now, not at the first grid
+        raise ValueError(f"sample_steps={sample_steps} (--sample-steps): the grids' sampler steps, 1 ... "
+                         f"{Schedule.linear().T}")
     state = read_state(state_path) if resume and state_path.exists() else None
     if resume and state is None:
         print(f"note: nothing to resume in {out} (no {STATE}): starting a new run", file=sys.stderr)
@@ -502,6 +505,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
             if checkpoint_every and step % checkpoint_every == 0 and step < steps:
                 checkpoint()
         bar.close()
+        if step < steps and not stop.requested:
+            print(f"stopped at step {step} of {steps}: the {max_minutes:g}-minute budget (--max-minutes) is spent; "
+                  "--resume continues", file=sys.stderr)
         if loss_n or logged_step != step:
             log_row()
         checkpoint()  # the training first: a run killed during the final evaluation (minutes on a CPU) keeps it

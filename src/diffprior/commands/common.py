@@ -36,6 +36,19 @@ def differences(there: dict, now: dict, keys=None) -> list[str]:
             if there.get(k) != now.get(k)]
 
 
+def read_record(path: Path) -> dict:
+    """The JSON object a command stored in `path` to recognise its run; ValueError if the file is not one."""
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a record this command wrote ({e}): delete it, or choose another --out") \
+            from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a record this command wrote (a JSON {type(record).__name__}): delete it, or "
+                         "choose another --out")
+    return record
+
+
 def sample_chunks(prior, n: int, *, batch: int, seed: tuple, skip=lambda start, stop: False, progress: bool = False,
                   **sampler) -> Iterator[tuple[int, Tensor]]:
     """(start, the samples start ... start + len - 1) for n samples from the prior drawn `batch` at a time, batch c
@@ -58,7 +71,7 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     samples of other settings is refused."""
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
-    differ = differences(json.loads(kept.read_text()), record) if kept.is_file() else []
+    differ = differences(read_record(kept), record) if kept.is_file() else []
     if differ:
         raise ValueError(f"{folder} holds samples of other settings ({'; '.join(differ)}): rerun with the same "
                          "settings to continue them, or choose another folder")

@@ -81,7 +81,7 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import add_prior_arguments, add_range_arguments, derive_seed, differences
+from .common import add_prior_arguments, add_range_arguments, derive_seed, differences, read_record
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -287,7 +287,7 @@ def _number(v: float, spec: str) -> str:
 def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
     """Refuse to add to a run made with other settings; record this run's settings if it is the first."""
     if path.is_file():
-        stored = json.loads(path.read_text()).get("identity", {})
+        stored = read_record(path).get("identity", {})
         diff = differences(stored, identity, IDENTITY)
         if diff:
             raise RunMismatch(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}). "

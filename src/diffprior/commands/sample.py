@@ -21,7 +21,8 @@ MAX_GRID = 1024  # samples in one grid image; more go to a folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=arguments.positive, default=16, help="how many samples (16)")
+    p.add_argument("--n", type=arguments.integer(1, 1_000_000), default=16,
+                   help="how many samples (16; at most a million)")
     p.add_argument("--batch", type=arguments.positive, default=64,
                    help="samples drawn at a time (64): memory grows with it, not with --n")
     p.add_argument("--nrow", type=arguments.positive, default=8, help="samples per row of the grid (8)")
