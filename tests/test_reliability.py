@@ -67,6 +67,7 @@ def files(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"identity": {}, "net": {}, "note": os.path.join}, run / "state.pt")  # code: refused
+    (tmp_path / "bogus.pt").write_text("not a checkpoint")
     return tmp_path
 
 
@@ -137,7 +138,9 @@ BAD = [
     ("train --data faces --out tr --steps 0", "--steps"),
     ("train --data faces --out tr --ema 1.5", "--ema"),
     ("train --data noformat.zip --out tr --steps 1", "not a diffprior face pack"),
-    ("train --data faces --out run --size 8 --config tiny --steps 1 --resume", "cannot resume"),
+    ("train --data faces --out run --size 8 --config tiny --steps 1 --resume", "holds Python objects"),
+    ("restore --input clean.png --task sr4 --model bogus.pt", "not diffprior's format"),
+    ("restore --input clean.png --task sr4 --model bogus.pt --config ffhq256", "damaged or not a PyTorch file"),
     ("pack faces folder.zip", "is a folder"),
     ("pack faces noformat.zip", "--overwrite"),
     ("pack faces faces.zip --quality 0", "--quality"),
@@ -601,3 +604,11 @@ def test_a_damaged_run_record_is_named_not_an_internal_error(files, capsys, text
     assert main(["eval", "--model", "gmm-demo", "--data", "faces", "--steps", "2", "--tasks", "denoise",
                  "--methods", "dps", "--out", "eval"]) == 2
     assert "eval/run.json is not a record this command wrote" in capsys.readouterr().err
+
+
+def test_an_edited_row_file_is_named_with_the_row(tmp_path):
+    from diffprior.commands.evaluate import COLUMNS, read_rows
+    row = {c: "" for c in COLUMNS} | {"image": "a.png", "task": "sr4", "method": "dps", "psnr": "abc"}
+    (tmp_path / "rows.csv").write_text(",".join(COLUMNS) + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
+    with pytest.raises(ValueError, match=r"rows.csv: psnr 'abc' of a.png, sr4, dps is not a number"):
+        read_rows(tmp_path / "rows.csv")

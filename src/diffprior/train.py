@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import pickle
 import signal
 import threading
 import sys
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .data import FaceSet, load_faces
-from .checkpoints import CheckpointError, save_checkpoint
+from .checkpoints import CheckpointError, load_tensors, save_checkpoint
 from .devices import pick_device
 from .io import atomic_write, from_uint8
 from .metrics import psnr
@@ -243,16 +242,13 @@ def timestep_density(spec: str, T: int) -> Tensor:
 def read_state(path: Path) -> dict:
     """A training state written by `train` (tensors and plain containers only: nothing else is unpickled)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not set(STATE_KEYS) <= set(state):
-            raise KeyError(f"it has no {', '.join(STATE_KEYS)}")
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"cannot resume from {path}: it holds Python objects besides tensors, and loading "
-                              "those could run code; it was not written by `diffprior train`") from e
-    except Exception as e:  # torch.load raises many error types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot resume from {path}: it is not a training state written by "
-                              f"`diffprior train` ({reason})") from e
+        state = load_tensors(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {e.args[0].removeprefix('cannot read ')}; it was not written by "
+                              "`diffprior train`") from e
+    if not isinstance(state, dict) or not set(STATE_KEYS) <= set(state):
+        raise CheckpointError(f"cannot resume from {path}: it is not a training state written by `diffprior train` "
+                              f"(it has no {', '.join(STATE_KEYS)})")
     return state
 
 

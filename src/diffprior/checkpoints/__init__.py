@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..prior import Prior
 from .native import load_checkpoint, save_checkpoint
-from .state import CheckpointError, check_shapes, load_state_strict, read_state_dict
+from .state import CheckpointError, check_shapes, load_state_strict, load_tensors, read_state_dict
 
 RAW_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")  # what a raw state dict may be saved as
 
@@ -28,8 +28,11 @@ def checkpoint_format(path: Path, config: str | None = None) -> str:
         return "native"
     if path.suffix in RAW_SUFFIXES:
         if config is None:
-            raise ValueError(f"{path} is a raw state dict: say which architecture it is with config= "
-                             "(a built-in name such as 'ffhq256' or a model_config.yaml)")
+            if path.name == "state.pt" and (path.parent / "model.safetensors").is_file():
+                raise ValueError(f"{path} is a training run's state: its model is {path.parent / 'model.safetensors'}")
+            raise ValueError(f"{path} is not diffprior's format (.safetensors + .json); for a raw state dict "
+                             "(e.g. guided-diffusion's .pt), say which architecture it is with config= (a built-in "
+                             "name such as 'ffhq256' or a model_config.yaml)")
         return "guided-diffusion"
     raise ValueError(f"cannot tell what kind of checkpoint {path} is (expected .safetensors+.json, .pt, or a folder)")
 
@@ -47,5 +50,5 @@ def load_file(path: str | Path, config: str | None = None) -> Prior:
     return load_diffusers(path)
 
 
-__all__ = ["CheckpointError", "check_shapes", "load_state_strict", "read_state_dict", "load_checkpoint",
+__all__ = ["CheckpointError", "check_shapes", "load_state_strict", "load_tensors", "read_state_dict", "load_checkpoint",
            "save_checkpoint", "checkpoint_format", "load_file"]

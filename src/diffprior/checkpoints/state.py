@@ -33,6 +33,19 @@ def check_shapes(own: dict[str, tuple], state: dict[str, tuple], source: str = "
                               + show("unexpected", unexpected) + show("wrong shape", misshaped))
 
 
+def load_tensors(path: Path):
+    """torch.load(path) of tensors and plain containers only (weights_only: no code runs); a CheckpointError
+    that says why a file is refused, without torch's advice to load it unsafely."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling raises many error types
+        if "Unsupported global" in str(e):
+            why = "it holds Python objects besides tensors, and loading those could run code"
+        else:
+            why = f"it is damaged or not a PyTorch file ({type(e).__name__})"
+        raise CheckpointError(f"cannot read {path}: {why}") from e
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a checkpoint file: a .safetensors file, or a torch.save'd state dict (read with
     weights_only=True, so no code runs), possibly wrapped under "state_dict" or "model" or saved from
@@ -40,13 +53,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file {path}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix != ".safetensors":
+        state = load_tensors(path)
+    else:
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling and safetensors raise many error types
-        raise CheckpointError(f"cannot read {path} as a state dict ({e})") from e
+        except Exception as e:  # safetensors raises many error types
+            raise CheckpointError(f"cannot read {path} as a state dict ({e})") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

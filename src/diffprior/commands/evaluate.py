@@ -220,7 +220,16 @@ def read_rows(path: Path) -> list[dict]:
     lines = list(csv.reader(io.StringIO(text)))
     if lines and lines[0] != COLUMNS:
         raise ValueError(f"{path} is not a diffprior eval row file (its header is {','.join(lines[0])})")
-    return [dict(zip(COLUMNS, r)) for r in lines[1:] if len(r) == len(COLUMNS)]
+    rows = [dict(zip(COLUMNS, r)) for r in lines[1:] if len(r) == len(COLUMNS)]
+    for row in rows:
+        for m in METRICS:
+            try:
+                float(row[m] or "nan")
+            except ValueError:
+                raise ValueError(f"{path}: {m} {row[m]!r} of {row['image']}, {row['task']}, {row['method']} is not "
+                                 "a number (the file was edited or damaged): delete that row to compute it again") \
+                    from None
+    return rows
 
 
 def row_key(row: dict) -> Key:
