@@ -320,6 +320,10 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                               "folder")
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; expected 'ddpm' or 'ddim'")
+    if not 0 <= ema < 1:
+        raise ValueError(f"ema={ema:g} (--ema): the EMA's decay, in [0, 1) (at 1 it never leaves the first weights)")
+    if val is None and (val_first or val_last):
+        raise ValueError("val_first / val_last (--val-first, --val-last) choose validation images: give val (--val)")
     if sample_every and not 1 <= sample_steps <= Schedule.linear().T:  # checked now, not at the first grid
         raise ValueError(f"sample_steps={sample_steps} (--sample-steps): the grids' sampler steps, 1 ... "
                          f"{Schedule.linear().T}")

@@ -146,7 +146,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     data, n = args.data, args.n
     if data == "generated" or data.startswith("generated:"):
         count = data.partition(":")[2]
-        if count and not count.isdigit():
+        if data != "generated" and not count.isdigit():
             raise ValueError(f"--data expects a folder or generated:N, got {data!r}")
         data, n = "generated", int(count) if count else (n or (4 if quick else 16))
     elif n is None and quick:

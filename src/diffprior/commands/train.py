@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="cosine-decay the learning rate to this value at --steps (default: constant)")
     a("--decay-from", type=arguments.count, default=0,
       help="step where the cosine decay starts, e.g. the step a resumed run is at (default 0)")
-    a("--ema", type=arguments.number(0.0, 1.0), default=0.9995, help="EMA decay, 0 to 1 (default 0.9995)")
+    a("--ema", type=arguments.number(0.0, 1.0), default=0.9995, help="EMA decay, in [0, 1) (default 0.9995)")
     a("--first", help="first file-name stem of the data folder to use, e.g. 000001")
     a("--last", help="last file-name stem to use, e.g. 009500")
     a("--count", type=arguments.positive, help="use at most this many files")
