@@ -420,6 +420,9 @@ def evaluate(data: str | Path, out: str | Path, *,
             print(f"{len(images)} images ({len(skipped)} skipped), {sum(map(len, cells.values()))} cells "
                   f"(task x method x settings), {seeds} seed(s): {len(order)} rows, {len(order) - left} done, "
                   f"{left} to do" + (f" over {ranks.world} processes" if ranks.world > 1 else ""), file=sys.stderr)
+            if save and left < len(order):
+                print("note: --save-images keeps the images of rows computed now; rows already done are not run "
+                      "again (a new --out computes and keeps them all)", file=sys.stderr)
 
         writer = RowWriter(out / ("rows.csv" if ranks.world == 1 else f"rows.rank{ranks.rank}.csv"))
         bar = tqdm(total=sum(len(chunks[u.chunk]) for u in mine), unit="row", smoothing=0, dynamic_ncols=True,
