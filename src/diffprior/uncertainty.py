@@ -63,8 +63,8 @@ def calibration(mean: Tensor, std: Tensor, truth: Tensor, bins: int = 10) -> dic
     if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or not 1 <= bins <= 10_000:
         raise ValueError(f"bins={bins!r}: a whole number in [1, 10000]")
     if not mean.shape == std.shape == truth.shape:
-        raise ValueError(f"calibration takes mean, std and truth of one shape and bins >= 1, got "
-                         f"{tuple(mean.shape)}, {tuple(std.shape)}, {tuple(truth.shape)} and bins={bins}")
+        raise ValueError(f"calibration takes mean, std and truth of one shape, got {tuple(mean.shape)}, "
+                         f"{tuple(std.shape)} and {tuple(truth.shape)}")
     s, e = std.flatten().double(), (mean - truth).abs().flatten().double()
     order = torch.argsort(s)
     groups = [g for g in torch.tensor_split(order, bins) if g.numel()]

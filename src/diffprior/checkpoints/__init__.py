@@ -50,5 +50,5 @@ def load_file(path: str | Path, config: str | None = None) -> Prior:
     return load_diffusers(path)
 
 
-__all__ = ["CheckpointError", "check_shapes", "load_state_strict", "load_tensors", "read_state_dict", "load_checkpoint",
-           "save_checkpoint", "checkpoint_format", "load_file"]
+__all__ = ["CheckpointError", "check_shapes", "load_state_strict", "load_tensors", "read_state_dict",
+           "load_checkpoint", "save_checkpoint", "checkpoint_format", "load_file"]
