@@ -412,3 +412,13 @@ def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_pa
     save_image(known.expand(1, 3, 32, 48) * 2 - 1, tmp_path / "masks" / "wide_0.jpg")
     with pytest.raises(ValueError, match="no mask for 2 of the 3 images, e.g. wide_1.png, wide_2.png"):
         mask_of(tmp_path / "masks", sorted(tmp_path.glob("wide_*.png")), 32)
+
+
+def test_a_size_the_network_cannot_run_is_refused_before_the_run_is_recorded(setup, tmp_path, capsys):
+    _, data, model = setup
+    out = tmp_path / "odd"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
+                 "--size", "17", "--limit", "2", "--tasks", "box-inpaint", "--methods", "sdedit", "--steps", "2",
+                 "--no-progress"]) == 2
+    assert "--size 17: the network does not run on 17x17 images" in capsys.readouterr().err
+    assert not out.exists()

@@ -472,6 +472,11 @@ def _image_size(prior: Prior, size: int | None) -> int:
     if not isinstance(prior, NetworkPrior):
         raise ValueError(f"this prior only models {prior.shape[-1]}x{prior.shape[-1]} images; leave out --size")
     prior.shape = (prior.shape[0], size, size)
+    try:  # one network call now, not a failure after the run's record is written
+        with torch.no_grad():
+            prior.predict(torch.zeros(1, *prior.shape, device=prior.device), prior.schedule.T - 1)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"--size {size}: the network does not run on {size}x{size} images ({e})") from None
     return size
 
 
