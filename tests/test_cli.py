@@ -215,6 +215,9 @@ def test_demo_keeps_the_other_results_when_a_method_diverges(tmp_path, monkeypat
     assert rows["dps"]["psnr"] > rows["naive"]["psnr"] and rows["ddnm"]["psnr"] is None
     assert "box-inpaint / ddnm failed: ddnm diverged" in (tmp_path / "demo" / "demo.md").read_text()
     assert (tmp_path / "demo" / "demo.png").is_file()
+    assert main(["demo", "--model", "gmm-demo", "--steps", "10", "--out", str(tmp_path / "none"), "--device", "cpu",
+                 "--tasks", "box-inpaint", "--methods", "ddnm"]) == 1  # every restoration failed: not a success
+    assert (tmp_path / "none" / "demo.md").is_file()
 
 
 def test_cpu_steps_cut_only_runs_longer_than_100_network_evaluations(capsys):

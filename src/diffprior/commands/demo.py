@@ -163,4 +163,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(doc))
     print("\n".join(lines))
     print(f"wrote {figure}, {out / 'demo.md'} and {out / 'demo.json'}")
+    if len(failed) == sum(r["method"] != "naive" for r in table):
+        print("diffprior demo: error: every restoration failed (listed above)", file=sys.stderr)
+        return 1
     return 0
