@@ -25,6 +25,10 @@ from torch import Tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 
 
+# what a warning about values far outside [-1, 1] tells the user (measurements, start images, references)
+RANGE_HINT = "the library's images are in [-1, 1], not [0, 255] (dp.io.load_image converts an image file)"
+
+
 def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
     """Open an image file as an RGB PIL image, upright by its EXIF orientation, with clear errors for missing
     or unreadable files.

@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .download import cache_dir
+from .io import RANGE_HINT
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 
@@ -53,8 +54,7 @@ def _check_pair(x: Tensor, ref: Tensor) -> None:
                          f"and {tuple(ref.shape)}")
     largest = float(ref.detach().abs().max()) if ref.numel() else 0.0  # the reference: estimates may overshoot
     if largest > 1.5:
-        warnings.warn(f"the reference reaches {largest:.4g}: the metrics take images in [-1, 1] (data range 2), "
-                      "not [0, 255] (dp.io.load_image converts an image file)", stacklevel=3)
+        warnings.warn(f"the reference reaches {largest:.4g}: {RANGE_HINT}", stacklevel=3)
 
 
 @contextlib.contextmanager

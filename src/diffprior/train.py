@@ -323,9 +323,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         raise ValueError(f"ema={ema:g} (--ema): the EMA's decay, in [0, 1) (at 1 it never leaves the first weights)")
     if val is None and (val_first or val_last):
         raise ValueError("val_first / val_last (--val-first, --val-last) choose validation images: give val (--val)")
-    if sample_every and not 1 <= sample_steps <= Schedule.linear().T:  # checked now, not at the first grid
-        raise ValueError(f"sample_steps={sample_steps} (--sample-steps): the grids' sampler steps, 1 ... "
-                         f"{Schedule.linear().T}")
+    T = Schedule.linear().T
+    if sample_every and not 1 <= sample_steps <= T:  # checked now, not at the first grid
+        raise ValueError(f"sample_steps={sample_steps} (--sample-steps): the grids' sampler steps, 1 ... {T}")
     state = read_state(state_path) if resume and state_path.exists() else None
     if resume and state is None:
         print(f"note: nothing to resume in {out} (no {STATE}): starting a new run", file=sys.stderr)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from importlib import import_module
 
+from ..io import RANGE_HINT
 from ..operators import Operator, check_linear, check_noise_level
 from ..prior import check_prior
 from .sampling import ddim_step, ddpm_step, denoise, sample
@@ -180,8 +181,7 @@ def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
     largest = float(y.detach().abs().max())
     if largest > 4 * reach + 6 * sigma_y + 0.5:
         warnings.warn(f"the measurement reaches {largest:.4g}, but {op.name} makes at most about {reach:.3g} from "
-                      "images in [-1, 1]: the library's images are in [-1, 1], not [0, 255] (dp.io.load_image "
-                      "converts an image file)", stacklevel=3)
+                      f"images in [-1, 1]: {RANGE_HINT}", stacklevel=3)
 
 
 def divergence(op, x: Tensor, y: Tensor) -> str | None:
@@ -236,19 +236,18 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
             raise ValueError(f"init must have shape {expected}, one image per measurement; got {tuple(init.shape)}")
         if not bool(init.isfinite().all()):
             raise ValueError("init contains NaN or infinite values")
-        if float(init.detach().abs().max()) > 1.5:
-            warnings.warn(f"init reaches {float(init.detach().abs().max()):.4g}: the library's images are in [-1, 1], "
-                          "not [0, 255] (dp.io.load_image converts an image file)", stacklevel=2)
+        largest = float(init.detach().abs().max())
+        if largest > 1.5:
+            warnings.warn(f"init reaches {largest:.4g}: {RANGE_HINT}", stacklevel=2)
         settings["init"] = init.to(y)
+    shown = {k: v for k, v in settings.items() if k not in PLUMBING}
     try:
         x = spec.run(prior, op, y, **settings)
     except ArithmeticError as e:  # a step size that overflows Python's floats (e.g. 1 / a tiny sigma_y)
-        shown = {k: v for k, v in settings.items() if k not in PLUMBING}
         raise DivergenceError(f"{method} diverged ({type(e).__name__}: {e}) with settings {shown}: a setting "
                               "(a step size, sigma_y, rho) is too extreme") from e
     why = divergence(op, x, y)
     if why is not None:
-        shown = {k: v for k, v in settings.items() if k not in PLUMBING}
         raise DivergenceError(f"{method} diverged ({why}) with settings {shown}: lower its step size "
                               "(scale / step_size / lr) or use more steps")
     return x
