@@ -130,6 +130,13 @@ def test_sample_into_a_folder_in_batches_continues_after_an_interruption(tmp_pat
     assert "holds samples of other settings (steps: 5 there, 6 now)" in capsys.readouterr().err
     assert main(["sample", "--model", "gmm-demo", "--n", "1025", "--out", str(grid), "--overwrite"]) == 2
     assert "a grid of 1025 samples is too large to look at: give --out a folder" in capsys.readouterr().err
+    # a larger --n draws the last batch again whole: the folder holds what one run of that n would
+    more = ["--n", "6", "--batch", "2", "--steps", "5", "--device", "cpu"]  # the last batch grows from 1 to 2
+    assert main([*run[:3], *more, "--out", str(folder)]) == 0
+    assert main([*run[:3], *more, "--out", f"{tmp_path / 'fresh'}/"]) == 0
+    extended = [f.read_bytes() for f in sorted(folder.glob("sample_*.png"))]
+    assert extended == [f.read_bytes() for f in sorted((tmp_path / "fresh").glob("sample_*.png"))]
+    assert extended[:4] == before[:4] and extended[4] != before[4]
 
 
 def test_unknown_task_is_rejected_by_the_parser(clean_image):

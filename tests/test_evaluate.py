@@ -422,3 +422,32 @@ def test_a_size_the_network_cannot_run_is_refused_before_the_run_is_recorded(set
                  "--no-progress"]) == 2
     assert "--size 17: the network does not run on 17x17 images" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_cell_whose_every_row_diverged_fails_the_command(setup, tmp_path, monkeypatch, capsys):
+    """Rows of a diverged batch stay empty and the run goes on; a cell with no row scored exits 1."""
+    from diffprior.commands import evaluate as module
+    from diffprior.solvers import DivergenceError
+
+    real = module.solve
+
+    def solve(method, *args, **kwargs):
+        if method == "dps":
+            raise DivergenceError("the iterate is not finite")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(module, "solve", solve)
+    _, data, model = setup
+    out = tmp_path / "diverged"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
+                 "--limit", "2", "--tasks", "box-inpaint", "--methods", "sdedit,dps", "--steps", "2",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "every row of 1 cell(s) is empty" in err and "box-inpaint / dps" in err and "box-inpaint / sdedit" not in err
+    rows = rows_of(out)
+    assert [r["psnr"] for r in rows if r["method"] == "dps"] == ["", ""]
+    assert all(r["psnr"] for r in rows if r["method"] != "dps") and (out / "summary.md").is_file()
+    monkeypatch.setattr(module, "solve", real)  # the rerun computes nothing and scores the same way
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
+                 "--limit", "2", "--tasks", "box-inpaint", "--methods", "sdedit,dps", "--steps", "2",
+                 "--no-progress"]) == 1

@@ -34,6 +34,17 @@ def test_save_image_writes_grey_and_refuses_what_is_no_image(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_an_icon_keeps_the_image_at_its_own_size(tmp_path):
+    """Pillow's icons hold its standard sizes (16 px up) that fit the image: an 8x8 image wrote an empty file."""
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for side in (8, 64):
+        image = torch.nn.functional.interpolate(x, size=(side, side))
+        save_image(image, tmp_path / f"icon{side}.ico")
+        with Image.open(tmp_path / f"icon{side}.ico") as im:
+            assert im.size == (side, side)
+            assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(tensor_to_pil(image[0])))
+
+
 def test_rgba_is_composited_onto_white(tmp_path):
     arr = np.zeros((4, 4, 4), dtype=np.uint8)
     arr[..., 0] = 255  # red

@@ -188,6 +188,8 @@ def test_budgets_and_plans():
         make_plan(parse(["reproduce", "--out", "x", "--tables", "5"]))
     with pytest.raises(ValueError, match="unknown solver"):
         make_plan(parse(["reproduce", "--out", "x", "--solvers", "dps,nope"]))
+    with pytest.raises(ValueError, match="runs nothing"):
+        make_plan(parse(["reproduce", "--out", "x", "--solvers", "report", "--tables", "4"]))
     with pytest.raises(ValueError, match="generated:N"):
         make_plan(parse(["reproduce", "--out", "x", "--data", "generated:many"]))
     with pytest.raises(ValueError, match="names no solver"):

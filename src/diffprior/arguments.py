@@ -55,9 +55,9 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     return parse
 
 
-def integers(low: int | None = None) -> Callable[[str], list[int]]:
-    """An argparse type: comma-separated whole numbers, each at least `low`, at least one of them."""
-    one = integer(low)
+def integers(low: int | None = None, high: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated whole numbers, each in [low, high], at least one of them."""
+    one = integer(low, high)
 
     def parse(text: str) -> list[int]:
         values = [one(v.strip()) for v in text.split(",") if v.strip()]

@@ -40,6 +40,8 @@ def pick_device(name: str | torch.device | None = "auto", local_rank: int | None
             raise ValueError(f"device {name!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"device {name!r}: the CPU is one device; use --device cpu (--threads sets its cores)")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
     return device

@@ -216,7 +216,9 @@ def save_image(x: Tensor | Image.Image, path: str | Path) -> Path:
     """Write one image (C, H, W) or (1, C, H, W) in [-1, 1], C = 3 or 1 (grey), or a PIL image, to a file,
     atomically; the format follows the suffix."""
     im, fmt = x if isinstance(x, Image.Image) else tensor_to_pil(x), image_format(path)
-    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
+    # an icon holds Pillow's standard sizes up to the image's, none under 16 px: keep the image's own
+    options = {"sizes": [im.size]} if fmt == "ICO" and max(im.size) <= 256 else {}
+    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **options))
 
 
 def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None,

@@ -389,10 +389,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated solver names (default: all)")
     parser.add_argument("--seeds", type=arguments.integers(0), default=None,
                         help="comma-separated seeds (default 0,1,2; --quick 0,1)")
-    parser.add_argument("--budgets", type=arguments.integers(1), default=None,
-                        help="comma-separated NFE budgets (default 20,100,1000; --quick 20,100)")
-    parser.add_argument("--dims", type=arguments.integers(1), default=None,
-                        help="comma-separated dimensions (default 2,8,16,64; --quick 2,8)")
+    parser.add_argument("--budgets", type=arguments.integers(1, 100_000), default=None,
+                        help="comma-separated NFE budgets (default 20,100,1000; --quick 20,100; at most 100000)")
+    parser.add_argument("--dims", type=arguments.integers(1, 1024), default=None,
+                        help="comma-separated dimensions (default 2,8,16,64; --quick 2,8; at most 1024: the exact "
+                             "posterior keeps d x d matrices)")
     parser.add_argument("--samples", type=arguments.positive, default=None,
                         help="posterior samples per run (default 2000; --quick 300)")
     arguments.add_overwrite_argument(parser)

@@ -66,9 +66,10 @@ def sample_chunks(prior, n: int, *, batch: int, seed: tuple, skip=lambda start, 
 
 def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed: tuple, progress: bool = False,
                   **sampler) -> list[Path]:
-    """`sample_chunks` as folder/sample_00000.png ...: samples already there are kept, so an interrupted run
-    continues where it stopped. folder/samples.json keeps `record` (what fixes the samples); a folder of
-    samples of other settings is refused."""
+    """`sample_chunks` as folder/sample_00000.png ...: batches already there are kept, so an interrupted run
+    continues where it stopped; a batch with a file missing is drawn again whole (a larger n makes the last
+    batch larger), so that the folder holds what one run would. folder/samples.json keeps `record` (what fixes
+    the samples); a folder of samples of other settings is refused."""
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
     differ = differences(read_record(kept), record) if kept.is_file() else []
@@ -80,8 +81,7 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     done = lambda start, stop: all(p.is_file() for p in paths[start:stop])
     for start, x in sample_chunks(prior, n, batch=batch, seed=seed, skip=done, progress=progress, **sampler):
         for p, xi in zip(paths[start:], x):
-            if not p.is_file():
-                atomic_write(p, lambda tmp, xi=xi: tensor_to_pil(xi).save(tmp, format="PNG"))
+            atomic_write(p, lambda tmp, xi=xi: tensor_to_pil(xi).save(tmp, format="PNG"))
     return paths
 
 

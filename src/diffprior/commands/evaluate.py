@@ -452,7 +452,18 @@ def evaluate(data: str | Path, out: str | Path, *,
                             {**identity, "seeds": seeds, "images": len(images)})
         write_summary(out, summary)
         print(f"wrote {out / 'rows.csv'}, {out / 'summary.md'} and {out / 'summary.json'}", file=sys.stderr)
+        failed = failed_cells(summary)
+        if failed:
+            print(f"error: every row of {len(failed)} cell(s) is empty (the solver diverged on each batch; see the "
+                  "warnings above): " + "; ".join(failed), file=sys.stderr)
         return summary
+
+
+def failed_cells(summary: dict) -> list[str]:
+    """The cells with no row scored ('task / method settings'): a residual is missing only where the
+    restoration was not finite."""
+    return [f"{c['task']} / {c['method']} {compact(c['settings'])}" for c in summary["cells"]
+            if c["residual"]["missing"] == c["rows"]]
 
 
 def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
@@ -771,9 +782,9 @@ def run(args: argparse.Namespace) -> int:
     methods = [m for m in arguments.names(args.methods) if m != NAIVE]
     tasks = arguments.names(args.tasks) if args.tasks is not None else (
         [MASK_TASK] if args.mask is not None else ["box-inpaint", "random-inpaint", "gaussian-blur", "sr4"])
-    evaluate(args.data, args.out, tasks=tasks, methods=methods,
+    summary = evaluate(args.data, args.out, tasks=tasks, methods=methods,
              grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
              steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
              dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images, mask=args.mask,
              progress=not args.no_progress)
-    return 0
+    return 1 if summary is not None and failed_cells(summary) else 0

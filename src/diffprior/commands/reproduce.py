@@ -167,6 +167,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--tables: choose from {', '.join(map(str, TABLES))}, got {', '.join(map(str, tables))}")
     if 4 not in tables:
         solvers = []
+    elif not solvers and tables == [4]:
+        raise ValueError("--tables 4 with --solvers report runs nothing: table 4 is the modern solvers' (give "
+                         "--solvers all or solver names, or other --tables)")
     if solvers and "tv" not in solvers:
         solvers.append("tv")  # the classical baseline is always in table 4
     steps = args.steps or (20 if quick else 1000)
