@@ -178,8 +178,9 @@ def test_a_painted_mask_fills_the_holes_of_the_whole_upload(server, clean_png, t
     c = client(url, tmp_path)
     photo = Image.new("RGB", (96, 80), (200, 30, 30))  # a red border left and right of the 80x80 centre
     photo.paste(Image.open(clean_png).resize((80, 80), Image.LANCZOS), (8, 0))
-    photo.save(tmp_path / "my photo.png")
-    c.predict(handle_file(str(tmp_path / "my photo.png")), api_name="/upload")
+    (tmp_path / "upload").mkdir()
+    photo.save(tmp_path / "upload" / "input.png")  # named as the app's own download of the model-size input
+    c.predict(handle_file(str(tmp_path / "upload" / "input.png")), api_name="/upload")
     layer = np.zeros((4 * SIZE, 4 * SIZE, 4), dtype=np.uint8)
     layer[80:112, 120:152] = (255, 0, 255, 255)  # model pixels: rows 20-27, columns 30-37
     Image.fromarray(layer, "RGBA").save(tmp_path / "stroke.png")
@@ -191,18 +192,18 @@ def test_a_painted_mask_fills_the_holes_of_the_whole_upload(server, clean_png, t
     assert np.array_equal(full[known], np.asarray(photo, dtype=int)[known])  # every other pixel as it was
     assert np.abs(full[~known] - np.asarray(photo, dtype=int)[~known]).max() > 10  # the holes filled
     report = json.loads(files["settings.json"].read_text())
-    assert "my photo.png" in report["note"] and len(report["commands"]) == 2
-    rerun_full_size(report, files, tmp_path / "my photo.png", tmp_path, monkeypatch)
+    assert "your photo input.png, saved as photo_input.png" in report["note"] and len(report["commands"]) == 2
+    rerun_full_size(report, files, tmp_path / "upload" / "input.png", tmp_path, monkeypatch, "photo_input.png")
 
 
-def rerun_full_size(report, files, photo, tmp_path, monkeypatch):
+def rerun_full_size(report, files, photo, tmp_path, monkeypatch, saved_as=None):
     """The CLI reproduces the app's files of a painted mask on an upload of another size: the model-size one
-    from input.png, the full-size one from the photo."""
+    from input.png, the full-size one from the photo (saved under the name the note gives)."""
     rerun = tmp_path / "rerun"
     rerun.mkdir()
     for name in ("input.png", "mask.png"):
         shutil.copy(files[name], rerun / name)
-    shutil.copy(photo, rerun / photo.name)
+    shutil.copy(photo, rerun / (saved_as or photo.name))
     monkeypatch.chdir(rerun)
     for command in report["commands"]:
         argv = shlex.split(command)
@@ -456,6 +457,59 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
     assert [Path(f).name for f in done["files"]] == ["input.png", "restored_dps.png", "settings.json"]
     tv = studio.restore(source, None, "box-inpaint", ["tv"], **(run | {"steps": 1500}))  # iterations, not T's steps
     assert tv["rows"][1][0] == "tv" and tv["report"]["steps"] == 1500
+
+
+def test_unreadable_uploads_say_why_and_what_to_do(tmp_path):
+    from diffprior.commands.serve import AppError, Studio
+    folder = tmp_path / "app"
+    (folder / "jobs").mkdir(parents=True)
+    studio = Studio("gmm-demo", torch.device("cpu"), folder)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("a text file, renamed")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "cut.jpg")
+    (folder / "cut.jpg").write_bytes((folder / "cut.jpg").read_bytes()[:500])  # an interrupted download
+    for name, message in [("empty.png", "cannot read empty.png as an image: the file is empty"),
+                          ("notes.png", "cannot read notes.png as an image: it is in no image format this app knows"),
+                          ("cut.jpg", r"cannot read cut.jpg as an image \(.+\): is the file damaged or incomplete"),
+                          ("gone.png", "cannot read gone.png: the uploaded file is gone; upload it again")]:
+        with pytest.raises(AppError, match=message) as e:
+            studio.open_upload(folder / name)
+        assert str(folder) not in str(e.value)  # the server's paths are no business of the page
+
+
+def test_a_painting_that_leaves_nothing_and_endless_runs_are_refused(tmp_path, monkeypatch):
+    import gradio as gr
+    from diffprior.commands.serve import APP_MAX_TV_STEPS, AppError, Studio, build_app
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+    fns = {fn.api_name: fn.fn for fn in build_app(studio).fns.values()}
+    source = studio.draw(0)
+    monkeypatch.setattr("diffprior.commands.serve.solve", lambda *a, **k: pytest.fail("a method ran"))
+    stroke = np.zeros((4 * SIZE, 4 * SIZE, 4), dtype=np.uint8)
+    stroke[80:112, 120:152] = (255, 0, 255, 255)
+    everything = np.full((4 * SIZE, 4 * SIZE, 4), 255, dtype=np.uint8)
+    half = Image.fromarray(stroke, "RGBA").resize((2 * SIZE, 2 * SIZE), Image.NEAREST)  # a layer of another size
+    mask = studio.mask_from_layers([Image.new("RGBA", (4 * SIZE, 4 * SIZE)), half])
+    assert (mask == 0).sum() == 8 * 8 and not mask[20:28, 30:38].any()
+    editor = {"background": None, "layers": [Image.fromarray(everything, "RGBA")], "composite": None}
+    with pytest.raises(gr.Error, match="the painted region covers the whole photo"):
+        fns["restore"](editor, source, "inpaint", ["ddnm"], 3, 0.05, 0, 1, False)
+    run = dict(sigma_y=0.05, seed=0)
+    for methods, changed, message in [
+        (["tv"], {"steps": 10 ** 15}, f"at most {APP_MAX_TV_STEPS} iterations of tv"),  # years of iterations
+        (["dps"], {"steps": 10 ** 30}, "at most the prior's T = 1000"),
+        (["dps"], {"steps": 3, "samples": 0}, "samples must be a whole number from 1 to 16, got 0"),
+    ]:
+        with pytest.raises(AppError, match=message):
+            studio.restore(source, None, "denoise", methods, **(run | changed))
+
+
+def test_the_command_for_a_photo_named_like_an_option(tmp_path):
+    from diffprior.commands.serve import Studio
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+    command = studio.command("inpaint", "ddnm", steps=3, sigma_y=0.05, seed=0, samples=1, measured=False,
+                             out="restored_ddnm_full.png", full_size_of="-photo.png")
+    args = build_parser().parse_args(shlex.split(command)[1:])  # not "--input: expected one argument"
+    assert Path(args.input) == Path("-photo.png") and args.full_size
 
 
 def _save(im: Image.Image, path: Path) -> Path:

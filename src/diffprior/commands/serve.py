@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from .. import arguments
 from ..io import (center_square, fill_holes, masked_center_square, open_image, pil_to_tensor, square_box, stretch_mask,
@@ -64,6 +64,7 @@ APP_TASKS = {
 }
 DEFAULT_METHODS = ["ddnm", "dps"]
 APP_MAX_SAMPLES = 16  # posterior samples per method in the app (the command line takes more)
+APP_MAX_TV_STEPS = 10_000  # tv's iterations in the app (its default is 300): more would hold the one queue for hours
 DISPLAY = 256  # the photo is shown enlarged (nearest neighbour) to about this many pixels for painting
 OVERVIEW = 256  # the whole upload, with the square the model restores outlined, is shown this many pixels large
 MIN_SIDE = 10  # the smallest square to restore, in percent of the upload's shorter side
@@ -110,7 +111,11 @@ class Studio:
         (read from the header, before any decoding), a decompression bomb, or no image at all."""
         p = self.inside(path)
         name = p.name
+        if not p.is_file():
+            raise AppError(f"cannot read {name}: the uploaded file is gone; upload it again")
         size = p.stat().st_size
+        if size == 0:
+            raise AppError(f"cannot read {name} as an image: the file is empty (0 bytes); upload the photo again")
         if size > self.max_bytes:
             raise AppError(f"{name} is {size / 1e6:.1f} MB; this app takes uploads up to "
                            f"{self.max_bytes / 1e6:g} MB")
@@ -120,8 +125,13 @@ class Studio:
         except Image.DecompressionBombError:
             raise AppError(f"{name} claims more than twice the {Image.MAX_IMAGE_PIXELS} pixels that Pillow decodes: "
                            "refused as a decompression bomb") from None
+        except UnidentifiedImageError:  # its text names the server's copy of the file
+            raise AppError(f"cannot read {name} as an image: it is in no image format this app knows (PNG, JPEG, "
+                           "WebP, TIFF, BMP, GIF, ...), whatever its name says; upload the photo itself") from None
         except Exception as e:
-            raise AppError(f"cannot read {name} as an image ({type(e).__name__})") from None
+            reason = str(e).replace(str(p), name) or type(e).__name__
+            raise AppError(f"cannot read {name} as an image ({reason}): is the file damaged or incomplete? "
+                           "Upload it again") from None
         if w * h > self.max_pixels:
             raise AppError(f"{name} claims {w}x{h} pixels, more than the {self.max_pixels} this app decodes: "
                            "make it smaller first (or start the app with a larger --max-pixels)")
@@ -194,18 +204,18 @@ class Studio:
         """The painted region of the editor's layers as an inpainting mask (1 = known, 0 = missing) at the
         model's size, or None when nothing was painted. A model pixel is missing when at least a quarter of
         its area was painted."""
-        painted = None
+        painted = None  # per model pixel, the painted share of its area (the most of any layer)
         for layer in layers or []:
             if layer is None:
                 continue
             if isinstance(layer, (str, Path)):
                 layer = Image.open(self.inside(layer))
-            alpha = np.asarray(layer.convert("RGBA"))[..., 3]
-            painted = alpha if painted is None else np.maximum(painted, alpha)
-        if painted is None or not painted.any():
+            alpha = layer.convert("RGBA").getchannel("A").resize((self.size, self.size), Image.BOX)
+            share = np.asarray(alpha, dtype=np.float32)  # layers of any size (the page's, the API's) cover the photo
+            painted = share if painted is None else np.maximum(painted, share)
+        if painted is None:
             return None
-        small = np.asarray(Image.fromarray(painted).resize((self.size, self.size), Image.BOX), dtype=np.float32)
-        missing = small >= 0.25 * 255
+        missing = painted >= 0.25 * 255
         if not missing.any():
             return None
         return torch.from_numpy((~missing).astype(np.float32))
@@ -226,9 +236,8 @@ class Studio:
         methods = [m for m in SOLVERS if m in (methods or [])]
         if not methods:
             raise AppError("pick at least one method")
-        steps, seed, samples = _whole(steps, "steps", 1), _whole(seed, "seed", 0), _whole(samples, "samples", 1)
-        if samples > APP_MAX_SAMPLES:
-            raise AppError(f"at most {APP_MAX_SAMPLES} posterior samples")
+        steps, seed = _whole(steps, "steps", 1, None), _whole(seed, "seed", 0)
+        samples = _whole(samples, "samples", 1, APP_MAX_SAMPLES)
         given = sigma_y
         try:
             sigma_y = float(sigma_y)
@@ -239,6 +248,8 @@ class Studio:
         T = self.prior.schedule.T
         if steps > T and methods != ["tv"]:
             raise AppError(f"steps: at most the prior's T = {T} diffusion steps")
+        if steps > max(T, APP_MAX_TV_STEPS):
+            raise AppError(f"steps: at most {APP_MAX_TV_STEPS} iterations of tv in this app (its default is 300)")
         settings = {}
         for m in methods:
             settings[m] = settings_for(m, task, tuned_settings(self.prior), steps=steps)
@@ -248,6 +259,8 @@ class Studio:
         if task == "inpaint":
             if mask is None:
                 raise AppError("paint the missing region on the photo with the brush first (or pick another task)")
+            if not mask.any():
+                raise AppError("the painted region covers the whole photo: leave the pixels to keep unpainted")
             op = Inpaint(mask)
         else:
             op = make_operator(task, (3, size, size), seed=seed)
@@ -306,6 +319,8 @@ class Studio:
             gallery.append((str(path), caption))
 
         input_path = job / "input.png"
+        # the photo's name in the --full-size commands, not one of the downloads it would have to replace
+        photo_name = "photo_" + source["name"] if source["name"] in ("input.png", "mask.png") else source["name"]
         given.save(input_path)
         files.append(input_path)
         if task == "inpaint":
@@ -362,7 +377,7 @@ class Studio:
                 files.append(std_path)
                 show(std_image(std), method + "_std", f"{method} std {float(std.mean()):.3f}")
             rows.append(_row(method, results[method], seconds))
-            for out_name, photo in [(out.name, None)] + ([(full_out.name, source["name"])] if known_full is not None
+            for out_name, photo in [(out.name, None)] + ([(full_out.name, photo_name)] if known_full is not None
                                                        else []):
                 commands.append(self.command(task, method, steps=steps, sigma_y=sigma_y, seed=seed, samples=samples,
                                              measured=measured, out=out_name, full_size_of=photo, crop=crop))
@@ -373,8 +388,9 @@ class Studio:
                   "commands": commands,
                   "note": "run the commands in a folder holding the downloaded input.png"
                           + (" and mask.png" if task == "inpaint" else "")
-                          + (f" (the --full-size ones: and your photo {source['name']})" if known_full is not None
-                             else "")}
+                          + (f" (the --full-size ones: and your photo {source['name']}"
+                             + (f", saved as {photo_name})" if photo_name != source["name"] else ")")
+                             if known_full is not None else "")}
         settings_path = job / "settings.json"
         settings_path.write_text(json.dumps(report, indent=2) + "\n")
         files.append(settings_path)
@@ -386,7 +402,8 @@ class Studio:
         """The `diffprior restore` command line that reproduces one method's result from the downloads; with
         `full_size_of` (the uploaded photo's name), its --full-size result from that photo (and its square
         `crop`, when it is not the central one)."""
-        argv = ["diffprior", "restore", "--input", full_size_of or "input.png"]
+        photo = full_size_of or "input.png"
+        argv = ["diffprior", "restore", "--input", "./" + photo if photo.startswith("-") else photo]  # not an option
         argv += ["--mask", "mask.png"] if task == "inpaint" else ["--task", task]
         if full_size_of:
             argv.append("--full-size")
@@ -401,14 +418,15 @@ class Studio:
         return shlex.join(argv)
 
 
-def _whole(value, name: str, low: int, high: int = arguments.MAX_SEED) -> int:
-    """A whole number in [low, high], exact for ints of any size."""
+def _whole(value, name: str, low: int, high: int | None = arguments.MAX_SEED) -> int:
+    """A whole number in [low, high] (high None: no upper bound), exact for ints of any size."""
     try:
         v = value if isinstance(value, int) else float(value)
     except (TypeError, ValueError):
         raise AppError(f"{name} must be a whole number, got {value!r}") from None
-    if isinstance(v, float) and not v.is_integer() or not low <= v <= high:
-        raise AppError(f"{name} must be a whole number from {low} to {high}, got {value}")
+    if isinstance(v, float) and not v.is_integer() or v < low or high is not None and v > high:
+        span = f"of at least {low}" if high is None else f"from {low} to {high}"
+        raise AppError(f"{name} must be a whole number {span}, got {value}")
     return int(v)
 
 
@@ -552,8 +570,9 @@ def build_app(studio: Studio):
                                        "(x4 super-resolution takes the low-resolution image itself)", elem_id="measured")
                 methods = gr.CheckboxGroup(list(SOLVERS), value=DEFAULT_METHODS, label="methods", elem_id="methods")
                 with gr.Row():
-                    # no precision or maximum: 2.5 steps are refused, not rounded, and tv may iterate past T
-                    steps = gr.Number(studio.default_steps, label="steps", minimum=1, elem_id="steps")
+                    # no precision: 2.5 steps are refused, not rounded; tv may iterate past T
+                    steps = gr.Number(studio.default_steps, label="steps", minimum=1,
+                                      maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps")
                     sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
                                         maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y")
                     seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
