@@ -503,6 +503,20 @@ def test_a_painting_that_leaves_nothing_and_endless_runs_are_refused(tmp_path, m
             studio.restore(source, None, "denoise", methods, **(run | changed))
 
 
+def test_a_diverged_method_says_what_the_app_can_change(tmp_path, monkeypatch):
+    from diffprior.commands.serve import Studio
+    from diffprior.solvers import DivergenceError
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+
+    def diverge(*args, **kwargs):
+        raise DivergenceError("dps diverged (x is not finite): lower its step size (scale / step_size / lr)")
+
+    monkeypatch.setattr("diffprior.commands.serve.solve", diverge)
+    done = studio.restore(studio.draw(0), None, "box-inpaint", ["dps"], steps=3, sigma_y=0.05, seed=0)
+    assert done["rows"][-1][0].endswith("in this app, try more steps or a larger sigma_y (the command line's "
+                                        "restore --set sets the step size)")
+
+
 def test_the_command_for_a_photo_named_like_an_option(tmp_path):
     from diffprior.commands.serve import Studio
     studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")

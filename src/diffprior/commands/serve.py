@@ -356,8 +356,10 @@ class Studio:
                     restored = solve(method, self.prior, op, y, sigma_y=sigma_y, generator=gen, progress=True,
                                      **settings[method])
             except (ValueError, DivergenceError) as e:  # this method cannot: say why, keep the others' results
-                results[method] = {"error": str(e)}
-                rows.append([f"{method} failed: {e}"] + ["-"] * 5)
+                why = str(e) + ("; in this app, try more steps or a larger sigma_y (the command line's restore "
+                                "--set sets the step size)" if isinstance(e, DivergenceError) else "")
+                results[method] = {"error": why}
+                rows.append([f"{method} failed: {why}"] + ["-"] * 5)
                 continue
             seconds = time.perf_counter() - start
             results[method] = scores(restored) | {"seconds": round(seconds, 2)}
