@@ -349,21 +349,26 @@ def test_in_a_headless_browser_choose_the_square_paint_a_mask_and_restore(server
         wait.until(lambda d: "clean.png" in d.find_element(By.ID, "about").text)
         assert not driver.find_elements(By.CSS_SELECTOR, "#whole img")  # no other square in a 64x64 photo
         # paint a stroke across the middle of the photo with the brush (the editor's default tool), once the
-        # editor has redrawn itself around the new photo (a stroke on the canvas it replaces is lost)
-        time.sleep(2)
-        canvas = driver.find_elements(By.CSS_SELECTOR, "#photo canvas")[-1]
-        stroke = ActionChains(driver).move_to_element_with_offset(canvas, -40, -30).click_and_hold()
-        for _ in range(8):
-            stroke = stroke.move_by_offset(10, 6)
-        stroke.release().perform()
+        # editor has redrawn itself around the new photo (a stroke on the canvas it replaces is lost: on a busy
+        # machine that can take longer, and the app then asks for a painting; paint again)
         driver.find_element(By.XPATH, "//*[@id='task']//label[contains(., 'painted mask')]").click()
         steps = driver.find_element(By.CSS_SELECTOR, "#steps input")
         steps.clear()
         steps.send_keys("5")
-        driver.find_element(By.ID, "restore").click()
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5
-                   or d.find_elements(By.CSS_SELECTOR, ".toast-body"))
-        errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")]
+        for attempt in range(3):
+            time.sleep(2 * (attempt + 1))
+            canvas = driver.find_elements(By.CSS_SELECTOR, "#photo canvas")[-1]
+            stroke = ActionChains(driver).move_to_element_with_offset(canvas, -40, -30).click_and_hold()
+            for _ in range(8):
+                stroke = stroke.move_by_offset(10, 6)
+            stroke.release().perform()
+            toasts = len(driver.find_elements(By.CSS_SELECTOR, ".toast-body"))
+            driver.find_element(By.ID, "restore").click()
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results img")) >= 5
+                       or len(d.find_elements(By.CSS_SELECTOR, ".toast-body")) > toasts)
+            errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".toast-body")[toasts:]]
+            if not any("paint the missing region" in e for e in errors):
+                break
         assert not errors, f"the app reported: {errors}"
         # the file list, not the component's label (which names settings.json too)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#downloads a[download="settings.json"]'))
@@ -371,8 +376,8 @@ def test_in_a_headless_browser_choose_the_square_paint_a_mask_and_restore(server
         driver.save_screenshot(str(tmp_path / "serve.png"))
         images = driver.find_elements(By.CSS_SELECTOR, "#results img")
         assert len(images) == 5  # photo, measurement, naive, dps, ddnm
-        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) > 0
-                   for im in images)
+        wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im)
+                                 for im in images))  # each one loads (slowly on a busy machine)
         text = driver.find_element(By.ID, "results").text
         assert "measurement (inpaint)" in text and "dps" in text and "ddnm" in text
     finally:
