@@ -435,8 +435,10 @@ def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path
     assert source["photo"].size == (SIZE, SIZE) and source["raw"] is None and source["size"] == (100, 80)
 
 
-def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_the_others(tmp_path):
+def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_the_others(tmp_path, monkeypatch):
+    from diffprior.commands import serve
     from diffprior.commands.serve import AppError, Studio
+    from diffprior.solvers import DivergenceError
     studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
     source = studio.draw(0)
     jobs = tmp_path / "app" / "jobs"
@@ -451,14 +453,25 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
         ("box-inpaint", ["dps"], {"sigma_y": "much"}, "sigma_y must be a number from 0 to 10, got 'much'"),
         ("box-inpaint", ["dps", "tv"], {"steps": 1001}, "at most the prior's T = 1000"),
         ("box-inpaint", ["dps", "tv"], {"samples": 4}, "tv: draws nothing at random"),
+        ("box-inpaint", ["dps", "daps"], {"sigma_y": 0}, "daps: DAPS models Gaussian measurement noise"),
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, task, methods, **(run | changed))
     assert sorted(jobs.iterdir()) == before  # no job was started
     shutil.rmtree(jobs)  # as a cleaner of temporary files might
-    done = studio.restore(source, None, "box-inpaint", ["dps", "daps"], **(run | {"sigma_y": 0, "seed": 2 ** 63 - 1}))
-    assert done["rows"][1][0] == "dps" and done["rows"][1][1] != "-"  # kept, though daps then failed:
-    assert done["rows"][2][0].startswith("daps failed: DAPS models Gaussian measurement noise: it needs sigma_y > 0")
+    real = serve.solve
+
+    def solve(method, *args, **kwargs):
+        if method == "daps":
+            raise DivergenceError("daps diverged (x is not finite): lower its step size (scale / step_size / lr)")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(serve, "solve", solve)
+    done = studio.restore(source, None, "box-inpaint", ["dps", "daps"], **(run | {"seed": 2 ** 63 - 1}))
+    assert done["rows"][1][0] == "dps" and done["rows"][1][1] != "-"  # kept, though daps then failed
+    assert done["rows"][2][0] == ("daps failed: daps diverged (x is not finite): lower its step size (scale / "
+                                  "step_size / lr); in this app, try more steps or a larger sigma_y (the command "
+                                  "line's restore --set sets the step size)")  # what the app can change
     assert [Path(f).name for f in done["files"]] == ["input.png", "restored_dps.png", "settings.json"]
     tv = studio.restore(source, None, "box-inpaint", ["tv"], **(run | {"steps": 1500}))  # iterations, not T's steps
     assert tv["rows"][1][0] == "tv" and tv["report"]["steps"] == 1500
@@ -506,20 +519,6 @@ def test_a_painting_that_leaves_nothing_and_endless_runs_are_refused(tmp_path, m
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, "denoise", methods, **(run | changed))
-
-
-def test_a_diverged_method_says_what_the_app_can_change(tmp_path, monkeypatch):
-    from diffprior.commands.serve import Studio
-    from diffprior.solvers import DivergenceError
-    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
-
-    def diverge(*args, **kwargs):
-        raise DivergenceError("dps diverged (x is not finite): lower its step size (scale / step_size / lr)")
-
-    monkeypatch.setattr("diffprior.commands.serve.solve", diverge)
-    done = studio.restore(studio.draw(0), None, "box-inpaint", ["dps"], steps=3, sigma_y=0.05, seed=0)
-    assert done["rows"][-1][0].endswith("in this app, try more steps or a larger sigma_y (the command line's "
-                                        "restore --set sets the step size)")
 
 
 def test_the_command_for_a_photo_named_like_an_option(tmp_path):

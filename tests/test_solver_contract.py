@@ -198,13 +198,23 @@ def test_null_is_taken_where_it_means_something():
 @pytest.mark.parametrize("name", SPECS)
 def test_operators_it_does_not_accept_are_refused(gaussian_problem, name):
     p, spec = gaussian_problem, SPECS[name]
-    wrong = REFUSED.get(spec.operators, PhaseRetrieval() if spec.requires else None)  # SDEdit: no naive one
+    wrong = REFUSED.get(spec.operators)
+    if wrong is None and spec.requires and spec.requires(PhaseRetrieval(), 0.1):  # SDEdit: no naive reconstruction
+        wrong = PhaseRetrieval()
     if wrong is None:
-        assert spec.why_not(PhaseRetrieval()) is None and spec.why_not(p["op"]) is None  # any operator
+        assert spec.why_not(PhaseRetrieval(), 0.1) is None and spec.why_not(p["op"], 0.1) is None  # any operator
         return
-    assert spec.why_not(p["op"]) is None and spec.why_not(wrong) is not None
+    assert spec.why_not(p["op"], 0.1) is None and spec.why_not(wrong, 0.1) is not None
     with pytest.raises(TypeError, match="does not apply"):
         solve(name, p["prior"], wrong, p["y"])
+
+
+def test_daps_refuses_noiseless_measurements_before_it_runs(gaussian_problem):
+    """Its likelihood is Gaussian in sigma_y: 0 is refused by the spec, so eval and the app refuse it up front."""
+    p = gaussian_problem
+    assert SPECS["daps"].why_not(p["op"], 0.0).startswith("DAPS models Gaussian measurement noise")
+    with pytest.raises(TypeError, match="daps does not apply .*it needs sigma_y > 0"):
+        solve("daps", p["prior"], p["op"], p["y"], sigma_y=0.0)
 
 
 @pytest.mark.parametrize("name", SPECS)

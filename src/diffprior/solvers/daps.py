@@ -15,6 +15,10 @@ from .sampling import clip_x0, ddim_step, initial_noise, progress_bar
 from .spec import SolverSpec
 
 
+NEEDS_NOISE = ("DAPS models Gaussian measurement noise: it needs sigma_y > 0 (for a noiseless y, a small value "
+               "such as the official tau 0.01 / sqrt(2) = 0.0071)")
+
+
 def daps(prior: Prior, op: Operator, y: Tensor, *,
          steps: int = 200,              # annealing levels (the paper's DAPS-1K: 200)
          ode_steps: int = 5,            # PF-ODE (DDIM) steps per level for x0_hat; 1 = one Tweedie step
@@ -70,8 +74,7 @@ def daps(prior: Prior, op: Operator, y: Tensor, *,
     if steps < 1 or ode_steps < 1 or langevin_steps < 0:
         raise ValueError("DAPS needs steps >= 1, ode_steps >= 1 and langevin_steps >= 0")
     if not sigma_y > 0:
-        raise ValueError("DAPS models Gaussian measurement noise: it needs sigma_y > 0 (for a noiseless y, a small "
-                         "value such as the official tau 0.01 / sqrt(2) = 0.0071)")
+        raise ValueError(NEEDS_NOISE)
     sched = prior.schedule
     levels = [_nearest_timestep(prior, s) for s in _edm_sigmas(sigma_max, sigma_min, rho, steps)]
     u = initial_noise(prior, y.shape[0], generator, y.dtype) * sched.sigma_at(levels[0])  # x0 + sigma_0 z, x0 lost
@@ -149,4 +152,4 @@ def _budget(nfe: int, T: int) -> dict:
     return {"steps": max(1, nfe // ode), "ode_steps": ode}
 
 
-SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget)
+SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget, requires=lambda op, sigma_y: None if sigma_y > 0 else NEEDS_NOISE)
