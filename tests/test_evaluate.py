@@ -380,7 +380,7 @@ def test_a_folder_of_masks_gives_each_image_its_own(setup, tmp_path):
         knowns[p.name] = known
     out = tmp_path / "per-image"
     assert main(["eval", "--data", str(data), "--model", str(model), "--device", "cpu", "--limit", "3", "--batch", "2",
-                 "--methods", "ddnm", "--steps", "2", "--no-progress", "--mask", str(tmp_path / "masks"),
+                 "--methods", "sdedit", "--steps", "2", "--no-progress", "--mask", str(tmp_path / "masks"),
                  "--out", str(out)]) == 0
     from diffprior.commands.common import derive_seed
     from diffprior.io import load_image
