@@ -184,7 +184,7 @@ def test_daps_fits_super_resolution_at_100_levels(demo_prior, demo_problems):
     op, x, y, naive = demo_problems["sr4", 0]
     restored = solve("daps", demo_prior, op, y, sigma_y=0.05, generator=torch.Generator().manual_seed(0), steps=100)
     assert float(psnr(restored, x)[0]) > naive
-    with pytest.raises(ValueError, match="sigma_y > 0"):
+    with pytest.raises(TypeError, match="sigma_y > 0"):
         solve("daps", demo_prior, op, y, sigma_y=0.0, steps=1)
 
 
