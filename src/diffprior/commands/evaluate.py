@@ -783,8 +783,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = arguments.names(args.tasks) if args.tasks is not None else (
         [MASK_TASK] if args.mask is not None else ["box-inpaint", "random-inpaint", "gaussian-blur", "sr4"])
     summary = evaluate(args.data, args.out, tasks=tasks, methods=methods,
-             grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last, seeds=args.seeds,
-             steps=args.steps, batch=args.batch, model=args.model, config=args.config, device=args.device,
-             dtype=args.dtype, sigma_y=args.sigma_y, size=args.size, save=args.save_images, mask=args.mask,
-             progress=not args.no_progress)
+                       grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last,
+                       seeds=args.seeds, steps=args.steps, batch=args.batch, model=args.model, config=args.config,
+                       device=args.device, dtype=args.dtype, sigma_y=args.sigma_y, size=args.size,
+                       save=args.save_images, mask=args.mask, progress=not args.no_progress)
     return 1 if summary is not None and failed_cells(summary) else 0
