@@ -446,7 +446,8 @@ def test_a_cell_whose_every_row_diverged_fails_the_command(setup, tmp_path, monk
     assert "every row of 1 cell(s) is empty" in err and "box-inpaint / dps" in err and "box-inpaint / sdedit" not in err
     rows = rows_of(out)
     assert [r["psnr"] for r in rows if r["method"] == "dps"] == ["", ""]
-    assert all(r["psnr"] for r in rows if r["method"] != "dps") and (out / "summary.md").is_file()
+    assert all(r["psnr"] for r in rows if r["method"] != "dps")
+    assert "| dps | " in (out / "summary.md").read_text() and "| diverged |" in (out / "summary.md").read_text()
     monkeypatch.setattr(module, "solve", real)  # the rerun computes nothing and scores the same way
     assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
                  "--limit", "2", "--tasks", "box-inpaint", "--methods", "sdedit,dps", "--steps", "2",

@@ -162,6 +162,28 @@ def test_tables_option_runs_those_tables_only(quick_run, monkeypatch):
     assert all(f"]({name}.png)" in (out / "REPORT.md").read_text() for name in FIGURES)
 
 
+def test_a_table_cell_that_diverged_everywhere_fails_the_command(tmp_path, monkeypatch, capsys):
+    """The report is still written, with the diverged cell empty, and the command exits 1 naming it."""
+    from diffprior.solvers import DivergenceError
+
+    real = evaluate.solve
+
+    def solve(method, *args, **kwargs):
+        if method == "dps":
+            raise DivergenceError("the iterate is not finite")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "solve", solve)
+    out = tmp_path / "run"
+    assert main(command(out) + ["--tables", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "the report was written, but every row of" in err and "scoreald_dps: " in err and "/ dps" in err and "/ scoreald" not in err
+    table = (out / "table3_scoreald_dps.md").read_text()
+    assert (out / "REPORT.md").is_file() and "| box-inpaint | DPS | diverged |" in table
+    monkeypatch.setattr(evaluate, "solve", real)  # the rows on disk stay empty: the rerun still fails
+    assert main(command(out) + ["--tables", "3"]) == 1
+
+
 def test_budgets_and_plans():
     for nfe in (20, 100, 1000):
         s = budget_settings("repaint", nfe)

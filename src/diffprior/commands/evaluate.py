@@ -459,11 +459,15 @@ def evaluate(data: str | Path, out: str | Path, *,
         return summary
 
 
+def diverged(cell: dict) -> bool:
+    """Whether no row of a summary cell was scored: a residual is missing only where the restoration was not
+    finite."""
+    return cell["residual"]["missing"] == cell["rows"]
+
+
 def failed_cells(summary: dict) -> list[str]:
-    """The cells with no row scored ('task / method settings'): a residual is missing only where the
-    restoration was not finite."""
-    return [f"{c['task']} / {c['method']} {compact(c['settings'])}" for c in summary["cells"]
-            if c["residual"]["missing"] == c["rows"]]
+    """The cells with no row scored, as 'task / method settings'."""
+    return [f"{c['task']} / {c['method']} {compact(c['settings'])}" for c in summary["cells"] if diverged(c)]
 
 
 def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
@@ -722,7 +726,7 @@ def write_summary(out: Path, summary: dict) -> None:
             values = []
             for m in METRICS:
                 s, spec = c[m], FORMATS[m]
-                value = "-" if s["mean"] is None else format(s["mean"], spec)
+                value = ("diverged" if diverged(c) else "-") if s["mean"] is None else format(s["mean"], spec)
                 if s["ci95"] is not None and m not in ("seconds", "nfe"):
                     value += f" ± {s['ci95']:{spec}}"
                 if s["missing"] and s["mean"] is not None and m not in ("seconds", "nfe"):  # some, not all

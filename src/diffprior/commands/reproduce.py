@@ -60,9 +60,9 @@ from torch import Tensor
 
 from ..version import __version__
 from .common import add_prior_arguments, add_range_arguments, derive_seed, sample_folder
-from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, evaluate, merge_rows,
-                       paired_text, read_rows, readable, row_files, row_key, saved_image, select_images, summarize,
-                       why_not, write_summary)
+from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, diverged, evaluate, failed_cells,
+                       merge_rows, paired_text, read_rows, readable, row_files, row_key, saved_image, select_images,
+                       summarize, why_not, write_summary)
 from ..devices import describe_device, pick_device
 from ..figures import displayable, image_table
 from .. import arguments
@@ -139,6 +139,7 @@ class Plan:
     tuned: dict = field(default_factory=dict)  # the prior's tuned solver settings (set once it is loaded)
     command: str = ""
     started: float = field(default_factory=time.perf_counter)
+    failed: list[str] = field(default_factory=list)  # eval cells with no row scored, as the run finds them
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -348,6 +349,7 @@ def run_eval(plan: Plan, name: str, folder: Path, tasks: list[str], grid: dict[s
                        first=plan.first, last=plan.last, seeds=plan.seeds, steps=None, batch=plan.batch,
                        model=plan.model, config=plan.config, device=plan.device, dtype=plan.dtype,
                        sigma_y=plan.sigma_y, save=FIGURE_IMAGES, progress=plan.progress)
+    plan.failed += [f"{name}: {cell}" for cell in failed_cells(summary)]
     return summary["cells"]
 
 
@@ -383,9 +385,9 @@ def table4_cells(plan: Plan, folder: Path, size: int) -> tuple[list[dict], list[
 
 # -- tables as Markdown and JSON ---------------------------------------------------------------------------
 def stat(cell: dict | None, metric: str, ci: bool = True) -> str:
-    """'mean ± ci' of a summary cell's metric ('-' when absent)."""
+    """'mean ± ci' of a summary cell's metric ('-' when absent, 'diverged' when no row was scored)."""
     if cell is None or cell[metric]["mean"] is None:
-        return "-"
+        return "diverged" if cell is not None and diverged(cell) else "-"
     s, spec = cell[metric], FORMATS[metric]
     return format(s["mean"], spec) + (f" ± {s['ci95']:{spec}}" if ci and s["ci95"] is not None else "")
 
@@ -707,5 +709,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    reproduce(make_plan(args))
+    plan = make_plan(args)
+    reproduce(plan)
+    if plan.failed:
+        print(f"error: the report was written, but every row of {len(plan.failed)} cell(s) is empty (the solver "
+              "diverged on each batch): " + "; ".join(plan.failed), file=sys.stderr)
+        return 1
     return 0
