@@ -5,6 +5,7 @@ import torch
 
 from diffprior.operators import Blur, Inpaint, gaussian_kernel, random_mask
 from diffprior.prior import GaussianPrior
+from diffprior.solvers import DivergenceError
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +16,23 @@ def _deterministic():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def diverge(monkeypatch):
+    """diverge(module, method, message): `module.solve` raises DivergenceError(message) for `method` and runs the
+    others; returns the real solve."""
+    def patch(module, method: str, message: str = "the iterate is not finite"):
+        real = module.solve
+
+        def solve(name, *args, **kwargs):
+            if name == method:
+                raise DivergenceError(message)
+            return real(name, *args, **kwargs)
+
+        monkeypatch.setattr(module, "solve", solve)
+        return real
+    return patch
 
 
 def linear_gaussian_problem(shape: tuple[int, ...], op, sigma_y: float, seed: int) -> dict:

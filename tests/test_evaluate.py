@@ -424,19 +424,11 @@ def test_a_size_the_network_cannot_run_is_refused_before_the_run_is_recorded(set
     assert not out.exists()
 
 
-def test_a_cell_whose_every_row_diverged_fails_the_command(setup, tmp_path, monkeypatch, capsys):
+def test_a_cell_whose_every_row_diverged_fails_the_command(setup, tmp_path, monkeypatch, capsys, diverge):
     """Rows of a diverged batch stay empty and the run goes on; a cell with no row scored exits 1."""
     from diffprior.commands import evaluate as module
-    from diffprior.solvers import DivergenceError
 
-    real = module.solve
-
-    def solve(method, *args, **kwargs):
-        if method == "dps":
-            raise DivergenceError("the iterate is not finite")
-        return real(method, *args, **kwargs)
-
-    monkeypatch.setattr(module, "solve", solve)
+    real = diverge(module, "dps")
     _, data, model = setup
     out = tmp_path / "diverged"
     assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",

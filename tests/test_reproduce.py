@@ -162,18 +162,9 @@ def test_tables_option_runs_those_tables_only(quick_run, monkeypatch):
     assert all(f"]({name}.png)" in (out / "REPORT.md").read_text() for name in FIGURES)
 
 
-def test_a_table_cell_that_diverged_everywhere_fails_the_command(tmp_path, monkeypatch, capsys):
-    """The report is still written, with the diverged cell empty, and the command exits 1 naming it."""
-    from diffprior.solvers import DivergenceError
-
-    real = evaluate.solve
-
-    def solve(method, *args, **kwargs):
-        if method == "dps":
-            raise DivergenceError("the iterate is not finite")
-        return real(method, *args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "solve", solve)
+def test_a_table_cell_that_diverged_everywhere_fails_the_command(tmp_path, monkeypatch, capsys, diverge):
+    """The report is still written, the diverged cells marked, and the command exits 1 naming them."""
+    real = diverge(evaluate, "dps")
     out = tmp_path / "run"
     assert main(command(out) + ["--tables", "3"]) == 1
     err = capsys.readouterr().err

@@ -435,10 +435,9 @@ def test_uploads_over_the_limits_or_outside_the_apps_folder_are_refused(tmp_path
     assert source["photo"].size == (SIZE, SIZE) and source["raw"] is None and source["size"] == (100, 80)
 
 
-def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_the_others(tmp_path, monkeypatch):
+def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_the_others(tmp_path, diverge):
     from diffprior.commands import serve
     from diffprior.commands.serve import AppError, Studio
-    from diffprior.solvers import DivergenceError
     studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
     source = studio.draw(0)
     jobs = tmp_path / "app" / "jobs"
@@ -459,14 +458,7 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
             studio.restore(source, None, task, methods, **(run | changed))
     assert sorted(jobs.iterdir()) == before  # no job was started
     shutil.rmtree(jobs)  # as a cleaner of temporary files might
-    real = serve.solve
-
-    def solve(method, *args, **kwargs):
-        if method == "daps":
-            raise DivergenceError("daps diverged (x is not finite): lower its step size (scale / step_size / lr)")
-        return real(method, *args, **kwargs)
-
-    monkeypatch.setattr(serve, "solve", solve)
+    diverge(serve, "daps", "daps diverged (x is not finite): lower its step size (scale / step_size / lr)")
     done = studio.restore(source, None, "box-inpaint", ["dps", "daps"], **(run | {"seed": 2 ** 63 - 1}))
     assert done["rows"][1][0] == "dps" and done["rows"][1][1] != "-"  # kept, though daps then failed
     assert done["rows"][2][0] == ("daps failed: daps diverged (x is not finite): lower its step size (scale / "
