@@ -3,6 +3,7 @@
 Everything runs the tiny network on a handful of generated 16x16 images."""
 
 import argparse
+import math
 import os
 import signal
 
@@ -310,12 +311,15 @@ def test_warm_start_widened(faces, tmp_path):
 
 
 def test_learning_rate_schedule(faces, tmp_path):
-    """Warm-up, then constant; with lr_end a half-cosine from decay_from to lr_end at the last step, which the
-    training log records step by step."""
+    """Warm-up, then constant; with lr_end a half-cosine from decay_from to lr_end at the last step, scaled by
+    the warm-up where they overlap; the training log records it step by step."""
     assert [learning_rate(s, 1.0, 4, 100) for s in (0, 3, 50)] == [0.25, 1.0, 1.0]
     rates = [learning_rate(s, 1.0, 0, 10, lr_end=0.1, decay_from=6) for s in range(12)]
     assert rates[:7] == [1.0] * 7 and rates[8] == pytest.approx(0.55) and rates[10:] == [0.1, 0.1]
     assert all(a > b for a, b in zip(rates[6:10], rates[7:11]))
+    decaying = [learning_rate(s, 1.0, 4, 10, lr_end=0.0, decay_from=0) for s in range(5)]  # warm-up still applies
+    assert decaying[0] == pytest.approx(0.25 * 0.5 * (1 + math.cos(0))) and decaying[1] < decaying[2] < decaying[3]
+    assert decaying[3] > decaying[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.4)))
     train(faces, tmp_path / "run", steps=6, lr=1e-3, lr_end=1e-4, decay_from=2, **FAST)
     logged = {row["step"]: row["lr"] for row in read_log(tmp_path / "run" / "log.csv")}
     assert logged[6] == pytest.approx(learning_rate(5, 1e-3, FAST["warmup"], 6, 1e-4, 2))

@@ -253,13 +253,14 @@ def read_state(path: Path) -> dict:
 
 def learning_rate(step: int, lr: float, warmup: int, steps: int, lr_end: float | None = None,
                   decay_from: int = 0) -> float:
-    """The rate of optimiser step `step` (0-based): a linear warm-up to `lr`, then constant, or with `lr_end`
-    a half-cosine from `lr` at step `decay_from` down to `lr_end` at step `steps`."""
-    rate = lr * min(1.0, (step + 1) / max(warmup, 1))
-    if lr_end is None or step < decay_from:
-        return rate
-    progress = min(1.0, (step - decay_from) / max(steps - decay_from, 1))
-    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
+    """The rate of optimiser step `step` (0-based): `lr`, or with `lr_end` a half-cosine from `lr` at step
+    `decay_from` down to `lr_end` at step `steps`; times a linear warm-up from 0 over the first `warmup` steps
+    (whether or not the decay has begun)."""
+    rate = lr
+    if lr_end is not None and step >= decay_from:
+        progress = min(1.0, (step - decay_from) / max(steps - decay_from, 1))
+        rate = lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
+    return rate * min(1.0, (step + 1) / max(warmup, 1))
 
 
 def train(data: str | Path | FaceSet, out: str | Path, *,
