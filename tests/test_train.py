@@ -320,6 +320,9 @@ def test_learning_rate_schedule(faces, tmp_path):
     decaying = [learning_rate(s, 1.0, 4, 10, lr_end=0.0, decay_from=0) for s in range(5)]  # warm-up still applies
     assert decaying[0] == pytest.approx(0.25 * 0.5 * (1 + math.cos(0))) and decaying[1] < decaying[2] < decaying[3]
     assert decaying[3] > decaying[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.4)))
+    for wrong, message in [({"lr_end": 2e-3}, "above lr"), ({"lr_end": 1e-4, "decay_from": 6}, "never begin")]:
+        with pytest.raises(ValueError, match=message):
+            train(faces, tmp_path / "refused", **{"steps": 6, "lr": 1e-3, **FAST, **wrong})
     train(faces, tmp_path / "run", steps=6, lr=1e-3, lr_end=1e-4, decay_from=2, **FAST)
     logged = {row["step"]: row["lr"] for row in read_log(tmp_path / "run" / "log.csv")}
     assert logged[6] == pytest.approx(learning_rate(5, 1e-3, FAST["warmup"], 6, 1e-4, 2))
