@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffprior.io import (center_square, fill_holes, fit_note, image_grid, list_images, load_image, masked_center_square, photo_mask,
+from diffprior.io import (center_square, fill_holes, fit_note, image_grid, list_images, load_image, load_mask, masked_center_square, photo_mask,
                           save_image, tensor_to_pil)
 
 
@@ -164,6 +164,36 @@ def test_the_holes_are_filled_at_the_photos_size_and_nothing_else_changes():
     outside[5, 3] = False  # left of the central 120x120 square (columns 15-134): the model never sees it
     with pytest.raises(ValueError, match="1 missing pixels outside the photo's central 120x120 square"):
         fill_holes(photo, restored, outside)
+
+
+def test_a_mask_with_nothing_missing_or_with_meaningful_transparency_is_refused(tmp_path):
+    """An all-white mask leaves nothing to inpaint; transparency that decides which pixels are known could mean
+    either (an erased hole, or the unpainted part of a layer): both are errors, not silent guesses."""
+    Image.new("L", (64, 64), 255).save(tmp_path / "white.png")
+    with pytest.raises(ValueError, match="marks no pixel missing"):
+        load_mask(tmp_path / "white.png", (64, 64))
+    photo_mask_file = np.full((120, 150), 255, dtype=np.uint8)
+    photo_mask_file[:, :10] = 0  # a hole outside the central square only
+    Image.fromarray(photo_mask_file).save(tmp_path / "outside.png")
+    with pytest.raises(ValueError, match="no pixel missing in the square the model sees"):
+        load_mask(tmp_path / "outside.png", (64, 64), (150, 120))
+    erased = np.zeros((64, 64, 4), dtype=np.uint8)
+    erased[...] = 255
+    erased[20:40, 20:40, 3] = 0  # opaque white with a transparent hole
+    Image.fromarray(erased).save(tmp_path / "erased.png")
+    painted = np.zeros((64, 64, 4), dtype=np.uint8)
+    painted[20:40, 20:40] = (0, 0, 0, 255)  # black strokes on a transparent layer
+    Image.fromarray(painted).save(tmp_path / "painted.png")
+    for name in ("erased.png", "painted.png"):
+        with pytest.raises(ValueError, match="transparent pixels, which could mean known or missing"):
+            load_mask(tmp_path / name, (64, 64))
+        with pytest.raises(ValueError, match="transparent pixels"):
+            photo_mask(tmp_path / name, (64, 64), 64)
+    opaque = np.full((64, 64, 4), 255, dtype=np.uint8)
+    opaque[20:40, 20:40, :3] = 0  # an RGBA file without transparency reads as its colours
+    Image.fromarray(opaque).save(tmp_path / "opaque.png")
+    known = load_mask(tmp_path / "opaque.png", (64, 64))
+    assert known[20:40, 20:40].sum() == 0 and known.sum() == 64 * 64 - 400
 
 
 def test_a_mask_of_the_models_size_covers_the_photos_central_square(tmp_path):

@@ -227,8 +227,9 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
 
     The mask has either the photo's size `photo_size` (W, H), and then goes through the photo's own
     central square crop (or `crop`) and resize to `size` (H, W), or already the size `size`. Any other size
-    is an error, never silently resized."""
-    im = open_image(path).convert("L")
+    is an error, never silently resized. A mask that leaves no pixel of the model's square missing is an error
+    too: there is nothing to inpaint."""
+    im = open_mask(path)
     if photo_size is not None and im.size == tuple(photo_size) and im.size != (size[1], size[0]):
         if size[0] != size[1]:
             raise ValueError(f"a mask of the photo's size needs a square image size, got {size}")
@@ -237,7 +238,23 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
         photo = f"the photo's {photo_size[0]}x{photo_size[1]} or " if photo_size else ""
         raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected "
                          f"{photo}the model's {size[1]}x{size[0]}")
-    return torch.from_numpy(binary_mask(im).astype(np.float32))
+    known = binary_mask(im)
+    if known.all():
+        where = " in the square the model sees" if photo_size else ""
+        raise ValueError(f"mask {path} marks no pixel missing{where} (white = known, black = missing): there is "
+                         "nothing to inpaint")
+    return torch.from_numpy(known.astype(np.float32))
+
+
+def open_mask(path: str | Path) -> Image.Image:
+    """A mask file as a greyscale image. Transparent pixels could mean either kind (an eraser's hole in an
+    opaque mask, or the unpainted part of a layer with painted holes), so a mask whose transparency changes
+    which pixels are known is refused rather than guessed."""
+    on_white, on_black = (open_image(path, alpha=background).convert("L") for background in ("white", "black"))
+    if (binary_mask(on_white) != binary_mask(on_black)).any():
+        raise ValueError(f"mask {path} has transparent pixels, which could mean known or missing: save it without "
+                         "transparency, white where the image is known and black where it is missing")
+    return on_white
 
 
 def binary_mask(im: Image.Image) -> np.ndarray:
@@ -249,7 +266,7 @@ def photo_mask(path: str | Path, photo_size: tuple[int, int], size: int,
                crop: tuple[int, int, int] | None = None) -> np.ndarray:
     """The mask of `load_mask` at the photo's size (H, W booleans, True = observed): as drawn when it has the
     photo's size, else `stretch_mask` of a mask of the model's size."""
-    im = open_image(path).convert("L")
+    im = open_mask(path)
     if im.size == tuple(photo_size):
         return binary_mask(im)
     if im.size != (size, size):
