@@ -201,9 +201,23 @@ def test_selection_and_cache(faces, tmp_path):
     assert got.names == ["000001.png", "000002.png", "000003.jpg"]
     cache = tmp_path / "cache.zip"
     a = load_faces(faces, SIZE, count=4, cache=cache)
-    Image.new("RGB", (SIZE, SIZE), "red").save(faces / "000001.png")  # same names: the cache is read back
+    cached_at = cache.stat().st_mtime_ns
+    for p in faces.iterdir():  # the files older than the cache (timestamps can tie within a clock tick)
+        os.utime(p, ns=(cached_at - 10 ** 9, cached_at - 10 ** 9))
+    (faces / "000001.png").rename(faces / "moved.png")
+    (faces / "moved.png").rename(faces / "000001.png")  # same names and contents: the cache is read back
+    assert torch.equal(load_faces(faces, SIZE, count=4, cache=cache).images, a.images)
+    assert cache.stat().st_mtime_ns == cached_at  # not rewritten
+    Image.new("RGB", (SIZE, SIZE), "red").save(faces / "000001.png")  # a file changed after the cache: reread
     b = load_faces(faces, SIZE, count=4, cache=cache)
-    assert torch.equal(a.images, b.images) and len(b) == 4
+    assert b.names[1] == "000001.png" and (b.images[1, 0] == 255).all() and (b.images[1, 1:] == 0).all()
+    assert torch.equal(b.images[[0, 2, 3]], a.images[[0, 2, 3]]) and cache.stat().st_mtime_ns > cached_at
+    good = cache.read_bytes()
+    for damaged in (good[:100], good[:-100]):  # a damaged cache is rebuilt
+        cache.write_bytes(damaged)
+        with pytest.raises(ValueError, match="is not a diffprior face pack, or is damaged"):
+            load_pack(cache)
+        assert torch.equal(load_faces(faces, SIZE, count=4, cache=cache).images, b.images)
     with pytest.raises(ValueError, match="size"):
         load_faces(cache, 32)
     for read in (lambda **r: load_folder(faces, SIZE, **r), lambda **r: load_faces(cache, SIZE, **r)):  # file, pack

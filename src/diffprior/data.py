@@ -177,6 +177,8 @@ def save_pack(faces: FaceSet, path: str | Path, *, format: str = "npy", quality:
 def load_pack(path: str | Path) -> FaceSet:
     """Read a pack written by `save_pack`."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pack file at {path}")
     try:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read("faces.json"))
@@ -186,19 +188,19 @@ def load_pack(path: str | Path) -> FaceSet:
             if meta["format"] not in PACK_FORMATS or (meta["format"] != "npy" and "columns" not in meta):
                 raise KeyError(f"faces.json: unknown format {meta['format']!r} or no columns")
             data = z.read(meta["member"])
-    except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a diffprior face pack ({e})") from e
-    n, S = int(meta["count"]), int(meta["size"])
-    if meta["format"] == "npy":
-        hwc = np.load(BytesIO(data))
-    else:
-        with Image.open(BytesIO(data)) as im:
-            atlas = np.asarray(im.convert("RGB"))
-        cols = int(meta["columns"])
-        rows = atlas.shape[0] // S
-        hwc = atlas.reshape(rows, S, cols, S, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, S, S, 3)[:n]
-    if hwc.shape != (n, S, S, 3):
-        raise ValueError(f"{path}: images of shape {hwc.shape}, expected {(n, S, S, 3)}")
+        n, S = int(meta["count"]), int(meta["size"])
+        if meta["format"] == "npy":
+            hwc = np.load(BytesIO(data))  # a pickled array is refused (allow_pickle=False)
+        else:
+            with Image.open(BytesIO(data)) as im:
+                atlas = np.asarray(im.convert("RGB"))
+            cols = int(meta["columns"])
+            rows = atlas.shape[0] // S
+            hwc = atlas.reshape(rows, S, cols, S, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, S, S, 3)[:n]
+        if hwc.shape != (n, S, S, 3) or hwc.dtype != np.uint8:
+            raise ValueError(f"images of shape {hwc.shape} and type {hwc.dtype}, expected {(n, S, S, 3)} uint8")
+    except (zipfile.BadZipFile, KeyError, TypeError, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a diffprior face pack, or is damaged ({e})") from e
     images = torch.from_numpy(np.ascontiguousarray(hwc)).permute(0, 3, 1, 2).contiguous()
     return FaceSet(images, list(meta["names"]), meta["source"], meta.get("selection", {}), meta.get("skipped", []))
 
@@ -207,19 +209,25 @@ def load_faces(source: str | Path | FaceSet, size: int, *, first: str | None = N
                count: int | None = None, cache: str | Path | None = None) -> FaceSet:
     """Images from a FaceSet, a pack file or a folder, selected by name range and count.
     A folder's images are cached as an npy pack at `cache`, and read back from there while the folder's
-    selected file names are unchanged."""
+    selected file names are unchanged and none of the files is newer than the cache; a damaged cache is
+    rebuilt."""
     if not isinstance(source, FaceSet) and not Path(source).exists():
         raise FileNotFoundError(f"no pack file or image folder at {source}")
     if isinstance(source, FaceSet) or Path(source).is_file():
         faces = subset(source if isinstance(source, FaceSet) else load_pack(source), first=first, last=last,
                        count=count)
     else:
-        names = [p.name for p in select_files(source, first=first, last=last, count=count)]
+        files = select_files(source, first=first, last=last, count=count)
+        names = [p.name for p in files]
         faces = None
         if cache is not None and Path(cache).is_file():
-            cached = load_pack(cache)
-            seen = sorted(cached.names + [s.split(": ", 1)[0] for s in cached.skipped])
-            if cached.size == size and cached.source == Path(source).resolve().name and seen == names:
+            cached_at = Path(cache).stat().st_mtime_ns
+            try:
+                cached = None if any(p.stat().st_mtime_ns >= cached_at for p in files) else load_pack(cache)
+            except ValueError:  # damaged: read the folder again
+                cached = None
+            seen = sorted(cached.names + [s.split(": ", 1)[0] for s in cached.skipped]) if cached else None
+            if cached and cached.size == size and cached.source == Path(source).resolve().name and seen == names:
                 faces = cached
         if faces is None:
             faces = load_folder(source, size, first=first, last=last, count=count)
