@@ -55,6 +55,7 @@ def files(tmp_path, monkeypatch):
     Image.new("RGB", (256, 256), (120, 60, 30)).save(tmp_path / "big.png")
     Image.new("RGB", (300, 200), (120, 60, 30)).save(tmp_path / "wide.png")
     Image.new("L", (32, 32), 255).save(tmp_path / "mask32.png")
+    Image.new("L", (64, 64), 255).save(tmp_path / "white64.png")
     Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "existing.png")
     bomb_png(tmp_path / "bomb.png")
     (tmp_path / "folder.zip").mkdir()
@@ -67,6 +68,7 @@ def files(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"identity": {}, "net": {}, "note": os.path.join}, run / "state.pt")  # code: refused
+    (run / "model.safetensors").write_bytes(b"")
     (tmp_path / "bogus.pt").write_text("not a checkpoint")
     return tmp_path
 
@@ -83,6 +85,11 @@ BAD = [
     ("restore --input big.png --task sr4 --out big.png --overwrite", "is the input"),
     ("restore --input clean.png --task sr4 --out existing.png", "--overwrite"),
     ("restore --input clean.png --task sr4 --out out.txt", "suffix"),
+    ("restore --input clean.png --task sr4 --out out.xbm", "cannot write a colour image to out.xbm"),
+    ("denoise --input clean.png --out out.msp", "cannot write a colour image"),
+    ("restore --input clean.png --mask white64.png", "marks no pixel missing"),
+    ("restore --input clean.png --task sr4 --model run", "is a training run's folder: its model is run/model.safetensors"),
+    ("train --data faces --out tr --lr 1e-3 --lr-end 1e-2", "above lr"),
     ("restore --input clean.png --task sr4 --out existing.png/", "existing.png is a file, not a folder"),
     ("sample --out existing.png/", "existing.png is a file: sample --out FOLDER/ writes a folder"),
     ("restore --input clean.png --task sr4 --out existing.png/x.png", "is a file"),

@@ -9,12 +9,14 @@ resize, so odd sizes and aspect ratios are handled the same, documented way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import numbers
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -151,13 +153,27 @@ def load_image(path: str | Path, size: int | None = None, *, alpha: str = "white
 
 
 def image_format(path: str | Path) -> str:
-    """The Pillow format that writes files with `path`'s suffix (PNG for .png, ...); ValueError if none."""
+    """The Pillow format that writes files with `path`'s suffix (PNG for .png, ...); ValueError if none, or if
+    it cannot hold a colour image (XBM, MSP: black and white only), found now rather than after the work."""
     suffix = Path(path).suffix.lower()
     fmt = Image.registered_extensions().get(suffix)
     if fmt is None or fmt not in Image.SAVE:
         raise ValueError(f"cannot write an image to {path}: use a suffix such as .png, .jpg or .webp"
                          + (f" ({suffix!r} is not an image format Pillow writes)" if suffix else ""))
+    if not writes_colour(fmt):
+        raise ValueError(f"cannot write a colour image to {path}: Pillow's {fmt} format ({suffix}) cannot hold "
+                         "one; use .png, .jpg or .webp")
     return fmt
+
+
+@functools.cache
+def writes_colour(fmt: str) -> bool:
+    """Whether Pillow writes an RGB image in format `fmt`."""
+    try:
+        Image.new("RGB", (16, 16)).save(BytesIO(), format=fmt)
+    except Exception:  # a format's writer may raise anything for a mode it does not take
+        return False
+    return True
 
 
 def atomic_write(path: str | Path, write) -> Path:

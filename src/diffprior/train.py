@@ -244,7 +244,8 @@ def read_state(path: Path) -> dict:
     try:
         state = load_tensors(path)
     except CheckpointError as e:
-        raise CheckpointError(f"cannot resume: {e}; it was not written by `diffprior train`") from e
+        raise CheckpointError(f"cannot resume: {e}; it is damaged (a copy cut short?) or was not written by "
+                              "`diffprior train`") from e
     if not isinstance(state, dict) or not set(STATE_KEYS) <= set(state):
         raise CheckpointError(f"cannot resume from {path}: it is not a training state written by `diffprior train` "
                               f"(it has no {', '.join(STATE_KEYS)})")

@@ -23,6 +23,8 @@ def checkpoint_format(path: Path, config: str | None = None) -> str:
     if path.is_dir():
         if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
             return "diffusers"
+        if (path / "model.safetensors").is_file():
+            raise ValueError(f"{path} is a training run's folder: its model is {path / 'model.safetensors'}")
         raise FileNotFoundError(f"{path} is a folder without a diffusers config.json")
     if path.suffix in (".safetensors", ".json") and (config is None or path.with_suffix(".json").is_file()):
         return "native"
