@@ -7,9 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from diffprior.checkpoints import save_checkpoint
 from diffprior.cli import main
 from diffprior.io import save_image
 from diffprior.models import load_prior
+from diffprior.networks import build_network
+from diffprior.networks.small import network_config
+from diffprior.schedule import Schedule
 
 
 @pytest.fixture
@@ -127,7 +131,7 @@ def test_sample_into_a_folder_in_batches_continues_after_an_interruption(tmp_pat
         assert np.array_equal(cells[top:top + 64, left:left + 64], np.asarray(Image.open(f)))
     capsys.readouterr()
     assert main([*run[:-4], "--steps", "6", "--device", "cpu", "--out", str(folder)]) == 2
-    assert "holds samples of other settings (steps: 5 there, 6 now)" in capsys.readouterr().err
+    assert "holds samples of other settings or weights (steps: 5 there, 6 now)" in capsys.readouterr().err
     assert main(["sample", "--model", "gmm-demo", "--n", "1025", "--out", str(grid), "--overwrite"]) == 2
     assert "a grid of 1025 samples is too large to look at: give --out a folder" in capsys.readouterr().err
     # a larger --n draws the last batch again whole: the folder holds what one run of that n would
@@ -137,6 +141,26 @@ def test_sample_into_a_folder_in_batches_continues_after_an_interruption(tmp_pat
     extended = [f.read_bytes() for f in sorted(folder.glob("sample_*.png"))]
     assert extended == [f.read_bytes() for f in sorted((tmp_path / "fresh").glob("sample_*.png"))]
     assert extended[:4] == before[:4] and extended[4] != before[4]
+    capsys.readouterr()  # fewer than the folder holds: its first batches were drawn for another n
+    assert main([*run[:3], "--n", "3", *more[2:], "--out", str(folder)]) == 2
+    assert "holds samples beyond the 3 asked for (sample_00003.png ...)" in capsys.readouterr().err
+
+
+def test_a_folder_of_samples_of_other_weights_is_refused(tmp_path, capsys):
+    """Samples of a checkpoint file that changed since (a training run went on) are not continued."""
+    net = build_network("small-unet", **{**network_config("tiny"), "image_size": 16})
+    config = {"architecture": "small-unet", "network": net.config, "schedule": Schedule.linear().config,
+              "image_size": 16, "channels": 3, "learned_variance": False}
+    model = save_checkpoint(net, config, tmp_path / "model.safetensors")
+    run = ["sample", "--model", str(model), "--n", "2", "--batch", "1", "--steps", "3", "--device", "cpu",
+           "--out", f"{tmp_path / 'samples'}/"]
+    assert main(run) == 0
+    (tmp_path / "samples" / "sample_00001.png").unlink()
+    with torch.no_grad():
+        next(net.parameters()).add_(0.01)
+    save_checkpoint(net, config, model)
+    assert main(run) == 2
+    assert "holds samples of other settings or weights (weights: " in capsys.readouterr().err
 
 
 def test_unknown_task_is_rejected_by_the_parser(clean_image):

@@ -64,18 +64,33 @@ def sample_chunks(prior, n: int, *, batch: int, seed: tuple, skip=lambda start, 
                             progress=progress, **sampler)
 
 
+def weights_digest(prior) -> str:
+    """A short SHA-256 of the prior's parameters and buffers: tells two versions of one checkpoint file apart."""
+    h = hashlib.sha256()
+    for name, value in prior.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed: tuple, progress: bool = False,
                   **sampler) -> list[Path]:
     """`sample_chunks` as folder/sample_00000.png ...: batches already there are kept, so an interrupted run
     continues where it stopped; a batch with a file missing is drawn again whole (a larger n makes the last
     batch larger), so that the folder holds what one run would. folder/samples.json keeps `record` (what fixes
-    the samples); a folder of samples of other settings is refused."""
+    the samples) and the prior's weights; a folder of samples of other settings or weights, or of more than n
+    samples, is refused."""
+    record = {**record, "weights": weights_digest(prior)}
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
     differ = differences(read_record(kept), record) if kept.is_file() else []
     if differ:
-        raise ValueError(f"{folder} holds samples of other settings ({'; '.join(differ)}): rerun with the same "
-                         "settings to continue them, or choose another folder")
+        raise ValueError(f"{folder} holds samples of other settings or weights ({'; '.join(differ)}): rerun with "
+                         "the same model and settings to continue them, or choose another folder")
+    beyond = sorted(p.name for p in folder.glob("sample_*.png") if p.stem[7:].isdigit() and int(p.stem[7:]) >= n)
+    if beyond:
+        raise ValueError(f"{folder} holds samples beyond the {n} asked for ({beyond[0]} ...): give --n as large as "
+                         "before to keep them, or choose another folder")
     atomic_write(kept, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
     paths = [folder / f"sample_{i:05d}.png" for i in range(n)]
     done = lambda start, stop: all(p.is_file() for p in paths[start:stop])
