@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import struct
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def files(tmp_path, monkeypatch):
     Image.new("RGB", (300, 200), (120, 60, 30)).save(tmp_path / "wide.png")
     Image.new("L", (32, 32), 255).save(tmp_path / "mask32.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "white64.png")
+    shutil.copy(tmp_path / "clean.png", tmp_path / "-clean.png")
     Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "existing.png")
     bomb_png(tmp_path / "bomb.png")
     (tmp_path / "folder.zip").mkdir()
@@ -85,6 +87,8 @@ BAD = [
     ("restore --input big.png --task sr4 --out big.png --overwrite", "is the input"),
     ("restore --input clean.png --task sr4 --out existing.png", "--overwrite"),
     ("restore --input clean.png --task sr4 --out out.txt", "suffix"),
+    ("restore -clean.png --task sr4", "a file name that starts with '-' reads as an option: write ./-clean.png"),
+    ("restore clean.png --task sr4 --crop -5,0,20", "reads as an option: write --crop=-5,0,20"),
     ("restore --input clean.png --task sr4 --out out.xbm", "cannot write a colour image to out.xbm"),
     ("denoise --input clean.png --out out.msp", "cannot write a colour image"),
     ("restore --input clean.png --mask white64.png", "marks no pixel missing"),

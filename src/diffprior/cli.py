@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 from .version import __version__
 
@@ -30,8 +31,21 @@ def verbs() -> dict:
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error: `diffprior CMD: error: argument --n: must be at least 1, got 0`."""
 
+    argv: list[str] = []  # the arguments being parsed, for the hint below
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{dash_hint(Parser.argv, message)} (see {self.prog} --help)\n")
+
+
+def dash_hint(argv: list[str], message: str) -> str:
+    """argparse reads any word that starts with '-' as an option: say how to pass a file or value that does."""
+    option = message.split(":")[0].removeprefix("argument ") if message.startswith("argument --") else "--option"
+    for word in argv:
+        if word.startswith("-") and Path(word).exists():
+            return f"; a file name that starts with '-' reads as an option: write ./{word}"
+        if word[:1] == "-" and word[1:2].isdigit() and "," in word:
+            return f"; a value that starts with '-' reads as an option: write {option}={word}"
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +105,7 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt as e:  # during the first imports
         print(f"diffprior: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
+    Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the subcommand that was given them, with its own --help
         args.error(f"unrecognized arguments: {' '.join(unknown)}")
