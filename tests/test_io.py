@@ -125,7 +125,8 @@ def test_grid_and_listing(tmp_path):
     assert grid.shape == (3, 3 * 5 + 1, 2 * 5 + 1)
     save_image(grid, tmp_path / "grid.png")
     (tmp_path / "notes.txt").write_text("x")
-    assert list_images(tmp_path) == [tmp_path / "grid.png"]
+    save_image(grid, tmp_path / "photo.JFIF")  # a JPEG by another of its names
+    assert list_images(tmp_path) == [tmp_path / "grid.png", tmp_path / "photo.JFIF"]
     assert tensor_to_pil(torch.zeros(3, 2, 2)).size == (2, 2)
 
 

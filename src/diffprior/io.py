@@ -24,7 +24,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".avif", ".tif", ".tiff", ".gif", ".ppm",
+                  ".pgm", ".pnm", ".tga"}  # what a folder of images may hold (any file Pillow reads is one image)
 
 
 # what a warning about values far outside [-1, 1] tells the user (measurements, start images, references)

@@ -35,5 +35,6 @@ def run(args: argparse.Namespace) -> None:
     arguments.check_outputs([args.out], inputs=[args.folder], overwrite=args.overwrite, images=False)
     faces = load_folder(args.folder, args.size, first=args.first, last=args.last, count=args.count)
     path = save_pack(faces, args.out, format=args.format, quality=args.quality or 95)
-    print(f"{path}: {len(faces)} images of {faces.size}x{faces.size}, {path.stat().st_size / 2**20:.2f} MiB "
+    n = len(faces)
+    print(f"{path}: {n} image{'s' * (n != 1)} of {faces.size}x{faces.size}, {path.stat().st_size / 2**20:.2f} MiB "
           f"({args.format}); {len(faces.skipped)} skipped")
