@@ -126,6 +126,8 @@ def test_grid_and_listing(tmp_path):
     save_image(grid, tmp_path / "grid.png")
     (tmp_path / "notes.txt").write_text("x")
     save_image(grid, tmp_path / "photo.JFIF")  # a JPEG by another of its names
+    with Image.open(tmp_path / "photo.JFIF") as im:
+        assert im.format == "JPEG" and [layer[1:3] for layer in im.layer] == [(1, 1)] * 3  # no subsampling
     assert list_images(tmp_path) == [tmp_path / "grid.png", tmp_path / "photo.JFIF"]
     assert tensor_to_pil(torch.zeros(3, 2, 2)).size == (2, 2)
 

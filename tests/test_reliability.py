@@ -497,6 +497,10 @@ def test_full_size_fills_the_holes_of_the_photo_itself(files, capsys):
     assert "the crop 250,0,100 (LEFT,TOP,SIDE) reaches beyond the 300x200 photo" in capsys.readouterr().err
     assert main(["restore", "--input", "wide.png", "--task", "sr4", "--full-size", "--out", "o3.png"]) == 2
     assert "--full-size fills the holes of a --mask" in capsys.readouterr().err
+    assert main([*argv, "--full-size", "--crop", "0,0,100", "--out", "o5.jpg"]) == 0  # a JPEG: said, and close
+    assert "o5.jpg is a JPEG, which compresses the photo's own pixels again" in capsys.readouterr().err
+    out = np.asarray(Image.open(files / "o5.jpg")).astype(int)
+    assert np.abs(out[known] - photo[known]).mean() < 1.5  # quality 95, full colour resolution
 
 
 def test_torchrun_passes_every_eval_and_reproduce_option_through():

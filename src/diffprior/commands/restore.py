@@ -13,8 +13,8 @@ import torch
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, load_mask, masked_center_square,
-                  open_image, photo_mask, pil_to_tensor, save_image, square_box)
+from ..io import (LOSSY_FORMATS, all_or_none, center_square, check_fillable, fill_holes, fit_note, image_format,
+                  load_mask, masked_center_square, open_image, photo_mask, pil_to_tensor, save_image, square_box)
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     user_settings = parse_settings(args.set, args.method)
     out, inputs = Path(args.out), [args.input, args.mask, model_input(args.model)]
     arguments.check_outputs([out], inputs=inputs, overwrite=args.overwrite)  # before naming the files beside it
+    if args.full_size and image_format(out) in LOSSY_FORMATS:
+        print(f"note: {out.name} is a JPEG, which compresses the photo's own pixels again too (quality 95); write "
+              "a .png to keep them exactly", file=sys.stderr)
     beside = {name: out.with_name(f"{out.stem}_{name}.png") for name in ("figure", "std", "calibration")}
     outputs = {"restored": out, "figure": beside["figure"]}
     if args.samples > 1:
