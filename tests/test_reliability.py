@@ -94,6 +94,8 @@ BAD = [
     ("restore --input clean.png --mask white64.png", "marks no pixel missing"),
     ("restore --input clean.png --task sr4 --model run", "is a training run's folder: its model is run/model.safetensors"),
     ("train --data faces --out tr --lr 1e-3 --lr-end 1e-2", "above lr"),
+    ("train --data faces --out tr --size 8 --init gmm-demo", "gmm-demo: it is an analytic prior with no network"),
+    ("train --data faces --out tr --first 5", "no image files in faces for the selection first 5"),
     ("restore --input clean.png --task sr4 --out existing.png/", "existing.png is a file, not a folder"),
     ("sample --out existing.png/", "existing.png is a file: sample --out FOLDER/ writes a folder"),
     ("restore --input clean.png --task sr4 --out existing.png/x.png", "is a file"),

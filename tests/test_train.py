@@ -112,7 +112,8 @@ def test_a_run_stopped_during_its_final_evaluation_keeps_its_training(faces, tmp
     assert state(out)["step"] == 3
     assert load_prior(out / "model.safetensors").config["training"]["steps"] == 3
     monkeypatch.undo()
-    train(faces, out, steps=3, val=faces, resume=True, **FAST)  # resumed: only the evaluation is left to do
+    with pytest.warns(UserWarning, match="6 of the 6 validation images are training images too"):
+        train(faces, out, steps=3, val=faces, resume=True, **FAST)  # resumed: only the evaluation is left to do
     rows = read_log(out / "log.csv")
     assert [r["step"] for r in rows] == [2, 3] and rows[-1]["val_loss"] is not None
     assert "val_psnr_100" in load_prior(out / "model.safetensors").config["training"]

@@ -92,7 +92,7 @@ def load_folder(folder: str | Path, size: int, *, first: str | None = None, last
     """Read and preprocess the selected images of a folder; unreadable files are skipped with a warning."""
     files = select_files(folder, first=first, last=last, count=count)
     if not files:
-        chosen = ", ".join(f"{k} {v}" for k, v in (("first", first), ("last", last), ("count", count)) if v is not None)
+        chosen = ", ".join(f"{k} {v}" for k, v in (("first", first), ("last", last)) if v is not None)
         raise ValueError(f"no image files in {folder}" + (f" for the selection {chosen}" if chosen else ""))
 
     def read(path: Path) -> np.ndarray | str:

@@ -28,6 +28,7 @@ import signal
 import threading
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -352,6 +353,10 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     val_faces = None if val is None else load_faces(val, size, first=val_first, last=val_last, count=val_count,
                                                      cache=out / f"val-{size}.zip")
     val_images = None if val_faces is None else val_faces.images.to(device)
+    shared = set() if val_faces is None or val_faces.source != faces.source else set(val_faces.names) & set(faces.names)
+    if shared:
+        warnings.warn(f"{len(shared)} of the {len(val_faces)} validation images are training images too (same folder "
+                      "and names): their loss shows no memorisation; hold images out with --last / --val-first")
     out.mkdir(parents=True, exist_ok=True)
 
     # Model, EMA copy, optimiser and every source of randomness.
@@ -536,6 +541,8 @@ def _warm_start(init: str | Path, net_config: dict, widen: int = 1, seed: int = 
     from .models import load_prior
     prior = load_prior(init)
     config = getattr(prior, "config", {})
+    if not hasattr(prior, "net"):
+        raise ValueError(f"cannot start from {init}: it is an analytic prior with no network to train")
     if config.get("architecture") != "small-unet" or SmallUNet.full_config(**config.get("network", {})) != net_config:
         raise ValueError(f"cannot start from {init}: its network ({config.get('architecture')}, "
                          f"{config.get('network')}) is not the one being trained ({net_config})")
