@@ -212,6 +212,10 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
                  "--out", str(tmp_path / "d.png"), "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["denoised"]["psnr"] > report["noisy"]["psnr"]
+    save_image(torch.zeros(3, 40, 30), tmp_path / "small.png")
+    assert main(["denoise", "--input", str(tmp_path / "small.png"), "--t", "200", "--model", "gmm-demo",
+                 "--out", str(tmp_path / "d2.png"), "--device", "cpu"]) == 0
+    assert "small.png is 30x40: its central 30x30 square is used, upscaled to 64x64" in capsys.readouterr().err
 
     assert main(["models", "--json"]) == 0
     names = [r["name"] for r in json.loads(capsys.readouterr().out)]

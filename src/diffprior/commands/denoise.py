@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import center_square, open_image, pil_to_tensor, save_image
+from ..io import center_square, fit_note, open_image, pil_to_tensor, save_image
 from ..models import load_prior
 from ..solvers import denoise
 from .common import add_model_arguments, fmt, generator, model_input, quality
@@ -34,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.t < T:
         raise ValueError(f"--t {args.t}: a timestep in [0, {T - 1}] (the prior has T = {T})")
     x = pil_to_tensor(center_square(photo, prior.shape[-1])).to(device)
+    note = fit_note(str(args.input), photo.size, prior.shape[-1])
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     noisy, x0_hat = denoise(prior, x, args.t, generator=generator(device, args.seed))
     a = prior.schedule.abar_at(args.t)
     noisy_view = noisy / a ** 0.5  # x_t rescaled to the data's range for viewing and scoring
