@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".avif", ".tif", ".tiff", ".gif", ".ppm",
-                  ".pgm", ".pnm", ".tga"}  # what a folder of images may hold (any file Pillow reads is one image)
+                  ".pgm", ".pnm", ".tga"}  # the files of a folder that are read as its images
 
 
 # what a warning about values far outside [-1, 1] tells the user (measurements, start images, references)

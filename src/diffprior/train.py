@@ -328,7 +328,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         raise ValueError(f"lr_end={lr_end:g} (--lr-end) is above lr={lr:g} (--lr): the cosine decays the rate to it")
     if lr_end is not None and decay_from >= steps:
         raise ValueError(f"decay_from={decay_from} (--decay-from) is not below steps={steps} (--steps): the decay to "
-                         f"lr_end would never begin")
+                         "lr_end would never begin")
     if val is None and (val_first or val_last):
         raise ValueError("val_first / val_last (--val-first, --val-last) choose validation images: give val (--val)")
     T = Schedule.linear().T
