@@ -163,6 +163,22 @@ def test_a_folder_of_samples_of_other_weights_is_refused(tmp_path, capsys):
     assert "holds samples of other settings or weights (weights: " in capsys.readouterr().err
 
 
+def test_a_folder_of_samples_continues_whatever_the_thread_count(tmp_path, monkeypatch):
+    """The analytic prior's buffers, computed at load, change in their last bits with torch's thread count
+    (an SVD): that must not make a folder of its samples look like another model's."""
+    run = ["sample", "--model", "gmm-demo", "--n", "2", "--batch", "1", "--steps", "3", "--device", "cpu",
+           "--out", f"{tmp_path / 'samples'}/"]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            monkeypatch.setenv("OMP_NUM_THREADS", str(n))  # `sample` keeps the thread count as set
+            (tmp_path / "samples" / "sample_00001.png").unlink(missing_ok=True)
+            assert main(run) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_unknown_task_is_rejected_by_the_parser(clean_image):
     with pytest.raises(SystemExit):
         main(["restore", "--input", str(clean_image), "--task", "unblur"])

@@ -65,9 +65,14 @@ def sample_chunks(prior, n: int, *, batch: int, seed: tuple, skip=lambda start, 
 
 
 def weights_digest(prior) -> str:
-    """A short SHA-256 of the prior's parameters and buffers: tells two versions of one checkpoint file apart."""
+    """A short SHA-256 of the prior's network weights: tells two versions of one checkpoint file apart. An
+    analytic prior (no network) is fixed by the code and named in the record: "analytic". Its buffers are not
+    hashed: they are computed at load, and their last bits change with torch's thread count."""
+    net = getattr(prior, "net", None)
+    if net is None:
+        return "analytic"
     h = hashlib.sha256()
-    for name, value in prior.state_dict().items():
+    for name, value in net.state_dict().items():
         h.update(name.encode())
         h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
