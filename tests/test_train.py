@@ -343,6 +343,17 @@ def test_learning_rate_schedule(faces, tmp_path):
     assert logged[6] == pytest.approx(learning_rate(5, 1e-3, FAST["warmup"], 6, 1e-4, 2))
 
 
+def test_a_warm_up_beyond_the_run_or_a_batch_beyond_the_data_is_said(faces, tmp_path):
+    """Both run as asked (a batch wraps into the next epoch), with a warning that says what they mean."""
+    with pytest.warns(UserWarning) as caught:
+        train(faces, tmp_path / "run", steps=2, lr=1e-3, **{**FAST, "warmup": 8, "batch": 10})
+    said = [str(w.message) for w in caught]
+    assert any("warmup=8 (--warmup) is beyond steps=2 (--steps): the learning rate rises only to 0.00025, "
+               "not to lr=0.001" in m for m in said)
+    assert any("batch=10 (--batch) is larger than the 6 training images" in m for m in said)
+    assert [r["images"] for r in read_log(tmp_path / "run" / "log.csv")] == [20]
+
+
 def test_v_prediction_trains_and_exports_a_v_prior(faces, tmp_path):
     """prediction="v": the loss is the MSE of v (eps-loss weight 1 / abar_t), training lowers it, the exported
     model says so and loads as a v prior; a resume keeps the prediction (another one is refused), and a run
