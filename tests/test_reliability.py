@@ -479,6 +479,9 @@ def test_full_size_fills_the_holes_of_the_photo_itself(files, capsys):
     out, known = np.asarray(Image.open(files / "o.png")), np.asarray(mask) > 0
     assert out.shape == (200, 300, 3) and np.array_equal(out[known], photo[known])  # the rest as it was
     assert np.abs(out[~known].astype(int) - photo[~known]).max() > 10  # the hole from the restoration
+    assert main([*argv, "--full-size", "--samples", "2", "--out", "s.png"]) == 0  # the std map too, at that size
+    std = np.asarray(Image.open(files / "s_std.png").convert("L"))
+    assert std.shape == (200, 300) and std[known].max() == 0 and std[~known].mean() > 10
     mask.paste(0, (10, 10, 20, 20))  # a hole the model never sees: refused before any run
     mask.save(files / "m.png")
     assert main([*argv, "--full-size", "--out", "o2.png"]) == 2

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .. import arguments
 from ..devices import pick_device
@@ -189,9 +190,11 @@ def run(args: argparse.Namespace) -> int:
             f"mean {report['uncertainty']['mean_std']:.3f}"]
 
     with all_or_none(outputs.values()):  # an interrupted run leaves none of its files
-        written = [save_image(fill_holes(whole, restored, known, args.crop) if args.full_size else restored, out)]
+        def at_size(img, photo):  # --full-size: into the photo's holes (the std map's known pixels: 0, black)
+            return fill_holes(photo, img, known, args.crop) if args.full_size else img
+        written = [save_image(at_size(restored, whole), out)]
         if std is not None:
-            written.append(save_image(std_image(std), outputs["std"]))
+            written.append(save_image(at_size(std_image(std), Image.new("RGB", whole.size)), outputs["std"]))
         if cal is not None:
             written.append(calibration_figure(cal, outputs["calibration"],
                                               title=f"{task} / {args.method}, {args.samples} samples"))
