@@ -213,7 +213,7 @@ def test_identity_is_identity():
 
 
 # -- the SVD, the least-squares step and colourisation -------------------------------------------------
-from diffprior.operators import LUMINANCE, Colorize, LinearOperator  # noqa: E402
+from diffprior.operators import LUMINANCE, Colorize  # noqa: E402
 
 SVD_OPS = {name: op for name, op in OPS.items() if op.has_svd}
 

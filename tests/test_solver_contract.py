@@ -4,7 +4,6 @@ accept, its declared network evaluations are the ones it makes, and it moves tow
 a linear-Gaussian problem (the `gaussian_problem` fixture: 4x4 pixels, half observed, noise 0.1)."""
 
 import contextlib
-import inspect
 import sys
 import types
 
@@ -138,9 +137,12 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     if SPECS[name].random:
         with pytest.raises(TypeError, match="generator must be a torch.Generator"):
             run(generator=42)
-    if "init" in inspect.signature(SPECS[name].run).parameters:  # one start image per measurement
+    if SPECS[name].takes_init:  # one start image per measurement
         with pytest.raises(ValueError, match=r"init must have shape \(2, 1, 4, 4\)"):
             run(y.expand(2, -1, -1, -1), init=torch.zeros(1, 1, 4, 4))
+    else:
+        with pytest.raises(TypeError, match=rf"{name} takes no init: .* sdedit, reddiff take one"):
+            run(init=torch.zeros(1, 1, 4, 4))
     for sigma_y in (-0.1, float("nan"), "0.1", True):
         with pytest.raises(ValueError, match="sigma_y=.*expected a finite number >= 0"):
             run(sigma_y=sigma_y)
@@ -188,6 +190,18 @@ def test_a_measurement_on_another_device_than_the_prior_is_refused(gaussian_prob
     elsewhere = types.SimpleNamespace(device=torch.device("meta"), shape=p["prior"].shape)
     with pytest.raises(ValueError, match="the measurement is on cpu but the prior on meta"):
         check_measurement(elsewhere, p["op"], p["y"])
+
+
+def test_a_refused_measurement_leaves_the_operator_where_it_was(gaussian_problem):
+    """solve moves the operator to y's device (in place: a Module) only once y is known to be usable there."""
+    p = gaussian_problem
+    for y in (p["y"].to("meta"), p["y"].to("meta").float()):
+        with pytest.raises(ValueError, match="the measurement is on meta but the prior on cpu"):
+            solve("dps", p["prior"], p["op"], y, sigma_y=p["sigma_y"], steps=2)
+    assert all(b.device.type == "cpu" for b in p["op"].buffers())
+    solve("dps", p["prior"], p["op"], p["y"], sigma_y=p["sigma_y"], steps=2)  # still usable
+    with pytest.raises(ValueError, match="on the meta device: it holds no values"):
+        check_measurement(None, p["op"], p["y"].to("meta"))
 
 
 def test_null_is_taken_where_it_means_something():

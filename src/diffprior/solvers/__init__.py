@@ -136,10 +136,9 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
     return checked
 
 
-def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
-    """Refuse a measurement that `op` could not have made from a batch of the prior's images: not a float32
-    or float64 tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does not
-    fit y's); warn when its values lie far beyond what op makes from images in [-1, 1] (pixels in [0, 255])."""
+def check_measurement_tensor(prior, y) -> None:
+    """Refuse a measurement that is not a float32 or float64 tensor of images on the prior's device, or holds
+    NaNs: the checks of `check_measurement` that need no operator."""
     if not isinstance(y, Tensor) or not y.is_floating_point():
         kind = y.dtype if isinstance(y, Tensor) else type(y).__name__
         raise TypeError(f"the measurement must be a floating-point tensor (images in [-1, 1]), got {kind}")
@@ -148,12 +147,21 @@ def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
                         "through prior.configure(dtype='bf16')")
     if y.dim() == 0 or y.shape[0] == 0:
         raise ValueError(f"the measurement holds no images (shape {tuple(y.shape)})")
-    if not bool(y.isfinite().all()):
-        raise ValueError("the measurement contains NaN or infinite values")
     device = getattr(prior, "device", None)
     if device is not None and (device.type, device.index or 0) != (y.device.type, y.device.index or 0):
         raise ValueError(f"the measurement is on {y.device} but the prior on {device}: move one, "
                          "e.g. y.to(prior.device)")
+    if y.device.type == "meta":
+        raise ValueError("the measurement is on the meta device: it holds no values")
+    if not bool(y.isfinite().all()):
+        raise ValueError("the measurement contains NaN or infinite values")
+
+
+def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
+    """Refuse a measurement that `op` could not have made from a batch of the prior's images: not a float32
+    or float64 tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does not
+    fit y's); warn when its values lie far beyond what op makes from images in [-1, 1] (pixels in [0, 255])."""
+    check_measurement_tensor(prior, y)
     shape = getattr(prior, "shape", None)
     if shape is None:
         return
@@ -224,11 +232,16 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     why = spec.why_not(op, settings.get("sigma_y", spec.settings.get("sigma_y", 0.0)))
     if why is not None:
         raise TypeError(f"{method} does not apply to {op.name}: {why}")
-    op = op.to(y.device) if isinstance(y, Tensor) else op
+    check_measurement_tensor(prior, y)  # before the operator moves to y's device (in place: it is a Module)
+    op = op.to(y.device)
     check_measurement(prior, op, y, settings.get("sigma_y", sigma_y or 0.0))
     y = y.detach()  # data: nothing differentiates through it
     init = settings.get("init")
-    if init is not None:  # a start image per measurement (SDEdit, RED-diff, DPS's warm start)
+    if init is not None:  # a start image per measurement (SDEdit, RED-diff)
+        if not spec.takes_init:
+            starters = ", ".join(name for name, s in SPECS.items() if s.takes_init)
+            raise TypeError(f"{method} takes no init: it starts from noise or from y (of the solvers here, "
+                            f"{starters} take one)")
         if not isinstance(init, Tensor) or not init.is_floating_point():
             raise TypeError(f"init must be a floating-point tensor, got {getattr(init, 'dtype', type(init).__name__)}")
         expected = (y.shape[0], *getattr(prior, "shape", init.shape[1:]))

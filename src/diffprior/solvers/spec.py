@@ -55,6 +55,11 @@ class SolverSpec:
         return {k: p.default for k, p in params if p.kind == p.KEYWORD_ONLY and k not in PLUMBING}
 
     @property
+    def takes_init(self) -> bool:
+        """Whether the solver starts from a given image, `init` (SDEdit, RED-diff)."""
+        return "init" in inspect.signature(self.run).parameters
+
+    @property
     def needs_prior(self) -> bool:
         """Whether the solver runs a prior: False where its `prior` may be None (the classical TV baseline)."""
         return type(None) not in typing.get_args(typing.get_type_hints(self.run)["prior"])
