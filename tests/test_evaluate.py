@@ -240,6 +240,12 @@ def test_bad_data_or_out_is_refused_before_anything_is_written(setup, tmp_path, 
         assert not (tmp_path / "out").exists()
     assert main(command(data, model, tmp_path / "file")) == 2
     assert "is a file" in capsys.readouterr().err
+    for extra, message in ((["--steps", "2000"], "at most the prior's T = 1000"),  # settings: refused up front too
+                           (["--set", "dps.loss=../evil"], "dps setting loss='../evil': expected one of"),
+                           (["--set", "daps.ode_steps=0", "--methods", "sdedit,daps"], "at least 1")):
+        assert main(command(data, model, tmp_path / "out", *extra)) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
 
 
 def test_settings_grid():

@@ -164,10 +164,24 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     ("dps", "scale", None, "takes a value"),  # --set scale=null: no automatic choice to fall back on
     ("dps", "clip", None, "takes a value"),
     ("ddrm", "eta", None, "takes a value"),
+    ("dps", "loss", "../evil", "expected one of 'norm', 'squared'"),  # names: checked before any work
+    ("diffpir", "skip", 3, "expected one of 'quad', 'uniform'"),
+    ("reddiff", "weighting", "Linear", "expected one of 'linear', 'sqrt', 'const'"),
+    ("daps", "ode_steps", 0, "at least 1"),
+    ("repaint", "jump_length", 0, "at least 1"),
+    ("repaint", "jump_n_sample", 0, "at least 1"),
 ])
 def test_values_out_of_their_range_are_refused(method, key, value, message):
     with pytest.raises(ValueError, match=f"{method} setting {key}=.*{message}"):
         check_settings(method, {key: value}, 1000)
+
+
+def test_every_named_setting_lists_its_names():
+    """check_settings refuses a name the solver does not know from its Literal[...] annotation."""
+    named = {(m, k): spec.choices(k) for m, spec in SPECS.items() for k, v in spec.settings.items() if isinstance(v, str)}
+    assert named and all(v in names for (m, k), names in named.items() for v in [SPECS[m].settings[k]])
+    for (method, key), names in named.items():
+        assert check_settings(method, {key: names[-1]}, 1000) == {key: names[-1]}
 
 
 def test_numpy_scalars_are_plain_numbers():

@@ -394,16 +394,6 @@ def evaluate(data: str | Path, out: str | Path, *,
         unfit = unfit_pairs(tasks, methods, size, sigma_y)
         if unfit:
             raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
-        out.mkdir(parents=True, exist_ok=True)
-        identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
-                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
-                    "data": str(data.resolve()), "mask": None if mask is None else (  # a file's content, a folder's place
-                        str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask)))}
-        check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
-                  write=ranks.rank == 0)
-
-        if ranks.rank == 0:
-            report_skipped(out, skipped)
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
         tuned = tuned_settings(prior)
         cells = {task: [(NAIVE, "{}")] * has_naive(task, size)
@@ -411,6 +401,17 @@ def evaluate(data: str | Path, out: str | Path, *,
                     for combo in grid.get(m, [{}])] for task in tasks}
         for method, settings in {c for task_cells in cells.values() for c in task_cells if c[0] != NAIVE}:
             check_settings(method, json.loads(settings), prior.schedule.T)  # before any work, not mid-run
+
+        # all checked: only now is anything written (a refused command must not fix the folder's settings)
+        out.mkdir(parents=True, exist_ok=True)
+        identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
+                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
+                    "data": str(data.resolve()), "mask": None if mask is None else (  # a file's content, a folder's place
+                        str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask)))}
+        check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
+                  write=ranks.rank == 0)
+        if ranks.rank == 0:
+            report_skipped(out, skipped)
         units = work_units(len(chunks), cells, seeds)
         order = [k for u, _ in units for k in u.keys(chunks)]
         mine = [u for u, k in units if (u.chunk + k) % ranks.world == ranks.rank]  # each cell dealt over the ranks

@@ -84,7 +84,8 @@ WHOLE_SETTINGS = ("steps", *TIMESTEP_SETTINGS)  # whole numbers, whatever their 
 SHARE_SETTINGS = ("eta", "eta_b", "zeta", "lr_min_ratio")  # shares of noise or of a rate, in [0, 1]
 POSITIVE_SETTINGS = ("rho", "sigma_min", "sigma_max", "ode_sigma_min", "ref_size",  # divided by, or a log taken
                      "step_size")  # a Langevin step of 0 never moves
-AT_LEAST_ONE = {"steps": None, "langevin_steps": "scoreald"}  # setting: the one solver it is for (None: all)
+AT_LEAST_ONE = {"steps": None, "langevin_steps": "scoreald", "ode_steps": "daps", "jump_length": "repaint",
+                "jump_n_sample": "repaint"}  # setting: the one solver it is for (None: all)
 
 
 def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
@@ -108,8 +109,9 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
                 raise ValueError(f"{method} setting {key}={value!r}: expected true or false")
             continue
         if isinstance(default, str):
-            if not isinstance(value, str):
-                raise ValueError(f"{method} setting {key}={value!r}: expected a name such as {default!r}")
+            names = spec_of(method).choices(key)
+            if not isinstance(value, str) or value not in names:
+                raise ValueError(f"{method} setting {key}={value!r}: expected one of {', '.join(map(repr, names))}")
             continue
         if not isinstance(default, (int, float)) and key not in (*WHOLE_SETTINGS, "weight"):
             continue  # a setting without a numeric default (e.g. a kernel): the solver checks it

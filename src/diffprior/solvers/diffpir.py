@@ -4,6 +4,7 @@ Plug-and-Play Image Restoration", Algorithm 1."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ def diffpir(prior: Prior, op: LinearOperator, y: Tensor, *,
             zeta: float = 0.1,            # zeta: the share of fresh noise per step (official scripts: 0.3
                                           # deblurring, 0.25 SR, 1.0 noiseless inpainting)
             sigma_y: float = 0.05,        # measurement noise std, in the units of x ([-1, 1])
-            skip: str = "quad",           # timestep spacing: "quad" (the official default) or "uniform"
+            skip: Literal["quad", "uniform"] = "quad",  # timestep spacing: "quad" (the official default)
             clip: bool = True,            # clip x0_hat to [-1, 1] for image priors (official: clip_denoised)
             generator: torch.Generator | None = None,
             progress: bool = False) -> Tensor:

@@ -4,6 +4,7 @@ Algorithm 1 (Gaussian noise)."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -20,8 +21,8 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
         steps: int | None = None,     # reverse steps; None: all T (the paper uses 1000)
         scale: float = 0.5,           # zeta for a T-step chain on 3x256x256 images (the reference's
                                       # setting: 0.5 inpainting, 0.3 blur and SR); rescaled below
-        loss: str = "norm",           # "norm": gradient of ||y - A(x0_hat)|| as the reference code;
-                                      # "squared": gradient of ||y - A(x0_hat)||^2 with a constant step
+        loss: Literal["norm", "squared"] = "norm",  # "norm": gradient of ||y - A(x0_hat)|| as the reference
+                                      # code; "squared": gradient of ||y - A(x0_hat)||^2 with a constant step
         ref_size: int | None = 3 * 256 * 256,  # values per image the scale was tuned at; None: no rescaling
         clip: bool = True,            # clip x0_hat to [-1, 1] for image priors (official: clip_denoised)
         start: int | None = None,     # None: from pure noise at T (the paper); t0: from the naive reconstruction

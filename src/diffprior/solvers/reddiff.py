@@ -4,6 +4,7 @@ Models", Algorithm 1 (variational sampler with a Dirac q = delta(x - mu), optimi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +27,8 @@ def reddiff(prior: Prior, op: Operator, y: Tensor, *,
             steps: int = 1000,           # timesteps, descending from T-1 to 0, one Adam step each
             lr: float | None = None,     # Adam learning rate; None: 0.1 sqrt(T / steps) (0.1 at 1000 steps)
             lam: float = 0.25,           # lambda: the weight of the diffusion regulariser
-            weighting: str = "linear",   # lambda_t = lam * sigma_t ("linear"), sqrt(sigma_t) or lam ("const")
+            weighting: Literal["linear", "sqrt", "const"] = "linear",  # lambda_t = lam * sigma_t ("linear"),
+                                         # lam * sqrt(sigma_t) ("sqrt") or lam ("const")
             init: Tensor | None = None,  # mu at the start; default A^+ y (op.naive(y) if A is non-linear), else 0
             generator: torch.Generator | None = None,
             progress: bool = False) -> Tensor:

@@ -69,6 +69,10 @@ class SolverSpec:
         hint = typing.get_type_hints(self.run).get(key)
         return hint is kind or kind in typing.get_args(hint) or (kind is type(None) and self.settings[key] is None)
 
+    def choices(self, key: str) -> tuple[str, ...]:
+        """The names a setting annotated `Literal[...]` takes."""
+        return typing.get_args(typing.get_type_hints(self.run)[key])
+
     def evaluations(self, schedule: Schedule, **settings) -> int:
         """Network evaluations of a run with these settings (the rest at their defaults)."""
         return self.nfe(schedule, {**self.settings, **{k: v for k, v in settings.items() if k not in PLUMBING}})
