@@ -59,3 +59,6 @@ def test_bad_betas_rejected():
         Schedule(torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError):
         Schedule.from_config({"kind": "quadratic"})
+    for T in (-5, 0, 1, 2.5, "1000", True):  # a checkpoint's description: refused, not rounded or left to torch
+        with pytest.raises(ValueError, match="the schedule's T .* is not a whole number of steps >= 2"):
+            Schedule.from_config({"T": T})

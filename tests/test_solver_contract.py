@@ -310,3 +310,19 @@ def test_faces64_ships_valid_tuned_settings_and_other_priors_none(gaussian_probl
         for task, settings in by_task.items():
             check_settings(method, settings_for(method, task, tuned, steps=100), prior.schedule.T)
     assert tuned_settings(gaussian_problem["prior"]) == {}
+
+
+@pytest.mark.parametrize("given, message", [
+    ("abc", "must be an object"),
+    ({"dps": "abc"}, "dps must map each task to its settings"),
+    ({"dps": {"box-inpaint": ["x"]}}, "dps must map each task"),
+    ({"dps": {"box-inpaint": {"scale": "abc"}}}, "dps on box-inpaint: dps setting scale='abc': expected a finite"),
+    ({"dps": {"box-inpaint": {"speed": 1}}}, "dps on box-inpaint: dps has no setting speed"),
+])
+def test_a_checkpoints_bad_tuned_settings_are_refused_naming_them(given, message):
+    """A checkpoint's solver_settings are checked where they are read, not left to fail inside a solver."""
+    prior = types.SimpleNamespace(config={"solver_settings": given}, schedule=Schedule.linear())
+    with pytest.raises(ValueError, match=r"the model's solver_settings \(in its checkpoint's .json\).*" + message):
+        tuned_settings(prior)
+    future = types.SimpleNamespace(config={"solver_settings": {"newsolver": {"x": {"y": 1}}}})
+    assert tuned_settings(future) == {}  # a solver of a later version: left out

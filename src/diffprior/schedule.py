@@ -44,8 +44,9 @@ class Schedule:
     @classmethod
     def from_config(cls, config: dict) -> "Schedule":
         """Build from {"kind": "linear"|"cosine", "T": ..., "beta_start": ..., "beta_end": ...}."""
-        kind = config.get("kind", "linear")
-        T = int(config.get("T", 1000))
+        kind, T = config.get("kind", "linear"), config.get("T", 1000)
+        if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+            raise ValueError(f"the schedule's T {T!r} is not a whole number of steps >= 2")
         if kind == "linear":
             return cls.linear(T, float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02)))
         if kind == "cosine":

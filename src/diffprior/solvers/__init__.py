@@ -61,9 +61,23 @@ def settings_for(method: str, task: str | None, tuned: dict | None = None, steps
 
 def tuned_settings(prior) -> dict:
     """The solver settings tuned for this prior, {method: {task: settings}}: its checkpoint's
-    `solver_settings` (e.g. faces64's DPS step scales, see docs/MODEL_CARD.md); {} for other priors."""
+    `solver_settings` (e.g. faces64's DPS step scales, see docs/MODEL_CARD.md); {} for other priors. Solvers
+    this version does not have are left out; the settings of those it has are checked (`check_settings`)."""
     config = getattr(prior, "config", None) or {}
-    return {m: v for m, v in config.get("solver_settings", {}).items() if m in SPECS}
+    given = config.get("solver_settings", {})
+    where = "the model's solver_settings (in its checkpoint's .json)"
+    if not isinstance(given, dict):
+        raise ValueError(f"{where} must be an object {{method: {{task: {{setting: value}}}}}}, not {given!r:.80}")
+    tuned = {m: v for m, v in given.items() if m in SPECS}
+    for method, per_task in tuned.items():
+        if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+            raise ValueError(f"{where}: {method} must map each task to its settings, not {per_task!r:.80}")
+        for task, settings in per_task.items():
+            try:
+                check_settings(method, settings, getattr(getattr(prior, "schedule", None), "T", None))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}, {method} on {task}: {e}") from None
+    return tuned
 
 
 DIVERGED_ABOVE = 100.0  # |x| beyond this is no image: the data live in about [-1, 1]
