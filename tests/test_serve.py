@@ -306,6 +306,7 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
         (dict(task="box-inpaint", methods=["dps"], steps=5000), "at most the prior's T = 1000"),
         (dict(task="box-inpaint", methods=["dps"], steps=2.5), "steps must be a whole number"),  # not rounded
         (dict(task="box-inpaint", methods=["dps"], sigma_y=1e30), "greater than maximum value 10"),  # the page's limit
+        (dict(task="box-inpaint", methods=["dps"], measured="no"), "measured must be true or false, got 'no'"),
     ]:
         with pytest.raises(gradio_client.exceptions.AppError, match=message):
             restore(c, **kwargs)
@@ -453,6 +454,8 @@ def test_requests_that_cannot_run_are_refused_first_and_a_failing_method_keeps_t
         ("box-inpaint", ["dps", "tv"], {"steps": 1001}, "at most the prior's T = 1000"),
         ("box-inpaint", ["dps", "tv"], {"samples": 4}, "tv: draws nothing at random"),
         ("box-inpaint", ["dps", "daps"], {"sigma_y": 0}, "daps: DAPS models Gaussian measurement noise"),
+        ("x" * 10_000, ["dps"], {}, "unknown task 'x{59}; choose one of"),  # an API's value: not echoed whole
+        ("box-inpaint", ["dps"], {"measured": "no"}, "measured must be true or false"),  # not a true string
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, task, methods, **(run | changed))

@@ -229,22 +229,22 @@ class Studio:
         if source is None:
             raise AppError("upload a photo or draw a face first")
         if task not in APP_TASKS:
-            raise AppError(f"unknown task {task!r}; choose one of {', '.join(APP_TASKS)}")
+            raise AppError(f"unknown task {task!r:.60}; choose one of {', '.join(APP_TASKS)}")
         unknown = sorted(set(methods or []) - set(SOLVERS))
         if unknown:
-            raise AppError(f"unknown method {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
+            raise AppError(f"unknown method {', '.join(unknown):.60}; choose from {', '.join(SOLVERS)}")
         methods = [m for m in SOLVERS if m in (methods or [])]
         if not methods:
             raise AppError("pick at least one method")
         steps, seed = _whole(steps, "steps", 1, None), _whole(seed, "seed", 0)
-        samples = _whole(samples, "samples", 1, APP_MAX_SAMPLES)
+        samples, measured = _whole(samples, "samples", 1, APP_MAX_SAMPLES), _flag(measured, "measured")
         given = sigma_y
         try:
             sigma_y = float(sigma_y)
         except (TypeError, ValueError):
             sigma_y = math.nan
         if not 0 <= sigma_y <= arguments.MAX_SIGMA_Y:  # NaN fails too
-            raise AppError(f"sigma_y must be a number from 0 to {arguments.MAX_SIGMA_Y:g}, got {given!r}")
+            raise AppError(f"sigma_y must be a number from 0 to {arguments.MAX_SIGMA_Y:g}, got {given!r:.60}")
         T = self.prior.schedule.T
         if steps > T and methods != ["tv"]:
             raise AppError(f"steps: at most the prior's T = {T} diffusion steps")
@@ -425,11 +425,18 @@ def _whole(value, name: str, low: int, high: int | None = arguments.MAX_SEED) ->
     try:
         v = value if isinstance(value, int) else float(value)
     except (TypeError, ValueError):
-        raise AppError(f"{name} must be a whole number, got {value!r}") from None
+        raise AppError(f"{name} must be a whole number, got {value!r:.60}") from None
     if isinstance(v, float) and not v.is_integer() or v < low or high is not None and v > high:
         span = f"of at least {low}" if high is None else f"from {low} to {high}"
         raise AppError(f"{name} must be a whole number {span}, got {value}")
     return int(v)
+
+
+def _flag(value, name: str) -> bool:
+    """A checkbox's value: true or false (a string such as "no" is not taken as true)."""
+    if not isinstance(value, bool):
+        raise AppError(f"{name} must be true or false, got {value!r:.60}")
+    return value
 
 
 def _percent(value, name: str, low: float) -> float:
@@ -439,7 +446,7 @@ def _percent(value, name: str, low: float) -> float:
     except (TypeError, ValueError):
         v = math.nan
     if not low <= v <= 100:  # NaN fails too
-        raise AppError(f"{name} must be a number from {low:g} to 100 (percent), got {value!r}")
+        raise AppError(f"{name} must be a number from {low:g} to 100 (percent), got {value!r:.60}")
     return v
 
 
@@ -531,7 +538,7 @@ def build_app(studio: Studio):
                 progress=gr.Progress(track_tqdm=True)):
         mask = studio.mask_from_layers((editor or {}).get("layers")) if task == "inpaint" else None
         result = studio.restore(source, mask, task, methods, steps=steps, sigma_y=sigma_y, seed=seed,
-                                samples=samples, measured=bool(measured), progress=progress)
+                                samples=samples, measured=measured, progress=progress)
         return result["gallery"], result["rows"], result["files"], result["report"]
 
     size = studio.size
