@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,11 @@ def test_save_image_writes_grey_and_refuses_what_is_no_image(tmp_path):
         with pytest.raises(error, match=message):
             save_image(bad, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+    with pytest.warns(UserWarning, match=r"the image reaches 255, and is clipped to \[-1, 1\]: the library's"):
+        save_image(torch.full((3, 4, 4), 255.0), tmp_path / "white.png")  # [0, 255] pixels: all white
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_image(torch.full((3, 4, 4), 1.2), tmp_path / "overshoot.png")  # a restoration's overshoot: clipped
 
 
 def test_an_icon_keeps_the_image_at_its_own_size(tmp_path):

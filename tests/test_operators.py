@@ -79,6 +79,12 @@ def test_measurement_shapes():
             measure(OPS["denoise"], x, sigma_y)
     with pytest.raises(TypeError, match="floating-point images"):  # sr4 of a uint8 image was all zeros
         measure(OPS["sr4"], torch.zeros(1, *SHAPE, dtype=torch.uint8), 0.05)
+    with pytest.raises(TypeError, match="measure needs a diffprior Operator, e.g. dp.make_operator"):
+        measure("box-inpaint", x, 0.05)
+    with pytest.raises(ValueError, match=r"a batch of images \(B, C, H, W\), got shape \(0, 3"):
+        measure(OPS["sr4"], x[:0], 0.05)
+    with pytest.warns(UserWarning, match=r"the images reach 255: the library's images are in \[-1, 1\]"):
+        measure(OPS["sr4"], torch.full((1, *SHAPE), 255.0), 0.05)
 
 
 def test_box_mask_geometry():

@@ -15,6 +15,7 @@ import numbers
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -144,6 +145,9 @@ def tensor_to_pil(x: Tensor) -> Image.Image:
     x = x.detach().float().cpu()
     if not bool(x.isfinite().all()):
         raise ValueError("the image contains NaN or infinite values")
+    largest = float(x.abs().max()) if x.numel() else 0.0
+    if largest > 10:  # a little beyond [-1, 1]: an overshoot, a Gaussian's draw; this far: pixels in [0, 255]
+        warnings.warn(f"the image reaches {largest:.4g}, and is clipped to [-1, 1]: {RANGE_HINT}", stacklevel=2)
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .io import RANGE_HINT
 from .schedule import randn_like
 
 
@@ -149,12 +151,18 @@ def check_noise_level(sigma_y) -> float:
 def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator | None = None) -> Tensor:
     """y = A(x) + sigma_y n, with n standard normal (sigma_y in the units of x, i.e. of [-1, 1]); a new tensor."""
     sigma_y = check_noise_level(sigma_y)
+    if not isinstance(op, Operator):
+        raise TypeError(f"measure needs a diffprior Operator, e.g. dp.make_operator('box-inpaint', (3, 64, 64)); "
+                        f"got {type(op).__name__}")
     if not isinstance(x, Tensor) or not x.is_floating_point():
         kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"measure needs floating-point images in [-1, 1], got {kind}")
-    if x.dim() != 4:
+    if x.dim() != 4 or x.shape[0] == 0:
         raise ValueError(f"measure needs a batch of images (B, C, H, W), got shape {tuple(x.shape)}"
                          + (": for one image, add the batch dimension (x[None])" if x.dim() == 3 else ""))
+    largest = float(x.detach().abs().max())
+    if largest > 10:  # no image in [-1, 1] (an analytic prior's draws reach past 1): pixels in [0, 255]
+        warnings.warn(f"the images reach {largest:.4g}: {RANGE_HINT}", stacklevel=2)
     y = op.A(x)
     return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
 

@@ -329,9 +329,6 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     if lr_end is not None and decay_from >= steps:
         raise ValueError(f"decay_from={decay_from} (--decay-from) is not below steps={steps} (--steps): the decay to "
                          "lr_end would never begin")
-    if warmup > steps:
-        warnings.warn(f"warmup={warmup} (--warmup) is beyond steps={steps} (--steps): the learning rate rises only to "
-                      f"{learning_rate(steps - 1, lr, warmup, steps, lr_end, decay_from):.3g}, not to lr={lr:g}")
     if val is None and (val_first or val_last):
         raise ValueError("val_first / val_last (--val-first, --val-last) choose validation images: give val (--val)")
     T = Schedule.linear().T
@@ -360,6 +357,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     if shared:
         warnings.warn(f"{len(shared)} of the {len(val_faces)} validation images are training images too (same folder "
                       "and names): their loss shows no memorisation; hold images out with --last / --val-first")
+    if warmup > steps:
+        warnings.warn(f"warmup={warmup} (--warmup) is beyond steps={steps} (--steps): the learning rate rises only to "
+                      f"{learning_rate(steps - 1, lr, warmup, steps, lr_end, decay_from):.3g}, not to lr={lr:g}")
     if batch > len(faces):
         warnings.warn(f"batch={batch} (--batch) is larger than the {len(faces)} training images: each batch holds "
                       "some images more than once")
