@@ -208,12 +208,25 @@ def test_budgets_and_plans():
     with pytest.raises(ValueError, match="names no solver"):
         make_plan(parse(["reproduce", "--out", "x", "--solvers", ","]))
     assert make_plan(parse(["reproduce", "--out", "x", "--solvers", "dps,dps"])).solvers == ["dps", "tv"]
+    with pytest.raises(ValueError, match="--data generated:3 gives the count of images: leave out --limit"):
+        make_plan(parse(["reproduce", "--out", "x", "--data", "generated:3", "--limit", "1"]))  # was ignored
+    assert make_plan(parse(["reproduce", "--out", "x", "--data", "generated", "--limit", "2"])).n == 2
 
 
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(command(tmp_path / "file")) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_bad_data_or_budgets_leave_no_out_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for extra, message in ((["--data", str(tmp_path / "typo")], "no folder at"),
+                           (["--data", str(tmp_path / "empty")], "no readable image"),
+                           (["--budgets", "1", "--solvers", "scoreald"], "--budgets 1: scoreald spends at least 2")):
+        assert main([*command(tmp_path / "out"), *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
 
 
 def test_tables_keep_the_spread_over_seeds_when_there_are_several():

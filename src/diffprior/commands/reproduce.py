@@ -149,6 +149,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         count = data.partition(":")[2]
         if data != "generated" and not count.isdigit():
             raise ValueError(f"--data expects a folder or generated:N, got {data!r}")
+        if count and n is not None:
+            raise ValueError(f"--data {data} gives the count of images: leave out --limit (or give --data generated "
+                             "--limit N)")
         data, n = "generated", int(count) if count else (n or (4 if quick else 16))
     elif n is None and quick:
         n = 4
@@ -636,9 +639,15 @@ def reproduce(plan: Plan) -> Path:
     size, plan.T, plan.tuned = prior.shape[-1], prior.schedule.T, tuned_settings(prior)
     if plan.steps > plan.T:
         raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")
+    for m, b in ((m, b) for m in plan.solvers if m != "tv" for b in plan.budgets):
+        spent = SPECS[m].evaluations(prior.schedule, **budget_settings(m, b, plan.T))
+        if spent > b:  # table 4 compares solvers at equal budgets
+            raise ValueError(f"--budgets {b}: {m} spends at least {spent} network evaluations; give budgets of at "
+                             f"least {spent}, or leave {m} out of --solvers")
+    picked = None if plan.data == "generated" else data_folder(prior, plan, device)  # before anything is written
     plan.out.mkdir(parents=True, exist_ok=True)
     stage(plan, f"data: {plan.data if plan.data != 'generated' else f'{plan.n} images from the prior'}")
-    folder, images = data_folder(prior, plan, device)
+    folder, images = picked or data_folder(prior, plan, device)
     if plan.data == "generated":
         plan.n = len(images)
     sections = []
