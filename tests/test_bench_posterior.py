@@ -104,4 +104,6 @@ def test_quick_run_of_solvers(tmp_path):
         run_posterior_benchmark(tmp_path, quick=True, methods=["magic"])
     before = (tmp_path / "posterior_benchmark.md").read_text()  # the command keeps it unless told
     assert main(["bench", "posterior", "--out", str(tmp_path), "--quick", "--methods", "ddnm"]) == 2
+    for empty in (",", ""):  # no solver: not the baselines alone
+        assert main(["bench", "posterior", "--out", str(tmp_path / "none"), "--quick", "--methods", empty]) == 2
     assert (tmp_path / "posterior_benchmark.md").read_text() == before

@@ -251,6 +251,11 @@ def test_bench_speed_refuses_bf16_without_native_support(tmp_path, capsys, monke
     assert "native bfloat16" in capsys.readouterr().err
     assert main(args + ["--compare-fp32"]) == 2
     assert "native bfloat16" in capsys.readouterr().err
+    for extra, message in ((["--method", ","], "--method names no method"),  # an empty table before
+                           (["--task", "unblur"], "unknown task unblur"),  # before the table's header
+                           (["--reference", "face.png"], "--reference is the clean image of --compare-fp32")):
+        assert main(args + extra) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_compare_dtypes_reports_psnr_between_runs():

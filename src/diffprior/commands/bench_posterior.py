@@ -403,7 +403,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     arguments.check_outputs([out / "posterior_benchmark.md", out / "posterior_benchmark.json"],
                             overwrite=args.overwrite, images=False)
-    methods = arguments.names(args.methods) if args.methods else None
+    methods = None if args.methods is None else arguments.names(args.methods)
+    if methods == []:
+        raise ValueError("--methods names no solver: give solver names, or leave it out for all")
     doc = run_posterior_benchmark(out, quick=args.quick, methods=methods, seeds=args.seeds,
                                   step_budgets=args.budgets, dims=args.dims, n_samples=args.samples)
     print(markdown(doc))

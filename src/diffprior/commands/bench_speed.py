@@ -39,7 +39,7 @@ from ..devices import DTYPES, describe_device, pick_device, resolve_dtype, sync
 from ..io import atomic_write
 from ..models import DEFAULT_MODEL, load_prior
 from ..operators import measure
-from ..tasks import make_operator
+from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior
 from ..schedule import Schedule
 from ..solvers import SOLVERS, sample, settings_for, tuned_settings
@@ -282,8 +282,13 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     methods = arguments.names(args.method)
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
-    if unknown:
-        raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if unknown or not methods:
+        raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}" if unknown else
+                         f"--method names no method; choose from {', '.join(METHODS)}")
+    if args.task not in TASKS:
+        raise ValueError(f"unknown task {args.task}; choose from {', '.join(TASKS)}")
+    if args.reference and not args.compare_fp32:
+        raise ValueError("--reference is the clean image of --compare-fp32: give both, or neither")
     if args.steps < 1 or args.warmup < 0 or not args.batch or min(args.batch) < 1:
         raise ValueError("--steps and --batch must be positive, --warmup non-negative")
     if args.compile:  # one graph per batch size and grad mode: allow more than dynamo's default of 8
