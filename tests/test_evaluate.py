@@ -240,7 +240,8 @@ def test_bad_data_or_out_is_refused_before_anything_is_written(setup, tmp_path, 
         assert not (tmp_path / "out").exists()
     assert main(command(data, model, tmp_path / "file")) == 2
     assert "is a file" in capsys.readouterr().err
-    for extra, message in ((["--steps", "2000"], "at most the prior's T = 1000"),  # settings: refused up front too
+    for extra, message in ((["--methods", ","], "--methods names no method"),  # it scored naive alone
+                           (["--steps", "2000"], "at most the prior's T = 1000"),  # settings: refused up front too
                            (["--set", "dps.loss=../evil"], "dps setting loss='../evil': expected one of"),
                            (["--set", "daps.ode_steps=0", "--methods", "sdedit,daps"], "at least 1")):
         assert main(command(data, model, tmp_path / "out", *extra)) == 2
@@ -259,6 +260,7 @@ def test_settings_grid():
         parse_grid(["sdedit.t0=1"], ["dps"])
     with pytest.raises(ValueError, match="given twice"):
         parse_grid(["ddrm.eta=0.5", "ddrm.eta=0.7"], ["ddrm"])  # not silently the last one
+    assert parse_grid(["dps.scale=0.1,0.1,0.2"], ["dps"])["dps"] == [{"scale": 0.1}, {"scale": 0.2}]  # once each
 
 
 def test_student_t_quantiles_and_intervals():

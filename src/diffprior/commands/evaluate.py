@@ -131,7 +131,8 @@ def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
         if key not in solver_settings(method):
             raise ValueError(f"--set {pair}: {method} has no setting {key!r}; its settings are "
                              + ", ".join(solver_settings(method)))
-        axes[method][key] = [_json_or_text(v) for v in rhs.split(",")]
+        values = (_json_or_text(v) for v in rhs.split(","))
+        axes[method][key] = list({json.dumps(v, sort_keys=True): v for v in values}.values())  # each value once
         for value in axes[method][key]:
             check_settings(method, {key: value})
     return {m: [dict(zip(a, combo)) for combo in itertools.product(*a.values())] for m, a in axes.items()}
@@ -784,7 +785,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = [m for m in arguments.names(args.methods) if m != NAIVE]
+    named = arguments.names(args.methods)
+    if not named:
+        raise ValueError(f"--methods names no method; give solver names (or {NAIVE} alone)")
+    methods = [m for m in named if m != NAIVE]
     tasks = arguments.names(args.tasks) if args.tasks is not None else (
         [MASK_TASK] if args.mask is not None else ["box-inpaint", "random-inpaint", "gaussian-blur", "sr4"])
     summary = evaluate(args.data, args.out, tasks=tasks, methods=methods,
