@@ -163,6 +163,17 @@ def test_a_folder_of_samples_of_other_weights_is_refused(tmp_path, capsys):
     assert "holds samples of other settings or weights (weights: " in capsys.readouterr().err
 
 
+def test_a_folder_of_samples_never_overwrites_files_it_did_not_draw(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "sample_00001.png")  # the user's own file
+    before = (folder / "sample_00001.png").read_bytes()
+    run = ["sample", "--model", "gmm-demo", "--n", "4", "--batch", "2", "--steps", "3", "--device", "cpu"]
+    assert main([*run, "--out", str(folder)]) == 2
+    assert "holds sample_00001.png ... but no samples.json" in capsys.readouterr().err
+    assert (folder / "sample_00001.png").read_bytes() == before
+
+
 def test_a_folder_of_samples_continues_whatever_the_thread_count(tmp_path, monkeypatch):
     """The analytic prior's buffers, computed at load, change in their last bits with torch's thread count
     (an SVD): that must not make a folder of its samples look like another model's."""

@@ -88,6 +88,10 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     record = {**record, "weights": weights_digest(prior)}
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
+    drawn = sorted(p.name for p in folder.glob("sample_*.png"))
+    if drawn and not kept.is_file():  # files of that name that no run of this command recorded: the user's
+        raise ValueError(f"{folder} holds {drawn[0]} ... but no samples.json: files this command did not draw, "
+                         "which it would overwrite; choose another folder")
     differ = differences(read_record(kept), record) if kept.is_file() else []
     if differ:
         raise ValueError(f"{folder} holds samples of other settings or weights ({'; '.join(differ)}): rerun with "
