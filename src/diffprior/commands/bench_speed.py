@@ -282,9 +282,10 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     methods = arguments.names(args.method)
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
-    if unknown or not methods:
-        raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}" if unknown else
-                         f"--method names no method; choose from {', '.join(METHODS)}")
+    if unknown:
+        raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not methods:
+        raise ValueError(f"--method names no method; choose from {', '.join(METHODS)}")
     if args.task not in TASKS:
         raise ValueError(f"unknown task {args.task}; choose from {', '.join(TASKS)}")
     if args.reference and not args.compare_fp32:

@@ -178,6 +178,11 @@ def check_measurement(prior, op, y, sigma_y: float = 0.0) -> None:
     or float64 tensor, no images, NaNs, or another shape than op.A gives (also a mask's batch that does not
     fit y's); warn when its values lie far beyond what op makes from images in [-1, 1] (pixels in [0, 255])."""
     check_measurement_tensor(prior, y)
+    _check_measurement_shape(prior, op, y, sigma_y)
+
+
+def _check_measurement_shape(prior, op, y: Tensor, sigma_y: float) -> None:
+    """`check_measurement`'s checks of y against what `op` makes (y itself already checked)."""
     shape = getattr(prior, "shape", None)
     if shape is None:
         return
@@ -250,7 +255,7 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
         raise TypeError(f"{method} does not apply to {op.name}: {why}")
     check_measurement_tensor(prior, y)  # before the operator moves to y's device (in place: it is a Module)
     op = op.to(y.device)
-    check_measurement(prior, op, y, settings.get("sigma_y", sigma_y or 0.0))
+    _check_measurement_shape(prior, op, y, settings.get("sigma_y", sigma_y or 0.0))
     y = y.detach()  # data: nothing differentiates through it
     init = settings.get("init")
     if init is not None:  # a start image per measurement (SDEdit, RED-diff)
