@@ -207,6 +207,25 @@ def test_config_errors(tmp_path):
     assert isinstance(build_network("adm", **FIXTURE_CONFIGS["legacy"]), ADMUNet)
 
 
+def test_a_config_file_that_is_no_yaml_is_named(tmp_path):
+    path = tmp_path / "model_config.yaml"
+    path.write_text("image_size: [1, 2\n num_channels: {")
+    with pytest.raises(ValueError, match="model_config.yaml is not a YAML file of settings"):
+        adm_config(path)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"attention_resolutions": "x,y"}, "attention_resolutions 'x,y' is not a list of whole numbers"),
+    ({"channel_mult": "1,0"}, "channel_mult '1,0' is not a list of whole numbers"),
+    ({"num_head_channels": 0}, "num_head_channels 0 is neither -1"),  # was a ZeroDivisionError
+])
+def test_settings_that_build_no_network_name_the_file_and_setting(tmp_path, setting, message):
+    torch.save(seeded_net().state_dict(), tmp_path / "small.pt")
+    path = write_yaml(tmp_path, {**FIXTURE_CONFIGS["legacy"], **setting})
+    with pytest.raises(CheckpointError, match=f"model_config.yaml: settings do not build an ADM network \\({message}"):
+        load_prior(tmp_path / "small.pt", config=str(path))
+
+
 # -- checkpoints -------------------------------------------------------------------------------------------------
 def write_yaml(tmp_path: Path, config: dict) -> Path:
     cfg = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in config.items()}

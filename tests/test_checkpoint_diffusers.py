@@ -144,3 +144,41 @@ def test_missing_diffusers_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` raise ImportError
     with pytest.raises(ImportError, match=r'pip install "diffprior\[diffusers\]"'):
         load_prior(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["config.json", "scheduler_config.json"])
+def test_a_description_that_is_no_json_object_is_named(tmp_path, name):
+    save_model(tmp_path)
+    (tmp_path / name).write_text("[1]")
+    with pytest.raises(CheckpointError, match=f"{name} is not a JSON object of settings"):
+        load_prior(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_train_timesteps": 1}, "num_train_timesteps 1 is not a whole number >= 2"),
+    ({"num_train_timesteps": "abc"}, "num_train_timesteps 'abc' is not a whole number"),
+    ({"beta_end": "abc"}, "could not convert string to float"),
+])
+def test_a_bad_schedule_names_its_file(tmp_path, change, message):
+    save_model(tmp_path)
+    sched = json.loads((tmp_path / "scheduler_config.json").read_text())
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({**sched, **change}))
+    with pytest.raises(ValueError, match=f"scheduler_config.json: {message}"):
+        load_prior(tmp_path)
+
+
+def test_a_unet_config_diffusers_cannot_build_is_named(tmp_path):
+    save_model(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "down_block_types": ["NoSuchBlock2D"] * 2}))
+    with pytest.raises(CheckpointError, match="config.json does not describe a UNet2DModel diffusers can build"):
+        load_prior(tmp_path)
+
+
+def test_one_file_of_the_folder_is_pointed_to_the_folder(tmp_path):
+    save_model(tmp_path / "model")
+    with pytest.raises(ValueError, match=f"config.json is one file of a diffusers model: give its folder, "
+                                         f"{tmp_path / 'model'}"):
+        load_prior(tmp_path / "model" / "config.json")
+    with pytest.raises(ValueError, match="is a diffusers folder, described by its config.json: drop the config"):
+        load_prior(tmp_path / "model", config="ffhq256")

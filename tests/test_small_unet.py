@@ -136,6 +136,7 @@ def test_strict_load_fails_on_the_wrong_network(tmp_path):
     ({"schedule": "linear"}, "schedule"),
     ({"schedule": {"kind": "linear", "T": "abc"}}, "abc"),
     ({"image_size": 32}, "differs from the network's 16"),
+    ({"image_size": 16.7}, "image_size 16.7 is not a whole number"),  # int() would read 16
 ])
 def test_descriptions_that_do_not_fit_the_network_are_refused(tmp_path, change, message):
     """Every claim of the JSON is checked at load time, never left to fail (or run wrong) when sampling."""
@@ -143,6 +144,41 @@ def test_descriptions_that_do_not_fit_the_network_are_refused(tmp_path, change, 
     path = save_checkpoint(net, {**checkpoint_config(net.config), **change}, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match=message):
         load_prior(path)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"head_channels": 0}, "head_channels 0 is not a whole number >= 1"),  # was a ZeroDivisionError
+    ({"patch": 0}, "patch 0 is not a whole number >= 1"),
+    ({"base": "abc"}, "base 'abc' is not a whole number >= 1"),
+    ({"mult": []}, r"mult \[\] is not a list of whole numbers"),
+    ({"attn": ["x"]}, "attn 'x' is not a whole number"),
+    ({"dropout": 1.5}, r"dropout 1.5 is not a number in \[0, 1\)"),
+])
+def test_network_settings_are_checked_naming_them(tmp_path, setting, message):
+    net = tiny()
+    config = checkpoint_config(net.config)
+    path = save_checkpoint(net, {**config, "network": {**config["network"], **setting}}, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=f"m.json is not a valid checkpoint description \\({message}"):
+        load_prior(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused_naming_the_tensor(tmp_path, value):
+    """A checkpoint saved after training diverged loads no more: later errors would blame the image."""
+    net = randomised(tiny())
+    with torch.no_grad():
+        net.out[-1].bias[1] = value
+    path = save_checkpoint(net, checkpoint_config(net.config), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"m.safetensors holds NaN or infinite weights \(out.2.bias\)"):
+        load_prior(path)
+
+
+def test_a_config_beside_a_described_checkpoint_is_refused(tmp_path):
+    """--config names a raw state dict's architecture; a checkpoint with its description would ignore it."""
+    net = tiny()
+    path = save_checkpoint(net, checkpoint_config(net.config), tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="m.safetensors is diffprior's format, described by m.json: drop the config"):
+        load_prior(path, config="ffhq256")
 
 
 def test_a_large_claimed_size_is_checked_without_running_the_network(tmp_path, monkeypatch):

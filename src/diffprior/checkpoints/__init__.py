@@ -15,6 +15,7 @@ from ..prior import Prior
 from .native import load_checkpoint, save_checkpoint
 from .state import CheckpointError, check_shapes, load_state_strict, load_tensors, read_state_dict
 
+DIFFUSERS_FILES = ("config.json", "scheduler_config.json", "model_index.json")  # a diffusers folder's descriptions
 RAW_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")  # what a raw state dict may be saved as
 
 
@@ -22,11 +23,20 @@ def checkpoint_format(path: Path, config: str | None = None) -> str:
     """Which format the file or folder at `path` is: "native", "guided-diffusion" or "diffusers"."""
     if path.is_dir():
         if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
+            if config is not None:
+                raise ValueError(f"config (--config) names the architecture of a raw .pt state dict; {path} is a "
+                                 "diffusers folder, described by its config.json: drop the config")
             return "diffusers"
         if (path / "model.safetensors").is_file():
             raise ValueError(f"{path} is a training run's folder: its model is {path / 'model.safetensors'}")
         raise FileNotFoundError(f"{path} is a folder without a diffusers config.json")
+    if path.name in DIFFUSERS_FILES and not path.with_suffix(".safetensors").is_file():
+        folder = path.parent.parent if path.parent.name in ("unet", "scheduler") else path.parent
+        raise ValueError(f"{path} is one file of a diffusers model: give its folder, {folder}")
     if path.suffix in (".safetensors", ".json") and (config is None or path.with_suffix(".json").is_file()):
+        if config is not None:
+            raise ValueError(f"config (--config) names the architecture of a raw .pt state dict; {path} is "
+                             f"diffprior's format, described by {path.with_suffix('.json').name}: drop the config")
         return "native"
     if path.suffix in RAW_SUFFIXES:
         if config is None:

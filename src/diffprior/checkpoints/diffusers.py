@@ -59,7 +59,11 @@ def load_diffusers(folder: str | Path) -> NetworkPrior:
     sched = _read_json(sched_path) if sched_path else {}
     schedule = schedule_from_diffusers(sched, str(sched_path))
 
-    unet = diffusers.UNet2DModel.from_config(config)
+    try:
+        unet = diffusers.UNet2DModel.from_config(config)
+    except Exception as e:  # diffusers raises many error types for settings it cannot build
+        raise CheckpointError(f"{unet_dir / 'config.json'} does not describe a UNet2DModel diffusers can build "
+                              f"({type(e).__name__}: {e})") from e
     state = _rename_legacy_attention(_read_weights(unet_dir), set(unet.state_dict()))
     load_state_strict(unet, state, f"diffusers weights in {unet_dir}")
 
@@ -80,13 +84,22 @@ def load_diffusers(folder: str | Path) -> NetworkPrior:
 
 def schedule_from_diffusers(sched: dict, source: str = "scheduler_config.json") -> Schedule:
     """The training noise schedule a diffusers scheduler config describes ({} gives DDPM's linear 1e-4..0.02)."""
+    try:
+        return _schedule(sched)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def _schedule(sched: dict) -> Schedule:
     prediction = sched.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
-        raise ValueError(f"{source}: prediction_type is {prediction!r}; diffprior priors need a network that "
+        raise ValueError(f"prediction_type is {prediction!r}; diffprior priors need a network that "
                          "predicts the noise or v (prediction_type 'epsilon' or 'v_prediction')")
     if sched.get("rescale_betas_zero_snr"):
-        raise ValueError(f"{source}: rescale_betas_zero_snr (abar_T = 0) is not supported")
-    T = int(sched.get("num_train_timesteps", 1000))
+        raise ValueError("rescale_betas_zero_snr (abar_T = 0) is not supported")
+    T = sched.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise ValueError(f"num_train_timesteps {T!r} is not a whole number >= 2")
     start, end = float(sched.get("beta_start", 1e-4)), float(sched.get("beta_end", 0.02))
     kind = sched.get("beta_schedule", "linear")
     if sched.get("trained_betas") is not None:
@@ -97,8 +110,7 @@ def schedule_from_diffusers(sched: dict, source: str = "scheduler_config.json") 
         return Schedule(torch.linspace(start ** 0.5, end ** 0.5, T, dtype=torch.float64) ** 2)
     if kind == "squaredcos_cap_v2":  # Nichol & Dhariwal cosine, s = 0.008, betas capped at 0.999
         return Schedule.cosine(T)
-    raise ValueError(f"{source}: beta_schedule {kind!r} is not supported "
-                     "(expected linear, scaled_linear or squaredcos_cap_v2)")
+    raise ValueError(f"beta_schedule {kind!r} is not supported (expected linear, scaled_linear or squaredcos_cap_v2)")
 
 
 # Attention projections as named by diffusers before 0.14 (checkpoints converted in 2022, such as
@@ -121,9 +133,12 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing (a diffusers folder needs config.json and its weights)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object of settings (it holds a {type(config).__name__})")
+    return config
 
 
 def _read_weights(unet_dir: Path) -> dict[str, Tensor]:

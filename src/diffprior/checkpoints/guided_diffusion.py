@@ -10,7 +10,7 @@ import torch
 from ..networks.adm import ADMUNet, adm_config
 from ..prior import NetworkPrior
 from ..schedule import Schedule
-from .state import load_state_strict, read_state_dict
+from .state import CheckpointError, load_state_strict, read_state_dict
 
 
 def load_guided_diffusion(path: str | Path, config: str | Path | dict) -> NetworkPrior:
@@ -18,8 +18,12 @@ def load_guided_diffusion(path: str | Path, config: str | Path | dict) -> Networ
     "imagenet256-uncond"), a model_config.yaml, or a settings dict. The schedule is linear, 1000 steps."""
     settings = adm_config(config)
     state = read_state_dict(path)
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
-        net = ADMUNet(**settings)
+    try:
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the checkpoint
+            net = ADMUNet(**settings)
+    except (TypeError, ValueError, ArithmeticError) as e:
+        source = "the config's" if isinstance(config, dict) else f"{config}:"
+        raise CheckpointError(f"{source} settings do not build an ADM network ({e})") from None
     net = net.to_empty(device="cpu")
     load_state_strict(net, state, str(path))
     schedule = Schedule.linear(1000)

@@ -57,9 +57,9 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         config = json.loads(meta.read_text())
         if not isinstance(config, dict):
             raise ValueError("it is not a JSON object")
-        size = int(config["image_size"])
-        if not 1 <= size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size {size} is not in [1, {MAX_IMAGE_SIZE}]")
+        size = config["image_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size {size!r} is not a whole number in [1, {MAX_IMAGE_SIZE}]")
         if config.get("prediction", "eps") not in PREDICTIONS:
             raise ValueError(f"prediction {config['prediction']!r} is not 'eps' or 'v'")
         v_shift = float(config.get("v_shift", 1.0))
@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         with torch.device("meta"):
             skeleton = build_network(config["architecture"], **config.get("network", {}))
             shapes = {k: v.shape for k, v in skeleton.state_dict().items()}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as e:
         if isinstance(e, KeyError):
             reason = f"it has no {e.args[0]!r}"
         elif isinstance(e, json.JSONDecodeError):

@@ -15,8 +15,13 @@ class CheckpointError(ValueError):
 
 
 def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load `state` into `net`, failing with the names of missing, unexpected and mis-shaped tensors."""
+    """Load `state` into `net`, failing with the names of missing, unexpected, mis-shaped and non-finite tensors."""
     check_shapes({k: v.shape for k, v in net.state_dict().items()}, {k: v.shape for k, v in state.items()}, source)
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if broken:
+        names = ", ".join(broken[:3]) + (" ..." if len(broken) > 3 else "")
+        raise CheckpointError(f"{source} holds NaN or infinite weights ({names}): it is damaged, or was saved "
+                              "after training diverged")
     net.load_state_dict(state, strict=True)
 
 

@@ -66,20 +66,25 @@ def channel_multipliers(image_size: int, channel_mult) -> tuple[float, ...]:
         if image_size not in by_size:
             raise ValueError(f"no default channel_mult for image_size {image_size}; give one, e.g. '1,2,2'")
         return by_size[image_size]
-    if isinstance(channel_mult, str):
-        return tuple(int(m) for m in channel_mult.split(","))
-    return tuple(channel_mult)
+    return _sizes("channel_mult", channel_mult)
 
 
 def attention_rates(image_size: int, attention_resolutions) -> set[int]:
     """Feature-map sizes ("32,16,8", 16 or a sequence) -> downsampling rates image_size // size."""
-    if isinstance(attention_resolutions, str):
-        sizes = [int(s) for s in attention_resolutions.split(",") if s.strip()]
-    elif isinstance(attention_resolutions, int):
-        sizes = [attention_resolutions]
-    else:
-        sizes = [int(s) for s in attention_resolutions]
-    return {image_size // s for s in sizes}
+    return {image_size // s for s in _sizes("attention_resolutions", attention_resolutions)}
+
+
+def _sizes(key: str, value) -> tuple[int, ...]:
+    """"32,16,8", 16 or a sequence of whole numbers >= 1 -> a tuple; ValueError naming `key` otherwise."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else value
+    try:
+        sizes = tuple(int(v.strip()) if isinstance(v, str) else v for v in items if not isinstance(v, str) or v.strip())
+        valid = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or (key == "channel_mult" and not sizes):
+        raise ValueError(f"{key} {value!r} is not a list of whole numbers >= 1 such as '1,2,4'")
+    return sizes
 
 
 def adm_config(name_or_yaml: str | Path | dict) -> dict:
@@ -93,7 +98,11 @@ def adm_config(name_or_yaml: str | Path | dict) -> dict:
     elif Path(name_or_yaml).is_file():
         import yaml  # only needed for config files
 
-        given, source = yaml.safe_load(Path(name_or_yaml).read_text()) or {}, str(name_or_yaml)
+        source = str(name_or_yaml)
+        try:
+            given = yaml.safe_load(Path(name_or_yaml).read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{source} is not a YAML file of settings ({' '.join(str(e).split())})") from None
         if not isinstance(given, dict):
             raise ValueError(f"{source} does not hold a mapping of settings")
     else:
@@ -260,6 +269,8 @@ class ADMUNet(nn.Module):
         def heads(ch: int, n: int) -> int:
             if num_head_channels == -1:
                 return n
+            if num_head_channels < 1:
+                raise ValueError(f"num_head_channels {num_head_channels} is neither -1 (heads by num_heads) nor >= 1")
             if ch % num_head_channels:
                 raise ValueError(f"{ch} channels are not a multiple of num_head_channels={num_head_channels}")
             return ch // num_head_channels

@@ -47,6 +47,11 @@ def network_config(name: str) -> dict:
     return SmallUNet.full_config(**CONFIGS[name])
 
 
+def _check_whole(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} {value!r} is not a whole number >= 1")
+
+
 def norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups, or fewer when the channel count is not a multiple of 32."""
     return nn.GroupNorm(math.gcd(32, channels), channels)
@@ -181,6 +186,16 @@ class SmallUNet(nn.Module):
         if unknown:
             raise TypeError(f"unknown SmallUNet settings: {', '.join(sorted(unknown))}")
         cfg = {k: kwargs.get(k, p.default) for k, p in params.items() if k != "self"}
+        for key in ("channels", "base", "blocks", "head_channels", "image_size", "patch"):
+            _check_whole(key, cfg[key])
+        for key in ("mult", "attn"):
+            if not isinstance(cfg[key], (list, tuple)) or (key == "mult" and not cfg[key]):
+                raise ValueError(f"{key} {cfg[key]!r} is not a list of whole numbers >= 1")
+            for value in cfg[key]:
+                _check_whole(key, value)
+        if isinstance(cfg["dropout"], bool) or not isinstance(cfg["dropout"], (int, float)) \
+                or not 0 <= cfg["dropout"] < 1:
+            raise ValueError(f"dropout {cfg['dropout']!r} is not a number in [0, 1)")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
