@@ -174,6 +174,30 @@ def test_a_folder_of_samples_never_overwrites_files_it_did_not_draw(tmp_path, ca
     assert (folder / "sample_00001.png").read_bytes() == before
 
 
+def test_a_sample_cut_short_is_drawn_again(tmp_path):
+    """A sample_*.png that is not a whole PNG (a copy cut short, a full disk) counts as missing."""
+    folder = tmp_path / "samples"
+    run = ["sample", "--model", "gmm-demo", "--n", "2", "--batch", "1", "--steps", "3", "--device", "cpu",
+           "--out", f"{folder}/"]
+    assert main(run) == 0
+    whole = (folder / "sample_00001.png").read_bytes()
+    (folder / "sample_00001.png").write_bytes(whole[:len(whole) // 2])
+    assert main(run) == 0
+    assert (folder / "sample_00001.png").read_bytes() == whole
+
+
+def test_a_run_stopped_before_its_first_sample_fixes_no_settings(tmp_path, capsys):
+    """A folder holding only samples.json (stopped before its first batch) takes a run of other settings."""
+    folder = tmp_path / "samples"
+    run = ["sample", "--model", "gmm-demo", "--n", "1", "--device", "cpu", "--out", f"{folder}/"]
+    assert main([*run, "--steps", "3"]) == 0
+    (folder / "sample_00000.png").unlink()
+    assert main([*run, "--steps", "4"]) == 0
+    assert (folder / "sample_00000.png").is_file() and '"steps": 4' in (folder / "samples.json").read_text()
+    assert main([*run, "--steps", "3"]) == 2  # the folder now holds a sample of 4 steps
+    assert "holds samples of other settings or weights (steps: 4 there, 3 now)" in capsys.readouterr().err
+
+
 def test_a_folder_of_samples_continues_whatever_the_thread_count(tmp_path, monkeypatch):
     """The analytic prior's buffers, computed at load, change in their last bits with torch's thread count
     (an SVD): that must not make a folder of its samples look like another model's."""

@@ -146,6 +146,7 @@ def test_unreachable_server_names_url_and_destination(tmp_path):
     with pytest.raises(DownloadError) as err:
         fetch(url, dest, size=len(PAYLOAD), progress=False)
     assert url in str(err.value) and str(dest) in str(err.value)
+    assert not dest.parent.exists()  # a failed attempt leaves no empty folder in the cache
 
 
 def test_offline_switch_never_connects(server, tmp_path, monkeypatch):
@@ -207,6 +208,9 @@ def test_list_models_reports_the_cache(local_registry):
     models.fetch_remote("ffhq256-dps", progress=False)
     row = next(r for r in models.list_models() if r["name"] == "ffhq256-dps")
     assert row["cached"]
+    path = models.remote_path("ffhq256-dps")
+    path.write_bytes(PAYLOAD[:-1])  # cut short: not the model
+    assert not next(r for r in models.list_models() if r["name"] == "ffhq256-dps")["cached"]
     assert {r["name"] for r in models.list_models()} >= {"ffhq256-dps", "celebahq256-ddpm", "gmm-demo"}
 
 

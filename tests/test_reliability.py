@@ -258,6 +258,29 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["f.png"]
 
 
+def test_an_output_that_cannot_be_replaced_is_named_not_the_temporary_file(files, capsys, monkeypatch):
+    """An immutable output (chattr +i) refuses the rename: the message names it, and nothing is left behind."""
+    import diffprior.io
+
+    def refuse(src, dst):
+        raise PermissionError(1, "Operation not permitted", src, None, dst)
+    monkeypatch.setattr(diffprior.io.os, "replace", refuse)
+    assert main(["sample", "--model", "gmm-demo", "--n", "1", "--steps", "2", "--out", "s.png"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: Operation not permitted: s.png")
+    assert not any(p.name.startswith(".s.png") for p in Path().iterdir())
+
+
+@pytest.mark.parametrize("command", [["restore", "clean.png"], ["denoise", "clean.png"], ["sample"], ["demo"],
+                                     ["eval", "--data", "x"], ["reproduce", "--data", "x"], ["train", "--data", "x"],
+                                     ["bench", "speed"], ["bench", "posterior"]])
+def test_an_empty_output_name_is_refused(files, capsys, command):
+    """Path("") is the current folder: restore wrote restored.png there, eval its rows."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--out", " "])
+    assert exit_.value.code == 2 and "argument --out: an empty name" in capsys.readouterr().err
+    assert not Path("restored.png").exists()
+
+
 def test_a_killed_write_leaves_no_temporary_file_behind_the_next(tmp_path):
     """SIGKILL skips the cleanup of a write in progress: the next write of that file removes its leftover, but
     not the live temporary file of another process writing it now, nor anything not named as it names them."""

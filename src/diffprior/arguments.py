@@ -36,9 +36,17 @@ def names_folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
+def output_name(text: str) -> str:
+    """An argparse type: the name of a file or folder to write; an empty one would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name; give the file or folder to write")
+    return text
+
+
 def image_output(name: str) -> Callable[[str], str]:
     """An argparse type: the image file to write; a folder (`names_folder`) means the file `name` in it."""
     def parse(text: str) -> str:
+        text = output_name(text)
         return str(Path(text) / name) if names_folder(text) else text
     return parse
 

@@ -97,7 +97,6 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
     if offline_mode() if offline is None else offline:
         raise DownloadError(f"{dest.name} is not in the cache and downloading is disabled "
                             f"({ENV_OFFLINE} is set or offline=True).\n" + manual_instructions(url, dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(1, attempts + 1):
         try:
@@ -170,6 +169,7 @@ def _transfer(url: str, part: Path, dest: Path, size: int | None, progress: bool
             part.unlink(missing_ok=True)
             raise ChecksumError(f"{url} is {total} bytes, expected {size}: the remote file has changed or the URL "
                                 "is wrong; nothing was kept.\n" + manual_instructions(url, dest))
+        part.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed request leaves no empty folder
         with open(part, "ab" if resumed else "wb") as f, \
                 tqdm(total=size or total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                      desc=dest.name, disable=not progress, leave=False) as bar:

@@ -201,7 +201,10 @@ def atomic_write(path: str | Path, write) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # about `path` (e.g. an immutable file), not the temporary file it names
+            raise type(e)(e.errno, e.strerror, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

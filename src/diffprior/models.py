@@ -114,8 +114,10 @@ def remote_path(name: str) -> Path:
 
 
 def is_cached(name: str) -> bool:
+    """Whether every file of a remote model is in the cache, at its known size (the sha256 is checked on load)."""
     folder = cache_dir() / name
-    return all((folder / f.filename).is_file() for f in REMOTE_MODELS[name].files)
+    return all((folder / f.filename).is_file() and f.size in (None, (folder / f.filename).stat().st_size)
+               for f in REMOTE_MODELS[name].files)
 
 
 def fetch_remote(name: str, *, offline: bool | None = None, progress: bool = True) -> Path:

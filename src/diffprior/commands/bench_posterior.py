@@ -384,7 +384,8 @@ PARSER = dict(help="solvers against the exact posterior of a Gaussian-mixture pr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="folder for posterior_benchmark.{md,json} and the figures")
+    parser.add_argument("--out", required=True, type=arguments.output_name,
+                        help="folder for posterior_benchmark.{md,json} and the figures")
     parser.add_argument("--quick", action="store_true", help="2 seeds, NFE 20 and 100, d = 2 and 8 (CI size)")
     parser.add_argument("--methods", default=None, help="comma-separated solver names (default: all)")
     parser.add_argument("--seeds", type=arguments.integers(0), default=None,

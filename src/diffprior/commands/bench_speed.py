@@ -268,7 +268,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-steps", type=arguments.positive, default=None,
                         help="steps of the comparison (default --steps)")
     parser.add_argument("--reference", default=None, help="with --compare-fp32: the clean image to measure and score")
-    parser.add_argument("--out", default=None, help="write the results as JSON to this file")
+    parser.add_argument("--out", default=None, type=arguments.output_name,
+                        help="write the results as JSON to this file")
     arguments.add_overwrite_argument(parser)
     parser.add_argument("--device", type=arguments.device, default="auto",
                         help="cpu, cuda, cuda:1, ... (default: cuda when available)")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from .. import arguments
@@ -92,7 +93,9 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     if drawn and not kept.is_file():  # files of that name that no run of this command recorded: the user's
         raise ValueError(f"{folder} holds {drawn[0]} ... but no samples.json: files this command did not draw, "
                          "which it would overwrite; choose another folder")
-    differ = differences(read_record(kept), record) if kept.is_file() else []
+    previous = read_record(kept) if kept.is_file() else None
+    # A record without samples (a run stopped before its first batch) fixes nothing yet: it is replaced.
+    differ = differences(previous, record) if previous is not None and drawn else []
     if differ:
         raise ValueError(f"{folder} holds samples of other settings or weights ({'; '.join(differ)}): rerun with "
                          "the same model and settings to continue them, or choose another folder")
@@ -102,11 +105,21 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
                          "before to keep them, or choose another folder")
     atomic_write(kept, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
     paths = [folder / f"sample_{i:05d}.png" for i in range(n)]
-    done = lambda start, stop: all(p.is_file() for p in paths[start:stop])
+    done = lambda start, stop: all(readable_png(p) for p in paths[start:stop])
     for start, x in sample_chunks(prior, n, batch=batch, seed=seed, skip=done, progress=progress, **sampler):
         for p, xi in zip(paths[start:], x):
             atomic_write(p, lambda tmp, xi=xi: tensor_to_pil(xi).save(tmp, format="PNG"))
     return paths
+
+
+def readable_png(path: Path) -> bool:
+    """Whether `path` is a whole PNG file (a copy cut short, or a full disk's, is drawn again)."""
+    try:
+        with Image.open(path, formats=["PNG"]) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def parse_settings(pairs: list[str], method: str) -> dict:

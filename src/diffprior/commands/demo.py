@@ -35,8 +35,8 @@ PARSER = dict(help="sample a clean image, degrade it with each task, restore it 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="diffprior-demo", help="the folder for demo.png, demo.md and demo.json "
-                   "(diffprior-demo)")
+    p.add_argument("--out", default="diffprior-demo", type=arguments.output_name,
+                   help="the folder for demo.png, demo.md and demo.json (diffprior-demo)")
     p.add_argument("--tasks", default="box-inpaint,random-inpaint,gaussian-blur,sr4",
                    help="comma-separated (box-inpaint,random-inpaint,gaussian-blur,sr4)")
     p.add_argument("--methods", default="sdedit,scoreald,dps,diffpir",

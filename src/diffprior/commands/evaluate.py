@@ -759,7 +759,8 @@ PARSER = dict(help="evaluate solvers over a folder of images: resumable rows.csv
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a folder of images (taken in file-name order)")
-    p.add_argument("--out", required=True, help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")
+    p.add_argument("--out", required=True, type=arguments.output_name,
+                   help="the run's folder: rows.csv, summary.md/.json, run.json, skipped.txt")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks (default box-inpaint,random-inpaint,gaussian-blur,sr4; with --mask, "
                         "inpaint)")

@@ -695,7 +695,7 @@ PARSER = dict(help="the report's experiments end to end: tables, figures and REP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", required=True, type=arguments.output_name,
                    help="the run's folder: REPORT.md, tables, figures, one folder per experiment")
     p.add_argument("--data", default="generated",
                    help="a folder of images, or generated:N for N images drawn from the prior (default: generated, "

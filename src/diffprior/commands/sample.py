@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="ancestral (ddpm, the default) or ddim")
     p.add_argument("--eta", type=arguments.number(0.0, 1.0), default=None,
                    help="DDIM noise, 0 (deterministic, the default) to 1; ddim only")
-    p.add_argument("--out", default="samples.png",
+    p.add_argument("--out", default="samples.png", type=arguments.output_name,
                    help="the grid image to write (samples.png), or a folder (one that exists, or a name ending in /) "
                         f"for one PNG per sample, sample_00000.png ...: a folder continues what an interrupted run "
                         f"left, and more than {MAX_GRID} samples need one")

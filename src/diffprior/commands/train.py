@@ -15,7 +15,8 @@ PARSER = dict(help="train the compact UNet on a folder of images (denoising scor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--data", required=True, help="folder of training images, or a pack file (see `diffprior pack`)")
-    a("--out", required=True, help="output folder: state.pt, model.safetensors/.json, log.csv, samples/")
+    a("--out", required=True, type=arguments.output_name,
+      help="output folder: state.pt, model.safetensors/.json, log.csv, samples/")
     a("--size", type=arguments.integer(8, 4096), default=64, help="square image size (default 64)")
     a("--config", default="default", choices=sorted(CONFIGS), help="network configuration (default: default)")
     a("--dropout", type=arguments.number(0.0, 0.99), help="override the configuration's dropout")
