@@ -82,10 +82,10 @@ def weights_digest(prior) -> str:
 def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed: tuple, progress: bool = False,
                   **sampler) -> list[Path]:
     """`sample_chunks` as folder/sample_00000.png ...: batches already there are kept, so an interrupted run
-    continues where it stopped; a batch with a file missing is drawn again whole (a larger n makes the last
-    batch larger), so that the folder holds what one run would. folder/samples.json keeps `record` (what fixes
-    the samples) and the prior's weights; a folder of samples of other settings or weights, or of more than n
-    samples, is refused."""
+    continues where it stopped; a batch with a file missing (or not a whole PNG) is drawn again whole (a larger
+    n makes the last batch larger), so that the folder holds what one run would. folder/samples.json keeps
+    `record` (what fixes the samples) and the prior's weights; a folder of samples of other settings or weights,
+    or of more than n samples, is refused."""
     record = {**record, "weights": weights_digest(prior)}
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
