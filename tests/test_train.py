@@ -121,18 +121,20 @@ def test_a_run_stopped_during_its_final_evaluation_keeps_its_training(faces, tmp
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and `kill` or a job scheduler
 def test_ctrl_c_or_sigterm_saves_a_checkpoint(faces, tmp_path, monkeypatch, signum):
-    real_sample = train_module.sample
+    """A stop request during a sample grid (minutes on a CPU) drops the grid at once: the step's checkpoint
+    is written, and nothing of the grid."""
+    real_sample, drawn = train_module.sample, []
 
     def interrupted_sample(*args, **kwargs):  # the signal arrives while the step-2 sample grid is drawn
         os.kill(os.getpid(), signum)
-        return real_sample(*args, **kwargs)
+        drawn.append(real_sample(*args, **kwargs))
 
     monkeypatch.setattr(train_module, "sample", interrupted_sample)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="training interrupted at step 2"):
         train(faces, out, steps=100, sample_every=2, sample_n=2, sample_steps=2, **FAST)
-    assert state(out)["step"] == 2
-    assert (out / "samples" / "step-0000002.png").is_file()
+    assert state(out)["step"] == 2 and drawn == []
+    assert not (out / "samples").exists()
     assert (out / "model.safetensors").is_file()
 
 
@@ -441,3 +443,40 @@ def test_settings_used_late_are_checked_first_and_a_time_budget_says_it_stopped(
     assert not (tmp_path / "late" / "state.pt").exists() and not (tmp_path / "late" / "log.csv").exists()
     train(faces, tmp_path / "budget", steps=1000, max_minutes=1e-9, **FAST)
     assert "--max-minutes) is spent; --resume continues" in capsys.readouterr().err
+
+
+def test_a_finished_model_whose_state_is_gone_is_not_replaced(faces, tmp_path):
+    """A user who trained, then deleted the large state.pt, and ran the command again lost the model (exit 0)."""
+    out = tmp_path / "run"
+    train(faces, out, steps=1, **FAST)
+    (out / "state.pt").unlink()
+    model = (out / "model.safetensors").read_bytes()
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match="model.safetensors exists without state.pt"):
+            train(faces, out, steps=2, resume=resume, **FAST)
+    assert (out / "model.safetensors").read_bytes() == model
+
+
+@pytest.mark.parametrize("bad", [dict(val="absent"), dict(val="pack"), dict(t_density="0:1,600")])
+def test_a_run_refused_at_its_start_leaves_no_folder(faces, tmp_path, bad):
+    """Errors found after the data was read (a bad --val, a --t-density) left OUT holding the data's cache."""
+    if bad.get("val") == "pack":
+        save_pack(load_folder(faces, 8), tmp_path / "p8.zip")
+        bad = dict(val=tmp_path / "p8.zip")
+    with pytest.raises((ValueError, FileNotFoundError)) as err:
+        train(faces, tmp_path / "run", steps=2, **FAST, **bad)
+    assert not (tmp_path / "run").exists()
+    if "val" in bad and str(bad["val"]).endswith(".zip"):  # the pack is named, not only the size
+        assert "p8.zip holds 8x8 images, but size 16 was asked for (--size)" in str(err.value)
+
+
+def test_a_resume_says_what_differs_and_keeps_the_runs_seed(faces, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(faces, out, steps=2, seed=3, **FAST)
+    with pytest.raises(ValueError, match="prediction differs\n  checkpoint: eps\n  now:        v"):
+        train(faces, out, steps=4, resume=True, prediction="v", **FAST)
+    with pytest.raises(ValueError, match=r"init differs\n  checkpoint: none \(random weights\)"):
+        train(faces, out, steps=4, resume=True, init=out / "model.safetensors", **FAST)
+    train(faces, out, steps=4, resume=True, seed=5, **FAST)  # the run's own seed goes on: an exact resume
+    assert "seed 3, the run's own" in capsys.readouterr().err
+    assert load_prior(out / "model.safetensors").config["training"]["seed"] == 3

@@ -234,5 +234,7 @@ def load_faces(source: str | Path | FaceSet, size: int, *, first: str | None = N
             if cache is not None:
                 save_pack(faces, cache)
     if faces.size != size:
-        raise ValueError(f"the images are {faces.size}x{faces.size}, but size {size} was asked for (--size)")
+        where = source.source if isinstance(source, FaceSet) else source
+        raise ValueError(f"{where} holds {faces.size}x{faces.size} images, but size {size} was asked for (--size): "
+                         f"pack the images at size {size}, or give their folder")
     return faces

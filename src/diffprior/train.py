@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import shutil
 import signal
 import threading
 import sys
@@ -106,7 +107,20 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         self._previous = {}
-        self._protected = self._pending = False
+        self._protected = self._pending = self._droppable = False
+
+    @contextmanager
+    def droppable(self) -> Iterator[None]:
+        """Work the run can do without (an evaluation, a sample grid: minutes on a CPU): a stop request ends it
+        at once, and the loop goes on to its checkpoint."""
+        self._droppable = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            if not self.requested:
+                raise
+        finally:
+            self._droppable = False
 
     @contextmanager
     def protected(self) -> Iterator[None]:
@@ -129,6 +143,8 @@ class StopRequest:
         elif self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if self._droppable:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
@@ -334,7 +350,12 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     T = Schedule.linear().T
     if sample_every and not 1 <= sample_steps <= T:  # checked now, not at the first grid
         raise ValueError(f"sample_steps={sample_steps} (--sample-steps): the grids' sampler steps, 1 ... {T}")
+    if t_density is not None:
+        timestep_density(t_density, T)  # its errors now, before the data is read
     state = read_state(state_path) if resume and state_path.exists() else None
+    if state is None and ((out / MODEL).exists() or (out / MODEL).with_suffix(".json").exists()):
+        raise FileExistsError(f"{out / MODEL} exists without {STATE} (a finished run's model?): a new run would "
+                              "replace it; use a new folder, or move the model away")
     if resume and state is None:
         print(f"note: nothing to resume in {out} (no {STATE}): starting a new run", file=sys.stderr)
     if cuda:
@@ -347,11 +368,26 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     if warm_start is not None:
         net_config = warm_start.pop("network")
 
+    if prediction is None:  # by default a run keeps its own parameterisation, or its initial model's
+        prediction = (state["identity"].get("prediction", "eps") if state is not None
+                      else warm_start["prediction"] if warm_start is not None else "eps")
+    if v_shift is None:
+        v_shift = (state["identity"].get("v_shift", 1.0) if state is not None
+                   else warm_start["v_shift"] if warm_start is not None and prediction == "v" else 1.0)
+    if v_shift != 1.0 and prediction != "v":
+        raise ValueError("v_shift applies to prediction='v' only")
+
     # Data: the whole uint8 set lives on the device; batches are gathered, flipped and scaled there.
-    faces = load_faces(data, size, first=first, last=last, count=count, cache=out / f"data-{size}.zip")
+    created = not out.exists()
+    try:
+        faces = load_faces(data, size, first=first, last=last, count=count, cache=out / f"data-{size}.zip")
+        val_faces = None if val is None else load_faces(val, size, first=val_first, last=val_last,
+                                                         count=val_count, cache=out / f"val-{size}.zip")
+    except BaseException:  # a folder this call made holds only the data caches: nothing of a run
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     images = faces.images.to(device)
-    val_faces = None if val is None else load_faces(val, size, first=val_first, last=val_last, count=val_count,
-                                                     cache=out / f"val-{size}.zip")
     val_images = None if val_faces is None else val_faces.images.to(device)
     shared = set() if val_faces is None or val_faces.source != faces.source else set(val_faces.names) & set(faces.names)
     if shared:
@@ -368,14 +404,6 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     # Model, EMA copy, optimiser and every source of randomness.
     schedule = Schedule.linear()
     bf16 = cuda if bf16 is None else bf16
-    if prediction is None:  # by default a run keeps its own parameterisation, or its initial model's
-        prediction = (state["identity"].get("prediction", "eps") if state is not None
-                      else warm_start["prediction"] if warm_start is not None else "eps")
-    if v_shift is None:
-        v_shift = (state["identity"].get("v_shift", 1.0) if state is not None
-                   else warm_start["v_shift"] if warm_start is not None and prediction == "v" else 1.0)
-    if v_shift != 1.0 and prediction != "v":
-        raise ValueError("v_shift applies to prediction='v' only")
     objective = EpsLoss(schedule, device, min_snr=min_snr, bf16=bf16, prediction=prediction, v_shift=v_shift,
                         t_density=t_density)
     torch.manual_seed(seed)
@@ -406,8 +434,10 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     if state is not None:
         for key in identity.keys() | state["identity"].keys():
             if state["identity"].get(key) != identity.get(key):
+                shown = {"prediction": "eps", "v_shift": 1.0, "init": "none (random weights)"}  # what absent means
                 raise ValueError(f"cannot resume: the checkpoint's {key} differs\n  checkpoint: "
-                                 f"{state['identity'].get(key)}\n  now:        {identity.get(key)}")
+                                 f"{state['identity'].get(key, shown.get(key))}\n  now:        "
+                                 f"{identity.get(key, shown.get(key))}")
         net.load_state_dict(state["net"])
         ema_net.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -418,7 +448,8 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         noise_gen.set_state(state["rng"]["noise"])
         data_sampler.load_state_dict(state["rng"]["sampler"])
         logged_at_resume = _truncate_log(out / LOG, step)
-        print(f"resuming {out} at step {step} ({seen:,} images seen)", file=sys.stderr)
+        print(f"resuming {out} at step {step} ({seen:,} images seen; seed {data_sampler.seed}, the run's own)",
+              file=sys.stderr)
         if step >= steps:
             print(f"note: the run is already at step {step}, --steps {steps}: nothing to train", file=sys.stderr)
 
@@ -457,7 +488,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                              "ema": ema, "ema_decay_at_step_s": "min(ema, (1 + s) / (10 + s))",
                              "weight_decay": weight_decay, "grad_clip": grad_clip,
                              "bf16_autocast": bf16, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                             "seconds": round(seconds, 1), "final_loss": last_loss, "seed": seed,
+                             "seconds": round(seconds, 1), "final_loss": last_loss, "seed": data_sampler.seed,
                              **({"initialised_from": warm_start} if warm_start else {}),
                              **{k: v for k, v in evals.items() if k != "step"}}}
 
@@ -513,12 +544,14 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
             seconds += time.monotonic() - tick
             bar.update(1)
             if val_images is not None and eval_every and step % eval_every == 0:
-                evaluate()
+                with stop.droppable():
+                    evaluate()
             if step % log_every == 0 or step == steps or evals.get("step") == step:
                 log_row()
                 bar.set_postfix(loss=f"{last_loss:.4f}")
             if sample_every and step % sample_every == 0:
-                sample_grid()
+                with stop.droppable():
+                    sample_grid()
             if checkpoint_every and step % checkpoint_every == 0 and step < steps:
                 checkpoint()
         bar.close()
@@ -528,13 +561,16 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         if loss_n or logged_step != step:
             log_row()
         checkpoint()  # the training first: a run killed during the final evaluation (minutes on a CPU) keeps it
-        if val_images is not None and evals.get("step") != step:
-            evaluate()
-            _truncate_log(out / LOG, step - 1)  # this step's row again, with its evaluation
-            log_row()
-            checkpoint()
-        if sample_every and step % sample_every:
-            sample_grid()
+        if val_images is not None and evals.get("step") != step and not stop.requested:
+            with stop.droppable():
+                evaluate()
+            if evals.get("step") == step:
+                _truncate_log(out / LOG, step - 1)  # this step's row again, with its evaluation
+                log_row()
+                checkpoint()
+        if sample_every and step % sample_every and not stop.requested:
+            with stop.droppable():
+                sample_grid()
         if stop.requested:
             raise KeyboardInterrupt(f"training interrupted at step {step}; checkpoint saved in {state_path}")
     return out / MODEL
