@@ -245,12 +245,17 @@ def test_metrics_sample_denoise_models_demo(clean_image, tmp_path, capsys):
     assert main(["metrics", str(clean_image), str(clean_image), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["psnr"] is None and scores["ssim"] == pytest.approx(1)  # identical: PSNR is infinite
+    assert scores["identical"] is True
     assert scores["lpips"] == pytest.approx(0, abs=1e-6)
     assert main(["metrics", str(clean_image), str(clean_image)]) == 0
     assert "psnr inf (identical images)" in capsys.readouterr().out
     tiny = save_image(torch.zeros(3, 8, 8), tmp_path / "tiny.png")
     assert main(["metrics", str(tiny), str(tiny)]) == 0
     assert "ssim - (needs at least 11x11 pixels)" in capsys.readouterr().out
+    other = save_image(torch.full((3, 8, 8), 0.5), tmp_path / "other.png")
+    assert main(["metrics", str(tiny), str(other), "--json"]) == 0  # LPIPS undefined, yet not identical
+    assert json.loads(capsys.readouterr().out) == {"psnr": pytest.approx(12.1, abs=0.1), "ssim": None,
+                                                   "lpips": None, "identical": False}
 
     assert main(["sample", "--model", "gmm-demo", "--n", "4", "--steps", "20", "--out", str(tmp_path / "s.png"),
                  "--device", "cpu"]) == 0

@@ -83,6 +83,9 @@ def test_measurement_shapes():
         measure("box-inpaint", x, 0.05)
     with pytest.raises(ValueError, match=r"a batch of images \(B, C, H, W\), got shape \(0, 3"):
         measure(OPS["sr4"], x[:0], 0.05)
+    for value in (float("nan"), float("inf")):  # solve refuses such a y: measure refuses to make one
+        with pytest.raises(ValueError, match="measure needs finite images"):
+            measure(OPS["sr4"], torch.full((1, *SHAPE), value), 0.05)
     with pytest.warns(UserWarning, match=r"the images reach 255: the library's images are in \[-1, 1\]"):
         measure(OPS["sr4"], torch.full((1, *SHAPE), 255.0), 0.05)
 

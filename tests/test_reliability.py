@@ -660,3 +660,14 @@ def test_an_edited_row_file_is_named_with_the_row(tmp_path):
     (tmp_path / "rows.csv").write_text(",".join(COLUMNS) + "\n" + ",".join(row[c] for c in COLUMNS) + "\n")
     with pytest.raises(ValueError, match=r"rows.csv: psnr 'abc' of a.png, sr4, dps is not a number"):
         read_rows(tmp_path / "rows.csv")
+
+
+def test_a_folder_or_file_of_the_wrong_kind_is_named_as_such(files, capsys):
+    Path("nested/inner").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save("nested/inner/a.png")
+    assert main(["metrics", "clean.png", "nested"]) == 2
+    assert "error: nested is a folder: give an image file" in capsys.readouterr().err  # it said "no image file"
+    assert main(["pack", "clean.png", "p.zip"]) == 2
+    assert "error: clean.png is a file: pack reads a folder of images" in capsys.readouterr().err
+    assert main(["pack", "nested", "p.zip"]) == 2
+    assert "no image files in nested (images directly in it; subfolders are not read)" in capsys.readouterr().err

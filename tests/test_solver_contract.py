@@ -140,6 +140,8 @@ def test_bad_measurements_noise_levels_and_values_are_refused_before_it_runs(gau
     if SPECS[name].takes_init:  # one start image per measurement
         with pytest.raises(ValueError, match=r"init must have shape \(2, 1, 4, 4\)"):
             run(y.expand(2, -1, -1, -1), init=torch.zeros(1, 1, 4, 4))
+        with pytest.raises(TypeError, match=r"init must be a floating-point tensor .*got ndarray"):
+            run(init=torch.zeros(1, 1, 4, 4).numpy())  # it said "got float32", the array's dtype
     else:
         with pytest.raises(TypeError, match=rf"{name} takes no init: .* sdedit, reddiff take one"):
             run(init=torch.zeros(1, 1, 4, 4))

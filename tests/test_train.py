@@ -480,3 +480,12 @@ def test_a_resume_says_what_differs_and_keeps_the_runs_seed(faces, tmp_path, cap
     train(faces, out, steps=4, resume=True, seed=5, **FAST)  # the run's own seed goes on: an exact resume
     assert "seed 3, the run's own" in capsys.readouterr().err
     assert load_prior(out / "model.safetensors").config["training"]["seed"] == 3
+
+
+def test_small_images_are_said_to_be_upscaled_and_hidden_files_are_not_read(faces):
+    Image.new("RGB", (4000, 10), (9, 9, 9)).save(faces / "strip.png")  # its central square: 10 x 10
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(faces / "._000001.png")  # macOS metadata beside an image
+    with pytest.warns(UserWarning, match=r"1 of the 7 images in faces are under 16 px on their shorter side: "
+                                         r"their central square is upscaled, blurred \(strip.png 4000x10\)"):
+        loaded = load_folder(faces, SIZE)
+    assert "._000001.png" not in loaded.names and len(loaded) == 7

@@ -82,22 +82,24 @@ def select_files(folder: str | Path, *, first: str | None = None, last: str | No
     return files
 
 
-def preprocess(path: str | Path, size: int) -> np.ndarray:
-    """One image file -> (size, size, 3) uint8: RGB, central square crop, antialiased resize."""
-    return np.asarray(io.center_square(io.open_image(path), size), dtype=np.uint8)
-
-
 def load_folder(folder: str | Path, size: int, *, first: str | None = None, last: str | None = None,
                 count: int | None = None, workers: int | None = None) -> FaceSet:
-    """Read and preprocess the selected images of a folder; unreadable files are skipped with a warning."""
+    """Read the selected images of a folder as (size, size) RGB: the central square, resized (antialiased);
+    unreadable files are skipped with a warning, and upscaled ones named in one."""
     files = select_files(folder, first=first, last=last, count=count)
     if not files:
         chosen = ", ".join(f"{k} {v}" for k, v in (("first", first), ("last", last)) if v is not None)
-        raise ValueError(f"no image files in {folder}" + (f" for the selection {chosen}" if chosen else ""))
+        raise ValueError(f"no image files in {folder}" + (f" for the selection {chosen}" if chosen else "")
+                         + " (images directly in it; subfolders are not read)")
+
+    small = []  # images whose central square is upscaled: names and sizes, for one warning
 
     def read(path: Path) -> np.ndarray | str:
         try:
-            return preprocess(path, size)
+            image = io.open_image(path)
+            if min(image.size) < size:
+                small.append(f"{path.name} {image.size[0]}x{image.size[1]}")
+            return np.asarray(io.center_square(image, size), dtype=np.uint8)
         except (ValueError, OSError) as e:
             return f"{path.name}: {e}"
 
@@ -113,6 +115,10 @@ def load_folder(folder: str | Path, size: int, *, first: str | None = None, last
                       + "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""), stacklevel=2)
     if not arrays:
         raise ValueError(f"none of the {len(files)} selected files in {folder} could be read")
+    if small:
+        warnings.warn(f"{len(small)} of the {len(arrays)} images in {Path(folder).name} are under {size} px on their "
+                      f"shorter side: their central square is upscaled, blurred ({', '.join(sorted(small)[:3])}"
+                      f"{' ...' if len(small) > 3 else ''})", stacklevel=2)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     selection = {k: v for k, v in (("first", first), ("last", last), ("count", count)) if v is not None}
     return FaceSet(images, names, Path(folder).resolve().name, selection, skipped)

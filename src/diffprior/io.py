@@ -41,6 +41,8 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
     is refused before it is decoded."""
     path = Path(path)
     check_alpha(alpha)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give an image file")
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
     try:
@@ -379,10 +381,12 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """The image files directly in a folder, sorted by name."""
+    """The image files directly in a folder, sorted by name; hidden ones (.name, such as macOS's ._name
+    metadata files) are not images of the set."""
     folder = Path(folder)
     if folder.is_file():
         raise NotADirectoryError(f"{folder} is a file: give a folder of images")
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder at {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())

@@ -161,6 +161,8 @@ def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator 
         raise ValueError(f"measure needs a batch of images (B, C, H, W), got shape {tuple(x.shape)}"
                          + (": for one image, add the batch dimension (x[None])" if x.dim() == 3 else ""))
     largest = float(x.detach().abs().max())
+    if not math.isfinite(largest):
+        raise ValueError("measure needs finite images: x holds NaN or infinite values")
     if largest > 10:  # no image in [-1, 1] (an analytic prior's draws reach past 1): pixels in [0, 255]
         warnings.warn(f"the images reach {largest:.4g}: {RANGE_HINT}", stacklevel=2)
     y = op.A(x)

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         ref_im, img_im = ref_im.resize(small, Image.LANCZOS), img_im.resize(small, Image.LANCZOS)
     scores = quality(pil_to_tensor(img_im), pil_to_tensor(ref_im))
-    if args.json:  # JSON has no infinity: null, as documented in `quality`
-        print(json.dumps(scores))
+    if args.json:  # JSON has no infinity: PSNR null, as `quality` documents, and "identical" says why
+        print(json.dumps({**scores, "identical": scores["psnr"] is None}))
         return 0
     undefined = {"psnr": "inf (identical images)", "ssim": "- (needs at least 11x11 pixels)",
                  "lpips": "- (needs at least 31x31 pixels)"}

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if Path(args.folder).is_file():
+        raise NotADirectoryError(f"{args.folder} is a file: pack reads a folder of images")
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"no folder at {args.folder}")
     if Path(args.out).suffix.lower() != ".zip":

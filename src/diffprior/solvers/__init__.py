@@ -264,7 +264,8 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
             raise TypeError(f"{method} takes no init: it starts from noise or from y (of the solvers here, "
                             f"{starters} take one)")
         if not isinstance(init, Tensor) or not init.is_floating_point():
-            raise TypeError(f"init must be a floating-point tensor, got {getattr(init, 'dtype', type(init).__name__)}")
+            kind = init.dtype if isinstance(init, Tensor) else type(init).__name__
+            raise TypeError(f"init must be a floating-point tensor (images in [-1, 1]), got {kind}")
         expected = (y.shape[0], *getattr(prior, "shape", init.shape[1:]))
         if tuple(init.shape) != expected:
             raise ValueError(f"init must have shape {expected}, one image per measurement; got {tuple(init.shape)}")
