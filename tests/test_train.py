@@ -138,6 +138,22 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint(faces, tmp_path, monkeypatch, sign
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_stop_during_a_step_starts_no_grid(faces, tmp_path, monkeypatch):
+    real_loss, calls, drawn = train_module.EpsLoss.__call__, [], []
+
+    def interrupted_loss(self, *args):  # Ctrl-C during step 2, whose end draws a grid
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(train_module.EpsLoss, "__call__", interrupted_loss)
+    monkeypatch.setattr(train_module, "sample", lambda *a, **k: drawn.append(1))
+    with pytest.raises(KeyboardInterrupt, match="training interrupted at step 2"):
+        train(faces, tmp_path / "run", steps=100, sample_every=2, **FAST)
+    assert drawn == [] and state(tmp_path / "run")["step"] == 2
+
+
 def test_a_second_ctrl_c_waits_for_the_checkpoint_to_be_whole(faces, tmp_path, monkeypatch):
     """Ctrl-C twice while the checkpoint is written: the state and the exported model still agree."""
     real_save = train_module.save_checkpoint

@@ -543,13 +543,13 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
             step, seen = step + 1, seen + batch
             seconds += time.monotonic() - tick
             bar.update(1)
-            if val_images is not None and eval_every and step % eval_every == 0:
+            if val_images is not None and eval_every and step % eval_every == 0 and not stop.requested:
                 with stop.droppable():
                     evaluate()
             if step % log_every == 0 or step == steps or evals.get("step") == step:
                 log_row()
                 bar.set_postfix(loss=f"{last_loss:.4f}")
-            if sample_every and step % sample_every == 0:
+            if sample_every and step % sample_every == 0 and not stop.requested:
                 with stop.droppable():
                     sample_grid()
             if checkpoint_every and step % checkpoint_every == 0 and step < steps:
