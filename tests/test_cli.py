@@ -49,6 +49,7 @@ def test_restore_with_a_mask_file_and_a_measured_input(clean_image, tmp_path, ca
     report = json.loads(capsys.readouterr().out)
     assert report["task"] == "inpaint" and "psnr" not in report["restored"]  # no ground truth when measured
     assert report["measured"] and report["files"] == [str(tmp_path / "r.png"), str(tmp_path / "r_figure.png")]
+    assert (report["mask"], report["crop"], report["full_size"]) == (str(tmp_path / "mask.png"), None, False)
     observed = 3 * (64 * 64 - 24 * 24)
     assert report["restored"]["residual"] < 0.1 * observed ** 0.5  # fits the known pixels to RMS < 0.1
 

@@ -30,7 +30,7 @@ from diffprior.checkpoints import CheckpointError, save_checkpoint
 from diffprior.models import load_prior
 from diffprior.networks import build_network
 from diffprior.networks.small import network_config
-from diffprior.operators import measure
+from diffprior.operators import Operator, measure
 from diffprior.tasks import make_operator
 from diffprior.schedule import Schedule
 from diffprior.solvers import DivergenceError, divergence, solve
@@ -258,6 +258,34 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["f.png"]
 
 
+def test_a_failed_overwrite_keeps_the_previous_result_whole(files, capsys, monkeypatch):
+    """--overwrite, then the disk fills while the figure is written: the earlier image and figure stay as they
+    were (the image was deleted, leaving the old figure without it), and the error names the file."""
+    import matplotlib.figure
+    run = ["restore", "clean.png", "--model", "gmm-demo", "--task", "sr4", "--method", "tv", "--out", "r.png"]
+    assert main(run) == 0
+    before = {name: Path(name).read_bytes() for name in ("r.png", "r_figure.png")}
+
+    def full(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    capsys.readouterr()
+    assert main([*run, "--overwrite", "--seed", "3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: No space left on device: r_figure.png")
+    assert {name: Path(name).read_bytes() for name in before} == before
+    assert not [p.name for p in Path().iterdir() if p.name.startswith(".r")]  # nothing kept or temporary
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".gif", "GIF"), (".ico", "ICO"), (".jpg", "JPEG")])
+def test_a_format_that_changes_the_image_is_said(files, capsys, suffix, fmt):
+    """GIF kept 256 colours and ICO at most 256x256 pixels, silently; only JPEG had a note."""
+    assert main(["denoise", "clean.png", "--model", "gmm-demo", "--out", f"d{suffix}"]) == 0
+    assert f"note: d{suffix}: the {fmt} format does not keep an image exactly" in capsys.readouterr().err
+    assert main(["denoise", "clean.png", "--model", "gmm-demo", "--out", "d.png"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_an_output_that_cannot_be_replaced_is_named_not_the_temporary_file(files, capsys, monkeypatch):
     """An immutable output (chattr +i) refuses the rename: the message names it, and nothing is left behind."""
     import diffprior.io
@@ -446,7 +474,12 @@ def test_divergence_is_detected_by_range_and_by_residual():
     assert divergence(op, x, y) is None
     assert "non-finite" in divergence(op, torch.full_like(x, float("nan")), y)
     assert "outside" in divergence(op, torch.full_like(x, 1e4), y)
-    assert "residual" in divergence(op, torch.full_like(x, 50.0), y)
+    assert "outside" in divergence(op, torch.full_like(x, 20.0), y)  # no image reaches 20 (it passed up to 100)
+
+    class Gain(Operator):  # an operator of the user's with a large gain: in range, yet far from y
+        def A(self, x):
+            return 1000 * x
+    assert "residual" in divergence(Gain(), torch.full_like(x, 0.5), torch.zeros_like(x))
     with pytest.raises(DivergenceError, match="lower its step size"):
         solve("dps", prior, op, y, sigma_y=0.05, steps=10, scale=1e30, generator=torch.Generator().manual_seed(1))
 
@@ -526,7 +559,7 @@ def test_full_size_fills_the_holes_of_the_photo_itself(files, capsys):
     assert main(["restore", "--input", "wide.png", "--task", "sr4", "--full-size", "--out", "o3.png"]) == 2
     assert "--full-size fills the holes of a --mask" in capsys.readouterr().err
     assert main([*argv, "--full-size", "--crop", "0,0,100", "--out", "o5.jpg"]) == 0  # a JPEG: said, and close
-    assert "o5.jpg is a JPEG, which compresses the photo's own pixels again" in capsys.readouterr().err
+    assert "note: o5.jpg: the JPEG format does not keep an image exactly" in capsys.readouterr().err
     out = np.asarray(Image.open(files / "o5.jpg")).astype(int)
     assert np.abs(out[known] - photo[known]).mean() < 1.5  # quality 95, full colour resolution
 
@@ -671,3 +704,46 @@ def test_a_folder_or_file_of_the_wrong_kind_is_named_as_such(files, capsys):
     assert "error: clean.png is a file: pack reads a folder of images" in capsys.readouterr().err
     assert main(["pack", "nested", "p.zip"]) == 2
     assert "no image files in nested (images directly in it; subfolders are not read)" in capsys.readouterr().err
+
+
+def test_masks_that_leave_nothing_to_restore_say_why(files, capsys):
+    """A line thinner than one model pixel vanished at 64x64 and was called "marks no pixel missing"; holes only
+    outside the square (with --full-size) were said to be no holes; an all-black mask was not named."""
+    photo = np.full((200, 200), 255, np.uint8)
+    thin = photo.copy()
+    thin[100, 40:160] = 0
+    Image.fromarray(thin).save("thin.png")
+    Image.new("RGB", (200, 200), (90, 120, 150)).save("photo.png")
+    run = ["restore", "photo.png", "--model", "gmm-demo", "--steps", "2", "--out", "r.png"]
+    assert main([*run, "--mask", "thin.png"]) == 2
+    assert ("mask thin.png marks 120 pixels missing in the square the model sees, but none remains at the model's "
+            "64x64: holes thinner than one of its pixels (3.12 photo pixels) vanish") in capsys.readouterr().err
+    outside = np.full((200, 300), 255, np.uint8)
+    outside[:, :20] = 0  # left of the central 200x200 square of a 300x200 photo
+    Image.fromarray(outside).save("outside.png")
+    Image.new("RGB", (300, 200), (90, 120, 150)).save("wide2.png")
+    assert main([*run[:1], "wide2.png", *run[2:], "--mask", "outside.png", "--full-size"]) == 2
+    assert "the mask has 4000 missing pixels outside the photo's central 200x200 square" in capsys.readouterr().err
+    Image.new("L", (200, 200), 0).save("black.png")
+    assert main([*run, "--mask", "black.png"]) == 2
+    assert "mask black.png marks every pixel missing in the square the model sees" in capsys.readouterr().err
+    assert main(["restore", "", "--task", "sr4"]) == 2
+    assert "error: an empty file name: give an image file" in capsys.readouterr().err  # it said ". is a folder"
+
+
+def test_full_size_says_what_an_8_bit_result_loses(files, capsys):
+    """--full-size keeps the observed pixels as the model reads the photo (8-bit RGB): a 16-bit or transparent
+    photo's depth or alpha is not kept, and that is said."""
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[20:40, 20:40] = 0
+    Image.fromarray(mask).save("m64.png")
+    Image.fromarray(np.full((64, 64), 40000, np.uint16)).save("deep.png")
+    Image.new("RGBA", (64, 64), (90, 120, 150, 0)).save("clear.png")
+    run = ["--model", "gmm-demo", "--steps", "2", "--mask", "m64.png", "--full-size", "--method", "tv"]
+    assert main(["restore", "deep.png", *run, "--out", "d.png"]) == 0
+    assert "note: deep.png has 16-bit depth; the full-size result is 8-bit RGB" in capsys.readouterr().err
+    assert main(["restore", "clear.png", *run, "--out", "c.png"]) == 0
+    assert "note: clear.png has transparency; the full-size result is 8-bit RGB (transparent pixels on white)" \
+        in capsys.readouterr().err
+    assert main(["restore", "clean.png", *run, "--out", "e.png"]) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -243,8 +243,10 @@ def test_daps_refuses_noiseless_measurements_before_it_runs(gaussian_problem):
     """Its likelihood is Gaussian in sigma_y: 0 is refused by the spec, so eval and the app refuse it up front."""
     p = gaussian_problem
     assert SPECS["daps"].why_not(p["op"], 0.0).startswith("DAPS models Gaussian measurement noise")
-    with pytest.raises(TypeError, match="daps does not apply .*it needs sigma_y > 0"):
-        solve("daps", p["prior"], p["op"], p["y"], sigma_y=0.0)
+    with pytest.raises(TypeError, match="daps does not apply at sigma_y = 0: .*it needs sigma_y > 0"):
+        solve("daps", p["prior"], p["op"], p["y"], sigma_y=0.0)  # the noise level, not the task, is at fault
+    with pytest.raises(ValueError, match="daps needs 0 < sigma_min <= sigma_max, got sigma_min=10, sigma_max=0.001"):
+        solve("daps", p["prior"], p["op"], p["y"], sigma_y=0.1, sigma_min=10, sigma_max=0.001)
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -140,3 +140,8 @@ def test_a_diverging_run_is_reported(gaussian_problem):
     p = gaussian_problem
     with pytest.raises(DivergenceError, match="step size"):
         solve("scoreald", p["prior"], p["op"], p["y"], steps=200, step_size=20.0, sigma_y=p["sigma_y"])
+    from diffprior.solvers import check_settings, divergence  # 20 on [-1, 1] data is no image (it passed up to 100)
+    assert divergence(p["op"], torch.full_like(p["y"], 20.0), p["y"]).startswith("output values up to 20")
+    assert divergence(p["op"], p["y"].clamp(-1, 1), p["y"]) is None
+    with pytest.raises(ValueError, match="ddnm setting travel_length=0: must be at least 1"):
+        check_settings("ddnm", {"travel_length": 0})

@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
 from .devices import pick_device
-from .io import image_format
+from .io import exact_format, image_format
 
 MAX_SEED = 2 ** 63 - 1  # the largest seed a torch generator takes
 MAX_SIGMA_Y = 10.0  # measurement noise std on [-1, 1] images: 5 times their range, where y is pure noise
@@ -147,8 +148,9 @@ def check_outputs(outputs: Iterable[str | Path], *, inputs: Iterable[str | Path 
     for out in map(Path, outputs):
         if out.is_dir():
             raise IsADirectoryError(f"the output {out} is a folder: give a file name")
-        if images:
-            image_format(out)
+        if images and not exact_format(image_format(out)):
+            print(f"note: {out.name}: the {image_format(out)} format does not keep an image exactly (its pixels or "
+                  "its size change); write a .png to keep every pixel", file=sys.stderr)
         for p in inputs:
             if out.exists() and p.exists() and os.path.samefile(out, p) or out.resolve() == p.resolve():
                 raise FileExistsError(f"the output {out} is the input {p}: choose another output file "

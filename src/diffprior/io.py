@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".a
                   ".pgm", ".pnm", ".tga"}  # the files of a folder that are read as its images
 
 
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit, 32-bit integer or float greyscale
 # what a warning about values far outside [-1, 1] tells the user (measurements, start images, references)
 RANGE_HINT = "the library's images are in [-1, 1], not [0, 255] (dp.io.load_image converts an image file)"
 
@@ -39,6 +40,8 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
 
     A file whose header claims more than Pillow's `Image.MAX_IMAGE_PIXELS` pixels (a decompression bomb)
     is refused before it is decoded."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise FileNotFoundError("an empty file name: give an image file")
     path = Path(path)
     check_alpha(alpha)
     if path.is_dir():
@@ -72,7 +75,7 @@ def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
             return rgba.convert("RGB")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if alpha == "white" else (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit integer or float greyscale
+    if im.mode in HIGH_DEPTH_MODES:
         arr = np.asarray(im, dtype=np.float64)
         if im.mode.startswith("I;16") or arr.max() > 255:
             full = 65535.0
@@ -106,6 +109,15 @@ def center_square(im: Image.Image, size: int | None, crop: tuple[int, int, int] 
         raise ValueError(f"size={size!r}: the side of the square image, a whole number >= 1")
     im = im.crop(square_box(im.size, crop))
     return im if im.size[0] == size else im.resize((size, size), Image.LANCZOS)
+
+
+def lost_in_rgb8(path: str | Path) -> str | None:
+    """What an 8-bit RGB copy of an image file loses ("16-bit depth", "transparency", ...), or None."""
+    with Image.open(path) as im:
+        lost = [f"{'floating-point' if im.mode == 'F' else '16-bit'} depth"] if im.mode in HIGH_DEPTH_MODES else []
+        if "A" in im.mode or "transparency" in im.info:
+            lost.append("transparency")
+    return " and ".join(lost) or None
 
 
 def fit_note(name: str, size: tuple[int, int], side: int) -> str | None:
@@ -203,10 +215,11 @@ def atomic_write(path: str | Path, write) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        try:
-            os.replace(tmp, path)
-        except OSError as e:  # about `path` (e.g. an immutable file), not the temporary file it names
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, an immutable file: say which file, not the temporary one
+        if e.errno is not None and e.filename in (None, tmp):
             raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -223,19 +236,34 @@ def output_folder(path: str | Path, what: str) -> Path:
 
 @contextlib.contextmanager
 def all_or_none(paths: Iterable[str | Path]) -> Iterator[None]:
-    """Files written together: when the block ends by an exception (Ctrl-C and SIGTERM included), the files
-    of `paths` it wrote are removed, so that a run leaves all of its outputs or none, never a part of them
-    that would refuse (or mislead) the next run."""
+    """Files written together: when the block ends by an exception (Ctrl-C, SIGTERM, a full disk), each file of
+    `paths` that it changed is put back as it was (an earlier run's file, kept meanwhile as a hard link
+    .NAME.previous beside it) or removed, so that a run leaves all of its outputs or none, never a part of them
+    that would refuse (or mislead) the next run, and never loses what --overwrite was about to replace."""
     def signature(p: Path):
         return (p.stat().st_ino, p.stat().st_mtime_ns) if p.exists() else None
     before = {Path(p): signature(Path(p)) for p in paths}
+    kept = {}
+    for p in before:
+        previous = p.with_name(f".{p.name}.previous")
+        with contextlib.suppress(OSError):  # no hard links here: the old file cannot be kept
+            previous.unlink(missing_ok=True)
+            if p.is_file():
+                os.link(p, previous)
+                kept[p] = previous
     try:
         yield
     except BaseException:
         for p, old in before.items():
-            if signature(p) not in (None, old):
-                p.unlink(missing_ok=True)
+            if signature(p) != old:
+                if p in kept:
+                    os.replace(kept.pop(p), p)
+                else:
+                    p.unlink(missing_ok=True)
         raise
+    finally:
+        for previous in kept.values():
+            previous.unlink(missing_ok=True)
 
 
 def save_image(x: Tensor | Image.Image, path: str | Path) -> Path:
@@ -250,7 +278,20 @@ def save_image(x: Tensor | Image.Image, path: str | Path) -> Path:
 
 
 SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}
-LOSSY_FORMATS = {"JPEG", "MPO"}  # formats that change the pixels they are given, even with SAVE_OPTIONS
+
+
+@functools.cache
+def exact_format(fmt: str) -> bool:
+    """Whether Pillow's `fmt` (with SAVE_OPTIONS) gives back an RGB image as it was given, pixel for pixel and
+    at its size: not JPEG (compressed), GIF (256 colours), ICO (at most 256x256), PDF (not read back) ..."""
+    given = np.random.default_rng(0).integers(0, 256, (18, 257, 3), dtype=np.uint8)
+    buffer = BytesIO()
+    try:
+        Image.fromarray(given).save(buffer, format=fmt, **SAVE_OPTIONS.get(fmt, {}))
+        with Image.open(BytesIO(buffer.getvalue())) as back:
+            return np.array_equal(np.asarray(back.convert("RGB")), given)
+    except Exception:  # a format's writer or reader may raise anything
+        return False
 
 
 def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, int] | None = None,
@@ -261,7 +302,7 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
     central square crop (or `crop`) and resize to `size` (H, W), or already the size `size`. Any other size
     is an error, never silently resized. A mask that leaves no pixel of the model's square missing is an error
     too: there is nothing to inpaint."""
-    im = open_mask(path)
+    im = drawn = open_mask(path)
     if photo_size is not None and im.size == tuple(photo_size) and im.size != (size[1], size[0]):
         if size[0] != size[1]:
             raise ValueError(f"a mask of the photo's size needs a square image size, got {size}")
@@ -271,6 +312,17 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
         raise ValueError(f"mask {path} does not fit: it is {im.size[0]}x{im.size[1]} (WxH), expected "
                          f"{photo}the model's {size[1]}x{size[0]}")
     known = binary_mask(im)
+    if known.all() and drawn is not im:  # holes drawn at the photo's size that the resize made vanish
+        left, top, right, bottom = square_box(drawn.size, crop)
+        missing = int((~binary_mask(drawn.crop((left, top, right, bottom)))).sum())
+        if missing:
+            raise ValueError(f"mask {path} marks {missing} pixels missing in the square the model sees, but none "
+                             f"remains at the model's {size[1]}x{size[0]}: holes thinner than one of its pixels "
+                             f"({(right - left) / size[1]:.3g} photo pixels) vanish; draw them thicker")
+    if not known.any():
+        where = " in the square the model sees" if photo_size else ""
+        raise ValueError(f"mask {path} marks every pixel missing{where} (white = known, black = missing): the "
+                         "restoration would see nothing of the photo")
     if known.all():
         where = " in the square the model sees" if photo_size else ""
         raise ValueError(f"mask {path} marks no pixel missing{where} (white = known, black = missing): there is "

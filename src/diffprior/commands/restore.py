@@ -14,7 +14,7 @@ from PIL import Image
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import (LOSSY_FORMATS, all_or_none, center_square, check_fillable, fill_holes, fit_note, image_format,
+from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, lost_in_rgb8,
                   load_mask, masked_center_square, open_image, photo_mask, pil_to_tensor, save_image, square_box)
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
@@ -92,9 +92,6 @@ def run(args: argparse.Namespace) -> int:
     user_settings = parse_settings(args.set, args.method)
     out, inputs = Path(args.out), [args.input, args.mask, model_input(args.model)]
     arguments.check_outputs([out], inputs=inputs, overwrite=args.overwrite)  # before naming the files beside it
-    if args.full_size and image_format(out) in LOSSY_FORMATS:
-        print(f"note: {out.name} is a JPEG, which compresses the photo's own pixels again too (quality 95); write "
-              "a .png to keep them exactly", file=sys.stderr)
     beside = {name: out.with_name(f"{out.stem}_{name}.png") for name in ("figure", "std", "calibration")}
     outputs = {"restored": out, "figure": beside["figure"]}
     if args.samples > 1:
@@ -102,23 +99,28 @@ def run(args: argparse.Namespace) -> int:
         outputs["std"] = beside["std"]
         if not args.measured:
             outputs["calibration"] = beside["calibration"]
-    arguments.check_outputs(outputs.values(), inputs=inputs, overwrite=args.overwrite)
+    arguments.check_outputs([p for p in outputs.values() if p != out], inputs=inputs, overwrite=args.overwrite)
     # an earlier run's std map or calibration figure that this run does not write would sit beside the new
     # result as if it were this run's: --overwrite replaces the whole result, so those go once it is saved
     stale = [p for name, p in beside.items() if name not in outputs and p.is_file()] if args.overwrite else []
     whole = open_image(args.input)
+    lost = lost_in_rgb8(args.input) if args.full_size else None
+    if lost:  # the observed pixels are kept as the 8-bit RGB photo the model reads, not as the file holds them
+        print(f"note: {args.input} has {lost}; the full-size result is 8-bit RGB (transparent pixels on white)"
+              if "transparency" in lost else f"note: {args.input} has {lost}; the full-size result is 8-bit RGB",
+              file=sys.stderr)
     photo = whole if args.crop is None else whole.crop(square_box(whole.size, args.crop))  # what the model sees
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     size = prior.shape[-1]
     gen = generator(device, args.seed)
-    op = (Inpaint(load_mask(args.mask, (size, size), whole.size, args.crop)) if task == "inpaint"
-          else make_operator(task, (3, size, size), seed=args.seed)).to(device)
     # the mask at the whole photo's size, for what uses it: a damaged photo's measurement, the full-size result
     known = photo_mask(args.mask, whole.size, size, args.crop) if task == "inpaint" and (
         args.measured or args.full_size) else None
-    if args.full_size:
+    if args.full_size:  # first: holes outside the square are the reason the square may have none
         check_fillable(known, args.crop)
+    op = (Inpaint(load_mask(args.mask, (size, size), whole.size, args.crop)) if task == "inpaint"
+          else make_operator(task, (3, size, size), seed=args.seed)).to(device)
     check_steps(prior, args.steps, args.method)
     settings = settings_for(args.method, task, tuned_settings(prior), steps=args.steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
@@ -165,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from ..figures import displayable, image_table
     from ..metrics import residual
     report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
+              "mask": args.mask and str(args.mask), "crop": args.crop and list(args.crop), "full_size": args.full_size,
               "model": str(args.model), "settings": settings,
               "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3),
               "written_size": list(whole.size) if args.full_size else [size, size]}  # W, H

@@ -80,7 +80,7 @@ def tuned_settings(prior) -> dict:
     return tuned
 
 
-DIVERGED_ABOVE = 100.0  # |x| beyond this is no image: the data live in about [-1, 1]
+DIVERGED_ABOVE = 10.0  # |x| beyond this is no image: the data live in about [-1, 1]
 
 
 class DivergenceError(RuntimeError):
@@ -98,8 +98,9 @@ WHOLE_SETTINGS = ("steps", *TIMESTEP_SETTINGS)  # whole numbers, whatever their 
 SHARE_SETTINGS = ("eta", "eta_b", "zeta", "lr_min_ratio")  # shares of noise or of a rate, in [0, 1]
 POSITIVE_SETTINGS = ("rho", "sigma_min", "sigma_max", "ode_sigma_min", "ref_size",  # divided by, or a log taken
                      "step_size")  # a Langevin step of 0 never moves
+# setting: the one solver it is for (None: all)
 AT_LEAST_ONE = {"steps": None, "langevin_steps": "scoreald", "ode_steps": "daps", "jump_length": "repaint",
-                "jump_n_sample": "repaint"}  # setting: the one solver it is for (None: all)
+                "jump_n_sample": "repaint", "travel_length": "ddnm", "travel_repeat": "ddnm"}
 
 
 def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
@@ -250,9 +251,11 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, **
     schedule = getattr(prior, "schedule", None)
     settings.update(check_settings(method, {k: v for k, v in settings.items() if k not in PLUMBING},
                                    schedule.T if schedule is not None else None))
-    why = spec.why_not(op, settings.get("sigma_y", spec.settings.get("sigma_y", 0.0)))
-    if why is not None:
-        raise TypeError(f"{method} does not apply to {op.name}: {why}")
+    noise = settings.get("sigma_y", spec.settings.get("sigma_y", 0.0))
+    why = spec.why_not(op, noise)
+    if why is not None:  # the operator's fault, or (where it would apply with noise) the noise level's
+        blame = f"to {op.name}" if spec.why_not(op, 1.0) is not None else f"at sigma_y = {noise:g}"
+        raise TypeError(f"{method} does not apply {blame}: {why}")
     check_measurement_tensor(prior, y)  # before the operator moves to y's device (in place: it is a Module)
     op = op.to(y.device)
     _check_measurement_shape(prior, op, y, settings.get("sigma_y", sigma_y or 0.0))

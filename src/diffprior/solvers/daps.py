@@ -110,7 +110,7 @@ def misfit_grad(op: Operator, x: Tensor, y: Tensor) -> Tensor:
 def _edm_sigmas(sigma_max: float, sigma_min: float, rho: float, n: int) -> list[float]:
     """n levels (sigma_max^(1/rho) + r (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho at r = i / n, i < n."""
     if not 0 < sigma_min <= sigma_max:
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+        raise ValueError(f"daps needs 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     return [(a + i / n * (b - a)) ** rho for i in range(n)]
 

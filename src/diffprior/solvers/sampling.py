@@ -104,7 +104,9 @@ def jump_schedule(steps: int, jump_length: int = 10, jump_n_sample: int = 5) -> 
     steps - 1 down to -1 (the data), one index per reverse step; on reaching index k = 0, j, 2j, ...
     (k < steps - j) it jumps up to k + j, r - 1 times (j = jump_length, r = jump_n_sample)."""
     if steps < 1 or jump_length < 1 or jump_n_sample < 1:
-        raise ValueError("a resampling chain needs steps, jump length and repeats >= 1")
+        raise ValueError(f"a resampling chain needs steps, jump length and repeats >= 1, got {steps}, "
+                         f"{jump_length}, {jump_n_sample} (RePaint's jump_length / jump_n_sample, DDNM's "
+                         "travel_length / travel_repeat)")
     left = {k: jump_n_sample - 1 for k in range(0, steps - jump_length, jump_length)}
     path = [steps - 1]
     while path[-1] >= 0:
