@@ -148,9 +148,10 @@ def check_outputs(outputs: Iterable[str | Path], *, inputs: Iterable[str | Path 
     for out in map(Path, outputs):
         if out.is_dir():
             raise IsADirectoryError(f"the output {out} is a folder: give a file name")
-        if images and not exact_format(image_format(out)):
-            print(f"note: {out.name}: the {image_format(out)} format does not keep an image exactly (its pixels or "
-                  "its size change); write a .png to keep every pixel", file=sys.stderr)
+        fmt = image_format(out) if images else None
+        if fmt and not exact_format(fmt):
+            print(f"note: {out.name}: the {fmt} format does not keep an image exactly (its pixels or its size "
+                  "change); write a .png to keep every pixel", file=sys.stderr)
         for p in inputs:
             if out.exists() and p.exists() and os.path.samefile(out, p) or out.resolve() == p.resolve():
                 raise FileExistsError(f"the output {out} is the input {p}: choose another output file "

@@ -99,8 +99,9 @@ class EpochSampler:
 
 class StopRequest:
     """While active, the first Ctrl-C or SIGTERM (`kill`, a job scheduler's stop) only asks the loop to stop
-    after the current step (so that the checkpoint is consistent); a second one interrupts at once, or, inside
-    `protected()` (a checkpoint being written), as soon as that section ends."""
+    after the current step (so that the checkpoint is consistent; work inside `droppable()` ends at once); a
+    second one interrupts at once, or, inside `protected()` (a checkpoint being written), as soon as that
+    section ends."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -106,9 +106,8 @@ def run(args: argparse.Namespace) -> int:
     whole = open_image(args.input)
     lost = lost_in_rgb8(args.input) if args.full_size else None
     if lost:  # the observed pixels are kept as the 8-bit RGB photo the model reads, not as the file holds them
-        print(f"note: {args.input} has {lost}; the full-size result is 8-bit RGB (transparent pixels on white)"
-              if "transparency" in lost else f"note: {args.input} has {lost}; the full-size result is 8-bit RGB",
-              file=sys.stderr)
+        on_white = " (transparent pixels on white)" if "transparency" in lost else ""
+        print(f"note: {args.input} has {lost}; the full-size result is 8-bit RGB{on_white}", file=sys.stderr)
     photo = whole if args.crop is None else whole.crop(square_box(whole.size, args.crop))  # what the model sees
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
