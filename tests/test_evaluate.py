@@ -376,7 +376,7 @@ def test_a_mask_file_is_the_task_inpaint_for_every_image(setup, tmp_path, capsys
         assert not (tmp_path / "refused").exists()  # no run.json to block the corrected command
 
 
-def test_a_folder_of_masks_gives_each_image_its_own(setup, tmp_path):
+def test_a_folder_of_masks_gives_each_image_its_own(setup, tmp_path, capsys):
     _, data, model = setup
     images = sorted(data.glob("img_*.png"))[:3]
     (tmp_path / "masks").mkdir()
@@ -401,6 +401,14 @@ def test_a_folder_of_masks_gives_each_image_its_own(setup, tmp_path):
         y = measure(op, x, 0.05, torch.Generator().manual_seed(derive_seed("measure", 0, "inpaint", r["image"])))
         assert float(r["psnr"]) == pytest.approx(float(image_metrics(op.naive(y), x)["psnr"][0]), abs=1e-5)
     assert json.loads((out / "run.json").read_text())["identity"]["mask"] == str((tmp_path / "masks").resolve())
+    # an image's mask changed in the folder: its rows were made with the old one (this resumed silently)
+    save_image(torch.ones(1, 3, 32, 32).index_fill(2, torch.tensor([0, 1]), -1), tmp_path / "masks" / images[1].name)
+    run = ["eval", "--data", str(data), "--model", str(model), "--device", "cpu", "--limit", "3", "--batch", "2",
+           "--methods", "sdedit", "--steps", "2", "--no-progress", "--mask", str(tmp_path / "masks"), "--out", str(out)]
+    assert main(run) == 2
+    assert f"holds rows of images whose masks have changed since ({images[1].name})" in capsys.readouterr().err
+    save_image(knowns[images[1].name].expand(1, 3, 32, 32) * 2 - 1, tmp_path / "masks" / images[1].name)
+    assert main(run) == 0  # put back: the run continues (nothing left to do)
 
 
 def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_path):

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -307,6 +308,21 @@ def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def check_masks(path: Path, masks: dict[str, Tensor], *, write: bool) -> None:
+    """A mask folder's masks as the run's rows were made with them: an image whose mask has changed since is
+    refused (its rows would mix two masks); the masks of images new to the run are recorded in `path`."""
+    digests = {name: hashlib.sha256(m.numpy().tobytes()).hexdigest()[:16] for name, m in masks.items()}
+    record = read_record(path) if path.is_file() else {}
+    stored = record.get("masks", {})
+    changed = sorted(name for name in digests.keys() & stored.keys() if digests[name] != stored[name])
+    if changed:
+        raise RunMismatch(f"{path.parent} holds rows of images whose masks have changed since ({', '.join(changed[:3])}"
+                          f"{' ...' if len(changed) > 3 else ''}): choose another --out, or restore those masks")
+    if write and not digests.items() <= stored.items():
+        text = json.dumps({**record, "masks": {**stored, **digests}}, indent=2) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 @dataclass
 class Ranks:
     """This process's place among torch.distributed ranks (rank 0 of 1 when run alone)."""
@@ -411,6 +427,8 @@ def evaluate(data: str | Path, out: str | Path, *,
                         str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask)))}
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
+        if mask is not None and Path(mask).is_dir():  # the folder's place is in the identity; its masks, here
+            check_masks(out / "run.json", masks, write=ranks.rank == 0)
         if ranks.rank == 0:
             report_skipped(out, skipped)
         units = work_units(len(chunks), cells, seeds)
