@@ -99,7 +99,7 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     if differ:
         raise ValueError(f"{folder} holds samples of other settings or weights ({'; '.join(differ)}): rerun with "
                          "the same model and settings to continue them, or choose another folder")
-    beyond = sorted(p.name for p in folder.glob("sample_*.png") if p.stem[7:].isdigit() and int(p.stem[7:]) >= n)
+    beyond = [name for name in drawn if name[7:-4].isdigit() and int(name[7:-4]) >= n]  # sample_NNNNN.png
     if beyond:
         raise ValueError(f"{folder} holds samples beyond the {n} asked for ({beyond[0]} ...): give --n as large as "
                          "before to keep them, or choose another folder")
