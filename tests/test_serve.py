@@ -312,6 +312,17 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
             restore(c, **kwargs)
 
 
+def test_a_painted_layer_too_large_to_decode_is_refused_before_decoding(server, clean_png, tmp_path):
+    """Gradio decodes the editor's layers before the app sees them: the server's Pillow refuses more than twice
+    --max-pixels (here 2 million) instead of decoding whatever a request sends."""
+    url, _ = server
+    c = client(url, tmp_path)
+    c.predict(handle_file(str(clean_png)), api_name="/upload")
+    Image.new("LA", (2100, 1000)).save(tmp_path / "layer.png")  # 2.1 million pixels, a few kB of PNG
+    with pytest.raises(gradio_client.exceptions.AppError, match="exceeds limit of 2000000 pixels"):
+        restore(c, "inpaint", ["dps"], steps=2, layers=[tmp_path / "layer.png"])
+
+
 # -- a real browser ---------------------------------------------------------------------------------
 def test_in_a_headless_browser_choose_the_square_paint_a_mask_and_restore(server, clean_png, tmp_path):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]

@@ -11,7 +11,7 @@ painted mask, the uploaded photo itself at its own size with the holes filled to
 
 Safety: the server binds 127.0.0.1 unless --host says otherwise; uploads over --max-upload-mb or over
 --max-pixels (checked in the header, before decoding) are refused with a message, and so are decompression
-bombs; one job runs at a time (a queue); the app reads and writes files only inside its own temporary
+bombs (painted layers sent by a request: more than twice --max-pixels); one job runs at a time (a queue); the app reads and writes files only inside its own temporary
 folder, which it removes when it stops.
 
 Needs the optional extra: pip install "diffprior[web]".
@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +124,8 @@ class Studio:
             with Image.open(p) as im:
                 w, h = im.size
         except Image.DecompressionBombError:
-            raise AppError(f"{name} claims more than twice the {Image.MAX_IMAGE_PIXELS} pixels that Pillow decodes: "
-                           "refused as a decompression bomb") from None
+            raise AppError(f"{name} claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels (this app decodes at most "
+                           f"{self.max_pixels}): refused as a decompression bomb") from None
         except UnidentifiedImageError:  # its text names the server's copy of the file
             raise AppError(f"cannot read {name} as an image: it is in no image format this app knows (PNG, JPEG, "
                            "WebP, TIFF, BMP, GIF, ...), whatever its name says; upload the photo itself") from None
@@ -649,6 +650,14 @@ def check_address(host: str, port: int) -> None:
             raise ValueError(f"cannot listen on {host} port {port}: {e.strerror}; {hint}") from None
 
 
+def limit_decoding(max_pixels: int) -> None:
+    """Make Pillow refuse, in this whole process, any image of more than twice `max_pixels` pixels (it raises
+    above twice its limit and only warns below): Gradio decodes the painted layers a request sends before the
+    app sees them, and the app's own check (`Studio.open_upload`) reads the size of an upload from its header."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -670,6 +679,7 @@ def run(args) -> int:
         except ImportError as e:
             raise ImportError(_install_hint()) from e
         max_bytes = int(args.max_upload_mb * 1e6)
+        limit_decoding(args.max_pixels)
         studio = Studio(args.model, device, folder, config=args.config, dtype=args.dtype, max_pixels=args.max_pixels,
                         max_bytes=max_bytes)
         app = build_app(studio)
