@@ -140,7 +140,22 @@ def test_rerun_of_a_finished_run_changes_nothing(reference, tmp_path, setup, cap
     assert main(command(data, model, out)) == 0
     assert rows_of(out) == rows_of(reference)
     err = capsys.readouterr().err
-    assert err.count("skipping broken.png") == 1 and "0 to do" in err
+    assert err.count("skipping broken.png") == 1 and "0 to do" in err and "note:" not in err
+
+
+def test_images_to_keep_of_rows_already_done_are_named_as_missing(setup, tmp_path, capsys):
+    """--save-images on a run whose rows are done: the images it cannot keep are counted; once a run kept
+    them, a rerun says nothing."""
+    _, data, model = setup
+    few = ["--tasks", "box-inpaint", "--seeds", "1"]
+    assert main(command(data, model, tmp_path / "plain", *few)) == 0
+    assert main(command(data, model, tmp_path / "plain", *few, "--save-images", "1")) == 0
+    err = capsys.readouterr().err
+    assert "note: 4 restorations to keep as images belong to rows already done" in err  # 4 cells, 1 image
+    assert not (tmp_path / "plain" / "images").exists()
+    assert main(command(data, model, tmp_path / "kept", *few, "--save-images", "1")) == 0
+    assert main(command(data, model, tmp_path / "kept", *few, "--save-images", "1")) == 0
+    assert len(list((tmp_path / "kept" / "images").rglob("*.png"))) == 4 and "note:" not in capsys.readouterr().err
 
 
 def test_resume_after_a_hard_kill_gives_the_same_rows(reference, setup, tmp_path):

@@ -435,21 +435,25 @@ def evaluate(data: str | Path, out: str | Path, *,
         order = [k for u, _ in units for k in u.keys(chunks)]
         mine = [u for u, k in units if (u.chunk + k) % ranks.world == ranks.rank]  # each cell dealt over the ranks
         done = {row_key(r) for f in row_files(out) for r in read_rows(f)}
+        kept = {p.name for p in images[:save]}  # the images whose restorations are saved
         if ranks.rank == 0:
             left = sum(k not in done for k in order)
             print(f"{len(images)} images ({len(skipped)} skipped), {sum(map(len, cells.values()))} cells "
                   f"(task x method x settings), {seeds} seed(s): {len(order)} rows, {len(order) - left} done, "
                   f"{left} to do" + (f" over {ranks.world} processes" if ranks.world > 1 else ""), file=sys.stderr)
-            if save and left < len(order):
-                print("note: --save-images keeps the images of rows computed now; rows already done are not run "
-                      "again (a new --out computes and keeps them all)", file=sys.stderr)
+            unkept = [k for k in order if k in done and k[0] in kept
+                      and not saved_image(out, k[1], k[2], k[3], k[4], k[0]).is_file()]
+            if unkept:
+                print(f"note: {len(unkept)} restorations to keep as images belong to rows already done, which are "
+                      f"not run again: they stay missing from {out / 'images'} (a new --out computes and keeps "
+                      "them all)", file=sys.stderr)
 
         writer = RowWriter(out / ("rows.csv" if ranks.world == 1 else f"rows.rank{ranks.rank}.csv"))
         bar = tqdm(total=sum(len(chunks[u.chunk]) for u in mine), unit="row", smoothing=0, dynamic_ncols=True,
                    initial=sum(k in done for u in mine for k in u.keys(chunks)),
                    desc="eval" if ranks.world == 1 else f"eval (rank 0 of {ranks.world})",
                    disable=not progress or ranks.rank != 0)
-        runner = Runner(prior, chunks, size, sigma_y, dev, out, {p.name for p in images[:save]}, masks)
+        runner = Runner(prior, chunks, size, sigma_y, dev, out, kept, masks)
         try:
             for unit in mine:
                 keys = unit.keys(chunks)
