@@ -319,7 +319,9 @@ def test_cpu_steps_cut_only_runs_longer_than_100_network_evaluations(capsys):
     prior, cpu, gpu = load_prior("gmm-demo"), torch.device("cpu"), torch.device("cuda")
     own = lambda method, task="sr4", **s: settings_for(method, task, **s)  # noqa: E731
     assert cpu_steps(cpu, None, prior, "dps", own("dps")) == 100  # 1000 steps
-    assert "dps runs 100 steps on the CPU" in capsys.readouterr().err
+    assert "dps runs 100 steps (100 network evaluations) on the CPU, where its own 1000" in capsys.readouterr().err
+    assert cpu_steps(cpu, None, prior, "repaint", own("repaint")) is None  # its own 100 steps: nothing to cut
+    assert capsys.readouterr().err == ""
     assert cpu_steps(cpu, None, prior, "ddrm", own("ddrm")) is None  # its own 20: more would be worse
     assert cpu_steps(cpu, None, prior, "diffpir", own("diffpir")) is None  # its own 100
     assert cpu_steps(cpu, None, prior, "tv", own("tv")) is None  # no network: its 300 iterations

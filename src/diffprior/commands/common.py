@@ -190,12 +190,14 @@ def cpu_steps(device: torch.device, steps: int | None, prior, method: str, setti
     own (DDRM's 20 steps stay 20: it gets worse with more)."""
     if steps is not None or device.type != "cpu":
         return steps
-    own = SPECS[method].evaluations(prior.schedule, **settings)
-    if own <= CPU_STEPS:
+    spec = SPECS[method]
+    own = spec.evaluations(prior.schedule, **settings)
+    fewer = spec.evaluations(prior.schedule, **{**settings, "steps": CPU_STEPS})
+    if own <= CPU_STEPS or fewer >= own:  # RePaint's own 100 steps are already CPU_STEPS
         return None
     if note:
-        print(f"note: {method} runs {CPU_STEPS} steps on the CPU, where its own {own} network evaluations would take "
-              "minutes (--steps sets the count)", file=sys.stderr)
+        print(f"note: {method} runs {CPU_STEPS} steps ({fewer} network evaluations) on the CPU, where its own {own} "
+              "would take minutes (--steps sets the count)", file=sys.stderr)
     return CPU_STEPS
 
 
