@@ -76,6 +76,7 @@ def server(tmp_path_factory):
     log.close()
     text = (root / "server.log").read_text()
     assert f"127.0.0.1:{port}" in text
+    assert proc.returncode == 130 and text.rstrip().endswith("diffprior serve: interrupted (SIGTERM)"), text[-500:]
     # every file the app (and Gradio in it) wrote was inside its own folder, which it removed
     assert not list(tmp.iterdir()), f"left behind: {list(tmp.iterdir())}"
 

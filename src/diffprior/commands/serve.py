@@ -26,11 +26,9 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -658,15 +656,9 @@ def limit_decoding(max_pixels: int) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def run(args) -> int:
     check_address(args.host, args.port)
     device = pick_device(args.device)
-    if threading.current_thread() is threading.main_thread():  # `kill` stops it like Ctrl-C, also while starting
-        signal.signal(signal.SIGTERM, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="diffprior-serve-"))
     try:
         (folder / "jobs").mkdir()
@@ -686,7 +678,13 @@ def run(args) -> int:
         app.queue(default_concurrency_limit=1, max_size=32)  # one job at a time; others wait in line
         print(f"diffprior serve: {args.model} on {device}, files in {folder}", file=sys.stderr)
         app.launch(server_name=args.host, server_port=args.port, max_file_size=max_bytes, share=False,
-                   ssr_mode=False, show_error=True, css=CSS, footer_links=["api"], inbrowser=False)
+                   ssr_mode=False, show_error=True, css=CSS, footer_links=["api"], inbrowser=False,
+                   prevent_thread_lock=True)
+        try:  # serve until Ctrl-C or SIGTERM, which the command line reports (Gradio's own wait swallows them)
+            while True:
+                time.sleep(0.2)
+        finally:
+            app.close(verbose=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
