@@ -12,12 +12,12 @@ import torch
 
 import diffprior.solvers
 from diffprior.nonlinear import PhaseRetrieval, Saturation
-from diffprior.operators import Identity, Inpaint, LinearOperator
+from diffprior.operators import Identity, Inpaint, LinearOperator, measure
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
 from diffprior.solvers import (SOLVERS, SPECS, DivergenceError, check_measurement, check_settings, settings_for, solve,
                                tuned_settings)
-from diffprior.tasks import INPAINTING_TASKS, TASKS
+from diffprior.tasks import INPAINTING_TASKS, TASKS, make_operator
 
 N = 1000  # posterior samples per check
 
@@ -314,6 +314,23 @@ def test_faces64_ships_valid_tuned_settings_and_other_priors_none(gaussian_probl
         for task, settings in by_task.items():
             check_settings(method, settings_for(method, task, tuned, steps=100), prior.schedule.T)
     assert tuned_settings(gaussian_problem["prior"]) == {}
+
+
+def test_solve_with_a_task_runs_the_command_lines_settings_under_the_given_ones():
+    prior = load_prior("faces64")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    op = make_operator("box-inpaint", x.shape[1:], seed=0)
+    y = measure(op, x, sigma_y=0.05, generator=torch.Generator().manual_seed(0))
+
+    def run(**settings):
+        return solve("dps", prior, op, y, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(1), **settings)
+
+    tuned = tuned_settings(prior)["dps"]["box-inpaint"]  # a warm start at 500 and scale 2
+    assert torch.equal(run(task="box-inpaint"), run(**tuned))
+    assert not torch.equal(run(task="box-inpaint"), run())  # the solver's own defaults: scale 0.5 from noise
+    assert torch.equal(run(task="box-inpaint", start=None), run(scale=tuned["scale"]))  # the given ones win
+    with pytest.raises(ValueError, match="unknown task 'box'; choose from box-inpaint"):
+        run(task="box")
 
 
 @pytest.mark.parametrize("given, message", [
