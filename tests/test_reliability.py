@@ -747,3 +747,27 @@ def test_full_size_says_what_an_8_bit_result_loses(files, capsys):
         in capsys.readouterr().err
     assert main(["restore", "clean.png", *run, "--out", "e.png"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_training_or_reproduce_folder_in_use_by_another_process_is_refused(tmp_path, capsys):
+    """The same long run started twice: the second process is refused before it reads or writes anything, and
+    the folder is free again once the first has ended."""
+    from diffprior.io import folder_lock
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom diffprior.io import folder_lock\n"
+                               "with folder_lock(sys.argv[1], 'a test'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)", str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for argv in (["train", "--data", str(tmp_path / "no-such-data"), "--out", str(run), "--resume"],
+                     ["reproduce", "--data", "generated:2", "--out", str(run), "--device", "cpu"]):
+            assert main(argv) == 2
+            assert f"{run} is in use: another process is writing a" in capsys.readouterr().err
+        assert list(run.iterdir()) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(run, "a test"):  # released by the process's end, however it ended
+        with folder_lock(tmp_path / "not-yet-made", "a test"):  # nothing to lock yet: no check
+            pass

@@ -235,6 +235,31 @@ def output_folder(path: str | Path, what: str) -> Path:
 
 
 @contextlib.contextmanager
+def folder_lock(path: str | Path, what: str) -> Iterator[None]:
+    """While the block runs, refuse (FileExistsError) other processes that take this lock on the folder `path`
+    to write `what` into it, e.g. the same long run started twice. An advisory lock on the folder itself (no
+    file is left behind), released when the block ends or the process dies; no check where the folder does not
+    exist yet or the system has no `flock` (Windows)."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"{path} is in use: another process is writing {what} into it; wait for it to "
+                                  "end (or stop it), or give another folder") from None
+        except OSError:
+            pass  # a file system without locks
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def all_or_none(paths: Iterable[str | Path]) -> Iterator[None]:
     """Files written together: when the block ends by an exception (Ctrl-C, SIGTERM, a full disk), each file of
     `paths` that it changed is put back as it was (an earlier run's file, kept meanwhile as a hard link

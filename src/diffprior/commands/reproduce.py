@@ -68,7 +68,7 @@ from ..figures import displayable, image_table
 from .. import arguments
 from ..io import load_image
 from ..metrics import image_metrics
-from ..io import atomic_write, output_folder
+from ..io import atomic_write, folder_lock, output_folder
 from ..models import load_prior
 from ..prior import GaussianMixturePrior, Prior
 from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for, tuned_settings
@@ -719,7 +719,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args)
-    reproduce(plan)
+    with folder_lock(plan.out, "a reproduce run"):
+        reproduce(plan)
     if plan.failed:
         print(f"error: the report was written, but every row of {len(plan.failed)} cell(s) is empty (the solver "
               "diverged on each batch): " + "; ".join(plan.failed), file=sys.stderr)

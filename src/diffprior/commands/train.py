@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import arguments
+from .. import arguments, io
 from ..networks.small import CONFIGS, network_config
 from ..train import train
 
@@ -69,16 +69,17 @@ def run(args: argparse.Namespace) -> Path:
     network: str | dict = args.config
     if args.dropout is not None:
         network = {**network_config(args.config), "dropout": args.dropout}
-    path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
-                 warmup=args.warmup, lr_end=args.lr_end, decay_from=args.decay_from, ema=args.ema,
-                 network=network, min_snr=args.min_snr, prediction=args.prediction, v_shift=args.v_shift,
-                 t_density=args.t_density,
-                 bf16=args.bf16, first=args.first, last=args.last,
-                 count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
-                 val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                 sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
-                 max_minutes=args.max_minutes, resume=args.resume, init=args.init, widen=args.widen,
-                 device=args.device, compile=args.compile,
-                 channels_last=args.channels_last, seed=args.seed)
+    with io.folder_lock(args.out, "a training run"):
+        path = train(args.data, args.out, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
+                     warmup=args.warmup, lr_end=args.lr_end, decay_from=args.decay_from, ema=args.ema,
+                     network=network, min_snr=args.min_snr, prediction=args.prediction, v_shift=args.v_shift,
+                     t_density=args.t_density,
+                     bf16=args.bf16, first=args.first, last=args.last,
+                     count=args.count, val=args.val, val_first=args.val_first, val_last=args.val_last,
+                     val_count=args.val_count, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                     sample_every=args.sample_every, sample_steps=args.sample_steps, sampler=args.sampler,
+                     max_minutes=args.max_minutes, resume=args.resume, init=args.init, widen=args.widen,
+                     device=args.device, compile=args.compile,
+                     channels_last=args.channels_last, seed=args.seed)
     print(f"model written to {path}")
     return path
