@@ -1,6 +1,7 @@
 """The command line end to end, on the built-in analytic prior (fast and exact)."""
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -329,6 +330,9 @@ def test_cpu_steps_cut_only_runs_longer_than_100_network_evaluations(capsys):
     assert cpu_steps(cpu, None, prior, "sdedit", own("sdedit", t0=200)) == 100
     assert cpu_steps(cpu, 1000, prior, "dps", own("dps")) == 1000 and cpu_steps(gpu, None, prior, "dps", own("dps")) is None
     assert capsys.readouterr().err.count("note:") == 1  # the sdedit one; the rest were not cut
+    short = types.SimpleNamespace(schedule=Schedule.linear(50))  # a prior of 50 timesteps: no more steps than that
+    assert cpu_steps(cpu, None, short, "daps", settings_for("daps", "sr4")) == 50
+    assert "daps runs 50 steps" in capsys.readouterr().err
 
 
 def test_cpu_sample_steps_serve_sample_and_the_demos_draw(capsys):

@@ -13,10 +13,11 @@ import torch
 import diffprior.solvers
 from diffprior.nonlinear import PhaseRetrieval, Saturation
 from diffprior.operators import Identity, Inpaint, LinearOperator, measure
+from diffprior.prior import GaussianPrior
 from diffprior.schedule import Schedule
 from diffprior.models import load_prior
 from diffprior.solvers import (SOLVERS, SPECS, DivergenceError, check_measurement, check_settings, settings_for, solve,
-                               tuned_settings)
+                               solver_settings, tuned_settings)
 from diffprior.tasks import INPAINTING_TASKS, TASKS, make_operator
 
 N = 1000  # posterior samples per check
@@ -87,6 +88,22 @@ def test_registered_with_facts_that_fit(name):
         check_settings(name, settings, 1000)
         used = spec.evaluations(schedule, **settings)
         assert (used == 0) if name == "tv" else (nfe // 2 < used <= nfe), (nfe, settings, used)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_default_fits_a_prior_of_fewer_timesteps(gaussian_problem, name):
+    """A prior trained with T = 300 (or 50): each solver's defaults apply (SDEdit's t0 is half the chain)."""
+    p = gaussian_problem
+    for T in (300, 50):
+        prior = GaussianPrior(p["prior"].mean(), p["prior"].covariance(), schedule=Schedule.linear(T))
+        x = solve(name, prior, p["op"], p["y"], sigma_y=p["sigma_y"], generator=torch.Generator().manual_seed(0))
+        assert x.shape == p["x"].shape and bool(x.isfinite().all())
+
+
+def test_sdedits_default_start_is_half_the_chain():
+    for T, evaluations in ((1000, 501), (300, 151)):
+        assert SPECS["sdedit"].evaluations(Schedule.linear(T), **solver_settings("sdedit")) == evaluations
+        assert SPECS["sdedit"].budget(1000, T) == {"steps": evaluations}
 
 
 @pytest.mark.filterwarnings("error")

@@ -190,15 +190,15 @@ def cpu_steps(device: torch.device, steps: int | None, prior, method: str, setti
     own (DDRM's 20 steps stay 20: it gets worse with more)."""
     if steps is not None or device.type != "cpu":
         return steps
-    spec = SPECS[method]
+    spec, cap = SPECS[method], min(CPU_STEPS, prior.schedule.T)  # no more steps than the prior's chain has
     own = spec.evaluations(prior.schedule, **settings)
-    fewer = spec.evaluations(prior.schedule, **{**settings, "steps": CPU_STEPS})
+    fewer = spec.evaluations(prior.schedule, **{**settings, "steps": cap})
     if own <= CPU_STEPS or fewer >= own:  # RePaint's own 100 steps are already CPU_STEPS
         return None
     if note:
-        print(f"note: {method} runs {CPU_STEPS} steps ({fewer} network evaluations) on the CPU, where its own {own} "
+        print(f"note: {method} runs {cap} steps ({fewer} network evaluations) on the CPU, where its own {own} "
               "would take minutes (--steps sets the count)", file=sys.stderr)
-    return CPU_STEPS
+    return cap
 
 
 def cpu_sample_steps(device: torch.device, steps: int | None, prior, note: bool = True) -> int | None:
