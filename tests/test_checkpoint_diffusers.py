@@ -182,3 +182,19 @@ def test_one_file_of_the_folder_is_pointed_to_the_folder(tmp_path):
         load_prior(tmp_path / "model" / "config.json")
     with pytest.raises(ValueError, match="is a diffusers folder, described by its config.json: drop the config"):
         load_prior(tmp_path / "model", config="ffhq256")
+
+
+@pytest.mark.parametrize("change, scheduler, message", [
+    ({"time_embedding_type": "fourier"}, {}, "continuous noise level .* score-SDE"),
+    ({"num_class_embeds": 10}, {}, "class-conditional network"),
+    ({"in_channels": 4, "out_channels": 4}, {}, "4 input channels .* 1 \\(grey\\) or 3 \\(RGB\\)"),
+    ({"out_channels": 6}, {"variance_type": "learned"}, "variance_type 'learned' .* not supported"),
+])
+def test_networks_that_are_not_unconditional_ddpm_image_models_are_refused_at_load(tmp_path, change, scheduler,
+                                                                                   message):
+    """Each loaded before (into a prior that failed at its first use, or, for 'learned', asked to be relabelled)."""
+    save_model(tmp_path, **scheduler)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        load_prior(tmp_path)

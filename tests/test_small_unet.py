@@ -130,6 +130,7 @@ def test_strict_load_fails_on_the_wrong_network(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"channels": 1}, r"does not take \(1, 1, 16, 16\) images"),  # the network takes 3 channels
+    ({"channels": 4}, r"channels 4: the images are grey \(1\) or RGB \(3\)"),
     ({"learned_variance": True}, r"to \(1, 3, 16, 16\), not \(1, 6, 16, 16\)"),
     ({"learned_variance": "false"}, "not true or false"),  # bool("false") would be True
     ({"v_shift": float("inf"), "prediction": "v"}, "v_shift inf"),

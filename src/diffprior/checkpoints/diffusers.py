@@ -59,6 +59,9 @@ def load_diffusers(folder: str | Path) -> NetworkPrior:
     sched = _read_json(sched_path) if sched_path else {}
     schedule = schedule_from_diffusers(sched, str(sched_path))
 
+    why = _not_a_ddpm_network(config, sched)
+    if why:
+        raise CheckpointError(f"{unet_dir / 'config.json'}: {why}")
     try:
         unet = diffusers.UNet2DModel.from_config(config)
     except Exception as e:  # diffusers raises many error types for settings it cannot build
@@ -80,6 +83,22 @@ def load_diffusers(folder: str | Path) -> NetworkPrior:
     return NetworkPrior(DiffusersUNet(unet).eval(), schedule, (channels, int(h), int(w)),
                         learned_variance=learned, prediction=PREDICTIONS[sched.get("prediction_type", "epsilon")],
                         config=meta)
+
+
+def _not_a_ddpm_network(config: dict, sched: dict) -> str | None:
+    """Why a UNet2DModel is not an unconditional DDPM network of 1 or 3 image channels, or None."""
+    if config.get("time_embedding_type", "positional") == "fourier":
+        return ("the network takes a continuous noise level (time_embedding_type 'fourier', a score-SDE model), "
+                "not the DDPM timesteps diffprior's priors are run with")
+    if config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None:
+        return "a class-conditional network (num_class_embeds / class_embed_type): diffprior's priors are unconditional"
+    if config.get("in_channels", 3) not in (1, 3):
+        return (f"a network of {config['in_channels']} input channels (a latent model?): diffprior's priors are "
+                "images of 1 (grey) or 3 (RGB) channels")
+    if sched.get("variance_type") == "learned":
+        return ("variance_type 'learned' (a log-variance output) is not supported; learned_range (an interpolation "
+                "between beta and the posterior variance, as guided-diffusion's) is")
+    return None
 
 
 def schedule_from_diffusers(sched: dict, source: str = "scheduler_config.json") -> Schedule:

@@ -66,8 +66,8 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
         if not (math.isfinite(v_shift) and v_shift > 0):
             raise ValueError(f"v_shift {v_shift} is not a positive number")
         channels, learned_variance = config.get("channels", 3), config.get("learned_variance", False)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels {channels!r} is not a whole number >= 1")
+        if isinstance(channels, bool) or channels not in (1, 3):
+            raise ValueError(f"channels {channels!r}: the images are grey (1) or RGB (3)")
         if not isinstance(learned_variance, bool):
             raise ValueError(f"learned_variance {learned_variance!r} is not true or false")
         if config.get("network", {}).get("image_size", size) != size:
