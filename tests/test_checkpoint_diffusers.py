@@ -198,3 +198,30 @@ def test_networks_that_are_not_unconditional_ddpm_image_models_are_refused_at_lo
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(CheckpointError, match=message):
         load_prior(tmp_path)
+
+
+def test_the_image_commands_refuse_grey_or_non_square_priors_up_front(tmp_path, capsys):
+    """A grey or non-square prior loads, samples and solves in Python; the image commands (which read RGB photos
+    into squares) refuse it by its shape, instead of failing on a measurement the user never gave."""
+    from diffprior.cli import main
+    from diffprior.io import save_image
+    photo = save_image(torch.rand(1, 3, 20, 20) * 2 - 1, tmp_path / "photo.png")
+    torch.manual_seed(0)
+    grey = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    save_model(tmp_path / "grey", unet=grey)
+    wide = small_unet()
+    wide.register_to_config(sample_size=(16, 32))
+    save_model(tmp_path / "wide", unet=wide)
+    for model, shape in (("grey", "grey images of shape 1x16x16"), ("wide", "images of shape 3x16x32")):
+        prior = load_prior(tmp_path / model)
+        assert main(["sample", "--model", str(tmp_path / model), "--steps", "2", "--device", "cpu",
+                     "--out", str(tmp_path / f"{model}.png")]) == 0
+        for argv in (["restore", str(photo), "--task", "sr4", "--steps", "2"], ["denoise", str(photo)], ["demo", "--steps", "2"],
+                     ["eval", "--data", str(tmp_path), "--steps", "2"]):
+            assert main([*argv, "--model", str(tmp_path / model), "--device", "cpu",
+                         "--out", str(tmp_path / "out" / (argv[0] + ".png" * (argv[0] in ("restore", "denoise"))))]) == 2
+            err = capsys.readouterr().err
+            assert f"diffprior {argv[0]} works on square RGB images, and this prior models {shape}" in err, err
+            assert f"(B, {', '.join(map(str, prior.shape))})" in err

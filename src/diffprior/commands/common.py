@@ -241,6 +241,18 @@ def add_range_arguments(p: argparse.ArgumentParser, limit_help: str) -> None:
     p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
 
 
+def image_side(prior, command: str) -> int:
+    """The side of the square RGB images `prior` models, which the image commands read, restore and write;
+    another prior (grey, non-square) is refused, pointing to the Python API, which takes any image shape."""
+    c, h, w = prior.shape
+    if c != 3 or h != w:
+        kind = "grey " if c == 1 else ""
+        raise ValueError(f"diffprior {command} works on square RGB images, and this prior models {kind}images of "
+                         f"shape {c}x{h}x{w}: restore them with the Python API (dp.solve with tensors of shape "
+                         f"(B, {c}, {h}, {w})), or draw samples with `diffprior sample`")
+    return h
+
+
 def naive_or_none(op, y):
     """The operator's naive reconstruction, or None for the (non-linear) operators that have none."""
     try:

@@ -21,7 +21,7 @@ from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from .common import (CPU_STEPS, add_model_arguments, check_steps, cpu_sample_steps, cpu_steps, derive_seed, fmt,
-                     generator, model_input, quality)
+                     generator, image_side, model_input, quality)
 
 # what a reader of the table should know about the two baselines of the report that trail it
 NOTES = {
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
     from .evaluate import has_naive, unfit_pairs
-    size = prior.shape[-1]
+    size = image_side(prior, "demo")
     unfit = [f"{task} has no naive reconstruction to show (restore it with `diffprior restore`)"
              for task in tasks if not has_naive(task, size)] + unfit_pairs(tasks, methods, size, args.sigma_y)
     if unfit:  # before the draw and the first runs, not after them

@@ -12,7 +12,7 @@ from ..devices import pick_device
 from ..io import center_square, fit_note, open_image, pil_to_tensor, save_image
 from ..models import load_prior
 from ..solvers import denoise
-from .common import add_model_arguments, fmt, generator, model_input, quality
+from .common import add_model_arguments, fmt, generator, image_side, model_input, quality
 
 PARSER = dict(help="single-step denoising: noise an image to timestep t, then the Tweedie estimate")
 
@@ -31,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     arguments.check_outputs([args.out], inputs=[args.input, model_input(args.model)], overwrite=args.overwrite)
     photo = open_image(args.input)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
-    T = prior.schedule.T
+    size, T = image_side(prior, "denoise"), prior.schedule.T
     if not 0 <= args.t < T:
         raise ValueError(f"--t {args.t}: a timestep in [0, {T - 1}] (the prior has T = {T})")
-    x = pil_to_tensor(center_square(photo, prior.shape[-1])).to(device)
-    note = fit_note(str(args.input), photo.size, prior.shape[-1])
+    x = pil_to_tensor(center_square(photo, size)).to(device)
+    note = fit_note(str(args.input), photo.size, size)
     if note:
         print(f"note: {note}", file=sys.stderr)
     noisy, x0_hat = denoise(prior, x, args.t, generator=generator(device, args.seed))

@@ -82,7 +82,7 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import add_prior_arguments, add_range_arguments, derive_seed, differences, read_record
+from .common import add_prior_arguments, add_range_arguments, derive_seed, differences, image_side, read_record
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -506,6 +506,7 @@ def unfit_pairs(tasks: Sequence[str], methods: Sequence[str], size: int, sigma_y
 
 def _image_size(prior: Prior, size: int | None) -> int:
     """The image side: the prior's, or `size` for a (fully convolutional) network prior run at another size."""
+    image_side(prior, "eval")
     if size is None or size == prior.shape[-1]:
         return prior.shape[-1]
     if not isinstance(prior, NetworkPrior):

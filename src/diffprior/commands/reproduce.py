@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from ..version import __version__
-from .common import add_prior_arguments, add_range_arguments, derive_seed, sample_folder
+from .common import add_prior_arguments, add_range_arguments, derive_seed, image_side, sample_folder
 from .evaluate import (FORMATS, NAIVE, RowWriter, Runner, check_run, compact, diverged, evaluate, failed_cells,
                        merge_rows, paired_text, read_rows, readable, row_files, row_key, saved_image, select_images,
                        summarize, why_not, write_summary)
@@ -636,7 +636,7 @@ def reproduce(plan: Plan) -> Path:
     device = pick_device(plan.device)
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)
-    size, plan.T, plan.tuned = prior.shape[-1], prior.schedule.T, tuned_settings(prior)
+    size, plan.T, plan.tuned = image_side(prior, "reproduce"), prior.schedule.T, tuned_settings(prior)
     if plan.steps > plan.T:
         raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")
     for m, b in ((m, b) for m in plan.solvers if m != "tv" for b in plan.budgets):

@@ -22,8 +22,8 @@ from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, sol
 from ..tasks import TASKS, make_operator
 from ..uncertainty import (MAX_SAMPLES, SAMPLE_BATCH, calibration, calibration_figure, check_samples, posterior_samples,
                            std_image)
-from .common import (add_model_arguments, check_steps, cpu_steps, fmt, generator, model_input, naive_or_none,
-                     parse_settings, quality)
+from .common import (add_model_arguments, check_steps, cpu_steps, fmt, generator, image_side, model_input,
+                     naive_or_none, parse_settings, quality)
 
 PARSER = dict(help="degrade an image with a task's operator, then restore it",
               description="Degrade a clean image (or take an already degraded one with --measured) and restore it; "
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     photo = whole if args.crop is None else whole.crop(square_box(whole.size, args.crop))  # what the model sees
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
-    size = prior.shape[-1]
+    size = image_side(prior, "restore")
     gen = generator(device, args.seed)
     # the mask at the whole photo's size, for what uses it: a damaged photo's measurement, the full-size result
     known = photo_mask(args.mask, whole.size, size, args.crop) if task == "inpaint" and (

@@ -47,7 +47,7 @@ from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
 from ..solvers import SOLVERS, SPECS, DivergenceError, check_settings, sample, settings_for, tuned_settings, solve
 from ..uncertainty import posterior_samples, std_image, why_no_spread
-from .common import add_prior_arguments
+from .common import add_prior_arguments, image_side
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
 APP_TASKS = {
@@ -86,7 +86,7 @@ class Studio:
                  dtype: str = "auto", max_pixels: int = 25_000_000, max_bytes: int = 20_000_000):
         self.model, self.device, self.folder = str(model), device, Path(folder).resolve()
         self.prior = load_prior(model, device, config=config, dtype=dtype)
-        self.size = self.prior.shape[-1]
+        self.size = image_side(self.prior, "serve")
         self.scale = max(1, DISPLAY // self.size)  # the display's enlargement of the model's pixels
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.default_steps = 50 if device.type == "cpu" else 200
