@@ -64,6 +64,14 @@ def test_restore_says_when_it_crops_or_upscales_the_photo(tmp_path, capsys):
             "64x64") in capsys.readouterr().err
 
 
+def test_colourising_a_grey_photo_says_its_scores_compare_with_grey(clean_image, tmp_path, capsys):
+    Image.fromarray(np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)).save(tmp_path / "grey.png")
+    for photo, noted in ((tmp_path / "grey.png", True), (clean_image, False)):
+        assert main(["restore", str(photo), "--task", "colorize", "--method", "tv", "--model", "gmm-demo",
+                     "--out", str(tmp_path / "r.png"), "--device", "cpu", "--overwrite"]) == 0
+        assert ("is grey, so its colours are unknown" in capsys.readouterr().err) == noted
+
+
 @pytest.mark.parametrize("argv,message", [
     (["restore", "--input", "missing.png", "--task", "box-inpaint"], "no image file"),
     (["restore", "--input", "{clean}", "--task", "box-inpaint", "--model", "no-such-model"], "no prior called"),

@@ -149,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         x = pil_to_tensor(center_square(photo, size)).to(device)
         note = fit_note(input_name, photo.size, size)
         y = measure(op, x, args.sigma_y, gen)
+        if task == "colorize" and bool((x == x[:, :1]).all()):
+            print(f"note: {args.input} is grey, so its colours are unknown and the scores compare the colourised "
+                  "result with the grey photo; --measured takes it as the grey measurement it is", file=sys.stderr)
     if note:
         print(f"note: {note}", file=sys.stderr)
     naive = naive_or_none(op, y)
