@@ -771,3 +771,20 @@ def test_a_training_or_reproduce_folder_in_use_by_another_process_is_refused(tmp
     with folder_lock(run, "a test"):  # released by the process's end, however it ended
         with folder_lock(tmp_path / "not-yet-made", "a test"):  # nothing to lock yet: no check
             pass
+
+
+def test_a_short_write_of_torch_save_names_the_file_and_the_free_space(tmp_path):
+    """torch.save reports a full disk as a RuntimeError without an errno ("unexpected pos ..."); the old file
+    stays, no temporary file is left, and the error names the file."""
+    from diffprior.io import atomic_write
+    target = tmp_path / "state.pt"
+    target.write_bytes(b"the previous checkpoint")
+
+    def short(tmp):
+        Path(tmp).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1204800 vs 1204688")
+    with pytest.raises(OSError, match=f"cannot write {target}: the write stopped short, with [0-9,]+ bytes free"):
+        atomic_write(target, short)
+    assert target.read_bytes() == b"the previous checkpoint" and list(tmp_path.iterdir()) == [target]
+    with pytest.raises(RuntimeError, match="something else"):  # other errors as they are
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("something else")))

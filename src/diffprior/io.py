@@ -13,6 +13,7 @@ import functools
 import glob
 import numbers
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -220,6 +221,12 @@ def atomic_write(path: str | Path, write) -> Path:
         if e.errno is not None and e.filename in (None, tmp):
             raise type(e)(e.errno, e.strerror, str(path)) from None
         raise
+    except RuntimeError as e:  # torch.save's writer reports a short write (a full disk) without an errno
+        if "unexpected pos" not in str(e) and "write failed" not in str(e):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(f"cannot write {path}: the write stopped short, with {free:,} bytes free on its disk "
+                      "(is it full?)") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
