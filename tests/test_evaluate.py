@@ -475,3 +475,33 @@ def test_a_cell_whose_every_row_diverged_fails_the_command(setup, tmp_path, monk
     assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
                  "--limit", "2", "--tasks", "box-inpaint", "--methods", "sdedit,dps", "--steps", "2",
                  "--no-progress"]) == 1
+
+
+def test_a_full_disk_leaves_no_torn_row_and_names_the_file(tmp_path):
+    """A write that stops short (ENOSPC after part of a row) is cut back off: the file holds whole rows only."""
+    import errno
+    from diffprior.commands.evaluate import COLUMNS, RowWriter
+    path = tmp_path / "rows.csv"
+    writer = RowWriter(path)
+    row = dict.fromkeys(COLUMNS, "1")
+    writer.write([row])
+    whole = path.read_bytes()
+
+    class Full:  # the disk fills after 10 more bytes
+        def __init__(self, file):
+            self.file, self.left = file, 10
+
+        def write(self, data):
+            if not self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            n = self.file.write(data[:self.left])
+            self.left -= n
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+    writer.file = Full(writer.file)
+    with pytest.raises(OSError, match=f"No space left on device: '{path}'"):
+        writer.write([row, row])
+    writer.close()
+    assert path.read_bytes() == whole

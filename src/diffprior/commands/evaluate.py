@@ -239,17 +239,18 @@ def row_key(row: dict) -> Key:
 
 
 class RowWriter:
-    """Append-only rows: a torn last line (from a hard kill) is cut off first; each `write` is flushed and
-    synced, so a row on disk is a complete row."""
+    """Append-only rows: a torn last line (from a hard kill) is cut off first; each `write` is written whole
+    and synced, or (a full disk) cut off again, so a row on disk is a complete row."""
 
     def __init__(self, path: Path):
+        self.path = path
         if path.is_file():
             data = path.read_bytes()
             if data and not data.endswith(b"\n"):
                 os.truncate(path, data.rfind(b"\n") + 1)
                 print(f"note: dropped the incomplete last line of {path}", file=sys.stderr)
             read_rows(path)  # checks the header
-        self.file = open(path, "a", newline="")
+        self.file = open(path, "ab", buffering=0)
         if self.file.tell() == 0:
             self._put(",".join(COLUMNS) + "\n")
 
@@ -259,9 +260,16 @@ class RowWriter:
         self._put(buffer.getvalue())
 
     def _put(self, text: str) -> None:
-        self.file.write(text)
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        start = self.file.seek(0, os.SEEK_END)
+        try:
+            rest = memoryview(text.encode())
+            while rest:
+                rest = rest[self.file.write(rest):]
+            os.fsync(self.file.fileno())
+        except OSError as e:  # a full disk: no torn row left behind, and the error names the file
+            with contextlib.suppress(OSError):
+                self.file.truncate(start)
+            raise type(e)(e.errno, e.strerror, str(self.path)) from None
 
     def close(self) -> None:
         self.file.close()
