@@ -373,3 +373,17 @@ def test_restore_with_posterior_samples(clean_image, tmp_path, capsys):
     assert main(["restore", "--input", str(clean_image), "--task", "box-inpaint", "--method", "dps", "--model",
                  "gmm-demo", "--steps", "5", "--out", str(out), "--overwrite", "--device", "cpu"]) == 0
     assert sorted(p.name for p in tmp_path.glob("mean*")) == ["mean.png", "mean_figure.png"]
+
+
+def test_an_error_in_the_middle_of_a_progress_bar_starts_on_a_line_of_its_own(capsys, monkeypatch):
+    import argparse
+    from tqdm import tqdm
+    from diffprior import cli
+
+    def run(args):
+        bar = tqdm(total=10, desc="working")
+        bar.update(3)
+        raise ValueError("the disk is full")
+    assert cli._execute(argparse.Namespace(command="demo", run=run, debug=False)) == 2
+    err = capsys.readouterr().err
+    assert "\ndiffprior demo: error: the disk is full" in err and not list(getattr(tqdm, "_instances", ()))

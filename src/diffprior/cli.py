@@ -116,6 +116,13 @@ def _run(argv: list[str] | None) -> int:
         return _execute(args)
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed run left open, so that its message starts on a line of its own."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _execute(args: argparse.Namespace) -> int:
     try:
         from .devices import set_cpu_threads
@@ -123,9 +130,11 @@ def _execute(args: argparse.Namespace) -> int:
         code = args.run(args)
         return code if isinstance(code, int) else 0
     except KeyboardInterrupt as e:  # the reason when there is one: SIGTERM, or where a run's checkpoint is
+        _close_progress_bars()
         print(f"diffprior {args.command}: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:
+        _close_progress_bars()
         if args.debug:
             raise
         if isinstance(e, USER_ERRORS):
