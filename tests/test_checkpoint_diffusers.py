@@ -200,9 +200,11 @@ def test_networks_that_are_not_unconditional_ddpm_image_models_are_refused_at_lo
         load_prior(tmp_path)
 
 
-def test_the_image_commands_refuse_grey_or_non_square_priors_up_front(tmp_path, capsys):
-    """A grey or non-square prior loads, samples and solves in Python; the image commands (which read RGB photos
-    into squares) refuse it by its shape, instead of failing on a measurement the user never gave."""
+def test_grey_priors_restore_denoise_and_demo_and_other_shapes_are_refused_up_front(tmp_path, capsys):
+    """A grey prior restores photos read as grey (restore, denoise, demo); a non-square prior, and a grey one in
+    the commands built on RGB tables and pages (eval, reproduce, serve), are refused by their shape, instead of
+    failing on a measurement the user never gave. Both sample and solve in Python."""
+    from PIL import Image
     from diffprior.cli import main
     from diffprior.io import save_image
     photo = save_image(torch.rand(1, 3, 20, 20) * 2 - 1, tmp_path / "photo.png")
@@ -214,14 +216,28 @@ def test_the_image_commands_refuse_grey_or_non_square_priors_up_front(tmp_path, 
     wide = small_unet()
     wide.register_to_config(sample_size=(16, 32))
     save_model(tmp_path / "wide", unet=wide)
-    for model, shape in (("grey", "grey images of shape 1x16x16"), ("wide", "images of shape 3x16x32")):
+    out = tmp_path / "out"
+
+    def run(command, model, *argv):
+        return main([command, *argv, "--model", str(tmp_path / model), "--device", "cpu", "--steps", "2",
+                     *["--overwrite"] * (command != "eval"),
+                     "--out", str(out / (f"{model}-{command}" + ".png" * (command in ("restore", "sample"))))])
+    assert run("restore", "grey", str(photo), "--task", "sr4") == 0
+    assert "the prior models grey images: " + str(photo) + " is read as grey" in capsys.readouterr().err
+    assert Image.open(out / "grey-restore.png").mode == "L"
+    assert run("demo", "grey", "--tasks", "box-inpaint", "--methods", "dps") == 0
+    assert main(["denoise", str(photo), "--model", str(tmp_path / "grey"), "--device", "cpu",
+                 "--out", str(out / "denoised.png")]) == 0 and Image.open(out / "denoised.png").mode == "L"
+    assert run("restore", "grey", str(photo), "--task", "colorize") == 2
+    assert "colorize restores colour, and this prior models grey images" in capsys.readouterr().err
+    refused = [("grey", "eval", "square RGB images, and this prior models grey images of shape 1x16x16")] + [
+        ("wide", command, f"square {'grey or ' * (command != 'eval')}RGB images, and this prior models images of "
+                          "shape 3x16x32") for command in ("restore", "demo", "eval")]
+    for model, command, message in refused:
         prior = load_prior(tmp_path / model)
-        assert main(["sample", "--model", str(tmp_path / model), "--steps", "2", "--device", "cpu",
-                     "--out", str(tmp_path / f"{model}.png")]) == 0
-        for argv in (["restore", str(photo), "--task", "sr4", "--steps", "2"], ["denoise", str(photo)], ["demo", "--steps", "2"],
-                     ["eval", "--data", str(tmp_path), "--steps", "2"]):
-            assert main([*argv, "--model", str(tmp_path / model), "--device", "cpu",
-                         "--out", str(tmp_path / "out" / (argv[0] + ".png" * (argv[0] in ("restore", "denoise"))))]) == 2
-            err = capsys.readouterr().err
-            assert f"diffprior {argv[0]} works on square RGB images, and this prior models {shape}" in err, err
-            assert f"(B, {', '.join(map(str, prior.shape))})" in err
+        assert run("sample", model) == 0
+        argv = {"restore": [str(photo), "--task", "sr4"], "eval": ["--data", str(tmp_path)]}.get(command, [])
+        assert run(command, model, *argv) == 2
+        err = capsys.readouterr().err
+        assert f"diffprior {command} works on {message}" in err, err
+        assert f"(B, {', '.join(map(str, prior.shape))})" in err

@@ -216,3 +216,22 @@ def test_a_mask_of_the_models_size_covers_the_photos_central_square(tmp_path):
     Image.new("L", (100, 100), 255).save(tmp_path / "odd.png")
     with pytest.raises(ValueError, match="does not fit"):
         photo_mask(tmp_path / "odd.png", (150, 120), 64)
+
+
+def test_a_photo_read_for_a_grey_prior_is_its_luma():
+    from diffprior.io import is_grey, pil_to_tensor
+    rgb = Image.fromarray(np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [255, 255, 255]]], dtype=np.uint8))
+    grey = pil_to_tensor(rgb, channels=1)
+    assert grey.shape == (1, 1, 2, 2)
+    luma = np.array(rgb.convert("L"), dtype=np.float32) / 127.5 - 1  # ITU-R 601: 0.299 R + 0.587 G + 0.114 B
+    assert torch.allclose(grey[0, 0], torch.from_numpy(luma)) and abs(float(grey[0, 0, 0, 0]) - (76 / 127.5 - 1)) < 1e-6
+    assert pil_to_tensor(rgb).shape == (1, 3, 2, 2)
+    assert not is_grey(rgb) and is_grey(rgb.convert("L")) and is_grey(rgb.convert("L").convert("RGB"))
+
+
+def test_grey_cells_of_a_figure_are_drawn_grey(tmp_path):
+    from diffprior.figures import image_table
+    ramp = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4).repeat(1, 1, 4, 1)[..., :16, :16]
+    path = image_table([[ramp, ramp.expand(-1, 3, -1, -1)]], tmp_path / "t.png")
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert (np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 1) and (np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 1)

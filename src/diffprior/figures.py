@@ -27,7 +27,8 @@ def displayable(y: Tensor, size: tuple[int, int]) -> Tensor:
 def image_table(rows: list[list[Tensor | None]], path: str | Path, *, col_titles: list[str] | None = None,
                 row_titles: list[str] | None = None, captions: list[list[str]] | None = None,
                 cell: float = 1.6, title: str | None = None) -> Path:
-    """Save a table of images (each (3, H, W) or (1, 3, H, W) in [-1, 1]; None leaves a cell empty), with
+    """Save a table of images (each (C, H, W) or (1, C, H, W) in [-1, 1], C = 3 or 1 (grey); None leaves a cell
+    empty), with
     column titles, row titles and a caption under each image (e.g. its PSNR)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + 0.4 * bool(title)),
@@ -41,6 +42,7 @@ def image_table(rows: list[list[Tensor | None]], path: str | Path, *, col_titles
             img = row[j] if j < len(row) else None
             if img is not None:
                 img = img[0] if img.dim() == 4 else img
+                img = img.expand(3, -1, -1) if img.shape[0] == 1 else img  # grey, not a colour map
                 ax.imshow(((img.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy(),
                           interpolation="nearest")
             if captions and j < len(captions[i]) and captions[i][j]:

@@ -139,9 +139,18 @@ def from_uint8(images: Tensor) -> Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def pil_to_tensor(im: Image.Image) -> Tensor:
-    """An RGB PIL image -> (1, 3, H, W) float32 in [-1, 1]."""
+def pil_to_tensor(im: Image.Image, channels: int = 3) -> Tensor:
+    """A PIL image -> (1, 3, H, W) float32 in [-1, 1], RGB; with `channels` = 1, (1, 1, H, W), grey (ITU-R 601
+    luma, Pillow's "L")."""
+    if channels == 1:
+        return from_uint8(torch.from_numpy(np.array(im.convert("L")))[None, None])
     return from_uint8(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)[None])
+
+
+def is_grey(im: Image.Image) -> bool:
+    """Whether the RGB image `im` has no colour (its three channels equal)."""
+    r, g, b = (np.asarray(c) for c in im.convert("RGB").split())
+    return bool((r == g).all() and (g == b).all())
 
 
 def tensor_to_pil(x: Tensor) -> Image.Image:

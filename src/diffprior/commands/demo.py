@@ -20,8 +20,8 @@ from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
-from .common import (CPU_STEPS, add_model_arguments, check_steps, cpu_sample_steps, cpu_steps, derive_seed, fmt,
-                     generator, image_side, model_input, quality)
+from .common import (CPU_STEPS, add_model_arguments, check_grey_task, check_steps, cpu_sample_steps, cpu_steps,
+                     derive_seed, fmt, generator, image_side, model_input, quality)
 
 # what a reader of the table should know about the two baselines of the report that trail it
 NOTES = {
@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
     from .evaluate import has_naive, unfit_pairs
-    size = image_side(prior, "demo")
+    size = image_side(prior, "demo", grey=True)
+    for task in tasks:
+        check_grey_task(prior, task)
     unfit = [f"{task} has no naive reconstruction to show (restore it with `diffprior restore`)"
              for task in tasks if not has_naive(task, size)] + unfit_pairs(tasks, methods, size, args.sigma_y)
     if unfit:  # before the draw and the first runs, not after them
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         x = sample(prior, 1, steps=draw_steps, generator=generator(device, args.seed), progress=True)
     measured = {}  # task -> (operator, y)
     for task in tasks:
-        op = make_operator(task, (3, size, size), seed=args.seed).to(device)
+        op = make_operator(task, prior.shape, seed=args.seed).to(device)
         measured[task] = op, measure(op, x, args.sigma_y, generator(device, derive_seed("measure", args.seed, task)))
 
     def restore(task: str, method: str):

@@ -14,16 +14,16 @@ from PIL import Image
 
 from .. import arguments
 from ..devices import pick_device
-from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, lost_in_rgb8,
-                  load_mask, masked_center_square, open_image, photo_mask, pil_to_tensor, save_image, square_box)
+from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, is_grey, load_mask,
+                  lost_in_rgb8, masked_center_square, open_image, photo_mask, pil_to_tensor, save_image, square_box)
 from ..models import load_prior
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
 from ..uncertainty import (MAX_SAMPLES, SAMPLE_BATCH, calibration, calibration_figure, check_samples, posterior_samples,
                            std_image)
-from .common import (add_model_arguments, check_steps, cpu_steps, fmt, generator, image_side, model_input,
-                     naive_or_none, parse_settings, quality)
+from .common import (add_model_arguments, check_grey_task, check_steps, cpu_steps, fmt, generator, image_side,
+                     model_input, naive_or_none, parse_settings, quality)
 
 PARSER = dict(help="degrade an image with a task's operator, then restore it",
               description="Degrade a clean image (or take an already degraded one with --measured) and restore it; "
@@ -111,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
     photo = whole if args.crop is None else whole.crop(square_box(whole.size, args.crop))  # what the model sees
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
-    size = image_side(prior, "restore")
+    size, channels = image_side(prior, "restore", grey=True), prior.shape[0]
+    check_grey_task(prior, task)
+    if channels == 1 and not is_grey(photo):
+        print(f"note: the prior models grey images: {args.input} is read as grey", file=sys.stderr)
     gen = generator(device, args.seed)
     # the mask at the whole photo's size, for what uses it: a damaged photo's measurement, the full-size result
     known = photo_mask(args.mask, whole.size, size, args.crop) if task == "inpaint" and (
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.full_size:  # first: holes outside the square are the reason the square may have none
         check_fillable(known, args.crop)
     op = (Inpaint(load_mask(args.mask, (size, size), whole.size, args.crop)) if task == "inpaint"
-          else make_operator(task, (3, size, size), seed=args.seed)).to(device)
+          else make_operator(task, prior.shape, seed=args.seed)).to(device)
     check_steps(prior, args.steps, args.method)
     settings = settings_for(args.method, task, tuned_settings(prior), steps=args.steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     x = None
     if args.measured:  # the input is already degraded: it is y
         side = measured_size(task, op, size)
-        made = tuple(op.A(torch.zeros(1, 3, size, size, device=device)).shape)
+        made = tuple(op.A(torch.zeros(1, *prior.shape, device=device)).shape)
         if side is not None and made[-2:] != (side, side):
             raise ValueError(f"--measured: a {task} measurement is no image (it has shape {made}), so it cannot "
                              "be given as one")
@@ -141,12 +144,12 @@ def run(args: argparse.Namespace) -> int:
         # a damaged photo's holes hold anything (a scratch, a stain): only its observed pixels make y
         square = (center_square(photo, side or size) if known is None
                   else masked_center_square(whole, known, size, args.crop))
-        y = pil_to_tensor(square).to(device)
+        y = pil_to_tensor(square, channels).to(device)
         note = fit_note(input_name, photo.size, side or size)
         if isinstance(op, (Inpaint, Colorize)):
             y = op.A(y)  # the holes (or the colours) carry nothing
     else:
-        x = pil_to_tensor(center_square(photo, size)).to(device)
+        x = pil_to_tensor(center_square(photo, size), channels).to(device)
         note = fit_note(input_name, photo.size, size)
         y = measure(op, x, args.sigma_y, gen)
         if task == "colorize" and bool((x == x[:, :1]).all()):
@@ -196,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     with all_or_none(outputs.values()):  # an interrupted run leaves none of its files
         def at_size(img, photo):  # --full-size: into the photo's holes (the std map's known pixels: 0, black)
+            img = img.expand(-1, 3, -1, -1) if args.full_size and img.dim() == 4 and img.shape[1] == 1 else img
             return fill_holes(photo, img, known, args.crop) if args.full_size else img
         written = [save_image(at_size(restored, whole), out)]
         if std is not None:
