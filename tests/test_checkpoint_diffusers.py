@@ -200,9 +200,9 @@ def test_networks_that_are_not_unconditional_ddpm_image_models_are_refused_at_lo
         load_prior(tmp_path)
 
 
-def test_grey_priors_restore_denoise_and_demo_and_other_shapes_are_refused_up_front(tmp_path, capsys):
-    """A grey prior restores photos read as grey (restore, denoise, demo); a non-square prior, and a grey one in
-    the commands built on RGB tables and pages (eval, reproduce, serve), are refused by their shape, instead of
+def test_grey_priors_restore_and_evaluate_and_other_shapes_are_refused_up_front(tmp_path, capsys):
+    """A grey prior restores photos read as grey (restore, denoise, demo, eval); a non-square prior, and a grey
+    one in the commands built on RGB figures and pages (reproduce, serve), are refused by their shape, instead of
     failing on a measurement the user never gave. Both sample and solve in Python."""
     from PIL import Image
     from diffprior.cli import main
@@ -220,7 +220,7 @@ def test_grey_priors_restore_denoise_and_demo_and_other_shapes_are_refused_up_fr
 
     def run(command, model, *argv):
         return main([command, *argv, "--model", str(tmp_path / model), "--device", "cpu", "--steps", "2",
-                     *["--overwrite"] * (command != "eval"),
+                     *["--overwrite"] * (command not in ("eval", "reproduce")),
                      "--out", str(out / (f"{model}-{command}" + ".png" * (command in ("restore", "sample"))))])
     assert run("restore", "grey", str(photo), "--task", "sr4") == 0
     assert "the prior models grey images: " + str(photo) + " is read as grey" in capsys.readouterr().err
@@ -230,13 +230,16 @@ def test_grey_priors_restore_denoise_and_demo_and_other_shapes_are_refused_up_fr
                  "--out", str(out / "denoised.png")]) == 0 and Image.open(out / "denoised.png").mode == "L"
     assert run("restore", "grey", str(photo), "--task", "colorize") == 2
     assert "colorize restores colour, and this prior models grey images" in capsys.readouterr().err
-    refused = [("grey", "eval", "square RGB images, and this prior models grey images of shape 1x16x16")] + [
-        ("wide", command, f"square {'grey or ' * (command != 'eval')}RGB images, and this prior models images of "
-                          "shape 3x16x32") for command in ("restore", "demo", "eval")]
+    assert run("eval", "grey", "--data", str(tmp_path), "--tasks", "sr4", "--methods", "tv", "--save-images", "1") == 0
+    assert Image.open(next((out / "grey-eval" / "images").rglob("photo.png"))).mode == "L"
+    refused = [("grey", "reproduce", "square RGB images, and this prior models grey images of shape 1x16x16")] + [
+        ("wide", command, "square grey or RGB images, and this prior models images of shape 3x16x32")
+        for command in ("restore", "demo", "eval")]
     for model, command, message in refused:
         prior = load_prior(tmp_path / model)
         assert run("sample", model) == 0
-        argv = {"restore": [str(photo), "--task", "sr4"], "eval": ["--data", str(tmp_path)]}.get(command, [])
+        argv = {"restore": [str(photo), "--task", "sr4"], "eval": ["--data", str(tmp_path)],
+                "reproduce": ["--data", "generated:2"]}.get(command, [])
         assert run(command, model, *argv) == 2
         err = capsys.readouterr().err
         assert f"diffprior {command} works on {message}" in err, err

@@ -176,9 +176,10 @@ def tensor_to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
 
 
-def load_image(path: str | Path, size: int | None = None, *, alpha: str = "white") -> Tensor:
-    """Read an image file as a (1, 3, H, W) tensor in [-1, 1]; with `size`, centre-cropped and resized."""
-    return pil_to_tensor(center_square(open_image(path, alpha=alpha), size))
+def load_image(path: str | Path, size: int | None = None, *, alpha: str = "white", channels: int = 3) -> Tensor:
+    """Read an image file as a (1, 3, H, W) tensor in [-1, 1] (`channels` = 1: (1, 1, H, W), grey); with
+    `size`, centre-cropped and resized."""
+    return pil_to_tensor(center_square(open_image(path, alpha=alpha), size), channels)
 
 
 def image_format(path: str | Path) -> str:

@@ -82,7 +82,8 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import add_prior_arguments, add_range_arguments, derive_seed, differences, image_side, read_record
+from .common import (add_prior_arguments, add_range_arguments, check_grey_task, derive_seed, differences, image_side,
+                     read_record)
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -415,6 +416,8 @@ def evaluate(data: str | Path, out: str | Path, *,
                              + "".join(f"\n  {p.name}: {reason}" for p, reason in skipped[:3]))
         prior = load_prior(model, dev, config=config, dtype=dtype)
         size = _image_size(prior, size)
+        for task in tasks:
+            check_grey_task(prior, task)
         masks = None if mask is None else mask_of(mask, images, size)
         unfit = unfit_pairs(tasks, methods, size, sigma_y)
         if unfit:
@@ -514,7 +517,7 @@ def unfit_pairs(tasks: Sequence[str], methods: Sequence[str], size: int, sigma_y
 
 def _image_size(prior: Prior, size: int | None) -> int:
     """The image side: the prior's, or `size` for a (fully convolutional) network prior run at another size."""
-    image_side(prior, "eval")
+    image_side(prior, "eval", grey=True)
     if size is None or size == prior.shape[-1]:
         return prior.shape[-1]
     if not isinstance(prior, NetworkPrior):
@@ -576,12 +579,13 @@ class Runner:
         if task == MASK_TASK:
             return Inpaint(torch.stack([self.masks[p.name] for p in images])[:, None]).to(self.device)
         if (task, seed) not in self.ops:
-            self.ops[task, seed] = make_operator(task, (3, self.size, self.size), seed=seed).to(self.device)
+            self.ops[task, seed] = make_operator(task, self.prior.shape, seed=seed).to(self.device)
         return self.ops[task, seed]
 
     def clean(self, chunk: int) -> Tensor:
         if self.images is None or self.images[0] != chunk:
-            x = torch.cat([load_image(p, self.size) for p in self.chunks[chunk]]).to(self.device)
+            x = torch.cat([load_image(p, self.size, channels=self.prior.shape[0])
+                           for p in self.chunks[chunk]]).to(self.device)
             self.images = (chunk, x)
         return self.images[1]
 
