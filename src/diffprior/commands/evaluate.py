@@ -568,6 +568,7 @@ class Runner:
     def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
                  out: Path | None = None, keep: set[str] = frozenset(), masks: dict[str, Tensor] | None = None):
         self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
+        self.shape = (3 if prior is None else prior.shape[0], size, size)  # one image (no prior: measurements only)
         self.out, self.keep = out, keep  # the images whose restorations are saved under out
         self.masks = masks  # the task "inpaint"'s: image name -> (H, W) mask, 1 = known
         self.ops: dict[tuple[str, int], Operator] = {}
@@ -579,13 +580,12 @@ class Runner:
         if task == MASK_TASK:
             return Inpaint(torch.stack([self.masks[p.name] for p in images])[:, None]).to(self.device)
         if (task, seed) not in self.ops:
-            self.ops[task, seed] = make_operator(task, self.prior.shape, seed=seed).to(self.device)
+            self.ops[task, seed] = make_operator(task, self.shape, seed=seed).to(self.device)
         return self.ops[task, seed]
 
     def clean(self, chunk: int) -> Tensor:
         if self.images is None or self.images[0] != chunk:
-            x = torch.cat([load_image(p, self.size, channels=self.prior.shape[0])
-                           for p in self.chunks[chunk]]).to(self.device)
+            x = torch.cat([load_image(p, self.size, channels=self.shape[0]) for p in self.chunks[chunk]]).to(self.device)
             self.images = (chunk, x)
         return self.images[1]
 
