@@ -201,9 +201,9 @@ def test_networks_that_are_not_unconditional_ddpm_image_models_are_refused_at_lo
 
 
 def test_grey_priors_restore_and_evaluate_and_other_shapes_are_refused_up_front(tmp_path, capsys):
-    """A grey prior restores photos read as grey (restore, denoise, demo, eval); a non-square prior, and a grey
-    one in the commands built on RGB figures and pages (reproduce, serve), are refused by their shape, instead of
-    failing on a measurement the user never gave. Both sample and solve in Python."""
+    """A grey prior restores photos read as grey (restore, denoise, demo, eval, serve); a non-square prior, and a
+    grey one in reproduce (built on the report's RGB figures), are refused by their shape, instead of failing on a
+    measurement the user never gave. Both sample and solve in Python."""
     from PIL import Image
     from diffprior.cli import main
     from diffprior.io import save_image
@@ -231,6 +231,12 @@ def test_grey_priors_restore_and_evaluate_and_other_shapes_are_refused_up_front(
     assert run("restore", "grey", str(photo), "--task", "colorize") == 2
     assert "colorize restores colour, and this prior models grey images" in capsys.readouterr().err
     assert run("eval", "grey", "--data", str(tmp_path), "--tasks", "sr4", "--methods", "tv", "--save-images", "1") == 0
+    from diffprior.commands.serve import Studio  # the web app's restorations, as its page asks for them
+    studio = Studio(str(tmp_path / "grey"), torch.device("cpu"), tmp_path / "app")
+    done = studio.restore(studio.draw(0), None, "sr4", ["tv"], steps=2, sigma_y=0.05, seed=0)
+    assert {Image.open(p).mode for p in done["files"] if str(p).endswith(".png")} == {"L"}
+    with pytest.raises(ValueError, match="colorize restores colour"):
+        studio.restore(studio.draw(0), None, "colorize", ["tv"], steps=2, sigma_y=0.05, seed=0)
     assert Image.open(next((out / "grey-eval" / "images").rglob("photo.png"))).mode == "L"
     refused = [("grey", "reproduce", "square RGB images, and this prior models grey images of shape 1x16x16")] + [
         ("wide", command, "square grey or RGB images, and this prior models images of shape 3x16x32")

@@ -47,7 +47,7 @@ from ..operators import Colorize, Inpaint, measure
 from ..tasks import make_operator
 from ..solvers import SOLVERS, SPECS, DivergenceError, check_settings, sample, settings_for, tuned_settings, solve
 from ..uncertainty import posterior_samples, std_image, why_no_spread
-from .common import add_prior_arguments, image_side
+from .common import add_prior_arguments, check_grey_task, image_side
 
 # The tasks the app offers (value: label); "inpaint" takes the region painted with the brush as its mask.
 APP_TASKS = {
@@ -86,7 +86,7 @@ class Studio:
                  dtype: str = "auto", max_pixels: int = 25_000_000, max_bytes: int = 20_000_000):
         self.model, self.device, self.folder = str(model), device, Path(folder).resolve()
         self.prior = load_prior(model, device, config=config, dtype=dtype)
-        self.size = image_side(self.prior, "serve")
+        self.size = image_side(self.prior, "serve", grey=True)
         self.scale = max(1, DISPLAY // self.size)  # the display's enlargement of the model's pixels
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.default_steps = 50 if device.type == "cpu" else 200
@@ -262,7 +262,8 @@ class Studio:
                 raise AppError("the painted region covers the whole photo: leave the pixels to keep unpainted")
             op = Inpaint(mask)
         else:
-            op = make_operator(task, (3, size, size), seed=seed)
+            check_grey_task(self.prior, task)
+            op = make_operator(task, self.prior.shape, seed=seed)
         unfit = [f"{m}: {why}" for m in methods if (why := SPECS[m].why_not(op, sigma_y))]
         unfit += [f"{m}: {why}" for m in methods if samples > 1 and (why := why_no_spread(m))]
         if unfit:  # before any method runs, not after the first ones have
@@ -290,12 +291,12 @@ class Studio:
                                    "square back to across 50, down 50, side 100")
                 given = raw
             x = None
-            y = pil_to_tensor(given).to(device)
+            y = pil_to_tensor(given, self.prior.shape[0]).to(device)
             if isinstance(op, (Inpaint, Colorize)):
                 y = op.A(y)  # the holes (or the colours) carry nothing
         else:
             given = photo
-            x = pil_to_tensor(photo).to(device)
+            x = pil_to_tensor(photo, self.prior.shape[0]).to(device)
             y = measure(op, x, sigma_y, gen)
         after_measure = gen.get_state()  # each method starts here, as a separate `diffprior restore` would
 
@@ -367,7 +368,7 @@ class Studio:
             files.append(out)
             if known_full is not None:
                 full_out = job / f"restored_{method}_full.png"
-                fill_holes(full, restored, known_full, crop).save(full_out)
+                fill_holes(full, restored.expand(-1, 3, -1, -1), known_full, crop).save(full_out)
                 files.append(full_out)
             label = method + (f" mean (K={samples})" if std is not None else "")
             show(restored, method, label + _caption(results[method]))
