@@ -201,9 +201,9 @@ def test_networks_that_are_not_unconditional_ddpm_image_models_are_refused_at_lo
 
 
 def test_grey_priors_restore_and_evaluate_and_other_shapes_are_refused_up_front(tmp_path, capsys):
-    """A grey prior restores photos read as grey (restore, denoise, demo, eval, serve); a non-square prior, and a
-    grey one in reproduce (built on the report's RGB figures), are refused by their shape, instead of failing on a
-    measurement the user never gave. Both sample and solve in Python."""
+    """A grey prior restores photos read as grey (restore, denoise, demo, eval, reproduce, serve); a non-square
+    prior is refused by its shape, instead of failing on a measurement the user never gave. Both sample and solve
+    in Python."""
     from PIL import Image
     from diffprior.cli import main
     from diffprior.io import save_image
@@ -238,9 +238,11 @@ def test_grey_priors_restore_and_evaluate_and_other_shapes_are_refused_up_front(
     with pytest.raises(ValueError, match="colorize restores colour"):
         studio.restore(studio.draw(0), None, "colorize", ["tv"], steps=2, sigma_y=0.05, seed=0)
     assert Image.open(next((out / "grey-eval" / "images").rglob("photo.png"))).mode == "L"
-    refused = [("grey", "reproduce", "square RGB images, and this prior models grey images of shape 1x16x16")] + [
-        ("wide", command, "square grey or RGB images, and this prior models images of shape 3x16x32")
-        for command in ("restore", "demo", "eval")]
+    assert main(["reproduce", "--quick", "--data", "generated:2", "--tables", "1", "--model", str(tmp_path / "grey"),
+                 "--device", "cpu", "--out", str(out / "grey-reproduce")]) == 0
+    assert Image.open(out / "grey-reproduce" / "fig1_denoising.png").convert("HSV").getextrema()[1][1] <= 2  # no colour
+    refused = [("wide", command, "square grey or RGB images, and this prior models images of shape 3x16x32")
+               for command in ("restore", "demo", "eval", "reproduce")]
     for model, command, message in refused:
         prior = load_prior(tmp_path / model)
         assert run("sample", model) == 0

@@ -566,9 +566,11 @@ class Runner:
     """Runs units one after another, keeping the current chunk's images and measurements and the operators."""
 
     def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
-                 out: Path | None = None, keep: set[str] = frozenset(), masks: dict[str, Tensor] | None = None):
+                 out: Path | None = None, keep: set[str] = frozenset(), masks: dict[str, Tensor] | None = None,
+                 channels: int = 3):
         self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
-        self.shape = (3 if prior is None else prior.shape[0], size, size)  # one image (no prior: measurements only)
+        # one image's shape; without a prior (measurements only) of `channels`
+        self.shape = (channels if prior is None else prior.shape[0], size, size)
         self.out, self.keep = out, keep  # the images whose restorations are saved under out
         self.masks = masks  # the task "inpaint"'s: image name -> (H, W) mask, 1 = known
         self.ops: dict[tuple[str, int], Operator] = {}
@@ -585,7 +587,8 @@ class Runner:
 
     def clean(self, chunk: int) -> Tensor:
         if self.images is None or self.images[0] != chunk:
-            x = torch.cat([load_image(p, self.size, channels=self.shape[0]) for p in self.chunks[chunk]]).to(self.device)
+            x = torch.cat([load_image(p, self.size, channels=self.shape[0])
+                           for p in self.chunks[chunk]]).to(self.device)
             self.images = (chunk, x)
         return self.images[1]
 

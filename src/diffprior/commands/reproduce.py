@@ -137,6 +137,7 @@ class Plan:
     generate: tuple[str, int] = ("ddpm", 1000)  # sampler and steps of --data generated
     T: int = 1000                    # the prior's timesteps (set once it is loaded)
     tuned: dict = field(default_factory=dict)  # the prior's tuned solver settings (set once it is loaded)
+    channels: int = 3                # the prior's image channels, 1 (grey) or 3 (set once it is loaded)
     command: str = ""
     started: float = field(default_factory=time.perf_counter)
     failed: list[str] = field(default_factory=list)  # eval cells with no row scored, as the run finds them
@@ -272,7 +273,7 @@ def table1_rows(prior: Prior, plan: Plan, folder: Path, images: list[Path], devi
         for c, t, s in units:
             if all(k in done for k in keys(c, t, s)):
                 continue
-            x = torch.cat([load_image(p, size) for p in chunks[c]]).to(device)
+            x = torch.cat([load_image(p, size, channels=plan.channels) for p in chunks[c]]).to(device)
             _, rows = denoise_batch(prior, x, [p.name for p in chunks[c]], t, s)
             writer.write([r for r in rows if row_key(r) not in done])
     finally:
@@ -289,7 +290,7 @@ def figure1(prior: Prior, plan: Plan, images: list[Path], device: torch.device) 
     (the first batch with seed 0, so the same noise as its rows)."""
     size = prior.shape[-1]
     chunk = images[:plan.batch]
-    x = torch.cat([load_image(p, size) for p in chunk]).to(device)
+    x = torch.cat([load_image(p, size, channels=plan.channels) for p in chunk]).to(device)
     shown = min(4, len(chunk))
     rows = [[x[i]] for i in range(shown)]
     captions = [[""] for _ in range(shown)]
@@ -521,7 +522,7 @@ def restoration_figure(plan: Plan, name: str, size: int, images: list[Path], tas
     out = plan.out / name
     rows_by_key = {row_key(r): r for f in row_files(out) for r in read_rows(f)}
     shown = images[:FIGURE_IMAGES]
-    runner = Runner(None, [[p] for p in shown], size, plan.sigma_y, torch.device("cpu"))
+    runner = Runner(None, [[p] for p in shown], size, plan.sigma_y, torch.device("cpu"), channels=plan.channels)
     rows, captions, row_titles = [], [], []
     for task in tasks:
         for i, p in enumerate(shown):
@@ -547,7 +548,7 @@ def figure5(plan: Plan, size: int, images: list[Path], skipped: list[dict]) -> P
                                                       for m in plan.solvers if m != "tv"]
     out, rows, captions = plan.out / "solvers", [], []
     rows_by_key = {row_key(r): r for f in row_files(out) for r in read_rows(f)}
-    runner = Runner(None, [images[:1]], size, plan.sigma_y, torch.device("cpu"))
+    runner = Runner(None, [images[:1]], size, plan.sigma_y, torch.device("cpu"), channels=plan.channels)
     p = images[0]
     for task in SOLVER_TASKS:
         row, caps = [runner.clean(0), displayable(runner.measurement(0, task, 0), (size, size))], ["", ""]
@@ -636,7 +637,8 @@ def reproduce(plan: Plan) -> Path:
     device = pick_device(plan.device)
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)
-    size, plan.T, plan.tuned = image_side(prior, "reproduce"), prior.schedule.T, tuned_settings(prior)
+    size, plan.T, plan.tuned = image_side(prior, "reproduce", grey=True), prior.schedule.T, tuned_settings(prior)
+    plan.channels = prior.shape[0]
     if plan.steps > plan.T:
         raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")
     for m, b in ((m, b) for m in plan.solvers if m != "tv" for b in plan.budgets):
