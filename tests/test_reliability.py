@@ -788,3 +788,28 @@ def test_a_short_write_of_torch_save_names_the_file_and_the_free_space(tmp_path)
     assert target.read_bytes() == b"the previous checkpoint" and list(tmp_path.iterdir()) == [target]
     with pytest.raises(RuntimeError, match="something else"):  # other errors as they are
         atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("something else")))
+
+
+def test_odd_inputs_to_measure_denoise_and_solve_get_clear_errors_or_work():
+    """Found by probing the Python API: each of these was a bare PyTorch error or a misleading message."""
+    import numpy as np
+    from diffprior.operators import Inpaint
+    from diffprior.solvers import denoise
+    prior = load_prior("gmm-demo")
+    x = prior.sample(3, torch.Generator().manual_seed(0)).float()
+    three = Inpaint(torch.ones(3, 1, 64, 64))  # one mask per image of a batch of 3
+    with pytest.raises(ValueError, match=r"inpaint does not take images of shape \(2, 3, 64, 64\)"):
+        measure(three, x[:2], 0.05)
+    with pytest.raises(ValueError, match="inpaint makes 3 measurements from a batch of 1 images"):
+        measure(three, x[:1], 0.05)  # was silently broadcast to three measurements
+    assert measure(three, x, np.array(0.05)).shape == x.shape  # a 0-d NumPy sigma_y
+    with pytest.raises(ValueError, match="x0 holds no images"):
+        denoise(prior, x[:0], 300)
+    t8 = torch.tensor(44, dtype=torch.uint8)  # indexing with uint8 reads it as a mask
+    torch.testing.assert_close(denoise(prior, x[:1], t8, generator=torch.Generator().manual_seed(1))[1],
+                               denoise(prior, x[:1], 44, generator=torch.Generator().manual_seed(1))[1])
+    y = measure(three, x, 0.05)
+    with pytest.raises(ValueError, match="on the meta device: it holds no values"):  # not "move it to the prior"
+        solve("dps", prior, three, y.to("meta"), steps=2)
+    with pytest.raises(TypeError, match="got numpy.random._generator.Generator"):  # not just "Generator"
+        solve("dps", prior, three, y, steps=2, generator=np.random.default_rng(0))

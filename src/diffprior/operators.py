@@ -141,8 +141,8 @@ class LinearOperator(Operator):
 
 def check_noise_level(sigma_y) -> float:
     """sigma_y as a float: a finite number >= 0 (ValueError otherwise)."""
-    if isinstance(sigma_y, Tensor) and sigma_y.numel() == 1:
-        sigma_y = sigma_y.item()
+    if isinstance(sigma_y, Tensor) and sigma_y.numel() == 1 or getattr(sigma_y, "shape", None) == ():
+        sigma_y = sigma_y.item()  # a one-element tensor, a 0-d NumPy array
     if isinstance(sigma_y, bool) or not isinstance(sigma_y, numbers.Real) or not 0 <= sigma_y < math.inf:
         raise ValueError(f"sigma_y={sigma_y!r}: expected a finite number >= 0 (the measurement noise std)")
     return float(sigma_y)
@@ -165,7 +165,15 @@ def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator 
         raise ValueError("measure needs finite images: x holds NaN or infinite values")
     if largest > 10:  # no image in [-1, 1] (an analytic prior's draws reach past 1): pixels in [0, 255]
         warnings.warn(f"the images reach {largest:.4g}: {RANGE_HINT}", stacklevel=2)
-    y = op.A(x)
+    try:
+        y = op.A(x)
+    except NotImplementedError:
+        raise
+    except RuntimeError as e:  # e.g. a batch of per-image masks for another number of images
+        raise ValueError(f"{op.name} does not take images of shape {tuple(x.shape)} ({e})") from None
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{op.name} makes {y.shape[0]} measurements from a batch of {x.shape[0]} images: its "
+                         "per-image parts (e.g. masks) must number 1 or the batch's images")
     return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
 
 

@@ -108,8 +108,9 @@ class Schedule:
 def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normal noise shaped like x, drawn from `generator` (which may live on any device)."""
     if generator is not None and not isinstance(generator, torch.Generator):
+        kind = type(generator)
         raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
-                        f"{type(generator).__name__}")
+                        f"{kind.__module__}.{kind.__qualname__}")
     if generator is None or generator.device == x.device:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)

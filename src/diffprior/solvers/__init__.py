@@ -164,12 +164,12 @@ def check_measurement_tensor(prior, y) -> None:
                         "through prior.configure(dtype='bf16')")
     if y.dim() == 0 or y.shape[0] == 0:
         raise ValueError(f"the measurement holds no images (shape {tuple(y.shape)})")
+    if y.device.type == "meta":
+        raise ValueError("the measurement is on the meta device: it holds no values")
     device = getattr(prior, "device", None)
     if device is not None and (device.type, device.index or 0) != (y.device.type, y.device.index or 0):
         raise ValueError(f"the measurement is on {y.device} but the prior on {device}: move one, "
                          "e.g. y.to(prior.device)")
-    if y.device.type == "meta":
-        raise ValueError("the measurement is on the meta device: it holds no values")
     if not bool(y.isfinite().all()):
         raise ValueError("the measurement contains NaN or infinite values")
 

@@ -167,6 +167,8 @@ def denoise(prior: Prior, x0: Tensor, t: int | Tensor, *,
     E[x0 | x_t] in one network evaluation (Efron 2011; Ho et al. 2020). Returns (x_t, x0_hat)."""
     check_prior(prior)
     T, ts = prior.schedule.T, torch.as_tensor(t)
+    if ts.dtype == torch.uint8:  # indexing with uint8 would read it as a mask
+        t = ts = ts.long()
     whole = not (ts.is_floating_point() or ts.is_complex() or ts.dtype == torch.bool)
     if not whole or not bool(((ts >= 0) & (ts < T)).all()):
         raise ValueError(f"t={t!r}: a whole timestep in [0, {T - 1}] (or a tensor of them, one per image)")
@@ -174,6 +176,8 @@ def denoise(prior: Prior, x0: Tensor, t: int | Tensor, *,
         got = f"{x0.dtype} {tuple(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
         raise ValueError(f"x0 must be a float batch (B, {', '.join(map(str, prior.shape))}) of images in [-1, 1], "
                          f"got {got}")
+    if x0.shape[0] == 0:
+        raise ValueError("x0 holds no images (a batch of 0)")
     if ts.numel() not in (1, x0.shape[0]):
         raise ValueError(f"t holds {ts.numel()} timesteps for {x0.shape[0]} images: give one, or one per image")
     x_t = prior.schedule.q_sample(x0, t, generator=generator)
