@@ -773,16 +773,22 @@ def test_a_training_or_reproduce_folder_in_use_by_another_process_is_refused(tmp
             pass
 
 
-def test_a_short_write_of_torch_save_names_the_file_and_the_free_space(tmp_path):
-    """torch.save reports a full disk as a RuntimeError without an errno ("unexpected pos ..."); the old file
-    stays, no temporary file is left, and the error names the file."""
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1204800 vs 1204688"),  # torch.save
+    RuntimeError("basic_ios::clear: iostream error"),  # torch.save, at the end of the file
+    type("SafetensorError", (Exception,), {})(  # safetensors' own error type
+        "Error while serializing: I/O error: No space left on device (os error 28)"),
+])
+def test_a_write_that_fails_in_a_writers_own_error_names_the_file_and_the_free_space(tmp_path, failure):
+    """torch.save and safetensors report a full disk in their own errors, without an errno; the old file stays,
+    no temporary file is left, and the error (an OSError: a user's error, not an internal one) names the file."""
     from diffprior.io import atomic_write
     target = tmp_path / "state.pt"
     target.write_bytes(b"the previous checkpoint")
 
     def short(tmp):
         Path(tmp).write_bytes(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1204800 vs 1204688")
+        raise failure
     with pytest.raises(OSError, match=f"cannot write {target}: the write stopped short, with [0-9,]+ bytes free"):
         atomic_write(target, short)
     assert target.read_bytes() == b"the previous checkpoint" and list(tmp_path.iterdir()) == [target]
@@ -813,3 +819,35 @@ def test_odd_inputs_to_measure_denoise_and_solve_get_clear_errors_or_work():
         solve("dps", prior, three, y.to("meta"), steps=2)
     with pytest.raises(TypeError, match="got numpy.random._generator.Generator"):  # not just "Generator"
         solve("dps", prior, three, y, steps=2, generator=np.random.default_rng(0))
+
+
+def test_a_folder_that_cannot_be_written_is_named_by_the_file_asked_for(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+    from diffprior.io import atomic_write
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".summary.md.abcdefgh.tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match=f"Read-only file system: '{tmp_path / 'summary.md'}'"):
+        atomic_write(tmp_path / "summary.md", lambda tmp: None)
+
+
+def test_an_evaluations_two_summaries_are_written_as_one(tmp_path, monkeypatch):
+    """A full disk at summary.json leaves summary.md as it was (it said 3 images beside a json of 2)."""
+    import errno
+    from diffprior.commands import evaluate
+    summary = {"run": {"model": "m", "images": 2, "seeds": 1, "steps": 3, "sigma_y": 0.05, "batch": 1, "size": 64,
+                       "data": "d"}, "ci": "mean", "cells": []}
+    evaluate.write_summary(tmp_path, summary)
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    real = evaluate.atomic_write
+
+    def full(path, write):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, write)
+    monkeypatch.setattr(evaluate, "atomic_write", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        evaluate.write_summary(tmp_path, {**summary, "run": {**summary["run"], "images": 3}})
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before

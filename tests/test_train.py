@@ -505,3 +505,20 @@ def test_small_images_are_said_to_be_upscaled_and_hidden_files_are_not_read(face
                                          r"their central square is upscaled, blurred \(strip.png 4000x10\)"):
         loaded = load_folder(faces, SIZE)
     assert "._000001.png" not in loaded.names and len(loaded) == 7
+
+
+def test_a_checkpoint_whose_model_cannot_be_written_keeps_the_previous_checkpoint_whole(faces, tmp_path, monkeypatch):
+    """The state and the exported model are written as one: a full disk at the model leaves both as they were
+    (it left the new state beside the previous model)."""
+    import diffprior.train
+    run = tmp_path / "run"
+    train(faces, run, steps=2, **FAST)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".safetensors", ".json")}
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(run / "model.safetensors"))
+    monkeypatch.setattr(diffprior.train, "save_checkpoint", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        train(faces, run, steps=4, resume=True, **FAST)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name in before} == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # nothing temporary or kept left behind

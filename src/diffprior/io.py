@@ -206,6 +206,11 @@ def writes_colour(fmt: str) -> bool:
     return True
 
 
+# how torch.save's writer ("unexpected pos", "write failed", "iostream error") and safetensors ("os error") say
+# that writing a file failed, without an OSError
+WRITE_FAILURES = ("unexpected pos", "write failed", "iostream error", "os error")
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place: readers see either
     the old file or the complete new one, never a partial write (a full disk leaves the old file as it was).
@@ -219,7 +224,10 @@ def atomic_write(path: str | Path, write) -> Path:
         with contextlib.suppress(OSError):
             if time.time() - stale.stat().st_mtime > 3600:
                 stale.unlink()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a read-only folder: name the file asked for, not the temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         write(tmp)
@@ -231,8 +239,8 @@ def atomic_write(path: str | Path, write) -> Path:
         if e.errno is not None and e.filename in (None, tmp):
             raise type(e)(e.errno, e.strerror, str(path)) from None
         raise
-    except RuntimeError as e:  # torch.save's writer reports a short write (a full disk) without an errno
-        if "unexpected pos" not in str(e) and "write failed" not in str(e):
+    except Exception as e:  # torch.save and safetensors report a failed write (a full disk) in their own errors
+        if not any(sign in str(e) for sign in WRITE_FAILURES):
             raise
         free = shutil.disk_usage(path.parent).free
         raise OSError(f"cannot write {path}: the write stopped short, with {free:,} bytes free on its disk "

@@ -498,9 +498,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                  "net": net.state_dict(), "ema": ema_net.state_dict(), "opt": opt.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None,
                          "noise": noise_gen.get_state(), "sampler": data_sampler.state_dict()}}
-        with stop.protected():  # the state and the exported model: written whole, as one
-            atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-            save_checkpoint(ema_net, record(), out / MODEL)
+        with stop.protected(), io.all_or_none([state_path, out / MODEL, (out / MODEL).with_suffix(".json")]):
+            atomic_write(state_path, lambda tmp: torch.save(state, tmp))  # the state and the exported model:
+            save_checkpoint(ema_net, record(), out / MODEL)              # written whole, as one
 
     def sample_grid() -> None:
         prior = NetworkPrior(ema_net, schedule, (3, size, size), prediction=prediction, v_shift=v_shift)

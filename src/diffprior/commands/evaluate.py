@@ -75,7 +75,7 @@ from ..download import sha256_of
 from ..io import list_images, load_image, load_mask, open_image, save_image
 from ..metrics import image_metrics, residual
 from ..devices import pick_device, sync
-from ..io import atomic_write, output_folder
+from ..io import all_or_none, atomic_write, output_folder
 from ..models import DEFAULT_MODEL, load_prior
 from ..operators import Inpaint, Operator, measure
 from ..tasks import TASKS, make_operator
@@ -786,8 +786,9 @@ def write_summary(out: Path, summary: dict) -> None:
         lines.append("PSNR per seed: the mean over images of each seed alone (0, 1, ...). PSNR sd over seeds: how "
                      "far one image's PSNR moves with the seed (its operator draw, measurement noise and solver "
                      "noise), the standard deviation within an image, pooled over images.")
-    atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    with all_or_none([out / "summary.md", out / "summary.json"]):  # the two never disagree
+        atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+        atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
 
 
 # -- the command line ------------------------------------------------------------------------------------
