@@ -241,15 +241,14 @@ def add_range_arguments(p: argparse.ArgumentParser, limit_help: str) -> None:
     p.add_argument("--seeds", type=arguments.positive, default=1, help="K seeds per image: 0 .. K-1 (default 1)")
 
 
-def image_side(prior, command: str, grey: bool = False) -> int:
-    """The side of the square RGB (or, where `grey`, grey) images `prior` models, which the image commands read,
-    restore and write; another prior is refused, pointing to the Python API, which takes any image shape."""
+def image_side(prior, command: str) -> int:
+    """The side of the square grey or RGB images `prior` models, which the image commands read, restore and
+    write; another prior is refused, pointing to the Python API, which takes any image shape."""
     c, h, w = prior.shape
-    if h != w or (c != 3 and not (grey and c == 1)):
-        kind = "grey " if c == 1 else ""
-        raise ValueError(f"diffprior {command} works on square {'grey or ' * grey}RGB images, and this prior "
-                         f"models {kind}images of shape {c}x{h}x{w}: restore them with the Python API (dp.solve "
-                         f"with tensors of shape (B, {c}, {h}, {w})), or draw samples with `diffprior sample`")
+    if h != w or c not in (1, 3):
+        raise ValueError(f"diffprior {command} works on square grey or RGB images, and this prior models images of "
+                         f"shape {c}x{h}x{w}: restore them with the Python API (dp.solve with tensors of shape "
+                         f"(B, {c}, {h}, {w})), or draw samples with `diffprior sample`")
     return h
 
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
     check_steps(prior, args.steps)
     from .evaluate import has_naive, unfit_pairs
-    size = image_side(prior, "demo", grey=True)
+    size = image_side(prior, "demo")
     for task in tasks:
         check_grey_task(prior, task)
     unfit = [f"{task} has no naive reconstruction to show (restore it with `diffprior restore`)"

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     arguments.check_outputs([args.out], inputs=[args.input, model_input(args.model)], overwrite=args.overwrite)
     photo = open_image(args.input)
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
-    size, T = image_side(prior, "denoise", grey=True), prior.schedule.T
+    size, T = image_side(prior, "denoise"), prior.schedule.T
     if not 0 <= args.t < T:
         raise ValueError(f"--t {args.t}: a timestep in [0, {T - 1}] (the prior has T = {T})")
     x = pil_to_tensor(center_square(photo, size), prior.shape[0]).to(device)

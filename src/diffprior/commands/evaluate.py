@@ -517,7 +517,7 @@ def unfit_pairs(tasks: Sequence[str], methods: Sequence[str], size: int, sigma_y
 
 def _image_size(prior: Prior, size: int | None) -> int:
     """The image side: the prior's, or `size` for a (fully convolutional) network prior run at another size."""
-    image_side(prior, "eval", grey=True)
+    image_side(prior, "eval")
     if size is None or size == prior.shape[-1]:
         return prior.shape[-1]
     if not isinstance(prior, NetworkPrior):

@@ -637,7 +637,7 @@ def reproduce(plan: Plan) -> Path:
     device = pick_device(plan.device)
     plan.device = str(device)
     prior = load_prior(plan.model, device, config=plan.config, dtype=plan.dtype)
-    size, plan.T, plan.tuned = image_side(prior, "reproduce", grey=True), prior.schedule.T, tuned_settings(prior)
+    size, plan.T, plan.tuned = image_side(prior, "reproduce"), prior.schedule.T, tuned_settings(prior)
     plan.channels = prior.shape[0]
     if plan.steps > plan.T:
         raise ValueError(f"--steps {plan.steps}: at most the prior's T = {plan.T} diffusion steps")

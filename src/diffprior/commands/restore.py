@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     photo = whole if args.crop is None else whole.crop(square_box(whole.size, args.crop))  # what the model sees
 
     prior = load_prior(args.model, device, config=args.config, dtype=args.dtype)
-    size, channels = image_side(prior, "restore", grey=True), prior.shape[0]
+    size, channels = image_side(prior, "restore"), prior.shape[0]
     check_grey_task(prior, task)
     if channels == 1 and not is_grey(photo):
         print(f"note: the prior models grey images: {args.input} is read as grey", file=sys.stderr)
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         x = pil_to_tensor(center_square(photo, size), channels).to(device)
         note = fit_note(input_name, photo.size, size)
         y = measure(op, x, args.sigma_y, gen)
-        if task == "colorize" and bool((x == x[:, :1]).all()):
+        if task == "colorize" and is_grey(photo):
             print(f"note: {args.input} is grey, so its colours are unknown and the scores compare the colourised "
                   "result with the grey photo; --measured takes it as the grey measurement it is", file=sys.stderr)
     if note:
@@ -199,7 +199,6 @@ def run(args: argparse.Namespace) -> int:
 
     with all_or_none(outputs.values()):  # an interrupted run leaves none of its files
         def at_size(img, photo):  # --full-size: into the photo's holes (the std map's known pixels: 0, black)
-            img = img.expand(-1, 3, -1, -1) if args.full_size and img.dim() == 4 and img.shape[1] == 1 else img
             return fill_holes(photo, img, known, args.crop) if args.full_size else img
         written = [save_image(at_size(restored, whole), out)]
         if std is not None:

@@ -11,8 +11,8 @@ painted mask, the uploaded photo itself at its own size with the holes filled to
 
 Safety: the server binds 127.0.0.1 unless --host says otherwise; uploads over --max-upload-mb or over
 --max-pixels (checked in the header, before decoding) are refused with a message, and so are decompression
-bombs (painted layers sent by a request: more than twice --max-pixels); one job runs at a time (a queue); the app reads and writes files only inside its own temporary
-folder, which it removes when it stops.
+bombs (painted layers sent by a request: more than twice --max-pixels); one job runs at a time (a queue); the
+app reads and writes files only inside its own temporary folder, which it removes when it stops.
 
 Needs the optional extra: pip install "diffprior[web]".
 """
@@ -86,7 +86,7 @@ class Studio:
                  dtype: str = "auto", max_pixels: int = 25_000_000, max_bytes: int = 20_000_000):
         self.model, self.device, self.folder = str(model), device, Path(folder).resolve()
         self.prior = load_prior(model, device, config=config, dtype=dtype)
-        self.size = image_side(self.prior, "serve", grey=True)
+        self.size = image_side(self.prior, "serve")
         self.scale = max(1, DISPLAY // self.size)  # the display's enlargement of the model's pixels
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.default_steps = 50 if device.type == "cpu" else 200
@@ -368,7 +368,7 @@ class Studio:
             files.append(out)
             if known_full is not None:
                 full_out = job / f"restored_{method}_full.png"
-                fill_holes(full, restored.expand(-1, 3, -1, -1), known_full, crop).save(full_out)
+                fill_holes(full, restored, known_full, crop).save(full_out)
                 files.append(full_out)
             label = method + (f" mean (K={samples})" if std is not None else "")
             show(restored, method, label + _caption(results[method]))
