@@ -211,7 +211,8 @@ def test_grey_priors_restore_and_evaluate_and_other_shapes_are_refused_up_front(
     torch.manual_seed(0)
     grey = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
                                  block_out_channels=(16, 32), norm_num_groups=8,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
     save_model(tmp_path / "grey", unet=grey)
     wide = small_unet()
     wide.register_to_config(sample_size=(16, 32))

@@ -28,8 +28,7 @@ def image_table(rows: list[list[Tensor | None]], path: str | Path, *, col_titles
                 row_titles: list[str] | None = None, captions: list[list[str]] | None = None,
                 cell: float = 1.6, title: str | None = None) -> Path:
     """Save a table of images (each (C, H, W) or (1, C, H, W) in [-1, 1], C = 3 or 1 (grey); None leaves a cell
-    empty), with
-    column titles, row titles and a caption under each image (e.g. its PSNR)."""
+    empty), with column titles, row titles and a caption under each image (e.g. its PSNR)."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows + 0.4 * bool(title)),
                              squeeze=False)

@@ -231,14 +231,14 @@ def divergence(op, x: Tensor, y: Tensor) -> str | None:
 
 def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, task: str | None = None,
           **settings) -> Tensor:
-    """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the
-    measurement noise. `task` (a name of `diffprior.TASKS`, or "inpaint" for a mask of one's own): the given
-    settings go over the ones the command line runs that task with, the solver's per-task defaults and those
-    tuned for this prior (`settings_for`); without it the solver's own defaults apply. A prior or an operator that is not one (a name, None) raises a TypeError, so do unknown
-    settings, a bad value a ValueError, a measurement that is not a float tensor a TypeError, one with NaNs or of
-    a shape that `op` does not make from the prior's images a ValueError (one of values far beyond them, such
-    as [0, 255] pixels, a warning), an operator the solver does not accept a TypeError, and a run that diverges
-    (see `divergence`) a DivergenceError. `y` is data: never differentiated."""
+    """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the measurement
+    noise. `task` (a name of `diffprior.TASKS`, or "inpaint" for a mask of one's own): the given settings go over
+    the ones the command line runs that task with, the solver's per-task defaults and those tuned for this prior
+    (`settings_for`); without it the solver's own defaults apply. A prior or an operator that is not one (a name,
+    None) raises a TypeError, so do unknown settings, a bad value a ValueError, a measurement that is not a float
+    tensor a TypeError, one with NaNs or of a shape that `op` does not make from the prior's images a ValueError
+    (one of values far beyond them, such as [0, 255] pixels, a warning), an operator the solver does not accept a
+    TypeError, and a run that diverges (see `divergence`) a DivergenceError. `y` is data: never differentiated."""
     spec = spec_of(method)
     if not (prior is None and not spec.needs_prior):
         check_prior(prior)

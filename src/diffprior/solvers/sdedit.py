@@ -34,6 +34,7 @@ def sdedit(prior: Prior, op: Operator, y: Tensor, *,
 
 
 def default_t0(T: int) -> int:
+    """SDEdit's t0 when none is given: half the prior's chain of T timesteps."""
     return T // 2
 
 
