@@ -137,8 +137,11 @@ def test_rerun_of_a_finished_run_changes_nothing(reference, tmp_path, setup, cap
     _, data, model = setup
     out = tmp_path / "again"
     shutil.copytree(reference, out)
+    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
     assert main(command(data, model, out)) == 0
     assert rows_of(out) == rows_of(reference)
+    # no file is written again (nor opened for appending): a finished run can be reread in a read-only folder
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == files
     err = capsys.readouterr().err
     assert err.count("skipping broken.png") == 1 and "0 to do" in err and "note:" not in err
 

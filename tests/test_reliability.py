@@ -1,6 +1,7 @@
 """Bad input and faults: every one gets one clear line and exit code 2, before any heavy work, and no
 existing file is ever destroyed; outputs are written atomically."""
 
+import errno
 import hashlib
 import json
 import os
@@ -35,6 +36,19 @@ from diffprior.tasks import make_operator
 from diffprior.schedule import Schedule
 from diffprior.solvers import DivergenceError, divergence, solve
 from diffprior.solvers import sample as dp_sample
+
+
+
+def full_disk(monkeypatch, only: str = "") -> None:
+    """From now on, writing a file whose name holds `only` stops half-way with ENOSPC, as on a full disk."""
+    real = Path.write_bytes
+
+    def half_then_full(self, data):
+        if only not in self.name:
+            return real(self, data)
+        real(self, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
 
 
 def bomb_png(path: Path, width: int = 60000, height: int = 60000) -> Path:
@@ -229,13 +243,7 @@ def test_overwriting_is_the_users_choice(files, capsys):
 ])
 def test_a_full_disk_leaves_the_old_file_whole(files, capsys, monkeypatch, argv, target):
     """The writer fails half-way (as on a full disk): the previous file is intact and nothing is left over."""
-    import matplotlib.figure
-
-    def half_then_full(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"\x89PNG half")
-        raise OSError(28, "No space left on device", str(fp))
-    monkeypatch.setattr(Image.Image, "save", half_then_full)
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_full)
+    full_disk(monkeypatch)
     before = snapshot(files)
     assert main(argv + ["--overwrite", "--device", "cpu"]) == 2
     assert "No space left on device" in capsys.readouterr().err
@@ -243,16 +251,10 @@ def test_a_full_disk_leaves_the_old_file_whole(files, capsys, monkeypatch, argv,
 
 
 def test_figures_are_written_atomically(tmp_path, monkeypatch):
-    import matplotlib.figure
-
     from diffprior.figures import image_table
     path = image_table([[torch.zeros(3, 8, 8)]], tmp_path / "f.png")
     old = path.read_bytes()
-
-    def fail(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fail)
+    full_disk(monkeypatch)
     with pytest.raises(OSError):
         image_table([[torch.ones(3, 8, 8)]], path)
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["f.png"]
@@ -261,15 +263,10 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
 def test_a_failed_overwrite_keeps_the_previous_result_whole(files, capsys, monkeypatch):
     """--overwrite, then the disk fills while the figure is written: the earlier image and figure stay as they
     were (the image was deleted, leaving the old figure without it), and the error names the file."""
-    import matplotlib.figure
     run = ["restore", "clean.png", "--model", "gmm-demo", "--task", "sr4", "--method", "tv", "--out", "r.png"]
     assert main(run) == 0
     before = {name: Path(name).read_bytes() for name in ("r.png", "r_figure.png")}
-
-    def full(self, fp, *args, **kwargs):
-        Path(fp).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    full_disk(monkeypatch, only="r_figure.png")
     capsys.readouterr()
     assert main([*run, "--overwrite", "--seed", "3"]) == 2
     assert capsys.readouterr().err.strip().endswith("error: No space left on device: r_figure.png")
@@ -822,7 +819,6 @@ def test_odd_inputs_to_measure_denoise_and_solve_get_clear_errors_or_work():
 
 
 def test_a_folder_that_cannot_be_written_is_named_by_the_file_asked_for(tmp_path, monkeypatch):
-    import errno
     import tempfile
     from diffprior.io import atomic_write
 
@@ -835,19 +831,32 @@ def test_a_folder_that_cannot_be_written_is_named_by_the_file_asked_for(tmp_path
 
 def test_an_evaluations_two_summaries_are_written_as_one(tmp_path, monkeypatch):
     """A full disk at summary.json leaves summary.md as it was (it said 3 images beside a json of 2)."""
-    import errno
     from diffprior.commands import evaluate
     summary = {"run": {"model": "m", "images": 2, "seeds": 1, "steps": 3, "sigma_y": 0.05, "batch": 1, "size": 64,
                        "data": "d"}, "ci": "mean", "cells": []}
     evaluate.write_summary(tmp_path, summary)
     before = {p: p.read_bytes() for p in tmp_path.iterdir()}
-    real = evaluate.atomic_write
-
-    def full(path, write):
-        if Path(path).name == "summary.json":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, write)
-    monkeypatch.setattr(evaluate, "atomic_write", full)
+    full_disk(monkeypatch, only="summary.json")
     with pytest.raises(OSError, match="No space left on device"):
         evaluate.write_summary(tmp_path, {**summary, "run": {**summary["run"], "images": 3}})
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_failed_write_leaves_no_folder_of_its_own_and_an_unchanged_file_is_not_rewritten(tmp_path, monkeypatch):
+    """demo on a full disk left an empty output folder; a finished run reread rewrote its files (and so failed in a
+    read-only folder)."""
+    from diffprior.io import write_bytes, write_text
+    (tmp_path / "kept").mkdir()
+    full_disk(monkeypatch)
+    for path in (tmp_path / "new" / "deeper" / "demo.png", tmp_path / "kept" / "demo.png"):
+        with pytest.raises(OSError, match="No space left on device"):
+            write_bytes(path, b"a figure")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+    monkeypatch.undo()
+    path = write_text(tmp_path / "kept" / "summary.md", "a table\n")
+    stamp = (path.stat().st_ino, path.stat().st_mtime_ns)
+    full_disk(monkeypatch)  # any write would fail now
+    assert write_text(path, "a table\n") == path and (path.stat().st_ino, path.stat().st_mtime_ns) == stamp
+    with pytest.raises(OSError):
+        write_text(path, "another table\n")
+    assert path.read_text() == "a table\n"

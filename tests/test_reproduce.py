@@ -143,6 +143,11 @@ def test_rerun_resumes_after_a_kill_and_an_interruption(quick_run, monkeypatch):
         assert numbers(rows_of(out / f / "rows.csv")) == before[f], f
     assert (out / "REPORT.md").is_file() and (out / "fig2_samples.png").is_file()
 
+    # once finished, a rerun writes no file (it also runs in a read-only folder) and keeps the report's times
+    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    assert main(command(out)) == 0
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == files
+
 
 def test_tables_option_runs_those_tables_only(quick_run, monkeypatch):
     out = quick_run

@@ -130,9 +130,9 @@ def verified(path: Path, sha256: str) -> bool:
 
 def remember_verified(path: Path, sha256: str) -> None:
     """Record that `path` has the content `sha256` (its size and mtime with it), so it is not hashed again."""
-    from .io import atomic_write
+    from .io import write_text
     stamp = _stamp(path, sha256)
-    atomic_write(path.with_name(path.name + ".verified"), lambda tmp: Path(tmp).write_text(stamp))
+    write_text(path.with_name(path.name + ".verified"), stamp)
 
 
 def _transfer(url: str, part: Path, dest: Path, size: int | None, progress: bool, timeout: float) -> None:

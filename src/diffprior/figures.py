@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .io import atomic_write  # noqa: E402
+from .io import saved_bytes, write_bytes  # noqa: E402
 
 
 def displayable(y: Tensor, size: tuple[int, int]) -> Tensor:
@@ -61,6 +61,6 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:].lower() or "png"))
+        return write_bytes(path, saved_bytes(lambda f: fig.savefig(f, dpi=dpi, format=path.suffix[1:].lower() or "png")))
     finally:
         plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import itertools
 import numbers
 import os
 import shutil
@@ -215,11 +216,23 @@ def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place: readers see either
     the old file or the complete new one, never a partial write (a full disk leaves the old file as it was).
     Temporary files of earlier writes of `path` that a killed process left behind (named as this function names
-    them, untouched for an hour: not another writer's, still being written) are removed first."""
+    them, untouched for an hour: not another writer's, still being written) are removed first. Folders are made
+    as needed; a write that fails removes those it made."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: give a file name")
+    made = list(itertools.takewhile(lambda p: not p.exists(), [path.parent, *path.parent.parents]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_into_place(path, write)
+    except BaseException:
+        for folder in made:  # deepest first: a failed write leaves no empty folder of its own behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _write_into_place(path: Path, write) -> Path:
     for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
         with contextlib.suppress(OSError):
             if time.time() - stale.stat().st_mtime > 3600:
@@ -249,6 +262,28 @@ def atomic_write(path: str | Path, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` as `atomic_write` does; a file that already holds exactly `data` is left as it is
+    (rerunning a finished run rewrites nothing, so that it also works in a read-only folder)."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """`write_bytes` of `text` in UTF-8."""
+    return write_bytes(path, text.encode())
+
+
+def saved_bytes(save) -> bytes:
+    """What save(file) writes into a file object, e.g. an image's or a figure's encoding."""
+    buffer = BytesIO()
+    save(buffer)
+    return buffer.getvalue()
 
 
 def output_folder(path: str | Path, what: str) -> Path:
@@ -324,7 +359,7 @@ def save_image(x: Tensor | Image.Image, path: str | Path) -> Path:
     options = SAVE_OPTIONS.get(fmt, {})
     if fmt == "ICO" and max(im.size) <= 256:  # Pillow's standard sizes up to the image's, none under 16 px
         options = {"sizes": [im.size]}
-    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **options))
+    return write_bytes(path, saved_bytes(lambda f: im.save(f, format=fmt, **options)))
 
 
 SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}}

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..io import atomic_write
+from ..io import atomic_write, write_text
 from ..networks import build_network
 from ..prior import PREDICTIONS, NetworkPrior
 from ..schedule import Schedule
@@ -32,7 +32,7 @@ def save_checkpoint(net: nn.Module, config: dict, path: str | Path, *, dtype: to
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in net.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    write_text(path.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
     return path
 
 

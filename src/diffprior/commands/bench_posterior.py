@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import arguments
-from ..io import atomic_write
+from ..io import write_text
 from ..operators import Inpaint, LinearOperator
 from ..prior import GaussianMixturePrior
 from ..solvers import SOLVERS, SPECS, DivergenceError, sample, solve
@@ -230,8 +230,8 @@ def run_posterior_benchmark(out_dir: str | Path, *, quick: bool = False,
                            kinds=list(kinds), n_samples=n, sigma_y=sigma_y, methods=list(methods)),
                skipped=skipped, summary=summary, runs=rows)
     text = json.dumps(doc, indent=1, default=_jsonable)
-    atomic_write(out / "posterior_benchmark.json", lambda tmp: Path(tmp).write_text(text))
-    atomic_write(out / "posterior_benchmark.md", lambda tmp: Path(tmp).write_text(markdown(doc)))
+    write_text(out / "posterior_benchmark.json", text)
+    write_text(out / "posterior_benchmark.md", markdown(doc))
     if figure:
         for kind, (problem, draws) in shown.items():
             plot_2d(problem, draws, out / f"posterior_2d_{kind}.png", title=f"{kind}, NFE {budgets[-1]}")

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .. import arguments
 from ..devices import DTYPES, describe_device, pick_device, resolve_dtype, sync
-from ..io import atomic_write
+from ..io import write_text
 from ..models import DEFAULT_MODEL, load_prior
 from ..operators import measure
 from ..tasks import TASKS, make_operator
@@ -230,7 +230,7 @@ def table_row(row: dict) -> str:
 
 def write_json(doc: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 # -- command line ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import arguments
 from ..devices import DTYPES
-from ..io import atomic_write, tensor_to_pil
+from ..io import save_image, write_text
 from ..models import DEFAULT_MODEL
 from ..solvers import SPECS, check_settings, sample, solver_settings
 
@@ -87,7 +87,6 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     `record` (what fixes the samples) and the prior's weights; a folder of samples of other settings or weights,
     or of more than n samples, is refused."""
     record = {**record, "weights": weights_digest(prior)}
-    folder.mkdir(parents=True, exist_ok=True)
     kept = folder / "samples.json"
     drawn = sorted(p.name for p in folder.glob("sample_*.png"))
     if drawn and not kept.is_file():  # files of that name that no run of this command recorded: the user's
@@ -103,12 +102,12 @@ def sample_folder(prior, folder: Path, record: dict, n: int, *, batch: int, seed
     if beyond:
         raise ValueError(f"{folder} holds samples beyond the {n} asked for ({beyond[0]} ...): give --n as large as "
                          "before to keep them, or choose another folder")
-    atomic_write(kept, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
+    write_text(kept, json.dumps(record) + "\n")
     paths = [folder / f"sample_{i:05d}.png" for i in range(n)]
     done = lambda start, stop: all(readable_png(p) for p in paths[start:stop])
     for start, x in sample_chunks(prior, n, batch=batch, seed=seed, skip=done, progress=progress, **sampler):
         for p, xi in zip(paths[start:], x):
-            atomic_write(p, lambda tmp, xi=xi: tensor_to_pil(xi).save(tmp, format="PNG"))
+            save_image(xi, p)
     return paths
 
 

@@ -8,14 +8,13 @@ import json
 import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import arguments
 from ..devices import pick_device, side_by_side
-from ..io import all_or_none, atomic_write, output_folder
+from ..io import all_or_none, output_folder, write_text
 from ..models import load_prior
 from ..operators import measure
 from ..solvers import SOLVERS, DivergenceError, sample, settings_for, tuned_settings, solve
@@ -161,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
         figure = image_table(rows, out / "demo.png", col_titles=["truth", "measurement", "naive", *methods],
                              row_titles=tasks, captions=captions,
                              title=f"{args.model}: PSNR dB / LPIPS, {steps}, sigma_y = {args.sigma_y}")
-        atomic_write(out / "demo.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-        atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(doc))
+        write_text(out / "demo.md", "\n".join(lines) + "\n")
+        write_text(out / "demo.json", doc)
     print("\n".join(lines))
     print(f"wrote {figure}, {out / 'demo.md'} and {out / 'demo.json'}")
     if len(failed) == sum(r["method"] != "naive" for r in table):

@@ -75,7 +75,7 @@ from ..download import sha256_of
 from ..io import list_images, load_image, load_mask, open_image, save_image
 from ..metrics import image_metrics, residual
 from ..devices import pick_device, sync
-from ..io import all_or_none, atomic_write, output_folder
+from ..io import all_or_none, output_folder, write_text
 from ..models import DEFAULT_MODEL, load_prior
 from ..operators import Inpaint, Operator, measure
 from ..tasks import TASKS, make_operator
@@ -251,11 +251,13 @@ class RowWriter:
                 os.truncate(path, data.rfind(b"\n") + 1)
                 print(f"note: dropped the incomplete last line of {path}", file=sys.stderr)
             read_rows(path)  # checks the header
-        self.file = open(path, "ab", buffering=0)
-        if self.file.tell() == 0:
-            self._put(",".join(COLUMNS) + "\n")
+        self.file = None  # opened at the first write: a finished run, reread, writes nothing
 
     def write(self, rows: list[dict]) -> None:
+        if self.file is None:
+            self.file = open(self.path, "ab", buffering=0)
+            if self.file.tell() == 0:
+                self._put(",".join(COLUMNS) + "\n")
         buffer = io.StringIO()
         csv.DictWriter(buffer, COLUMNS, lineterminator="\n").writerows(rows)
         self._put(buffer.getvalue())
@@ -273,30 +275,31 @@ class RowWriter:
             raise type(e)(e.errno, e.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def merge_rows(out: Path, order: list[Key]) -> list[dict]:
-    """Merge rows.csv and every rank's file into rows.csv (each key once, in work order, then any rows of
-    other commands), written atomically; the rank files are removed after."""
-    files = row_files(out)
-    rows: dict[Key, dict] = {}
-    for f in files:
-        for r in read_rows(f):
-            rows.setdefault(row_key(r), r)
+    """Merge every rank's file into rows.csv, written atomically, each key once: the rows already in rows.csv
+    keep their place and the ranks' follow in work order, so that a rerun with nothing to do (or another run
+    into the folder, as reproduce's table 4 groups) leaves the file as it is; the rank files are removed after.
+    Returns this run's rows (the keys of `order`) in work order."""
     position = {k: i for i, k in enumerate(order)}
-    merged = sorted(rows.values(), key=lambda r: (position.get(row_key(r), len(position)), row_key(r)))
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(merged)
-    atomic_write(out / "rows.csv", write)
+    files = row_files(out)
+    kept = [r for f in files if f.name == "rows.csv" for r in read_rows(f)]
+    new = [r for f in files if f.name != "rows.csv" for r in read_rows(f)]
+    rows: dict[Key, dict] = {}
+    for r in kept + sorted(new, key=lambda r: (position.get(row_key(r), len(position)), row_key(r))):
+        rows.setdefault(row_key(r), r)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows.values())
+    write_text(out / "rows.csv", text.getvalue())
     for f in files:
         if f.name != "rows.csv":
             f.unlink()
-    return merged
+    return sorted((r for k, r in rows.items() if k in position), key=lambda r: position[row_key(r)])
 
 
 def _number(v: float, spec: str) -> str:
@@ -314,7 +317,7 @@ def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
                               "Rerun with the same settings to continue it, or choose another --out.")
     elif write:
         text = json.dumps({"identity": identity, **info}, indent=2) + "\n"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text(path, text)
 
 
 def check_masks(path: Path, masks: dict[str, Tensor], *, write: bool) -> None:
@@ -329,7 +332,7 @@ def check_masks(path: Path, masks: dict[str, Tensor], *, write: bool) -> None:
                           f"{' ...' if len(changed) > 3 else ''}): choose another --out, or restore those masks")
     if write and not digests.items() <= stored.items():
         text = json.dumps({**record, "masks": {**stored, **digests}}, indent=2) + "\n"
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text(path, text)
 
 
 @dataclass
@@ -395,7 +398,8 @@ def evaluate(data: str | Path, out: str | Path, *,
              size: int | None = None,             # image side; default the prior's
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
              mask: str | Path | None = None,      # the task "inpaint"'s mask file or folder (white = known)
-             progress: bool = True) -> dict | None:
+             progress: bool = True,
+             summary_files: bool = True) -> dict | None:  # write OUT/summary.md and .json
     """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
     data, out, grid = Path(data), Path(out), grid or {}
     tasks, methods = list(dict.fromkeys(tasks)), list(dict.fromkeys(methods))  # a repeated name is one
@@ -481,12 +485,10 @@ def evaluate(data: str | Path, out: str | Path, *,
         ranks.barrier()
         if ranks.rank != 0:
             return None
-        rows = merge_rows(out, order)
-        wanted = set(order)
-        summary = summarize([r for r in rows if row_key(r) in wanted],
-                            {**identity, "seeds": seeds, "images": len(images)})
-        write_summary(out, summary)
-        print(f"wrote {out / 'rows.csv'}, {out / 'summary.md'} and {out / 'summary.json'}", file=sys.stderr)
+        summary = summarize(merge_rows(out, order), {**identity, "seeds": seeds, "images": len(images)})
+        if summary_files:
+            write_summary(out, summary)
+            print(f"wrote {out / 'rows.csv'}, {out / 'summary.md'} and {out / 'summary.json'}", file=sys.stderr)
         failed = failed_cells(summary)
         if failed:
             print(f"error: every row of {len(failed)} cell(s) is empty (the solver diverged on each batch; see the "
@@ -559,7 +561,7 @@ def report_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
     text = "".join(f"{p.name}\t{reason}\n" for p, reason in skipped)
     for p, reason in skipped:
         print(f"skipping {p.name}: {reason}", file=sys.stderr)
-    atomic_write(out / "skipped.txt", lambda tmp: Path(tmp).write_text(text))
+    write_text(out / "skipped.txt", text)
 
 
 class Runner:
@@ -787,8 +789,8 @@ def write_summary(out: Path, summary: dict) -> None:
                      "far one image's PSNR moves with the seed (its operator draw, measurement noise and solver "
                      "noise), the standard deviation within an image, pooled over images.")
     with all_or_none([out / "summary.md", out / "summary.json"]):  # the two never disagree
-        atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
-        atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+        write_text(out / "summary.md", "\n".join(lines))
+        write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 # -- the command line ------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from ..figures import displayable, image_table
 from .. import arguments
 from ..io import load_image
 from ..metrics import image_metrics
-from ..io import atomic_write, folder_lock, output_folder
+from ..io import folder_lock, output_folder, write_text
 from ..models import load_prior
 from ..prior import GaussianMixturePrior, Prior
 from ..solvers import SOLVERS, SPECS, denoise, sample, settings_for, tuned_settings
@@ -278,9 +278,7 @@ def table1_rows(prior: Prior, plan: Plan, folder: Path, images: list[Path], devi
             writer.write([r for r in rows if row_key(r) not in done])
     finally:
         writer.close()
-    wanted = set(order)
-    rows = [r for r in merge_rows(out, order) if row_key(r) in wanted]
-    summary = summarize(rows, {**identity, "seeds": plan.seeds, "images": len(images)}, paired=False)  # t differs
+    summary = summarize(merge_rows(out, order), {**identity, "seeds": plan.seeds, "images": len(images)}, paired=False)  # t differs
     write_summary(out, summary)
     return summary
 
@@ -323,7 +321,7 @@ def figure2(prior: Prior, plan: Plan, device: torch.device) -> Path:
     x = sample(prior, plan.samples, steps=plan.steps, generator=gen, progress=plan.progress)
     image_table([list(x[i:i + 8]) for i in range(0, len(x), 8)], path, cell=1.2,
                 title=f"Fig. 2: unconditional samples, {plan.steps} ancestral DDPM steps")
-    atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(state) + "\n"))
+    write_text(record, json.dumps(state) + "\n")
     return path
 
 
@@ -352,7 +350,8 @@ def run_eval(plan: Plan, name: str, folder: Path, tasks: list[str], grid: dict[s
     summary = evaluate(folder, plan.out / name, tasks=tasks, methods=list(grid), grid=grid, n=n,
                        first=plan.first, last=plan.last, seeds=plan.seeds, steps=None, batch=plan.batch,
                        model=plan.model, config=plan.config, device=plan.device, dtype=plan.dtype,
-                       sigma_y=plan.sigma_y, save=FIGURE_IMAGES, progress=plan.progress)
+                       sigma_y=plan.sigma_y, save=FIGURE_IMAGES, progress=plan.progress,
+                       summary_files=name != "solvers")  # table 4's groups: one summary over all, by table4_cells
     plan.failed += [f"{name}: {cell}" for cell in failed_cells(summary)]
     return summary["cells"]
 
@@ -423,9 +422,9 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def write_table(plan: Plan, name: str, title: str, md: str, doc: dict) -> tuple[str, str]:
     """Write OUT/name.md and OUT/name.json; returns (title, the Markdown table)."""
-    atomic_write(plan.out / f"{name}.md", lambda tmp: Path(tmp).write_text(f"# {title}\n\n{md}"))
+    write_text(plan.out / f"{name}.md", f"# {title}\n\n{md}")
     doc = {"title": title, **doc}
-    atomic_write(plan.out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+    write_text(plan.out / f"{name}.json", json.dumps(doc, indent=2) + "\n")
     return title, md
 
 
@@ -623,9 +622,12 @@ def write_report(plan: Plan, prior: Prior, size: int, device: torch.device, fold
               "Each table as `tableN_*.md` and `.json`; per-image rows in `denoising/`, `sdedit/`, `scoreald_dps/` and "
               "`solvers/` (`rows.csv`, `summary.md`, `run.json`, kept restorations under `images/`); rerunning the "
               "command resumes from them.", ""]
-    path = plan.out / "REPORT.md"
-    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
-    return path
+    path, text = plan.out / "REPORT.md", "\n".join(lines)
+    # A rerun that found everything done keeps the report of the run that did the work (its date and time).
+    lasting = lambda report: [line for line in report.splitlines() if not line.startswith(("- **date**", "- **time**"))]
+    if path.is_file() and lasting(path.read_text()) == lasting(text):
+        return path
+    return write_text(path, text)
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
