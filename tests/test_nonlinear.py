@@ -110,3 +110,18 @@ def test_poisson_noise_is_reproducible_and_checked():
     assert not torch.equal(a, measure_poisson(Identity(), x, 10.0, torch.Generator().manual_seed(2)))
     with pytest.raises(ValueError):
         measure_poisson(Identity(), x, 0.0)
+    # rates float32 cannot hold, or torch.poisson cannot count, gave NaN or black images without a word
+    for rate in (1e-300, 1e20, math.inf, math.nan, True, "10"):
+        with pytest.raises(ValueError, match="photon rate"):
+            measure_poisson(Identity(), x, rate)
+    y = measure_poisson(Identity(), x, 1e12, torch.Generator().manual_seed(0))
+    assert (y - x).abs().max() < 1e-4  # the largest rate: nearly no noise, not garbage
+    # and what `measure` refuses, it refuses too
+    with pytest.raises(TypeError, match="torch.Generator"):
+        measure_poisson(Identity(), x, 10.0, generator=0)
+    with pytest.raises(TypeError, match="Operator"):
+        measure_poisson("gaussian-blur", x, 10.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        measure_poisson(Identity(), x.long(), 10.0)
+    with pytest.raises(ValueError, match="NaN"):
+        measure_poisson(Identity(), x * math.nan, 10.0)

@@ -13,11 +13,14 @@ measured independently, and any randomness would be drawn once, at construction,
 from __future__ import annotations
 
 import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .operators import Operator
+from .operators import Operator, noiseless
+from .schedule import check_generator
 
 
 def positive(value: float, what: str) -> float:
@@ -105,6 +108,9 @@ class Saturation(Operator):
 
 
 # ---------------------------------------------------------------------------------------------------
+MIN_RATE, MAX_RATE = 1e-6, 1e12  # float32 keeps counts / rate; torch.poisson draws exact counts (int64)
+
+
 def measure_poisson(op: Operator, x: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
     """Photon-counting measurement: counts ~ Poisson(rate (A(x) + 1) / 2), y = 2 counts / rate - 1.
 
@@ -114,8 +120,13 @@ def measure_poisson(op: Operator, x: Tensor, rate: float, generator: torch.Gener
     of rate r draws Poisson(255 r u) for u in [0, 1]: that is rate = 255 r here (without its final clip).
     Solvers that assume Gaussian noise can be given sigma_y = sqrt(2 (mean(A(x)) + 1) / rate) or so.
     """
-    positive(rate, "the photon rate")
-    mean = (rate * (op.A(x).detach() + 1) / 2).clamp_min(0)
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"the photon rate must be a number in [{MIN_RATE:g}, {MAX_RATE:g}], got {rate!r} (at "
+                         f"{MAX_RATE:g} photons the noise is about 1e-6 of the range: for less, use measure with a "
+                         "small sigma_y)")
+    check_generator(generator)
+    rate = float(rate)
+    mean = (rate * (noiseless(op, x).detach() + 1) / 2).clamp_min(0)
     draw = mean.double() if mean.dtype == torch.float64 else mean.float()
     if generator is not None and generator.device != draw.device:
         counts = torch.poisson(draw.to(generator.device), generator=generator).to(draw.device)

@@ -151,6 +151,12 @@ def check_noise_level(sigma_y) -> float:
 def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator | None = None) -> Tensor:
     """y = A(x) + sigma_y n, with n standard normal (sigma_y in the units of x, i.e. of [-1, 1]); a new tensor."""
     sigma_y = check_noise_level(sigma_y)
+    y = noiseless(op, x)
+    return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
+
+
+def noiseless(op: Operator, x: Tensor) -> Tensor:
+    """A(x) for a batch of images x, refusing (TypeError, ValueError) what no measurement can be made of."""
     if not isinstance(op, Operator):
         raise TypeError(f"measure needs a diffprior Operator, e.g. dp.make_operator('box-inpaint', (3, 64, 64)); "
                         f"got {type(op).__name__}")
@@ -174,7 +180,7 @@ def measure(op: Operator, x: Tensor, sigma_y: float, generator: torch.Generator 
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{op.name} makes {y.shape[0]} measurements from a batch of {x.shape[0]} images: its "
                          "per-image parts (e.g. masks) must number 1 or the batch's images")
-    return y + sigma_y * randn_like(y, generator) if sigma_y > 0 else y.clone()
+    return y
 
 
 def check_linear(op: Operator, like: Tensor) -> None:

@@ -105,12 +105,17 @@ class Schedule:
         return sorted({round(i * stride) for i in range(steps)}, reverse=True)
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard normal noise shaped like x, drawn from `generator` (which may live on any device)."""
+def check_generator(generator) -> None:
+    """Refuse (TypeError) a generator that is neither None nor a torch.Generator, naming what it is."""
     if generator is not None and not isinstance(generator, torch.Generator):
         kind = type(generator)
         raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
                         f"{kind.__module__}.{kind.__qualname__}")
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like x, drawn from `generator` (which may live on any device)."""
+    check_generator(generator)
     if generator is None or generator.device == x.device:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
