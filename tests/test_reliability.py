@@ -860,3 +860,23 @@ def test_a_failed_write_leaves_no_folder_of_its_own_and_an_unchanged_file_is_not
     with pytest.raises(OSError):
         write_text(path, "another table\n")
     assert path.read_text() == "a table\n"
+
+
+def test_a_warm_start_on_an_operator_without_a_naive_reconstruction_is_refused_up_front(files, capsys):
+    """DPS's start= on phase retrieval: restore said only 'phase-retrieval has no naive reconstruction', the
+    Python API raised a NotImplementedError mid-run, and eval started its run (and wrote its folder) first."""
+    prior = load_prior("gmm-demo")
+    op = make_operator("phase-retrieval", prior.shape)
+    y = measure(op, torch.zeros(1, *prior.shape), 0.05)
+    with pytest.raises(TypeError, match=r"its warm start \(start = 100\) needs a naive reconstruction.*leave start"):
+        solve("dps", prior, op, y, sigma_y=0.05, start=100, steps=2)
+    Path("one").mkdir()
+    shutil.copy("clean.png", "one")
+    assert main(["eval", "--data", "one", "--model", "gmm-demo", "--tasks", "phase-retrieval", "--methods", "dps",
+                 "--set", "dps.start=100", "--steps", "2", "--out", "evalrun"]) == 2
+    assert "drop from --set what does not apply: dps" in capsys.readouterr().err and not Path("evalrun").exists()
+    assert main(["restore", "clean.png", "--model", "gmm-demo", "--task", "phase-retrieval", "--method", "dps",
+                 "--set", "start=100", "--steps", "2", "--out", "r.png"]) == 2
+    assert "its warm start (start = 100)" in capsys.readouterr().err
+    assert solve("dps", prior, make_operator("hdr", prior.shape), y.new_zeros(1, *prior.shape), start=100,
+                 steps=2).shape == (1, *prior.shape)  # an operator with a naive reconstruction: as before

@@ -246,7 +246,7 @@ def test_null_is_taken_where_it_means_something():
 def test_operators_it_does_not_accept_are_refused(gaussian_problem, name):
     p, spec = gaussian_problem, SPECS[name]
     wrong = REFUSED.get(spec.operators)
-    if wrong is None and spec.requires and spec.requires(PhaseRetrieval(), 0.1):  # SDEdit: no naive reconstruction
+    if wrong is None and spec.why_not(PhaseRetrieval(), 0.1):  # SDEdit: no naive reconstruction
         wrong = PhaseRetrieval()
     if wrong is None:
         assert spec.why_not(PhaseRetrieval(), 0.1) is None and spec.why_not(p["op"], 0.1) is None  # any operator

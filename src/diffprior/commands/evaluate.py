@@ -433,6 +433,10 @@ def evaluate(data: str | Path, out: str | Path, *,
                     for combo in grid.get(m, [{}])] for task in tasks}
         for method, settings in {c for task_cells in cells.values() for c in task_cells if c[0] != NAIVE}:
             check_settings(method, json.loads(settings), prior.schedule.T)  # before any work, not mid-run
+        unfit = [f"{m} {settings} on {task}: {why}" for task, task_cells in cells.items() for m, settings in task_cells
+                 if m != NAIVE and (why := why_not(m, task, size, sigma_y, json.loads(settings)))]
+        if unfit:
+            raise ValueError("drop from --set what does not apply: " + "; ".join(unfit))
 
         # all checked: only now is anything written (a refused command must not fix the folder's settings)
         out.mkdir(parents=True, exist_ok=True)
@@ -507,9 +511,9 @@ def failed_cells(summary: dict) -> list[str]:
     return [f"{c['task']} / {c['method']} {compact(c['settings'])}" for c in summary["cells"] if diverged(c)]
 
 
-def why_not(method: str, task: str, size: int, sigma_y: float) -> str | None:
-    """Why `method` does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
-    return SPECS[method].why_not(probe(task, size), sigma_y)
+def why_not(method: str, task: str, size: int, sigma_y: float, settings: dict | None = None) -> str | None:
+    """Why `method` (with these settings) does not apply to `task`, or None when it does (`SolverSpec.why_not`)."""
+    return SPECS[method].why_not(probe(task, size), sigma_y, settings)
 
 
 def unfit_pairs(tasks: Sequence[str], methods: Sequence[str], size: int, sigma_y: float) -> list[str]:

@@ -260,9 +260,9 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, ta
     settings.update(check_settings(method, {k: v for k, v in settings.items() if k not in PLUMBING},
                                    schedule.T if schedule is not None else None))
     noise = settings.get("sigma_y", spec.settings.get("sigma_y", 0.0))
-    why = spec.why_not(op, noise)
+    why = spec.why_not(op, noise, settings)
     if why is not None:  # the operator's fault, or (where it would apply with noise) the noise level's
-        blame = f"to {op.name}" if spec.why_not(op, 1.0) is not None else f"at sigma_y = {noise:g}"
+        blame = f"to {op.name}" if spec.why_not(op, 1.0, settings) is not None else f"at sigma_y = {noise:g}"
         raise TypeError(f"{method} does not apply {blame}: {why}")
     check_measurement_tensor(prior, y)  # before the operator moves to y's device (in place: it is a Module)
     op = op.to(y.device)

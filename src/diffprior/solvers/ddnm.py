@@ -72,7 +72,7 @@ def ddnm(prior: Prior, op: LinearOperator, y: Tensor, *,
     return x
 
 
-def _requires(op, sigma_y: float) -> str | None:
+def _requires(op, sigma_y: float, settings: dict) -> str | None:
     if sigma_y > 0 and not op.has_svd:
         return "DDNM+ (noisy measurements) needs a closed-form SVD of the operator"
     if sigma_y == 0 and not implements(op, "A_pinv"):

@@ -14,7 +14,7 @@ from ..prior import Prior
 from ..tasks import INPAINTING_TASKS
 from .sampling import clip_x0, ddpm_step, initial_noise, steps_of
 from .spec import SolverSpec
-from .tv import rough_guess
+from .tv import rough_guess, why_no_rough_guess
 
 
 def dps(prior: Prior, op: Operator, y: Tensor, *,
@@ -107,8 +107,14 @@ def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
     return zeta
 
 
+def _requires(op: Operator, sigma_y: float, settings: dict) -> str | None:
+    """The warm start noises a rough guess from y (`warm_start_image`)."""
+    why = why_no_rough_guess(op) if settings["start"] is not None else None
+    return f"its warm start (start = {settings['start']}) {why}: leave start out" if why else None
+
+
 SPEC = SolverSpec(
-    dps, backprop=True, nfe=lambda sched, s: len(sched.timesteps(s["steps"], s["start"])),
+    dps, backprop=True, requires=_requires, nfe=lambda sched, s: len(sched.timesteps(s["steps"], s["start"])),
     # the step scales of the DPS reference configs
     task_settings={**{task: {"scale": 0.5} for task in INPAINTING_TASKS}, "gaussian-blur": {"scale": 0.3},
                    "motion-blur": {"scale": 0.3}, "sr4": {"scale": 0.3}, "denoise": {"scale": 0.3}})

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import Operator, implements
+from ..operators import Operator
 from ..prior import Prior
 from .sampling import ddpm_step, steps_of
 from .spec import SolverSpec
-from .tv import rough_guess
+from .tv import rough_guess, why_no_rough_guess
 
 
 @torch.no_grad()
@@ -38,14 +38,7 @@ def default_t0(T: int) -> int:
     return T // 2
 
 
-def _requires(op: Operator, sigma_y: float) -> str | None:
-    """SDEdit starts from op.naive(y) (`rough_guess`): the operator's own, or a linear one's pseudo-inverse."""
-    if implements(op, "naive") or (op.linear and implements(op, "A_pinv")):
-        return None
-    return "needs a naive reconstruction to start from"
-
-
-SPEC = SolverSpec(sdedit, requires=_requires,
+SPEC = SolverSpec(sdedit, requires=lambda op, sigma_y, settings: why_no_rough_guess(op),
                   nfe=lambda sched, s: len(sched.timesteps(s["steps"], default_t0(sched.T) if s["t0"] is None
                                                            else s["t0"])),
                   budget=lambda nfe, T: {"steps": min(nfe, default_t0(T) + 1)})  # from its default t0 down

@@ -37,7 +37,8 @@ class SolverSpec:
     nfe: Callable[[Schedule, dict], int] = chain_nfe     # evaluations of a run, from its full settings
     budget: Callable[[int, int], dict] = steps_budget    # settings spending at most nfe evaluations, prior of T
     task_settings: dict[str, dict] = field(default_factory=dict)  # per-task defaults, under the user's settings
-    requires: Callable[[Operator, float], str | None] | None = None  # a further condition: why not (op, sigma_y)
+    requires: Callable[[Operator, float, dict], str | None] | None = None  # a further condition: why not (op,
+                                                                         # sigma_y, the run's full settings)
     random: bool = True                  # draws noise: another seed, another result (a sample of a posterior)
 
     def __post_init__(self):
@@ -77,8 +78,9 @@ class SolverSpec:
         """Network evaluations of a run with these settings (the rest at their defaults)."""
         return self.nfe(schedule, {**self.settings, **{k: v for k, v in settings.items() if k not in PLUMBING}})
 
-    def why_not(self, op: Operator, sigma_y: float = 0.0) -> str | None:
-        """Why this solver does not apply to `op` with measurement noise sigma_y, or None when it does."""
+    def why_not(self, op: Operator, sigma_y: float = 0.0, settings: dict | None = None) -> str | None:
+        """Why this solver does not apply to `op` with measurement noise sigma_y and these settings (the rest at
+        their defaults), or None when it does."""
         if self.operators == "inpaint" and not isinstance(op, Inpaint):
             return f"inpainting only ({self.name} needs an Inpaint operator, a pixel mask)"
         if self.operators in ("linear", "adjoint", "svd") and not op.linear:
@@ -87,4 +89,4 @@ class SolverSpec:
             return "needs the operator's adjoint A_adjoint"
         if self.operators == "svd" and not op.has_svd:
             return "needs a closed-form SVD of the operator"
-        return self.requires(op, sigma_y) if self.requires else None
+        return self.requires(op, sigma_y, {**self.settings, **(settings or {})}) if self.requires else None

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..operators import Inpaint, LinearOperator, Operator
+from ..operators import Inpaint, LinearOperator, Operator, implements
 from ..prior import Prior
 from .sampling import progress_bar
 from .spec import SolverSpec
@@ -70,6 +70,14 @@ def rough_guess(op: Operator, y: Tensor) -> Tensor:
     inpainting the visible pixels with each hole filled by `harmonic_fill` (a flat mean-colour fill, noised to
     t0, came out as a flat patch in the face; docs/MODEL_CARD.md)."""
     return harmonic_fill(y, op.mask) if isinstance(op, Inpaint) else op.naive(y)
+
+
+def why_no_rough_guess(op: Operator) -> str | None:
+    """Why `rough_guess` has nothing to start from: an operator with neither its own naive reconstruction nor
+    (linear) a pseudo-inverse; None when it has."""
+    if implements(op, "naive") or (op.linear and implements(op, "A_pinv")):
+        return None
+    return "needs a naive reconstruction to start from"
 
 
 def tv_norm(x: Tensor, vectorial: bool = False) -> Tensor:
