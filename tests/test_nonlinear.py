@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffprior.nonlinear import HighDynamicRange, PhaseRetrieval, Saturation, measure_poisson
-from diffprior.tasks import NONLINEAR_TASKS
+from diffprior.tasks import NONLINEAR_TASKS, make_operator
 from diffprior.operators import Identity
 
 OPS = {"phase-retrieval": PhaseRetrieval(), "phase-retrieval-signed": PhaseRetrieval(unit_range=False),
@@ -125,3 +125,18 @@ def test_poisson_noise_is_reproducible_and_checked():
         measure_poisson(Identity(), x.long(), 10.0)
     with pytest.raises(ValueError, match="NaN"):
         measure_poisson(Identity(), x * math.nan, 10.0)
+
+
+def test_operator_options_out_of_range_are_refused_at_construction():
+    """Found by probing: each was accepted and failed later (a 300 GB allocation, a TypeError), or silently
+    meant something else ('no' as True); 10**7 strokes drew for minutes after the mask was already full."""
+    from diffprior.operators import SuperResolution
+    for make in (lambda: PhaseRetrieval(math.nan), lambda: PhaseRetrieval(math.inf), lambda: PhaseRetrieval(True),
+                 lambda: PhaseRetrieval(1e4), lambda: PhaseRetrieval(unit_range="no"),
+                 lambda: HighDynamicRange(math.inf), lambda: Saturation(math.nan), lambda: Saturation(-1.0),
+                 lambda: SuperResolution(2.5, (70, 70)), lambda: SuperResolution(True, (64, 64))):
+        with pytest.raises(ValueError):
+            make()
+    assert PhaseRetrieval(0).padding(64, 64) == (0, 0) and PhaseRetrieval(16).padding(8, 8) == (16, 16)
+    with pytest.raises(ValueError, match="observes no pixel"):
+        make_operator("stroke-inpaint", (3, 64, 64), strokes=10**7)

@@ -24,10 +24,13 @@ from .schedule import check_generator
 
 
 def positive(value: float, what: str) -> float:
-    """value as a float, or a ValueError naming `what` when it is not positive."""
-    if not value > 0:
-        raise ValueError(f"{what} must be positive, got {value}")
+    """value as a float, or a ValueError naming `what` when it is not a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+MAX_OVERSAMPLE = 16.0  # a frame 5x the image's side (2.0: 1.5x); beyond, the padding only costs memory
 
 
 class PhaseRetrieval(Operator):
@@ -48,8 +51,11 @@ class PhaseRetrieval(Operator):
 
     def __init__(self, oversample: float = 2.0, *, unit_range: bool = True):
         super().__init__()
-        if oversample < 0:
-            raise ValueError(f"oversample must be >= 0, got {oversample}")
+        if isinstance(oversample, bool) or not isinstance(oversample, numbers.Real) \
+                or not 0 <= oversample <= MAX_OVERSAMPLE:
+            raise ValueError(f"oversample must be a number in [0, {MAX_OVERSAMPLE:g}], got {oversample!r}")
+        if not isinstance(unit_range, bool):
+            raise ValueError(f"unit_range must be True or False, got {unit_range!r}")
         self.oversample, self.unit_range = float(oversample), unit_range
 
     def padding(self, height: int, width: int) -> tuple[int, int]:

@@ -340,6 +340,8 @@ def stroke_mask(strokes: int, brush: int, height: int, width: int | None = None,
     ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
     hole = torch.zeros(height, width, dtype=torch.bool)
     for _ in range(strokes):
+        if hole.all():  # nothing is left to observe (the Inpaint operator refuses the mask): stop drawing
+            break
         x, y = uniform(0, width), uniform(0, height)
         for _ in range(int(torch.randint(2, 6, (), generator=generator))):
             angle, length = uniform(0, 2 * math.pi), uniform(side / 8, side / 4)
@@ -498,7 +500,9 @@ class SuperResolution(LinearOperator):
     def __init__(self, factor: int, image_size: tuple[int, int], *, kernel: str = "bicubic"):
         super().__init__()
         H, W = image_size
-        if factor < 1 or H % factor or W % factor:
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+            raise ValueError(f"the factor must be a whole number >= 1, got {factor!r}")
+        if H % factor or W % factor:
             raise ValueError(f"the image size {H}x{W} is not divisible by the factor {factor}")
         Rh, Rw = (resize_matrix(n, factor, kernel).float() for n in (H, W))
         self.register_buffer("Rh", Rh)
