@@ -880,3 +880,36 @@ def test_a_warm_start_on_an_operator_without_a_naive_reconstruction_is_refused_u
     assert "its warm start (start = 100)" in capsys.readouterr().err
     assert solve("dps", prior, make_operator("hdr", prior.shape), y.new_zeros(1, *prior.shape), start=100,
                  steps=2).shape == (1, *prior.shape)  # an operator with a naive reconstruction: as before
+
+
+def test_task_options_reach_the_operator_and_bad_ones_are_refused(files, capsys, monkeypatch):
+    """--task-option: a blur's std, a box's size and place, from restore and eval (before, only the Python API
+    could set them); eval records them with its run and refuses to mix runs of other options."""
+    from diffprior.commands import evaluate, restore
+    made = []
+    real = restore.make_operator
+    monkeypatch.setattr(restore, "make_operator", lambda *a, **k: made.append(k) or real(*a, **k))
+    monkeypatch.setattr(evaluate, "make_operator", lambda *a, **k: made.append(k) or real(*a, **k))
+    argv = ["restore", "clean.png", "--model", "gmm-demo", "--method", "tv", "--json", "--overwrite", "--out", "t.png"]
+    assert main(argv + ["--task", "box-inpaint", "--task-option", "size=8", "position=0,40"]) == 0
+    assert made[-1] == {"seed": 0, "size": 8, "position": [0, 40]}
+    assert json.loads(capsys.readouterr().out)["task_options"] == {"size": 8, "position": [0, 40]}
+    for options, message in ((["size=abc"], "box-inpaint option size='abc'"),
+                             (["bogus=1"], "box-inpaint has no option bogus; its options are size, margin, position"),
+                             (["sr4.kernel=box"], "sr4 is not a task of this run"),
+                             (["size=8", "size=9"], "given twice"), (["size"], "expects [TASK.]KEY=VALUE")):
+        assert main(argv + ["--task", "box-inpaint", "--task-option", *options]) == 2
+        assert message in capsys.readouterr().err, options
+    assert main(argv + ["--mask", "white64.png", "--task-option", "size=8"]) == 2
+    assert "inpaint takes its holes from --mask" in capsys.readouterr().err
+
+    Path("one").mkdir()
+    shutil.copy("clean.png", "one")
+    run = ["eval", "--data", "one", "--model", "gmm-demo", "--tasks", "gaussian-blur,box-inpaint", "--methods", "tv",
+           "--out", "evalrun", "--no-progress", "--task-option"]
+    made.clear()
+    assert main(run + ["gaussian-blur.std=1.5"]) == 0
+    assert {"seed": 0, "std": 1.5} in made and {"seed": 0} in made  # the blur's option; the box's defaults
+    assert json.loads(Path("evalrun/run.json").read_text())["identity"]["task_options"] == {"gaussian-blur": {"std": 1.5}}
+    assert main(run + ["gaussian-blur.std=2"]) == 2 and "holds a run made with other settings" in capsys.readouterr().err
+    assert main(run + ["std=2"]) == 2 and "say which task's" in capsys.readouterr().err

@@ -121,6 +121,43 @@ def readable_png(path: Path) -> bool:
         return False
 
 
+def parse_task_options(pairs: list[str], tasks: list[str]) -> dict[str, dict]:
+    """`--task-option [TASK.]KEY=VALUE ...` -> {task: its operator's options (`make_operator`'s, e.g. a blur's
+    std)}: values read as JSON where they parse (numbers), "A,B" as a pair (a box's position), text otherwise;
+    KEY alone is the one task's (`check_task_options` tries them)."""
+    options: dict[str, dict] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        task, dot, key = name.rpartition(".")
+        if not sep or not key or (dot and not task):
+            raise ValueError(f"--task-option expects [TASK.]KEY=VALUE, got {pair!r}")
+        if not dot and len(tasks) > 1:
+            raise ValueError(f"--task-option {pair}: say which task's, as TASK.{key}=... (one of {', '.join(tasks)})")
+        task = task or tasks[0]
+        if task not in tasks:
+            raise ValueError(f"--task-option {pair}: {task} is not a task of this run ({', '.join(tasks)})")
+        key = key.replace("-", "_")
+        if key in options.setdefault(task, {}):
+            raise ValueError(f"--task-option {task}.{key} is given twice; give each option once")
+        try:
+            options[task][key] = json.loads(f"[{value}]" if "," in value else value)
+        except json.JSONDecodeError:
+            options[task][key] = value
+    return options
+
+
+def check_task_options(options: dict[str, dict], shape: tuple[int, ...]) -> None:
+    """Refuse (ValueError) task options that `make_operator` refuses for images of `shape`, before any work."""
+    from ..tasks import make_operator
+    for task, given in options.items():
+        if task == "inpaint":
+            raise ValueError("--task-option: the task inpaint takes its holes from --mask and has no options")
+        try:
+            make_operator(task, shape, **given)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--task-option: {e}") from None
+
+
 def parse_settings(pairs: list[str], method: str) -> dict:
     """`--set key=value ...` -> {key: value}, values read as JSON where they parse (numbers, true, ...),
     each checked against the method's settings."""

@@ -82,12 +82,12 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import (add_prior_arguments, add_range_arguments, check_grey_task, derive_seed, differences, image_side,
-                     read_record)
+from .common import (add_prior_arguments, add_range_arguments, check_grey_task, check_task_options, derive_seed,
+                     differences, image_side, parse_task_options, read_record)
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
-IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask")  # run.json: what fixes the numbers
+IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask", "task_options")  # run.json: what fixes the numbers
 NAIVE = "naive"
 MASK_TASK = "inpaint"  # the task of --mask: masks of the user's own, a file for every image or one per image
 Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed
@@ -398,6 +398,7 @@ def evaluate(data: str | Path, out: str | Path, *,
              size: int | None = None,             # image side; default the prior's
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
              mask: str | Path | None = None,      # the task "inpaint"'s mask file or folder (white = known)
+             task_options: dict[str, dict] | None = None,  # per task, its operator's options (make_operator's)
              progress: bool = True,
              summary_files: bool = True) -> dict | None:  # write OUT/summary.md and .json
     """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
@@ -423,6 +424,7 @@ def evaluate(data: str | Path, out: str | Path, *,
         for task in tasks:
             check_grey_task(prior, task)
         masks = None if mask is None else mask_of(mask, images, size)
+        check_task_options(task_options or {}, (prior.shape[0], size, size))
         unfit = unfit_pairs(tasks, methods, size, sigma_y)
         if unfit:
             raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
@@ -443,7 +445,8 @@ def evaluate(data: str | Path, out: str | Path, *,
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
                     "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
                     "data": str(data.resolve()), "mask": None if mask is None else (  # a file's content, a folder's place
-                        str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask)))}
+                        str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask))),
+                    "task_options": task_options or None}
         check_run(out / "run.json", identity, {"command": "diffprior " + " ".join(sys.argv[1:]), "device": str(dev)},
                   write=ranks.rank == 0)
         if mask is not None and Path(mask).is_dir():  # the folder's place is in the identity; its masks, here
@@ -472,7 +475,7 @@ def evaluate(data: str | Path, out: str | Path, *,
                    initial=sum(k in done for u in mine for k in u.keys(chunks)),
                    desc="eval" if ranks.world == 1 else f"eval (rank 0 of {ranks.world})",
                    disable=not progress or ranks.rank != 0)
-        runner = Runner(prior, chunks, size, sigma_y, dev, out, kept, masks)
+        runner = Runner(prior, chunks, size, sigma_y, dev, out, kept, masks, task_options=task_options)
         try:
             for unit in mine:
                 keys = unit.keys(chunks)
@@ -573,8 +576,9 @@ class Runner:
 
     def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
                  out: Path | None = None, keep: set[str] = frozenset(), masks: dict[str, Tensor] | None = None,
-                 channels: int = 3):
+                 channels: int = 3, task_options: dict[str, dict] | None = None):
         self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
+        self.task_options = task_options or {}
         # one image's shape; without a prior (measurements only) of `channels`
         self.shape = (channels if prior is None else prior.shape[0], size, size)
         self.out, self.keep = out, keep  # the images whose restorations are saved under out
@@ -588,7 +592,8 @@ class Runner:
         if task == MASK_TASK:
             return Inpaint(torch.stack([self.masks[p.name] for p in images])[:, None]).to(self.device)
         if (task, seed) not in self.ops:
-            self.ops[task, seed] = make_operator(task, self.shape, seed=seed).to(self.device)
+            self.ops[task, seed] = make_operator(task, self.shape, seed=seed,
+                                                 **self.task_options.get(task, {})).to(self.device)
         return self.ops[task, seed]
 
     def clean(self, chunk: int) -> Tensor:
@@ -817,6 +822,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated solvers (sdedit,scoreald,dps; naive is always added)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="METHOD.KEY=V1,V2",
                    help="solver settings; several values make a grid of cells, e.g. sdedit.t0=400,500,600")
+    p.add_argument("--task-option", nargs="+", action="extend", default=[], metavar="TASK.KEY=VALUE",
+                   help="a degradation's own options, e.g. gaussian-blur.std=1.5 or box-inpaint.size=16 (KEY=VALUE "
+                        "alone with one task); the README's task table lists each task's")
     add_range_arguments(p, "only the first N readable images (after --first/--last)")
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: each solver's own, on a CPU too: 1000 for DPS and ScoreALD)")
@@ -841,5 +849,6 @@ def run(args: argparse.Namespace) -> int:
                        grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last,
                        seeds=args.seeds, steps=args.steps, batch=args.batch, model=args.model, config=args.config,
                        device=args.device, dtype=args.dtype, sigma_y=args.sigma_y, size=args.size,
-                       save=args.save_images, mask=args.mask, progress=not args.no_progress)
+                       save=args.save_images, mask=args.mask, progress=not args.no_progress,
+                       task_options=parse_task_options(args.task_option, tasks))
     return 1 if summary is not None and failed_cells(summary) else 0

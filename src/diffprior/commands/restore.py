@@ -22,8 +22,8 @@ from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, sol
 from ..tasks import TASKS, make_operator
 from ..uncertainty import (MAX_SAMPLES, SAMPLE_BATCH, calibration, calibration_figure, check_samples, posterior_samples,
                            std_image)
-from .common import (add_model_arguments, check_grey_task, check_steps, cpu_steps, fmt, generator, image_side,
-                     model_input, naive_or_none, parse_settings, quality)
+from .common import (add_model_arguments, check_grey_task, check_steps, check_task_options, cpu_steps, fmt, generator,
+                     image_side, model_input, naive_or_none, parse_settings, parse_task_options, quality)
 
 PARSER = dict(help="degrade an image with a task's operator, then restore it",
               description="Degrade a clean image (or take an already degraded one with --measured) and restore it; "
@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"draw K posterior samples (at most {MAX_SAMPLES}; {SAMPLE_BATCH} per solver call): write "
                         "their mean, a per-pixel std map and a calibration figure (error against predicted std)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other solver settings, e.g. scale=0.3")
+    p.add_argument("--task-option", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="the degradation's own options, e.g. std=1.5 (gaussian-blur), size=16 or position=8,24 "
+                        "(box-inpaint), fraction=0.9 (random-inpaint); the README's task table lists each task's")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_model_arguments(p)
 
@@ -121,8 +124,11 @@ def run(args: argparse.Namespace) -> int:
         args.measured or args.full_size) else None
     if args.full_size:  # first: holes outside the square are the reason the square may have none
         check_fillable(known, args.crop)
+    options = parse_task_options(args.task_option, [task])
+    check_task_options(options, prior.shape)
+    options = options.get(task, {})
     op = (Inpaint(load_mask(args.mask, (size, size), whole.size, args.crop)) if task == "inpaint"
-          else make_operator(task, prior.shape, seed=args.seed)).to(device)
+          else make_operator(task, prior.shape, seed=args.seed, **options)).to(device)
     check_steps(prior, args.steps, args.method)
     settings = settings_for(args.method, task, tuned_settings(prior), steps=args.steps, **user_settings)
     check_settings(args.method, settings, prior.schedule.T)
@@ -171,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..figures import displayable, image_table
     from ..metrics import residual
-    report = {"input": str(args.input), "measured": args.measured, "task": task, "method": args.method,
+    report = {"input": str(args.input), "measured": args.measured, "task": task, "task_options": options,
+              "method": args.method,
               "mask": args.mask and str(args.mask), "crop": args.crop and list(args.crop), "full_size": args.full_size,
               "model": str(args.model), "settings": settings,
               "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3),
