@@ -913,3 +913,14 @@ def test_task_options_reach_the_operator_and_bad_ones_are_refused(files, capsys,
     assert json.loads(Path("evalrun/run.json").read_text())["identity"]["task_options"] == {"gaussian-blur": {"std": 1.5}}
     assert main(run + ["gaussian-blur.std=2"]) == 2 and "holds a run made with other settings" in capsys.readouterr().err
     assert main(run + ["std=2"]) == 2 and "say which task's" in capsys.readouterr().err
+
+
+def test_solve_refuses_a_task_that_is_not_its_operators():
+    """dp.solve(task="sr4") on a phase-retrieval operator ran with super-resolution's settings, silently."""
+    prior = load_prior("gmm-demo")
+    for task, named in (("sr4", "phase-retrieval"), ("box-inpaint", "hdr"), ("box-inpaint", "random-inpaint")):
+        op = make_operator(named, prior.shape)
+        with pytest.raises(ValueError, match=f"task='{task}', but the operator is {named}'s: give task='{named}'"):
+            solve("tv" if op.linear else "dps", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task=task)
+    op = make_operator("box-inpaint", prior.shape)  # a mask's settings for a box: the mask is what counts
+    assert solve("tv", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task="inpaint").shape[0] == 1

@@ -129,8 +129,9 @@ def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options
             except TypeError:
                 whole = []
             if len(whole) != (2 if key == "position" else 1) or min(whole) < 0:
-                what = "a pair (top, left) of whole numbers" if key == "position" else "a whole number"
-                raise ValueError(f"{task} option {key}={value!r}: {what} of pixels, not negative")
+                what = {"position": "a pair (top, left) of whole numbers of pixels", "strokes": "a whole number"}.get(
+                    key, "a whole number of pixels")
+                raise ValueError(f"{task} option {key}={value!r}: {what}, not negative")
         elif key in NUMBER_OPTIONS and value is not None and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)):
             raise ValueError(f"{task} option {key}={value!r}: expected a finite number")

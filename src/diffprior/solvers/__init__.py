@@ -243,9 +243,13 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, ta
     if not (prior is None and not spec.needs_prior):
         check_prior(prior)
     if task is not None:
-        from ..tasks import TASKS
+        from ..tasks import INPAINTING_TASKS, TASKS
         if task not in (*TASKS, "inpaint"):
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}, inpaint")
+        named = getattr(op, "name", None)
+        mask = "inpaint" in (named, task) and {named, task} <= set(INPAINTING_TASKS)  # a mask as a user's own
+        if named in (*TASKS, "inpaint") and named != task and not mask:
+            raise ValueError(f"task={task!r}, but the operator is {named}'s: give task={named!r} for its settings")
         settings = settings_for(method, task, tuned_settings(prior), **settings)
     if not isinstance(op, Operator):
         raise TypeError(f"the operator must be a diffprior Operator, e.g. dp.make_operator('box-inpaint', "
