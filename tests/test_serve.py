@@ -77,6 +77,9 @@ def server(tmp_path_factory):
     text = (root / "server.log").read_text()
     assert f"127.0.0.1:{port}" in text
     assert proc.returncode == 130 and text.rstrip().endswith("diffprior serve: interrupted (SIGTERM)"), text[-500:]
+    # every refusal (the app's, and Gradio's own of an API value out of a field's range) was the client's
+    # message, never a traceback on the server's console
+    assert "Traceback" not in text, text[text.index("Traceback") - 300:][:3000]
     # every file the app (and Gradio in it) wrote was inside its own folder, which it removed
     assert not list(tmp.iterdir()), f"left behind: {list(tmp.iterdir())}"
 

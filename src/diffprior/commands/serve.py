@@ -501,6 +501,20 @@ def build_app(studio: Studio):
         run.__name__, run.__doc__ = fn.__name__, fn.__doc__
         return run
 
+    def quiet(component):
+        """`component` (a Gradio input), whose refusal of what a request sends (a number out of its range, which only
+        an API client sends: the page keeps to the limits; a painted layer too large to decode) becomes that
+        client's message, without a traceback on the server's console."""
+        preprocess = component.preprocess
+
+        def checked(payload):
+            try:
+                return preprocess(payload)
+            except (gr.Error, Image.DecompressionBombError) as e:
+                raise gr.Error(getattr(e, "message", str(e)), print_exception=False) from None
+        component.preprocess = checked
+        return component
+
     def editor_value(source: dict) -> dict:
         shown = studio.display(source["photo"])
         return {"background": shown, "layers": [], "composite": shown}
@@ -550,11 +564,11 @@ def build_app(studio: Studio):
         source = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                editor = gr.ImageEditor(
+                editor = quiet(gr.ImageEditor(
                     label=f"photo at {size}x{size} (paint the missing region with the brush)", elem_id="photo",
                     type="pil", image_mode="RGBA", sources=[], transforms=[], layers=False,
                     brush=gr.Brush(default_size=max(4, 2 * studio.scale), colors=["#ff00ff"], color_mode="fixed"),
-                    canvas_size=(size * studio.scale, size * studio.scale), fixed_canvas=True, height=420)
+                    canvas_size=(size * studio.scale, size * studio.scale), fixed_canvas=True, height=420))
                 with gr.Row():
                     upload_button = gr.UploadButton("Upload a photo", file_types=["image"], type="filepath",
                                                     elem_id="upload", variant="secondary")
@@ -569,9 +583,9 @@ def build_app(studio: Studio):
                                 "and size it (percent of the photo's shorter side). A new square clears the "
                                 "painted mask.")
                     with gr.Row():
-                        across = gr.Slider(0, 100, value=50, step=1, label="across", elem_id="across")
-                        down = gr.Slider(0, 100, value=50, step=1, label="down", elem_id="down")
-                        side = gr.Slider(MIN_SIDE, 100, value=100, step=1, label="side", elem_id="side")
+                        across = quiet(gr.Slider(0, 100, value=50, step=1, label="across", elem_id="across"))
+                        down = quiet(gr.Slider(0, 100, value=50, step=1, label="down", elem_id="down"))
+                        side = quiet(gr.Slider(MIN_SIDE, 100, value=100, step=1, label="side", elem_id="side"))
             with gr.Column(scale=1):
                 task = gr.Radio([(label, value) for value, label in APP_TASKS.items()], value="box-inpaint",
                                 label="damage", elem_id="task")
@@ -580,14 +594,14 @@ def build_app(studio: Studio):
                 methods = gr.CheckboxGroup(list(SOLVERS), value=DEFAULT_METHODS, label="methods", elem_id="methods")
                 with gr.Row():
                     # no precision: 2.5 steps are refused, not rounded; tv may iterate past T
-                    steps = gr.Number(studio.default_steps, label="steps", minimum=1,
-                                      maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps")
-                    sigma_y = gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
-                                        maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y")
-                    seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
-                                     elem_id="seed")
-                samples = gr.Slider(1, APP_MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
-                                    "per-pixel std map when K > 1)", elem_id="samples")
+                    steps = quiet(gr.Number(studio.default_steps, label="steps", minimum=1,
+                                      maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps"))
+                    sigma_y = quiet(gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
+                                        maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y"))
+                    seed = quiet(gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
+                                     elem_id="seed"))
+                samples = quiet(gr.Slider(1, APP_MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
+                                    "per-pixel std map when K > 1)", elem_id="samples"))
                 run_button = gr.Button("Restore", variant="primary", elem_id="restore")
         gallery = gr.Gallery(label="measurement, naive reconstruction and restorations", columns=7,
                              object_fit="contain", height=250, elem_id="results")
