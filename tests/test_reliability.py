@@ -894,6 +894,8 @@ def test_task_options_reach_the_operator_and_bad_ones_are_refused(files, capsys,
     assert main(argv + ["--task", "box-inpaint", "--task-option", "size=8", "position=0,40"]) == 0
     assert made[-1] == {"seed": 0, "size": 8, "position": [0, 40]}
     assert json.loads(capsys.readouterr().out)["task_options"] == {"size": 8, "position": [0, 40]}
+    assert main([a for a in argv if a != "--json"] + ["--task", "gaussian-blur", "--task-option", "std=1.5"]) == 0
+    assert capsys.readouterr().out.startswith("gaussian-blur (std=1.5) / tv on clean.png")
     for options, message in ((["size=abc"], "box-inpaint option size='abc'"),
                              (["bogus=1"], "box-inpaint has no option bogus; its options are size, margin, position"),
                              (["sr4.kernel=box"], "sr4 is not a task of this run"),

@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     def score(k: str) -> str:
         return f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else ""
+    described = task + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
     panels = [(x, "input", ""), (displayable(y, (size, size)), "measurement", ""), (naive, "naive", score("naive")),
               (restored, args.method + (" (mean)" if std is not None else ""), score("restored"))]
     panels = [p for p in panels if p[0] is not None]  # no input given (--measured), no naive reconstruction
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             written.append(save_image(at_size(std_image(std), Image.new("RGB", whole.size)), outputs["std"]))
         if cal is not None:
             written.append(calibration_figure(cal, outputs["calibration"],
-                                              title=f"{task} / {args.method}, {args.samples} samples"))
+                                              title=f"{described} / {args.method}, {args.samples} samples"))
         written.append(image_table([cols], outputs["figure"], col_titles=titles, captions=[captions], cell=2.0))
     for p in stale:  # once the new result is complete (see `stale` above)
         p.unlink()
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**report, "files": [str(p) for p in written]}))
     else:
         written_at = f", holes filled in the photo's {whole.size[0]}x{whole.size[1]}" if args.full_size else ""
-        print(f"{task} / {args.method} on {args.input} ({size}x{size}{written_at}, {seconds:.1f} s)")
+        print(f"{described} / {args.method} on {args.input} ({size}x{size}{written_at}, {seconds:.1f} s)")
         for k in ("naive", "restored"):
             if k in report:
                 print(f"  {k:9s} " + "  ".join(f"{m} {fmt(v)}" for m, v in report[k].items()))
