@@ -913,6 +913,7 @@ def test_task_options_reach_the_operator_and_bad_ones_are_refused(files, capsys,
     assert main(run + ["gaussian-blur.std=1.5"]) == 0
     assert {"seed": 0, "std": 1.5} in made and {"seed": 0} in made  # the blur's option; the box's defaults
     assert json.loads(Path("evalrun/run.json").read_text())["identity"]["task_options"] == {"gaussian-blur": {"std": 1.5}}
+    assert "## gaussian-blur (std=1.5)\n" in Path("evalrun/summary.md").read_text()
     assert main(run + ["gaussian-blur.std=2"]) == 2 and "holds a run made with other settings" in capsys.readouterr().err
     assert main(run + ["std=2"]) == 2 and "say which task's" in capsys.readouterr().err
 

@@ -146,6 +146,11 @@ def parse_task_options(pairs: list[str], tasks: list[str]) -> dict[str, dict]:
     return options
 
 
+def task_title(task: str, options: dict | None) -> str:
+    """A task's name with the options it was given, e.g. 'gaussian-blur (std=1.5)'."""
+    return task + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
+
 def check_task_options(options: dict[str, dict], shape: tuple[int, ...]) -> None:
     """Refuse (ValueError) task options that `make_operator` refuses for images of `shape`, before any work."""
     from ..tasks import make_operator

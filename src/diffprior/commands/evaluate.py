@@ -83,7 +83,7 @@ from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
 from .common import (add_prior_arguments, add_range_arguments, check_grey_task, check_task_options, derive_seed,
-                     differences, image_side, parse_task_options, read_record)
+                     differences, image_side, parse_task_options, read_record, task_title)
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -769,7 +769,7 @@ def write_summary(out: Path, summary: dict) -> None:
     paired = any("psnr_vs_best" in c for c in summary["cells"])
     seeded = any(c["psnr"]["seed_sd"] is not None for c in summary["cells"])
     for task in dict.fromkeys(c["task"] for c in summary["cells"]):
-        lines += [f"## {task}", "",
+        lines += [f"## {task_title(task, (run.get('task_options') or {}).get(task))}", "",
                   "| method | settings | images | PSNR (dB) | SSIM | LPIPS | residual | s / image | NFE |"
                   + " PSNR - best (paired) |" * paired + " PSNR per seed | PSNR sd over seeds |" * seeded,
                   "|---|---|---|---|---|---|---|---|---|" + "---|" * (paired + 2 * seeded)]

@@ -23,7 +23,7 @@ from ..tasks import TASKS, make_operator
 from ..uncertainty import (MAX_SAMPLES, SAMPLE_BATCH, calibration, calibration_figure, check_samples, posterior_samples,
                            std_image)
 from .common import (add_model_arguments, check_grey_task, check_steps, check_task_options, cpu_steps, fmt, generator,
-                     image_side, model_input, naive_or_none, parse_settings, parse_task_options, quality)
+                     image_side, model_input, naive_or_none, parse_settings, parse_task_options, quality, task_title)
 
 PARSER = dict(help="degrade an image with a task's operator, then restore it",
               description="Degrade a clean image (or take an already degraded one with --measured) and restore it; "
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     def score(k: str) -> str:
         return f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else ""
-    described = task + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+    described = task_title(task, options)
     panels = [(x, "input", ""), (displayable(y, (size, size)), "measurement", ""), (naive, "naive", score("naive")),
               (restored, args.method + (" (mean)" if std is not None else ""), score("restored"))]
     panels = [p for p in panels if p[0] is not None]  # no input given (--measured), no naive reconstruction
