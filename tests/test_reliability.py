@@ -899,9 +899,16 @@ def test_task_options_reach_the_operator_and_bad_ones_are_refused(files, capsys,
     for options, message in ((["size=abc"], "box-inpaint option size='abc'"),
                              (["bogus=1"], "box-inpaint has no option bogus; its options are size, margin, position"),
                              (["sr4.kernel=box"], "sr4 is not a task of this run"),
-                             (["size=8", "size=9"], "given twice"), (["size"], "expects [TASK.]KEY=VALUE")):
+                             (["size=8", "size=9"], "given twice"), (["size"], "expects [TASK.]KEY=VALUE"),
+                             (["size=true"], "size=True: a whole number"), (["seed=3"], "seed is the run's own"),
+                             (["margin=null"], "give a value, or leave the option out")):
         assert main(argv + ["--task", "box-inpaint", "--task-option", *options]) == 2
         assert message in capsys.readouterr().err, options
+    assert main(argv + ["--task", "box-inpaint", "--task-option", "position=[0,40]", "size=8"]) == 0
+    assert made[-1] == {"seed": 0, "size": 8, "position": [0, 40]}  # JSON's list as the list, not in another
+    capsys.readouterr()
+    assert main(argv + ["--task", "gaussian-blur", "--task-option", "size=99999999"]) == 2  # not an allocation
+    assert "a 99999999x99999999 kernel is larger than the 64x64 image" in capsys.readouterr().err
     assert main(argv + ["--mask", "white64.png", "--task-option", "size=8"]) == 2
     assert "inpaint takes its holes from --mask" in capsys.readouterr().err
 
@@ -916,6 +923,9 @@ def test_task_options_reach_the_operator_and_bad_ones_are_refused(files, capsys,
     assert "## gaussian-blur (std=1.5)\n" in Path("evalrun/summary.md").read_text()
     assert main(run + ["gaussian-blur.std=2"]) == 2 and "holds a run made with other settings" in capsys.readouterr().err
     assert main(run + ["std=2"]) == 2 and "say which task's" in capsys.readouterr().err
+    # in range, but the arithmetic breaks (a NaN kernel): refused before the run writes its folder
+    assert main(run[:-4] + ["--out", "evalnan", "--no-progress", "--task-option", "gaussian-blur.std=1e-320"]) == 2
+    assert "measurement is not finite" in capsys.readouterr().err and not Path("evalnan").exists()
 
 
 def test_solve_refuses_a_task_that_is_not_its_operators():

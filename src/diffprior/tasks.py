@@ -41,16 +41,23 @@ def _strokes(shape, seed, strokes=4, brush=None):
     return Inpaint(stroke_mask(strokes, brush, H, W, generator=torch.Generator().manual_seed(seed)))
 
 
+def _fits(size: int, H: int, W: int) -> int:
+    """A blur kernel's side, refused (ValueError) before the kernel is built where it exceeds the image."""
+    if size > min(H, W):
+        raise ValueError(f"a {size}x{size} kernel is larger than the {H}x{W} image")
+    return size
+
+
 def _gaussian(shape, seed, size=None, std=None):
     H, W = shape[-2:]
     std = 3.0 * H / 256 if std is None else std  # 3.0 at 256x256
-    size = _odd(61 * H / 256) if size is None else size  # 61 at 256x256
+    size = _fits(_odd(61 * H / 256) if size is None else size, H, W)  # 61 at 256x256
     return Blur(gaussian_kernel(size, std), (H, W))
 
 
 def _motion(shape, seed, size=None, intensity=0.5):
     H, W = shape[-2:]
-    size = _odd(61 * H / 256) if size is None else size
+    size = _fits(_odd(61 * H / 256) if size is None else size, H, W)
     return Blur(motion_kernel(size, intensity, generator=torch.Generator().manual_seed(seed)), (H, W))
 
 
@@ -125,7 +132,8 @@ def make_operator(task: str, shape: tuple[int, ...], *, seed: int = 0, **options
         if key in PIXEL_OPTIONS and value is not None:
             parts = value if key == "position" else (value,)
             try:
-                whole = [operator.index(v) for v in parts] if not isinstance(parts, (str, bytes)) else []
+                whole = [operator.index(v) for v in parts if not isinstance(v, bool)] \
+                    if not isinstance(parts, (str, bytes)) else []
             except TypeError:
                 whole = []
             if len(whole) != (2 if key == "position" else 1) or min(whole) < 0:

@@ -137,12 +137,17 @@ def parse_task_options(pairs: list[str], tasks: list[str]) -> dict[str, dict]:
         if task not in tasks:
             raise ValueError(f"--task-option {pair}: {task} is not a task of this run ({', '.join(tasks)})")
         key = key.replace("-", "_")
+        if key in ("seed", "shape"):
+            own = "--seed" if key == "seed" else "the model's image size"
+            raise ValueError(f"--task-option {pair}: {key} is the run's own ({own}), not a task option")
         if key in options.setdefault(task, {}):
             raise ValueError(f"--task-option {task}.{key} is given twice; give each option once")
-        try:
-            options[task][key] = json.loads(f"[{value}]" if "," in value else value)
+        try:  # "8,24" is the list [8, 24], as "[8, 24]" is
+            options[task][key] = json.loads(f"[{value}]" if "," in value and not value.startswith("[") else value)
         except json.JSONDecodeError:
             options[task][key] = value
+        if options[task][key] is None:
+            raise ValueError(f"--task-option {pair}: give a value, or leave the option out for its default")
     return options
 
 
@@ -158,9 +163,14 @@ def check_task_options(options: dict[str, dict], shape: tuple[int, ...]) -> None
         if task == "inpaint":
             raise ValueError("--task-option: the task inpaint takes its holes from --mask and has no options")
         try:
-            make_operator(task, shape, **given)
+            op = make_operator(task, shape, **given)
         except (TypeError, ValueError) as e:
             raise ValueError(f"--task-option: {e}") from None
+        with torch.no_grad():  # values in range that still break the arithmetic (a blur std of 1e-320)
+            finite = bool(op.A(torch.full((1, *shape), 0.5)).isfinite().all())
+        if not finite:
+            raise ValueError(f"--task-option {task_title(task, given)}: the operator's measurement is not finite "
+                             "(NaN or infinite): a value is too extreme")
 
 
 def parse_settings(pairs: list[str], method: str) -> dict:
