@@ -61,6 +61,7 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        return write_bytes(path, saved_bytes(lambda f: fig.savefig(f, dpi=dpi, format=path.suffix[1:].lower() or "png")))
+        fmt = path.suffix[1:].lower() or "png"
+        return write_bytes(path, saved_bytes(lambda f: fig.savefig(f, dpi=dpi, format=fmt)))
     finally:
         plt.close(fig)

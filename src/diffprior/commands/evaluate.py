@@ -87,7 +87,8 @@ from .common import (add_prior_arguments, add_range_arguments, check_grey_task, 
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
-IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask", "task_options")  # run.json: what fixes the numbers
+# run.json: what fixes the numbers
+IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask", "task_options")
 NAIVE = "naive"
 MASK_TASK = "inpaint"  # the task of --mask: masks of the user's own, a file for every image or one per image
 Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed

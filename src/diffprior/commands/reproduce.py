@@ -278,7 +278,8 @@ def table1_rows(prior: Prior, plan: Plan, folder: Path, images: list[Path], devi
             writer.write([r for r in rows if row_key(r) not in done])
     finally:
         writer.close()
-    summary = summarize(merge_rows(out, order), {**identity, "seeds": plan.seeds, "images": len(images)}, paired=False)  # t differs
+    summary = summarize(merge_rows(out, order), {**identity, "seeds": plan.seeds, "images": len(images)},
+                        paired=False)  # t differs
     write_summary(out, summary)
     return summary
 

@@ -595,13 +595,13 @@ def build_app(studio: Studio):
                 with gr.Row():
                     # no precision: 2.5 steps are refused, not rounded; tv may iterate past T
                     steps = quiet(gr.Number(studio.default_steps, label="steps", minimum=1,
-                                      maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps"))
+                                            maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps"))
                     sigma_y = quiet(gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
-                                        maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y"))
+                                              maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y"))
                     seed = quiet(gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
-                                     elem_id="seed"))
+                                           elem_id="seed"))
                 samples = quiet(gr.Slider(1, APP_MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
-                                    "per-pixel std map when K > 1)", elem_id="samples"))
+                                          "per-pixel std map when K > 1)", elem_id="samples"))
                 run_button = gr.Button("Restore", variant="primary", elem_id="restore")
         gallery = gr.Gallery(label="measurement, naive reconstruction and restorations", columns=7,
                              object_fit="contain", height=250, elem_id="results")

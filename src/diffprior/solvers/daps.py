@@ -152,4 +152,5 @@ def _budget(nfe: int, T: int) -> dict:
     return {"steps": max(1, nfe // ode), "ode_steps": ode}
 
 
-SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget, requires=lambda op, sigma_y, settings: None if sigma_y > 0 else NEEDS_NOISE)
+SPEC = SolverSpec(daps, nfe=_nfe, budget=_budget,
+                  requires=lambda op, sigma_y, settings: None if sigma_y > 0 else NEEDS_NOISE)
