@@ -937,3 +937,17 @@ def test_solve_refuses_a_task_that_is_not_its_operators():
             solve("tv" if op.linear else "dps", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task=task)
     op = make_operator("box-inpaint", prior.shape)  # a mask's settings for a box: the mask is what counts
     assert solve("tv", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task="inpaint").shape[0] == 1
+
+
+def test_a_full_standard_output_is_named(files, capsys, monkeypatch):
+    """`restore ... > /dev/full`: the message says that standard output is what could not be written."""
+    class FullStdout:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(sys, "stdout", FullStdout())
+    assert main(["restore", "--input", "clean.png", "--task", "sr4", "--steps", "3", "--out", "r.png",
+                 "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: No space left on device: standard output")

@@ -85,6 +85,28 @@ def describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+class _NamedStdout:
+    """sys.stdout during a command, whose write errors name it: `... > /dev/full` says which file was full."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, "standard output") from e
+
+    def write(self, text: str) -> int:
+        return self._named(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._named(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt("SIGTERM")  # as Ctrl-C: files being written are cleaned up, one line is printed
 
@@ -124,10 +146,12 @@ def _close_progress_bars() -> None:
 
 
 def _execute(args: argparse.Namespace) -> int:
+    stdout, sys.stdout = sys.stdout, _NamedStdout(sys.stdout)
     try:
         from .devices import set_cpu_threads
         set_cpu_threads(getattr(args, "threads", None))
         code = args.run(args)
+        sys.stdout.flush()  # what is still buffered: failing to write it is this command's error
         return code if isinstance(code, int) else 0
     except KeyboardInterrupt as e:  # the reason when there is one: SIGTERM, or where a run's checkpoint is
         _close_progress_bars()
@@ -143,6 +167,8 @@ def _execute(args: argparse.Namespace) -> int:
         print(f"diffprior {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
               "traceback, and please report it)", file=sys.stderr)
         return 1
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":
