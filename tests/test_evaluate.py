@@ -144,6 +144,7 @@ def test_rerun_of_a_finished_run_changes_nothing(reference, tmp_path, setup, cap
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == files
     err = capsys.readouterr().err
     assert err.count("skipping broken.png") == 1 and "0 to do" in err and "note:" not in err
+    assert "were up to date: nothing written" in err and "wrote" not in err
 
 
 def test_images_to_keep_of_rows_already_done_are_named_as_missing(setup, tmp_path, capsys):

@@ -381,6 +381,11 @@ def process_group(device: str) -> Iterator[tuple[Ranks, torch.device]]:
 
 
 # -- the evaluation --------------------------------------------------------------------------------------
+def stamp(path: Path) -> tuple[int, int] | None:
+    """A file's inode and modification time (None if absent): unchanged exactly when it was not written."""
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.exists() else None
+
+
 def evaluate(data: str | Path, out: str | Path, *,
              tasks: Sequence[str] = ("box-inpaint", "random-inpaint", "gaussian-blur", "sr4"),
              methods: Sequence[str] = ("sdedit", "scoreald", "dps"),
@@ -471,6 +476,8 @@ def evaluate(data: str | Path, out: str | Path, *,
                       f"not run again: they stay missing from {out / 'images'} (a new --out computes and keeps "
                       "them all)", file=sys.stderr)
 
+        files = [out / "rows.csv", out / "summary.md", out / "summary.json"]
+        stamps = [stamp(f) for f in files]  # to say whether this run changed them
         writer = RowWriter(out / ("rows.csv" if ranks.world == 1 else f"rows.rank{ranks.rank}.csv"))
         bar = tqdm(total=sum(len(chunks[u.chunk]) for u in mine), unit="row", smoothing=0, dynamic_ncols=True,
                    initial=sum(k in done for u in mine for k in u.keys(chunks)),
@@ -496,7 +503,9 @@ def evaluate(data: str | Path, out: str | Path, *,
         summary = summarize(merge_rows(out, order), {**identity, "seeds": seeds, "images": len(images)})
         if summary_files:
             write_summary(out, summary)
-            print(f"wrote {out / 'rows.csv'}, {out / 'summary.md'} and {out / 'summary.json'}", file=sys.stderr)
+            changed = stamps != [stamp(f) for f in files]
+            print(f"wrote {files[0]}, {files[1]} and {files[2]}" if changed
+                  else f"{files[0]}, {files[1]} and {files[2]} were up to date: nothing written", file=sys.stderr)
         failed = failed_cells(summary)
         if failed:
             print(f"error: every row of {len(failed)} cell(s) is empty (the solver diverged on each batch; see the "
