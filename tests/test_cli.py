@@ -39,6 +39,28 @@ def test_restore_beats_the_naive_reconstruction(clean_image, tmp_path, capsys, t
     assert out.is_file() and (tmp_path / "restored_figure.png").is_file()
 
 
+
+def test_restore_with_poisson_noise_gives_the_solver_its_average_std(clean_image, tmp_path, capsys):
+    """--poisson RATE: photon noise, and DPS is given the Gaussian sigma_y of its average variance,
+    sqrt(2 (mean(A x) + 1) / RATE); the restoration still beats the naive reconstruction."""
+    from diffprior.io import load_image
+    from diffprior.tasks import make_operator
+    code = main(["restore", "--input", str(clean_image), "--task", "sr4", "--poisson", "255", "--model", "gmm-demo",
+                 "--steps", "100", "--out", str(tmp_path / "r.png"), "--json", "--device", "cpu"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    mean_ax = make_operator("sr4", (3, 64, 64), seed=0).A(load_image(clean_image)[None]).mean().item()
+    assert report["poisson_rate"] == 255
+    assert report["sigma_y"] == pytest.approx((2 * (mean_ax + 1) / 255) ** 0.5, rel=0.02)
+    assert report["restored"]["psnr"] > report["naive"]["psnr"]
+    # refused: a photon rate outside its range, and photon noise on an input that is already a measurement
+    with pytest.raises(SystemExit, match="2"):
+        main(["restore", "--input", str(clean_image), "--task", "sr4", "--poisson", "0"])
+    assert "argument --poisson: must be at least 1e-06, got 0" in capsys.readouterr().err
+    assert main(["restore", "--input", str(clean_image), "--task", "denoise", "--poisson", "10", "--measured",
+                 "--model", "gmm-demo", "--out", str(tmp_path / "m.png"), "--device", "cpu"]) == 2
+    assert "--measured input has its own noise" in capsys.readouterr().err
+
 def test_restore_with_a_mask_file_and_a_measured_input(clean_image, tmp_path, capsys):
     mask = torch.ones(3, 64, 64)
     mask[:, 16:40, 16:40] = -1

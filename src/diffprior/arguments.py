@@ -117,6 +117,7 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)  # more is only slower (and torch crashe
 count = integer(0)
 seed = integer(0, MAX_SEED)
 noise_std = number(0.0, MAX_SIGMA_Y)  # --sigma-y
+photon_rate = number(1e-6, 1e12)  # --poisson (nonlinear.MIN_RATE, MAX_RATE)
 
 
 def device(text: str) -> str:

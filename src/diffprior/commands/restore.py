@@ -17,6 +17,7 @@ from ..devices import pick_device
 from ..io import (all_or_none, center_square, check_fillable, fill_holes, fit_note, is_grey, load_mask,
                   lost_in_rgb8, masked_center_square, open_image, photo_mask, pil_to_tensor, save_image, square_box)
 from ..models import load_prior
+from ..nonlinear import measure_poisson, poisson_sigma_y
 from ..operators import Colorize, Inpaint, measure
 from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, solve
 from ..tasks import TASKS, make_operator
@@ -42,8 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="solver steps (default: the solver's own, 1000 for DPS, ScoreALD and RED-diff, fewer for "
                         "the others, see docs/SOLVERS.md; on a CPU, 100 where the solver's own run takes more than "
                         "100 network evaluations)")
-    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05,
-                   help="measurement noise std on [-1, 1] images (0.05)")
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=None,
+                   help="measurement noise std on [-1, 1] images (0.05; with --poisson, the std of its noise "
+                        "averaged over the measurement)")
+    p.add_argument("--poisson", type=arguments.photon_rate, default=None, metavar="RATE",
+                   help="photon-counting (Poisson) noise instead of Gaussian: RATE photons at full brightness, "
+                        "so brighter pixels are noisier (e.g. 255 is the DPS code's Poisson rate 1)")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
                    "photo's size (cropped and resized with it) or the model's")
     p.add_argument("--crop", type=arguments.square, metavar="LEFT,TOP,SIDE", help="the square of the photo to "
@@ -89,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("say which degradation with --task (one of: " + ", ".join(TASKS) + ") or give --mask")
     if task == "inpaint" and args.mask is None:
         raise ValueError("--task inpaint needs --mask MASK.png (white = known pixels, black = holes)")
+    if args.poisson is not None and args.measured:
+        raise ValueError("--poisson draws photon noise on a clean input; a --measured input has its own noise: "
+                         "give its level with --sigma-y")
     if args.full_size and task != "inpaint":
         raise ValueError("--full-size fills the holes of a --mask in the photo at its own size; other tasks restore "
                          "the model's size only")
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {**settings, "steps": steps} if steps is not None else settings
 
     input_name = str(args.input) + (" cropped" if args.crop else "")
+    sigma_y = 0.05 if args.sigma_y is None else args.sigma_y
     x = None
     if args.measured:  # the input is already degraded: it is y
         side = measured_size(task, op, size)
@@ -157,21 +166,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         x = pil_to_tensor(center_square(photo, size), channels).to(device)
         note = fit_note(input_name, photo.size, size)
-        y = measure(op, x, args.sigma_y, gen)
+        y = measure(op, x, sigma_y, gen) if args.poisson is None else measure_poisson(op, x, args.poisson, gen)
         if task == "colorize" and is_grey(photo):
             print(f"note: {args.input} is grey, so its colours are unknown and the scores compare the colourised "
                   "result with the grey photo; --measured takes it as the grey measurement it is", file=sys.stderr)
     if note:
         print(f"note: {note}", file=sys.stderr)
+    if args.poisson is not None and args.sigma_y is None:  # the solvers assume Gaussian noise: this one's average
+        sigma_y = poisson_sigma_y(y, args.poisson)
     naive = naive_or_none(op, y)
     start = time.perf_counter()
     std = None
     if args.samples > 1:  # K posterior samples: their mean is the restoration
-        samples = posterior_samples(args.method, prior, op, y, args.samples, sigma_y=args.sigma_y, generator=gen,
+        samples = posterior_samples(args.method, prior, op, y, args.samples, sigma_y=sigma_y, generator=gen,
                                     progress=not args.json, **settings)
         restored, std = samples.mean(0, keepdim=True), samples.std(0)
     else:
-        restored = solve(args.method, prior, op, y, sigma_y=args.sigma_y, generator=gen, progress=not args.json,
+        restored = solve(args.method, prior, op, y, sigma_y=sigma_y, generator=gen, progress=not args.json,
                          **settings)
     seconds = time.perf_counter() - start
 
@@ -181,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
               "method": args.method,
               "mask": args.mask and str(args.mask), "crop": args.crop and list(args.crop), "full_size": args.full_size,
               "model": str(args.model), "settings": settings,
-              "sigma_y": args.sigma_y, "seed": args.seed, "seconds": round(seconds, 3),
+              "sigma_y": sigma_y, "poisson_rate": args.poisson, "seed": args.seed, "seconds": round(seconds, 3),
               "written_size": list(whole.size) if args.full_size else [size, size]}  # W, H
     for name, img in (("naive", naive), ("restored", restored)):
         if img is not None:
@@ -196,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
     def score(k: str) -> str:
         return f"{fmt(report[k].get('psnr'), '.2f')} dB" if x is not None and k in report else ""
-    described = task_title(task, options)
+    described = task_title(task, options) + (f", Poisson noise at {args.poisson:g} photons" if args.poisson else "")
     panels = [(x, "input", ""), (displayable(y, (size, size)), "measurement", ""), (naive, "naive", score("naive")),
               (restored, args.method + (" (mean)" if std is not None else ""), score("restored"))]
     panels = [p for p in panels if p[0] is not None]  # no input given (--measured), no naive reconstruction
