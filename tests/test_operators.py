@@ -98,8 +98,12 @@ def test_box_mask_geometry():
     assert 4 <= top <= 32 - 4 - 8 and 4 <= left <= 32 - 4 - 8
     assert (m[top:top + 8, left:left + 8] == 0).all()
     assert torch.equal(box_mask(4, 16, position=(2, 3))[2:6, 3:7], torch.zeros(4, 4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="margin 4 does not fit"):
         box_mask(30, 32, margin=4)
+    # the margin bounds a random place only: a box placed by the user needs to fit the image alone
+    assert int((box_mask(30, 32, margin=4, position=(1, 2)) == 0).sum()) == 900
+    with pytest.raises(ValueError, match="at least 1 pixel, got 0"):
+        box_mask(0, 32, margin=4)
     # defaults at 256x256 are the DPS reference's: a 128x128 box, 16 px from the borders
     op = make_operator("box-inpaint", (3, 256, 256), seed=5)
     assert int((op.mask == 0).sum()) == 128 * 128

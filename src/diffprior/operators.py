@@ -297,9 +297,11 @@ def box_mask(size: int, height: int, width: int | None = None, *, position: tupl
     """A (H, W) mask with one size x size hole, at `position` (top, left) or at a random place at least
     `margin` pixels from every border."""
     width = height if width is None else width
-    if not 0 < size <= min(height, width) - 2 * margin:
-        raise ValueError(f"a {size}x{size} box with margin {margin} does not fit a {height}x{width} image")
+    if size < 1:
+        raise ValueError(f"a box's size is at least 1 pixel, got {size}")
     if position is None:
+        if size > min(height, width) - 2 * margin:
+            raise ValueError(f"a {size}x{size} box with margin {margin} does not fit a {height}x{width} image")
         top = int(torch.randint(margin, height - margin - size + 1, (1,), generator=generator))
         left = int(torch.randint(margin, width - margin - size + 1, (1,), generator=generator))
     else:
