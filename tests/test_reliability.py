@@ -935,6 +935,15 @@ def test_solve_refuses_a_task_that_is_not_its_operators():
         op = make_operator(named, prior.shape)
         with pytest.raises(ValueError, match=f"task='{task}', but the operator is {named}'s: give task='{named}'"):
             solve("tv" if op.linear else "dps", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task=task)
+    # operators built from their class carry the class's name: a blur takes either blur's settings
+    from diffprior.operators import Blur, SuperResolution, gaussian_kernel
+    y, side = torch.zeros(1, *prior.shape), prior.shape[-2:]
+    blur = Blur(gaussian_kernel(9, 1.0), side)
+    for op, task, fits in ((blur, "sr4", "'gaussian-blur' or 'motion-blur'"),
+                           (SuperResolution(4, side), "gaussian-blur", "'sr4'")):
+        with pytest.raises(ValueError, match=f"task='{task}', but the operator is {op.name}'s: give task={fits}"):
+            solve("tv", prior, op, op.A(y), task=task)
+    assert solve("tv", prior, blur, blur.A(y), task="motion-blur").shape == y.shape
     op = make_operator("box-inpaint", prior.shape)  # a mask's settings for a box: the mask is what counts
     assert solve("tv", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task="inpaint").shape[0] == 1
 

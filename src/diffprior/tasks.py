@@ -101,6 +101,8 @@ TASKS: dict[str, Callable[..., Operator]] = {**LINEAR_TASKS, **NONLINEAR_TASKS}
 # the tasks whose operator is a mask, for settings that every inpainting shares; "inpaint" is a user's own mask
 # (`restore --mask`, the web app's brush), not in TASKS
 INPAINTING_TASKS = ("box-inpaint", "random-inpaint", "stroke-inpaint", "inpaint")
+# The tasks whose settings fit an operator built from its class rather than by make_operator
+CLASS_TASKS = {"blur": ("gaussian-blur", "motion-blur"), "super-resolution": ("sr4",)}
 PIXEL_OPTIONS = ("size", "margin", "position", "brush", "strokes")  # whole numbers, never negative (position: a pair)
 NUMBER_OPTIONS = ("std", "fraction", "intensity", "oversample", "scale", "gain")  # real numbers
 

@@ -243,13 +243,15 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, ta
     if not (prior is None and not spec.needs_prior):
         check_prior(prior)
     if task is not None:
-        from ..tasks import INPAINTING_TASKS, TASKS
+        from ..tasks import CLASS_TASKS, INPAINTING_TASKS, TASKS
         if task not in (*TASKS, "inpaint"):
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}, inpaint")
         named = getattr(op, "name", None)
+        fits = CLASS_TASKS.get(named, (named,))
         mask = "inpaint" in (named, task) and {named, task} <= set(INPAINTING_TASKS)  # a mask as a user's own
-        if named in (*TASKS, "inpaint") and named != task and not mask:
-            raise ValueError(f"task={task!r}, but the operator is {named}'s: give task={named!r} for its settings")
+        if (named in (*TASKS, "inpaint") or named in CLASS_TASKS) and task not in fits and not mask:
+            raise ValueError(f"task={task!r}, but the operator is {named}'s: give task="
+                             f"{' or '.join(map(repr, fits))} for its settings")
         settings = settings_for(method, task, tuned_settings(prior), **settings)
     if not isinstance(op, Operator):
         raise TypeError(f"the operator must be a diffprior Operator, e.g. dp.make_operator('box-inpaint', "
