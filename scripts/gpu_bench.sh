@@ -16,7 +16,8 @@
 #   dps-bf16-best  bf16 + channels_last + cudnn.benchmark at batch 8 and 32
 #   compile-*      DPS with torch.compile, bf16 then fp32, batch 1 and 32 first (compilation takes minutes)
 #   summary        summary.md: one table of every JSON
-# Settings: STEPS (timed steps, default 20), WARMUP (3), BUDGET_S, MODEL (a checkpoint for the bf16 check),
+# Settings: STEPS (timed steps, default 20), WARMUP (3), BUDGET_S, SKIP (stage names not to run, e.g. those an
+# earlier loan measured), MODEL (a checkpoint for the bf16 check),
 # REFERENCE_IMAGE (its clean image), REFERENCE_CMD; CONFIG (ffhq256) and DEVICE (cuda) for a dry run elsewhere.
 # Needs torch with CUDA and diffprior's dependencies (numpy, safetensors, pillow, pyyaml, tqdm).
 set -u
@@ -38,6 +39,10 @@ SPEED=(bench speed --random-weights --config "$CONFIG" --steps "$STEPS" --warmup
 stage() {  # stage NAME LIMIT_S COMMAND...: run within the limit and the remaining budget, log to NAME.log
     local name=$1 limit=$2 left
     shift 2
+    if [[ " ${SKIP:-} " == *" $name "* ]]; then
+        echo "skip  $name: in SKIP" | tee -a "$LOG"
+        return
+    fi
     left=$((BUDGET_S - ($(date +%s) - START)))
     if ((left < 20)); then
         echo "skip  $name: the budget is spent" | tee -a "$LOG"
