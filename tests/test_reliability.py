@@ -960,3 +960,9 @@ def test_a_full_standard_output_is_named(files, capsys, monkeypatch):
     assert main(["restore", "--input", "clean.png", "--task", "sr4", "--steps", "3", "--out", "r.png",
                  "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip().endswith("error: No space left on device: standard output")
+
+
+def test_a_closed_standard_output_is_no_error(monkeypatch):
+    """Started with standard output closed (`>&-`), Python's sys.stdout is None: print() writes nothing."""
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["models"]) == 0

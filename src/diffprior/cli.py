@@ -146,12 +146,15 @@ def _close_progress_bars() -> None:
 
 
 def _execute(args: argparse.Namespace) -> int:
-    stdout, sys.stdout = sys.stdout, _NamedStdout(sys.stdout)
+    stdout = sys.stdout
+    if stdout is not None:  # None when started with standard output closed: print() then writes nothing
+        sys.stdout = _NamedStdout(stdout)
     try:
         from .devices import set_cpu_threads
         set_cpu_threads(getattr(args, "threads", None))
         code = args.run(args)
-        sys.stdout.flush()  # what is still buffered: failing to write it is this command's error
+        if stdout is not None:  # what is still buffered: failing to write it is this command's error
+            sys.stdout.flush()
         return code if isinstance(code, int) else 0
     except KeyboardInterrupt as e:  # the reason when there is one: SIGTERM, or where a run's checkpoint is
         _close_progress_bars()
