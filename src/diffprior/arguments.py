@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .devices import pick_device
 from .io import exact_format, image_format
+from .nonlinear import MAX_RATE, MIN_RATE
 
 MAX_SEED = 2 ** 63 - 1  # the largest seed a torch generator takes
 MAX_SIGMA_Y = 10.0  # measurement noise std on [-1, 1] images: 5 times their range, where y is pure noise
@@ -117,7 +118,7 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)  # more is only slower (and torch crashe
 count = integer(0)
 seed = integer(0, MAX_SEED)
 noise_std = number(0.0, MAX_SIGMA_Y)  # --sigma-y
-photon_rate = number(1e-6, 1e12)  # --poisson (nonlinear.MIN_RATE, MAX_RATE)
+photon_rate = number(MIN_RATE, MAX_RATE)  # --poisson
 
 
 def device(text: str) -> str:

@@ -141,7 +141,6 @@ def measure_poisson(op: Operator, x: Tensor, rate: float, generator: torch.Gener
     return (2 * counts / rate - 1).to(x.dtype)
 
 
-
 def poisson_sigma_y(y: Tensor, rate: float) -> float:
     """The sigma_y a Gaussian-noise solver is given for `measure_poisson`'s y: the noise's std averaged over y,
     sqrt(2 (mean(A(x)) + 1) / rate), with mean(y) for mean(A(x)) (the same in expectation)."""

@@ -249,7 +249,7 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, ta
         named = getattr(op, "name", None)
         fits = CLASS_TASKS.get(named, (named,))
         mask = "inpaint" in (named, task) and {named, task} <= set(INPAINTING_TASKS)  # a mask as a user's own
-        if (named in (*TASKS, "inpaint") or named in CLASS_TASKS) and task not in fits and not mask:
+        if named in (*TASKS, "inpaint", *CLASS_TASKS) and task not in fits and not mask:
             raise ValueError(f"task={task!r}, but the operator is {named}'s: give task="
                              f"{' or '.join(map(repr, fits))} for its settings")
         settings = settings_for(method, task, tuned_settings(prior), **settings)
