@@ -201,6 +201,24 @@ def test_other_settings_are_refused(reference, setup, tmp_path, capsys):
     assert rows_of(out) == rows_of(reference)
 
 
+def test_rows_without_their_run_record_or_not_text_are_refused(reference, setup, tmp_path, capsys):
+    """Rows whose settings are unknown (run.json deleted, rows copied by hand) must not pass for this run's,
+    and a row file with bytes that are not text is named, not a bare decoding error."""
+    _, data, model = setup
+    out = tmp_path / "copied"
+    shutil.copytree(reference, out)
+    (out / "run.json").unlink()
+    assert main(command(data, model, out, "--sigma-y", "0.1")) == 2
+    assert "rows.csv has no run.json beside it" in capsys.readouterr().err
+    assert not (out / "run.json").exists() and rows_of(out) == rows_of(reference)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(reference, damaged)
+    with open(damaged / "rows.csv", "ab") as f:
+        f.write(b"\x00\xff\n")
+    assert main(command(data, model, damaged)) == 2
+    assert f"{damaged / 'rows.csv'} is damaged (not text at byte" in capsys.readouterr().err
+
+
 def test_two_processes_with_torchrun_give_the_same_rows(reference, setup, tmp_path):
     _, data, model = setup
     out = tmp_path / "torchrun"

@@ -255,6 +255,31 @@ def test_pack_round_trip(faces, tmp_path, fmt):
     assert err.max() == 0 if fmt != "jpeg" else err.mean() < 3
 
 
+@pytest.mark.parametrize("lr, loss", [(3, r"loss \d[.\d]*e\+\d+;"), (1e30, r"loss (inf|nan);")])
+def test_a_diverging_run_stops_with_its_last_good_checkpoint(faces, tmp_path, lr, loss):
+    """An exploding loss stops the run as a user's error (it ran to the end and exported a model of huge
+    weights while the loss was finite, and ended in an internal error once it was not)."""
+    out = tmp_path / "run"
+    train(faces, out, steps=2, lr=1e-3, **{**FAST, "checkpoint_every": 2})
+    with pytest.raises(train_module.TrainingDiverged, match=loss + r".*lower --lr .*last checkpoint, step \d"):
+        train(faces, out, steps=40, lr=lr, resume=True, **{**FAST, "warmup": 0, "checkpoint_every": 1})
+    saved = state(out)  # the last checkpoint: at most one step past the last good loss, and finite
+    assert saved["step"] in (2, 3) and all(torch.isfinite(v).all() for v in saved["net"].values())
+    assert all(torch.isfinite(v).all() for v in load_file(out / "model.safetensors").values())
+
+
+def test_a_damaged_log_is_named_and_resume_works_without_it(faces, tmp_path):
+    out = tmp_path / "run"
+    train(faces, out, steps=2, **{**FAST, "checkpoint_every": 2})
+    with open(out / "log.csv", "ab") as f:
+        f.write(b"\xff\xfe garbage")
+    with pytest.raises(ValueError, match=r"log.csv is damaged \(not text at byte \d+\): delete it to resume"):
+        train(faces, out, steps=4, resume=True, **FAST)
+    (out / "log.csv").unlink()
+    train(faces, out, steps=4, resume=True, **FAST)
+    assert [r["step"] for r in read_log(out / "log.csv")] == [4]
+
+
 def test_command_line(faces, tmp_path):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

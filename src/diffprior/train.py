@@ -57,6 +57,11 @@ LOG_FIELDS = ["step", "images", "seconds", "lr", "loss", "val_loss", "train_eval
               *(f"val_psnr_{t}" for t in PSNR_STEPS)]
 EVAL_SEED = 1234  # the fixed timesteps and noise of the evaluation losses
 SAMPLE_SEED = 0   # the fixed initial noise of the sample grids
+DIVERGED = 1000   # a loss this many times the first one a call logs (or not finite) stops the run as diverged
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite or exploded: the learning rate is too large for the run."""
 
 
 class EpochSampler:
@@ -431,6 +436,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         warm_start.pop("state", None)
     step, seen, seconds, last_loss = 0, 0, 0.0, float("nan")
     logged_at_resume = -1  # the step of the log's last row when resuming
+    saved_step = None      # the step of the last checkpoint (None: none)
     evals: dict = {}  # the latest evaluation losses and the step they were measured at
     if state is not None:
         for key in identity.keys() | state["identity"].keys():
@@ -443,6 +449,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         ema_net.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, seen, seconds, last_loss = state["step"], state["images"], state["seconds"], state["loss"]
+        saved_step = step
         torch.set_rng_state(state["rng"]["torch"])
         if cuda and state["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -494,6 +501,11 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
                              **{k: v for k, v in evals.items() if k != "step"}}}
 
     def checkpoint() -> None:
+        nonlocal saved_step
+        if loss_n:  # the steps since the last log row: their weights must not be saved if they diverged
+            check_loss(loss_sum.item() / loss_n)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            check_loss(math.nan, "weights")
         state = {"identity": identity, "step": step, "images": seen, "seconds": seconds, "loss": last_loss,
                  "net": net.state_dict(), "ema": ema_net.state_dict(), "opt": opt.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None,
@@ -501,6 +513,7 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
         with stop.protected(), io.all_or_none([state_path, out / MODEL, (out / MODEL).with_suffix(".json")]):
             atomic_write(state_path, lambda tmp: torch.save(state, tmp))  # the state and the exported model:
             save_checkpoint(ema_net, record(), out / MODEL)              # written whole, as one
+        saved_step = step
 
     def sample_grid() -> None:
         prior = NetworkPrior(ema_net, schedule, (3, size, size), prediction=prediction, v_shift=v_shift)
@@ -523,12 +536,25 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
     stop = StopRequest()
     loss_sum, loss_n, logged_step = torch.zeros((), device=device), 0, logged_at_resume
 
+    first_loss = None  # the first loss this call logs: the scale a diverging loss is measured against
+
+    def check_loss(loss: float, what: str = "loss") -> None:
+        nonlocal first_loss
+        if first_loss is None and math.isfinite(loss):
+            first_loss = loss
+        if not math.isfinite(loss) or loss > DIVERGED * first_loss:
+            kept = (f"the last checkpoint, step {saved_step}, is {state_path}" if saved_step is not None
+                    else "no checkpoint was written")
+            found = f"loss {loss:.3g}" if what == "loss" else f"non-finite {what}"
+            raise TrainingDiverged(f"training diverged at step {step} ({found}; loss {first_loss or loss:.3g} "
+                                   f"when this run started logging): lower --lr (now {lr:g}) or raise --warmup "
+                                   f"(now {warmup}); {kept}")
+
     def log_row() -> None:
         nonlocal last_loss, loss_sum, loss_n, logged_step
         if loss_n:
             last_loss = loss_sum.item() / loss_n
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(f"the training loss became {last_loss} at step {step}")
+            check_loss(last_loss)
         fresh = {k: v for k, v in evals.items() if k != "step"} if evals.get("step") == step else {}
         log.write(step=step, images=seen, seconds=round(seconds, 2), lr=opt.param_groups[0]["lr"],
                   loss=last_loss, **fresh)
@@ -630,8 +656,13 @@ def _truncate_log(path: Path, step: int) -> int:
     none)."""
     if not path.exists():
         return -1
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is damaged (not text at byte {e.start}): delete it to resume (the log then starts "
+                         "at the checkpoint's step)") from None
+
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, LOG_FIELDS)

@@ -219,7 +219,11 @@ def row_files(out: Path) -> list[Path]:
 
 def read_rows(path: Path) -> list[dict]:
     """The complete rows of a row file (a torn last line, without its newline, is not a row)."""
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is damaged (not text at byte {e.start}): delete it to compute its rows again, "
+                         "or choose another --out") from None
     text = text[:text.rfind("\n") + 1]
     lines = list(csv.reader(io.StringIO(text)))
     if lines and lines[0] != COLUMNS:
@@ -316,6 +320,9 @@ def check_run(path: Path, identity: dict, info: dict, *, write: bool) -> None:
         if diff:
             raise RunMismatch(f"{path.parent} holds a run made with other settings ({'; '.join(diff)}). "
                               "Rerun with the same settings to continue it, or choose another --out.")
+    elif rows := row_files(path.parent):  # rows of unknown settings: they must not pass for this run's
+        raise RunMismatch(f"{rows[0]} has no {path.name} beside it, so the settings its rows were made with are "
+                          "unknown: delete the row files to start again, or choose another --out")
     elif write:
         text = json.dumps({"identity": identity, **info}, indent=2) + "\n"
         write_text(path, text)
