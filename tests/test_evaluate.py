@@ -8,15 +8,18 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import diffprior.commands.evaluate as evaluate_module
 from diffprior.cli import main
 from diffprior.commands.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile, write_summary
 from diffprior.io import save_image
@@ -237,6 +240,26 @@ def test_two_processes_with_torchrun_give_the_same_rows(reference, setup, tmp_pa
     untimed = lambda path: [{k: v for k, v in c.items() if k != "seconds"}  # noqa: E731
                             for c in json.loads((path / "summary.json").read_text())["cells"]]
     assert_close(untimed(out), untimed(reference), "cells")
+
+
+def test_a_stale_torchrun_environment_ends_with_a_clear_error(setup, tmp_path, monkeypatch, capsys):
+    """WORLD_SIZE left in a shell: the process waited 7 days for ranks that never come, printing nothing."""
+    _, data, model = setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(evaluate_module, "JOIN_TIMEOUT", timedelta(seconds=2))
+    for name, value in dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(name, value)
+    assert main(command(data, model, tmp_path / "stale")) == 2
+    err = capsys.readouterr().err
+    assert "rank 0 of 2 (WORLD_SIZE from the environment" in err and "waiting up to" in err
+    assert f"did not meet at 127.0.0.1:{port}" in err and "unset WORLD_SIZE" in err
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    assert main(command(data, model, tmp_path / "stale")) == 2
+    assert "the environment variable WORLD_SIZE is 'abc', not a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "stale").exists()
 
 
 def test_small_images_have_no_lpips(setup, tmp_path):

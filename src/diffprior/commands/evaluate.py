@@ -343,18 +343,23 @@ def check_masks(path: Path, masks: dict[str, Tensor], *, write: bool) -> None:
         write_text(path, text)
 
 
+JOIN_TIMEOUT = timedelta(minutes=5)  # for the processes of a torchrun job to meet (a stale WORLD_SIZE waits no longer)
+FINISH_TIMEOUT = timedelta(days=7)   # at the final barrier, for the slowest rank to finish its share
+
+
 @dataclass
 class Ranks:
-    """This process's place among torch.distributed ranks (rank 0 of 1 when run alone)."""
+    """This process's place among torch.distributed ranks (rank 0 of 1 when run alone); `finish` is the
+    process group of the final barrier, whose timeout is long."""
 
     rank: int = 0
     world: int = 1
-    device_ids: list[int] | None = None
+    finish: object = None
 
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
-            dist.barrier(device_ids=self.device_ids)
+            dist.barrier(group=self.finish)
 
     def close(self) -> None:
         if self.world > 1:
@@ -362,19 +367,36 @@ class Ranks:
             dist.destroy_process_group()
 
 
+def _environment_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name} is {value!r}, not a whole number (torchrun sets it; "
+                         f"unset it to run alone)") from None
+
+
 def start_ranks(device: str) -> tuple[Ranks, torch.device]:
     """Join the process group when torchrun started this process (WORLD_SIZE > 1), and pick the device:
     `pick_device`, with "auto" and "cuda" meaning cuda:LOCAL_RANK."""
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    world, local = _environment_int("WORLD_SIZE", 1), _environment_int("LOCAL_RANK", 0)
     dev = pick_device(device, local)
     if world == 1:
         return Ranks(), dev
     import torch.distributed as dist
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    # a long timeout: ranks that finish first wait at the final barrier for the others
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(days=7))
-    return Ranks(dist.get_rank(), dist.get_world_size(), [dev.index] if dev.type == "cuda" else None), dev
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    print(f"rank {os.environ.get('RANK', '?')} of {world} (WORLD_SIZE from the environment, as torchrun sets it): "
+          f"waiting up to {JOIN_TIMEOUT.seconds // 60} min for the others at {where}", file=sys.stderr, flush=True)
+    try:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=JOIN_TIMEOUT)
+    except (RuntimeError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"the {world} processes of WORLD_SIZE={world} did not meet at {where} ({why}): start the "
+                           "run with torchrun, or unset WORLD_SIZE, RANK and LOCAL_RANK to run alone") from None
+    # ranks that finish first wait at the final barrier for the others: a group of its own with a long timeout
+    return Ranks(dist.get_rank(), dist.get_world_size(), dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)), dev
 
 
 @contextlib.contextmanager
