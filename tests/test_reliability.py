@@ -34,7 +34,7 @@ from diffprior.networks.small import network_config
 from diffprior.operators import Operator, measure
 from diffprior.tasks import make_operator
 from diffprior.schedule import Schedule
-from diffprior.solvers import DivergenceError, divergence, solve
+from diffprior.solvers import SPECS, DivergenceError, divergence, divergence_hint, solve
 from diffprior.solvers import sample as dp_sample
 
 
@@ -477,8 +477,16 @@ def test_divergence_is_detected_by_range_and_by_residual():
         def A(self, x):
             return 1000 * x
     assert "residual" in divergence(Gain(), torch.full_like(x, 0.5), torch.zeros_like(x))
-    with pytest.raises(DivergenceError, match="lower its step size"):
+    with pytest.raises(DivergenceError, match=r"lower its step size \(scale\) or use more steps$"):
         solve("dps", prior, op, y, sigma_y=0.05, steps=10, scale=1e30, generator=torch.Generator().manual_seed(1))
+
+
+def test_the_divergence_hint_names_only_the_solvers_own_settings():
+    """pigdm, which has no step size, was told to lower "scale / step_size / lr"."""
+    assert divergence_hint(SPECS["pigdm"]) == "use more steps or a larger sigma_y"
+    assert divergence_hint(SPECS["scoreald"]) == "lower its step size (step_size / gamma_scale) or use more steps"
+    assert divergence_hint(SPECS["daps"]) == "lower its step size (lr) or use more steps"
+    assert divergence_hint(SPECS["repaint"]) == "use more steps"
 
 
 def test_metrics_do_not_depend_on_the_order(files, capsys):

@@ -406,8 +406,10 @@ def load_mask(path: str | Path, size: tuple[int, int], photo_size: tuple[int, in
                              f"({(right - left) / size[1]:.3g} photo pixels) vanish; draw them thicker")
     if not known.any():
         where = " in the square the model sees" if photo_size else ""
+        ones = (" Its pixels are only 0 and 1: a 0/1 mask saved as it is? Save known pixels as 255 (white)."
+                if np.asarray(im).max() == 1 else "")
         raise ValueError(f"mask {path} marks every pixel missing{where} (white = known, black = missing): the "
-                         "restoration would see nothing of the photo")
+                         f"restoration would see nothing of the photo.{ones}")
     if known.all():
         where = " in the square the model sees" if photo_size else ""
         raise ValueError(f"mask {path} marks no pixel missing{where} (white = known, black = missing): there is "

@@ -229,6 +229,16 @@ def divergence(op, x: Tensor, y: Tensor) -> str | None:
     return None
 
 
+STEP_SIZES = ("scale", "step_size", "gamma_scale", "lr")  # the settings that size a solver's data steps
+
+
+def divergence_hint(spec: SolverSpec) -> str:
+    """What to change when `spec`'s solver diverged: only the settings it has."""
+    sizes = [k for k in STEP_SIZES if k in spec.settings]
+    more = "use more steps" + (" or a larger sigma_y" if "sigma_y" in spec.settings and not sizes else "")
+    return f"lower its step size ({' / '.join(sizes)}) or {more}" if sizes else more
+
+
 def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, task: str | None = None,
           **settings) -> Tensor:
     """Run the solver called `method` on (prior, op, y). `sigma_y` reaches the solvers that model the measurement
@@ -300,8 +310,7 @@ def solve(method: str, prior, op, y: Tensor, *, sigma_y: float | None = None, ta
                               "(a step size, sigma_y, rho) is too extreme") from e
     why = divergence(op, x, y)
     if why is not None:
-        raise DivergenceError(f"{method} diverged ({why}) with settings {shown}: lower its step size "
-                              "(scale / step_size / lr) or use more steps")
+        raise DivergenceError(f"{method} diverged ({why}) with settings {shown}: {divergence_hint(spec)}")
     return x
 
 
