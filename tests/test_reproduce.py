@@ -210,6 +210,10 @@ def test_budgets_and_plans():
         make_plan(parse(["reproduce", "--out", "x", "--solvers", "report", "--tables", "4"]))
     with pytest.raises(ValueError, match="generated:N"):
         make_plan(parse(["reproduce", "--out", "x", "--data", "generated:many"]))
+    for count in ("0", "1000001"):  # 0 had a message about five options; 100,000,000 started drawing
+        with pytest.raises(ValueError, match=f"generated:N draws N images from the prior: N from 1 to 1,000,000, got "
+                                             f"{int(count):,}"):
+            make_plan(parse(["reproduce", "--out", "x", "--data", f"generated:{count}"]))
     with pytest.raises(ValueError, match="names no solver"):
         make_plan(parse(["reproduce", "--out", "x", "--solvers", ","]))
     assert make_plan(parse(["reproduce", "--out", "x", "--solvers", "dps,dps"])).solvers == ["dps", "tv"]

@@ -143,6 +143,9 @@ class Plan:
     failed: list[str] = field(default_factory=list)  # eval cells with no row scored, as the run finds them
 
 
+MAX_GENERATED = 1_000_000  # images reproduce draws from the prior (as `sample --n`)
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
     quick = args.quick
     data, n = args.data, args.n
@@ -154,6 +157,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise ValueError(f"--data {data} gives the count of images: leave out --limit (or give --data generated "
                              "--limit N)")
         data, n = "generated", int(count) if count else (n or (4 if quick else 16))
+        if not 1 <= n <= MAX_GENERATED:
+            raise ValueError(f"--data generated:N draws N images from the prior: N from 1 to {MAX_GENERATED:,}, "
+                             f"got {n:,}")
     elif n is None and quick:
         n = 4
     if args.solvers in (None, "all"):
