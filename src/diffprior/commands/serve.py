@@ -24,6 +24,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -121,9 +122,11 @@ class Studio:
         try:
             with Image.open(p) as im:
                 w, h = im.size
-        except Image.DecompressionBombError:
-            raise AppError(f"{name} claims more than {2 * Image.MAX_IMAGE_PIXELS} pixels (this app decodes at most "
-                           f"{self.max_pixels}): refused as a decompression bomb") from None
+        except Image.DecompressionBombError as e:  # Pillow's text: "Image size (N pixels) exceeds limit ..."
+            claimed = re.search(r"\((\d+) pixels\)", str(e))
+            count = f"{int(claimed[1]):,}" if claimed else f"more than {2 * Image.MAX_IMAGE_PIXELS:,}"
+            raise AppError(f"{name} claims {count} pixels, more than the {self.max_pixels:,} this app decodes: "
+                           "make it smaller first (or start the app with a larger --max-pixels)") from None
         except UnidentifiedImageError:  # its text names the server's copy of the file
             raise AppError(f"cannot read {name} as an image: it is in no image format this app knows (PNG, JPEG, "
                            "WebP, TIFF, BMP, GIF, ...), whatever its name says; upload the photo itself") from None
@@ -132,7 +135,7 @@ class Studio:
             raise AppError(f"cannot read {name} as an image ({reason}): is the file damaged or incomplete? "
                            "Upload it again") from None
         if w * h > self.max_pixels:
-            raise AppError(f"{name} claims {w}x{h} pixels, more than the {self.max_pixels} this app decodes: "
+            raise AppError(f"{name} claims {w}x{h} pixels, more than the {self.max_pixels:,} this app decodes: "
                            "make it smaller first (or start the app with a larger --max-pixels)")
         try:
             im = open_image(p)  # refuses decompression bombs and unreadable files
