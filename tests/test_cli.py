@@ -92,6 +92,11 @@ def test_colourising_a_grey_photo_says_its_scores_compare_with_grey(clean_image,
         assert main(["restore", str(photo), "--task", "colorize", "--method", "tv", "--model", "gmm-demo",
                      "--out", str(tmp_path / "r.png"), "--device", "cpu", "--overwrite"]) == 0
         assert ("is grey, so its colours are unknown" in capsys.readouterr().err) == noted
+    # --measured: a colour photo's colours are discarded, which was silent
+    for photo, noted in ((tmp_path / "grey.png", False), (clean_image, True)):
+        assert main(["restore", str(photo), "--task", "colorize", "--method", "tv", "--model", "gmm-demo",
+                     "--out", str(tmp_path / "r.png"), "--device", "cpu", "--overwrite", "--measured"]) == 0
+        assert ("has colours; --measured colorize takes its grey version" in capsys.readouterr().err) == noted
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -163,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
         note = fit_note(input_name, photo.size, side or size)
         if isinstance(op, (Inpaint, Colorize)):
             y = op.A(y)  # the holes (or the colours) carry nothing
+        if task == "colorize" and not is_grey(photo):
+            print(f"note: {args.input} has colours; --measured colorize takes its grey version as the measurement "
+                  "(without --measured the colours would be kept to score the result)", file=sys.stderr)
     else:
         x = pil_to_tensor(center_square(photo, size), channels).to(device)
         note = fit_note(input_name, photo.size, size)
