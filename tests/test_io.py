@@ -206,13 +206,15 @@ def test_a_mask_with_nothing_missing_or_with_meaningful_transparency_is_refused(
     assert known[20:40, 20:40].sum() == 0 and known.sum() == 64 * 64 - 400
 
 
-def test_a_mask_of_zeros_and_ones_is_refused_with_what_to_do(tmp_path):
+def test_a_missing_mask_or_one_of_zeros_and_ones_is_refused_with_what_to_do(tmp_path):
     """numpy's 0/1 mask saved as it is reads as all black (missing): the error says so."""
     ones = np.ones((64, 64), dtype=np.uint8)
     ones[20:40, 20:40] = 0
     Image.fromarray(ones).save(tmp_path / "ones.png")
     with pytest.raises(ValueError, match="every pixel missing.*only 0 and 1.*Save known pixels as 255"):
         load_mask(tmp_path / "ones.png", (64, 64))
+    with pytest.raises(FileNotFoundError, match="no mask file at"):  # was "no image file at"
+        load_mask(tmp_path / "missing.png", (64, 64))
     Image.new("L", (64, 64), 0).save(tmp_path / "black.png")
     with pytest.raises(ValueError, match=r"nothing of the photo\.$"):  # all black: no hint of 0/1 values
         load_mask(tmp_path / "black.png", (64, 64))

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffprior import load_prior
+from diffprior.checkpoints import CheckpointError
 from diffprior.data import load_faces, load_folder, load_pack, save_pack
 from diffprior.io import from_uint8
 from diffprior.networks.small import network_config
@@ -278,6 +279,20 @@ def test_a_damaged_log_is_named_and_resume_works_without_it(faces, tmp_path):
     (out / "log.csv").unlink()
     train(faces, out, steps=4, resume=True, **FAST)
     assert [r["step"] for r in read_log(out / "log.csv")] == [4]
+
+
+def test_a_damaged_or_folder_state_is_refused_once_named(faces, tmp_path):
+    out = tmp_path / "run"
+    train(faces, out, steps=1, **FAST)
+    (out / "state.pt").write_bytes((out / "state.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as e:
+        train(faces, out, steps=2, resume=True, **FAST)
+    said = str(e.value).replace(str(out), "OUT")
+    assert said.count("damaged") == 1 and said.endswith("a copy cut short, or a file `diffprior train` did not write?")
+    (out / "state.pt").unlink()
+    (out / "state.pt").mkdir()
+    with pytest.raises(CheckpointError, match="state.pt is a folder, not a training state"):
+        train(faces, out, steps=2, resume=True, **FAST)
 
 
 def test_command_line(faces, tmp_path):

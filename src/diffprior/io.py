@@ -421,6 +421,8 @@ def open_mask(path: str | Path) -> Image.Image:
     """A mask file as a greyscale image. Transparent pixels could mean either kind (an eraser's hole in an
     opaque mask, or the unpainted part of a layer with painted holes), so a mask whose transparency changes
     which pixels are known is refused rather than guessed."""
+    if str(path).strip() and not Path(path).exists():
+        raise FileNotFoundError(f"no mask file at {path}")
     on_white, on_black = (open_image(path, alpha=background).convert("L") for background in ("white", "black"))
     if (binary_mask(on_white) != binary_mask(on_black)).any():
         raise ValueError(f"mask {path} has transparent pixels, which could mean known or missing: save it without "

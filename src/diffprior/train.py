@@ -264,11 +264,13 @@ def timestep_density(spec: str, T: int) -> Tensor:
 
 def read_state(path: Path) -> dict:
     """A training state written by `train` (tensors and plain containers only: nothing else is unpickled)."""
+    if path.is_dir():
+        raise CheckpointError(f"cannot resume: {path} is a folder, not a training state written by `diffprior train`")
     try:
         state = load_tensors(path)
     except CheckpointError as e:
-        raise CheckpointError(f"cannot resume: {e}; it is damaged (a copy cut short?) or was not written by "
-                              "`diffprior train`") from e
+        raise CheckpointError(f"cannot resume: {e}; a copy cut short, or a file `diffprior train` did not "
+                              "write?") from e
     if not isinstance(state, dict) or not set(STATE_KEYS) <= set(state):
         raise CheckpointError(f"cannot resume from {path}: it is not a training state written by `diffprior train` "
                               f"(it has no {', '.join(STATE_KEYS)})")
