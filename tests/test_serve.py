@@ -309,6 +309,7 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
         (dict(task="box-inpaint", methods=[]), "pick at least one method"),
         (dict(task="box-inpaint", methods=["dps"], steps=5000), "at most the prior's T = 1000"),
         (dict(task="box-inpaint", methods=["dps"], steps=2.5), "steps must be a whole number"),  # not rounded
+        (dict(task="box-inpaint", methods=["dps"], steps=True), "steps must be a whole number"),  # not 1
         (dict(task="box-inpaint", methods=["dps"], sigma_y=1e30), "greater than maximum value 10"),  # the page's limit
         (dict(task="box-inpaint", methods=["dps"], measured="no"), "measured must be true or false, got 'no'"),
     ]:

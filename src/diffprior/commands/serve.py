@@ -426,6 +426,8 @@ class Studio:
 def _whole(value, name: str, low: int, high: int | None = arguments.MAX_SEED) -> int:
     """A whole number in [low, high] (high None: no upper bound), exact for ints of any size."""
     try:
+        if isinstance(value, bool):  # an int to Python: True would be 1
+            raise TypeError
         v = value if isinstance(value, int) else float(value)
     except (TypeError, ValueError):
         raise AppError(f"{name} must be a whole number, got {value!r:.60}") from None
