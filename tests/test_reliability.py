@@ -489,6 +489,17 @@ def test_the_divergence_hint_names_only_the_solvers_own_settings():
     assert divergence_hint(SPECS["repaint"]) == "use more steps"
 
 
+def test_metrics_of_large_images_say_what_they_cost(files, capsys, monkeypatch):
+    """A 5000x5000 pair ran for minutes and gigabytes without a word."""
+    from diffprior.commands import metrics
+    monkeypatch.setattr(metrics, "LARGE", 100 * 100)
+    Image.open(files / "big.png").resize((101, 100)).save(files / "large.png")
+    assert main(["metrics", "large.png", "large.png"]) == 0
+    assert "note: scoring 101x100 images at full size (0.0 megapixels): LPIPS on a CPU needs" in capsys.readouterr().err
+    assert main(["metrics", "clean.png", "clean.png"]) == 0
+    assert "note" not in capsys.readouterr().err
+
+
 def test_metrics_do_not_depend_on_the_order(files, capsys):
     Image.open(files / "big.png").resize((128, 128)).rotate(10).save(files / "half.png")
     scores = []

@@ -10,6 +10,7 @@ from ..io import open_image, pil_to_tensor
 from .common import fmt, quality
 
 PARSER = dict(help="PSNR, SSIM and LPIPS between two image files")
+LARGE = 2_000_000  # pixels from which the time and memory of a full-size score are noted
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: comparing at {small[0]}x{small[1]}: the larger image is resized (Lanczos) to the smaller's size",
               file=sys.stderr)
         ref_im, img_im = ref_im.resize(small, Image.LANCZOS), img_im.resize(small, Image.LANCZOS)
+    w, h = img_im.size
+    if w * h > LARGE:
+        print(f"note: scoring {w}x{h} images at full size ({w * h / 1e6:.1f} megapixels): LPIPS on a CPU needs about "
+              "0.35 GB and a few seconds per megapixel", file=sys.stderr)
     scores = quality(pil_to_tensor(img_im), pil_to_tensor(ref_im))
     if args.json:  # JSON has no infinity: PSNR null, as `quality` documents, and "identical" says why
         print(json.dumps({**scores, "identical": scores["psnr"] is None}))
