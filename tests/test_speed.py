@@ -253,6 +253,8 @@ def test_bench_speed_refuses_bf16_without_native_support(tmp_path, capsys, monke
     assert "native bfloat16" in capsys.readouterr().err
     for extra, message in ((["--method", ","], "--method names no method"),  # an empty table before
                            (["--task", "unblur"], "unknown task unblur"),  # before the table's header
+                           (["--method", "magic"], "unknown method magic; choose from sample or a solver (sdedit,"),
+                           (["--method", "repaint", "--task", "sr4"], "--task sr4: repaint: inpainting only"),
                            (["--reference", "face.png"], "--reference is the clean image of --compare-fp32")):
         assert main(args + extra) == 2
         assert message in capsys.readouterr().err

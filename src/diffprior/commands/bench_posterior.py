@@ -206,7 +206,7 @@ def run_posterior_benchmark(out_dir: str | Path, *, quick: bool = False,
     elif not isinstance(methods, dict):
         unknown = [m for m in methods if m not in SOLVERS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(SOLVERS)}")
+            raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(SOLVERS)}")
         methods = {m: SOLVERS[m] for m in methods}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from ..operators import measure
 from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior
 from ..schedule import Schedule
-from ..solvers import SOLVERS, sample, settings_for, tuned_settings
+from ..solvers import SOLVERS, SPECS, sample, settings_for, tuned_settings
 
 METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if they take `steps`
 
@@ -284,9 +284,9 @@ def run(args: argparse.Namespace) -> int:
     methods = arguments.names(args.method)
     unknown = [m for m in methods if m != "sample" and m not in SOLVERS]
     if unknown:
-        raise ValueError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {', '.join(unknown)}; choose from sample or a solver ({', '.join(SOLVERS)})")
     if not methods:
-        raise ValueError(f"--method names no method; choose from {', '.join(METHODS)}")
+        raise ValueError(f"--method names no method; choose from sample or a solver ({', '.join(SOLVERS)})")
     if args.task not in TASKS:
         raise ValueError(f"unknown task {args.task}; choose from {', '.join(TASKS)}")
     if args.reference and not args.compare_fp32:
@@ -298,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
         _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     prior = build_prior(args, device)
+    op = make_operator(args.task, prior.shape)
+    unfit = [f"{m}: {why}" for m in methods if m != "sample" and (why := SPECS[m].why_not(op, args.sigma_y))]
+    if unfit:  # before the table's header, not in its first row
+        raise ValueError(f"--task {args.task}: " + "; ".join(unfit))
     args.dtype = resolve_dtype(args.dtype, device)
     prior.configure(dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     doc = {"benchmark": "speed", **environment(device),
