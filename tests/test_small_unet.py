@@ -263,6 +263,10 @@ def test_widening_the_shipped_face_model():
     ('{"image_size": 16}', "(it has no 'architecture')"),
     ("[16]", "(it is not a JSON object)"),
     ('{"image_size": 16,', "(not valid JSON: Expecting property name"),
+    # two reasons that were Python's words: 'NoneType' object has no attribute 'get'; could not convert ...
+    ('{"image_size": 16, "architecture": "small-unet", "network": null}',
+     "(network None is not an object of the network's settings)"),
+    ('{"image_size": 16, "architecture": "small-unet", "v_shift": "abc"}', "(v_shift 'abc' is not a positive number)"),
 ])
 def test_a_broken_description_names_what_is_wrong(tmp_path, description, reason):
     path = save_checkpoint(randomised(tiny()), checkpoint_config(tiny().config), tmp_path / "m.safetensors")

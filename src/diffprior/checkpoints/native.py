@@ -62,14 +62,17 @@ def load_checkpoint(path: str | Path, device=None) -> NetworkPrior:
             raise ValueError(f"image_size {size!r} is not a whole number in [1, {MAX_IMAGE_SIZE}]")
         if config.get("prediction", "eps") not in PREDICTIONS:
             raise ValueError(f"prediction {config['prediction']!r} is not 'eps' or 'v'")
-        v_shift = float(config.get("v_shift", 1.0))
-        if not (math.isfinite(v_shift) and v_shift > 0):
-            raise ValueError(f"v_shift {v_shift} is not a positive number")
+        v_shift = config.get("v_shift", 1.0)
+        if isinstance(v_shift, bool) or not isinstance(v_shift, (int, float)) or not (math.isfinite(v_shift)
+                                                                                      and v_shift > 0):
+            raise ValueError(f"v_shift {v_shift!r} is not a positive number")
         channels, learned_variance = config.get("channels", 3), config.get("learned_variance", False)
         if isinstance(channels, bool) or channels not in (1, 3):
             raise ValueError(f"channels {channels!r}: the images are grey (1) or RGB (3)")
         if not isinstance(learned_variance, bool):
             raise ValueError(f"learned_variance {learned_variance!r} is not true or false")
+        if not isinstance(config.get("network", {}), dict):
+            raise ValueError(f"network {config['network']!r} is not an object of the network's settings")
         if config.get("network", {}).get("image_size", size) != size:
             raise ValueError(f"image_size {size} differs from the network's {config['network']['image_size']}")
         if not isinstance(config.get("schedule", {}), dict):
