@@ -482,7 +482,8 @@ def test_a_mask_of_the_images_own_size_is_cropped_and_resized_as_they_are(tmp_pa
     masks = mask_of(tmp_path / "holes.png", images, 32)
     assert list(masks) == ["wide_0.png", "wide_1.png"] and all(torch.equal(m, known[:, 8:40]) for m in masks.values())
     save_image(torch.zeros(1, 3, 40, 48), tmp_path / "wide_2.png")  # another size: its mask must fit it
-    with pytest.raises(ValueError, match="does not fit: it is 48x32 .* expected the photo's 48x40 or the model's"):
+    with pytest.raises(ValueError, match=r"does not fit: it is 48x32 .* expected the photo's 48x40 or the model's "
+                                         r"32x32 \(for the image wide_2.png\)"):  # which photo was not said
         mask_of(tmp_path / "holes.png", sorted(tmp_path.glob("wide_*.png")), 32)
     (tmp_path / "masks").mkdir()
     save_image(known.expand(1, 3, 32, 48) * 2 - 1, tmp_path / "masks" / "wide_0.jpg")

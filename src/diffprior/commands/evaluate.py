@@ -597,8 +597,11 @@ def mask_of(path: str | Path, images: list[Path], size: int) -> dict[str, Tensor
             own = im.size
         key = (files[p.stem] if files else path, own)
         if key not in loaded:
-            loaded[key] = load_mask(key[0], (size, size), None if own == (size, size) else own)
-            Inpaint(loaded[key])  # its own checks (a mask that observes no pixel), now rather than mid-run
+            try:
+                loaded[key] = load_mask(key[0], (size, size), None if own == (size, size) else own)
+                Inpaint(loaded[key])  # its own checks (a mask that observes no pixel), now rather than mid-run
+            except ValueError as e:  # a shared mask file fits some images and not others: say which
+                raise ValueError(f"{e} (for the image {p.name})") from None
         masks[p.name] = loaded[key]
     return masks
 
