@@ -295,6 +295,20 @@ def test_a_damaged_or_folder_state_is_refused_once_named(faces, tmp_path):
         train(faces, out, steps=2, resume=True, **FAST)
 
 
+def test_resuming_with_another_batch_says_so(faces, tmp_path, capsys):
+    """It continued silently, and the exported record gave only the new batch."""
+    out = tmp_path / "run"
+    train(faces, out, steps=2, **FAST)
+    train(faces, out, steps=3, resume=True, **{**FAST, "batch": 2})
+    assert "note: --batch 2 differs from the 4 images a step this run has trained with" in capsys.readouterr().err
+    assert load_prior(out / "model.safetensors").config["training"]["images_seen"] == 2 * 4 + 2
+    train(faces, out, steps=4, resume=True, **{**FAST, "batch": 2})
+    assert "differs" in capsys.readouterr().err  # 10 images in 3 steps: still mixed
+    train(faces, tmp_path / "same", steps=2, **FAST)
+    train(faces, tmp_path / "same", steps=3, resume=True, **FAST)
+    assert "differs" not in capsys.readouterr().err
+
+
 def test_command_line(faces, tmp_path):
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)

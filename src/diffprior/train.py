@@ -462,6 +462,9 @@ def train(data: str | Path | FaceSet, out: str | Path, *,
               file=sys.stderr)
         if step >= steps:
             print(f"note: the run is already at step {step}, --steps {steps}: nothing to train", file=sys.stderr)
+        elif seen != step * batch:  # allowed (a larger batch on a larger machine), but the record keeps one batch
+            print(f"note: --batch {batch} differs from the {seen / step:g} images a step this run has trained with: "
+                  f"its record will say batch {batch}, and images_seen counts both", file=sys.stderr)
 
     def train_step() -> Tensor:
         idx, flip = data_sampler.next()
