@@ -42,7 +42,7 @@ from ..operators import measure
 from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior
 from ..schedule import Schedule
-from ..solvers import SOLVERS, SPECS, sample, settings_for, tuned_settings
+from ..solvers import SOLVERS, sample, settings_for, tuned_settings
 
 METHODS = ("dps", "sdedit", "scoreald", "sample")  # others in SOLVERS work if they take `steps`
 
@@ -298,8 +298,9 @@ def run(args: argparse.Namespace) -> int:
         _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     prior = build_prior(args, device)
-    op = make_operator(args.task, prior.shape)
-    unfit = [f"{m}: {why}" for m in methods if m != "sample" and (why := SPECS[m].why_not(op, args.sigma_y))]
+    from .evaluate import why_not  # the check eval and demo make
+    unfit = [f"{m}: {why}" for m in methods if m != "sample" and (why := why_not(m, args.task, prior.shape[-1],
+                                                                                  args.sigma_y))]
     if unfit:  # before the table's header, not in its first row
         raise ValueError(f"--task {args.task}: " + "; ".join(unfit))
     args.dtype = resolve_dtype(args.dtype, device)
