@@ -186,6 +186,16 @@ def test_diffprior_home_is_the_cache(local_registry, tmp_path, monkeypatch):
     assert path == home / "ffhq256-dps" / "model.pt" and path.read_bytes() == PAYLOAD
 
 
+def test_cache_in_place_of_a_file_is_refused_with_the_variable(tmp_path, monkeypatch):
+    """A DIFFPRIOR_HOME that names a file (or lies under one) cannot hold the cache: say so, not "place it at"
+    a path that cannot be created."""
+    (tmp_path / "a-file").write_text("")
+    for home in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        monkeypatch.setenv("DIFFPRIOR_HOME", str(home))
+        with pytest.raises(DownloadError, match=r"\(DIFFPRIOR_HOME\) cannot be made: .*a-file is a file, not a folder"):
+            cache_dir()
+
+
 def test_default_cache_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("DIFFPRIOR_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

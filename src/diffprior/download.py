@@ -46,11 +46,19 @@ class RemoteFile:
 
 
 def cache_dir() -> Path:
-    """The root of the download cache (not created here)."""
+    """The root of the download cache (not created here); a file in its place is refused."""
     if os.environ.get(ENV_HOME):
-        return Path(os.environ[ENV_HOME]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "diffprior"
+        folder, where = Path(os.environ[ENV_HOME]).expanduser(), f" ({ENV_HOME})"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder, where = Path(base).expanduser() / "diffprior", ""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise DownloadError(f"the download cache {folder}{where} cannot be made: {part} is a file, not a "
+                                    f"folder; set {ENV_HOME} to a folder")
+            break
+    return folder
 
 
 def offline_mode() -> bool:
