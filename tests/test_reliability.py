@@ -400,10 +400,14 @@ def test_read_only_folder_is_refused_before_work(files, capsys, monkeypatch):
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
-def test_a_folder_no_file_can_be_made_in_is_refused_before_work(capsys):
-    # /proc passes os.access for root, but no file can be created there
-    assert main(["sample", "--out", "/proc/s.png", "--device", "cpu"]) == 2
-    assert "not writable" in capsys.readouterr().err
+@pytest.mark.parametrize("out, command", [("/proc/s.png", ["sample", "--model", "gmm-demo"]),
+                                          ("/proc/demo", ["demo", "--model", "gmm-demo"]),
+                                          ("/proc/eval", ["eval", "--data", "faces", "--model", "gmm-demo"]),
+                                          ("/proc/train", ["train", "--data", "faces", "--config", "tiny"])])
+def test_a_folder_no_file_can_be_made_in_is_refused_before_work(files, out, command, capsys):
+    # /proc passes os.access for root, but no file can be created there; commands that write a folder check too
+    assert main([*command, "--out", out, "--device", "cpu"]) == 2
+    assert f"cannot write {out}: the folder /proc is not writable" in capsys.readouterr().err
 
 
 # -- files that are not what they claim ------------------------------------------------------------------

@@ -8,13 +8,12 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
 from .devices import pick_device
-from .io import exact_format, image_format
+from .io import check_writable, exact_format, image_format
 from .nonlinear import MAX_RATE, MIN_RATE
 
 MAX_SEED = 2 ** 63 - 1  # the largest seed a torch generator takes
@@ -160,12 +159,4 @@ def check_outputs(outputs: Iterable[str | Path], *, inputs: Iterable[str | Path 
                                       "(inputs are never overwritten)")
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists: pass --overwrite to replace it, or choose another name")
-        folder = out.parent
-        while not folder.exists():  # the nearest existing folder must let us create the rest
-            folder = folder.parent
-        if not folder.is_dir():
-            raise NotADirectoryError(f"cannot write {out}: {folder} is a file, not a folder")
-        try:  # a real file, not os.access: root passes access checks in folders such as /proc
-            tempfile.TemporaryFile(dir=folder).close()
-        except OSError:
-            raise PermissionError(f"cannot write {out}: the folder {folder} is not writable") from None
+        check_writable(out.parent, out)

@@ -287,11 +287,26 @@ def saved_bytes(save) -> bytes:
 
 
 def output_folder(path: str | Path, what: str) -> Path:
-    """`path` as the folder that `what` (a run, a command) writes; a file in its place is refused."""
+    """`path` as the folder that `what` (a run, a command) writes; a file in its place, or a place where it cannot
+    be made or written, is refused."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file: {what} writes a folder")
+    check_writable(path, path)
     return path
+
+
+def check_writable(folder: Path, out: Path) -> None:
+    """Refuse, before any work, an output `out` in `folder` when the nearest existing folder (up from
+    `folder`) is a file or cannot be written."""
+    while not folder.exists():  # the nearest existing folder must let us create the rest
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {out}: {folder} is a file, not a folder")
+    try:  # a real file, not os.access: root passes access checks in folders such as /proc
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        raise PermissionError(f"cannot write {out}: the folder {folder} is not writable") from None
 
 
 @contextlib.contextmanager
