@@ -103,6 +103,7 @@ BAD = [
     ("restore --input clean.png --task sr4 --out out.txt", "suffix"),
     ("restore -clean.png --task sr4", "a file name that starts with '-' reads as an option: write ./-clean.png"),
     ("restore clean.png --task sr4 --crop -5,0,20", "reads as an option: write --crop=-5,0,20"),
+    ("restore clean.png --task sr4 --out -o.png", "reads as an option: write --out=-o.png"),
     ("restore --input clean.png --task sr4 --out out.xbm", "cannot write a colour image to out.xbm"),
     ("denoise --input clean.png --out out.msp", "cannot write a colour image"),
     ("restore --input clean.png --mask white64.png", "marks no pixel missing"),
@@ -207,6 +208,15 @@ def test_bad_input_is_one_clear_line_before_any_work(files, capsys, monkeypatch,
     assert len(lines) == 1 and lines[0].startswith("diffprior") and "Traceback" not in err, err
     assert message in lines[0]
     assert snapshot(files) == before  # nothing written, nothing removed, no temporary file left
+
+
+def test_an_option_after_an_option_that_takes_a_value_gets_no_hint_to_quote_it(capsys):
+    # `--out --overwrite` forgot the file name; `--out=--overwrite` would be no help
+    for forgot in (["--out", "--overwrite"], ["--out", "--over"]):
+        with pytest.raises(SystemExit):
+            main(["restore", "clean.png", *forgot])
+        err = capsys.readouterr().err
+        assert "argument --out: expected one argument" in err and "reads as an option" not in err
 
 
 @pytest.mark.parametrize("argv", [["restore", "--input", "missing.png", "--task", "sr4"], ["sample", "--n", "0"]])

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 from .version import __version__
@@ -34,17 +35,23 @@ class Parser(argparse.ArgumentParser):
     argv: list[str] = []  # the arguments being parsed, for the hint below
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}{dash_hint(Parser.argv, message)} (see {self.prog} --help)\n")
+        hint = dash_hint(Parser.argv, message, self._option_string_actions)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 
-def dash_hint(argv: list[str], message: str) -> str:
-    """argparse reads any word that starts with '-' as an option: say how to pass a file or value that does."""
-    option = message.split(":")[0].removeprefix("argument ") if message.startswith("argument --") else "--option"
-    for word in argv:
+def dash_hint(argv: list[str], message: str, options: Iterable[str] = ()) -> str:
+    """argparse reads any word that starts with '-' as an option: say how to pass a file or value that does
+    (`options`: the parser's own, which are meant as options, also abbreviated)."""
+    names = message.split(":")[0].removeprefix("argument ").split("/") if message.startswith("argument -") else []
+    option = names[-1] if names else "--option"
+    for word, following in zip(argv, [*argv[1:], ""]):
         if word.startswith("-") and Path(word).exists():
             return f"; a file name that starts with '-' reads as an option: write ./{word}"
         if word[:1] == "-" and word[1:2].isdigit() and "," in word:
             return f"; a value that starts with '-' reads as an option: write {option}={word}"
+        if word in names and "expected one argument" in message and following.startswith("-") \
+                and not any(o.startswith(following.split("=")[0]) for o in options):
+            return f"; a value that starts with '-' reads as an option: write {option}={following}"
     return ""
 
 
