@@ -212,6 +212,8 @@ def test_compile_setting_freezes_the_network_and_is_undone(monkeypatch):
     assert run_dps(prior, op, y).shape == y.shape  # DPS differentiates with respect to x only
     prior.configure()
     assert prior._compiled is None and prior.speed.compile is None
+    with pytest.raises(ValueError, match="unknown torch.compile mode 'max_autotune'"):
+        prior.configure(compile="max_autotune")  # not at the first network call, deep in a run
 
 
 def test_bench_speed_end_to_end(tmp_path, capsys):
@@ -255,7 +257,9 @@ def test_bench_speed_refuses_bf16_without_native_support(tmp_path, capsys, monke
                            (["--task", "unblur"], "unknown task unblur"),  # before the table's header
                            (["--method", "magic"], "unknown method magic; choose from sample or a solver (sdedit,"),
                            (["--method", "repaint", "--task", "sr4"], "--task sr4: repaint: inpainting only"),
-                           (["--reference", "face.png"], "--reference is the clean image of --compare-fp32")):
+                           (["--reference", "face.png"], "--reference is the clean image of --compare-fp32"),
+                           (["--compile", "fastest"], "--compile: unknown torch.compile mode 'fastest'; choose from"),
+                           (["--model", "faces64"], "--random-weights builds its network from --config: drop --model")):
         assert main(args + extra) == 2
         assert message in capsys.readouterr().err
 

@@ -86,6 +86,13 @@ class Speed:
     compile: str | None = None       # a torch.compile mode, or None for eager execution
 
 
+def check_compile_mode(mode: str) -> None:
+    """Refuse a torch.compile mode that torch does not know (it would fail at the first network call)."""
+    from torch._inductor import list_mode_options
+    if mode not in list_mode_options():
+        raise ValueError(f"unknown torch.compile mode {mode!r}; choose from {', '.join(list_mode_options())}")
+
+
 class NetworkPrior(Prior):
     """A trained network that predicts the noise eps, or, with prediction="v", the velocity
     v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), turned into eps here (`eps_from_v`);
@@ -136,6 +143,8 @@ class NetworkPrior(Prior):
         if dtype == "bf16" and not native_bf16(self.device):
             raise ValueError(f"bf16 autocast needs a device with native bfloat16 ({self.device} has none: it would "
                              "be emulated, slower than fp32); use fp32 here")
+        if compile is not None:
+            check_compile_mode(compile)
         self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         self.speed = Speed(dtype, channels_last, compile)
         self._compiled = None

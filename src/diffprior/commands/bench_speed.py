@@ -40,7 +40,7 @@ from ..io import write_text
 from ..models import DEFAULT_MODEL, load_prior
 from ..operators import measure
 from ..tasks import TASKS, make_operator
-from ..prior import NetworkPrior
+from ..prior import NetworkPrior, check_compile_mode
 from ..schedule import Schedule
 from ..solvers import SOLVERS, sample, settings_for, tuned_settings
 
@@ -239,7 +239,7 @@ PARSER = dict(help="time a solver's steps and the network's forward pass, per ba
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
+    parser.add_argument("--model", default=None,
                         help=f"a built-in name or checkpoint path (see `diffprior models`; default {DEFAULT_MODEL})")
     parser.add_argument("--random-weights", action="store_true",
                         help="a network with random weights, built from --config (no download)")
@@ -293,6 +293,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--reference is the clean image of --compare-fp32: give both, or neither")
     if args.steps < 1 or args.warmup < 0 or not args.batch or min(args.batch) < 1:
         raise ValueError("--steps and --batch must be positive, --warmup non-negative")
+    if args.compile:
+        try:
+            check_compile_mode(args.compile)
+        except ValueError as e:
+            raise ValueError(f"--compile: {e}") from None
+    if args.random_weights and args.model:
+        raise ValueError("--random-weights builds its network from --config: drop --model (or --random-weights, "
+                         "to time that model)")
+    args.model = None if args.random_weights else args.model or DEFAULT_MODEL
     if args.compile:  # one graph per batch size and grad mode: allow more than dynamo's default of 8
         from torch import _dynamo
         _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
@@ -306,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     args.dtype = resolve_dtype(args.dtype, device)
     prior.configure(dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     doc = {"benchmark": "speed", **environment(device),
-           "model": None if args.random_weights else args.model, "config": args.config,
+           "model": args.model, "config": args.config,
            "random_weights": bool(args.random_weights),
            "parameters": sum(p.numel() for p in prior.net.parameters()), "image_shape": list(prior.shape),
            "settings": {"dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile,
