@@ -429,7 +429,7 @@ def test_a_mask_file_is_the_task_inpaint_for_every_image(setup, tmp_path, capsys
     assert "mask:" in capsys.readouterr().err
     save_image(-torch.ones(1, 3, 32, 32), tmp_path / "black.png")
     for extra, message in ((["--tasks", "inpaint"], "takes its mask from --mask"),
-                           (["--tasks", "box-inpaint", "--mask", str(tmp_path / "holes.png")], "give both"),
+                           (["--tasks", "box-inpaint", "--mask", str(tmp_path / "holes.png")], "add inpaint to --tasks"),
                            (["--mask", str(tmp_path / "black.png")], "marks every pixel missing")):
         assert main(base + ["--out", str(tmp_path / "refused"), *extra]) == 2
         assert message in capsys.readouterr().err

@@ -134,6 +134,7 @@ BAD = [
     ("restore --input clean.png --task inpaint", "needs --mask"),
     ("restore --input clean.png --mask mask32.png", "does not fit"),
     ("restore --input big.png --task sr4 --measured", "16x16"),
+    ("restore --input big.png --task sr4 --measured --crop 0,0,8", "big.png cropped is 8x8"),
     ("restore --input big.png --task gaussian-blur --measured", "takes an image of 64x64 pixels"),
     ("restore --input clean.png --task phase-retrieval --measured", "a phase-retrieval measurement is no image"),
     ("restore --input bomb.png --task sr4", "decompression bomb"),

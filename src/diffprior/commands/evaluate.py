@@ -439,9 +439,10 @@ def evaluate(data: str | Path, out: str | Path, *,
     """Run the evaluation (see the module docstring); returns the summary on rank 0, None elsewhere."""
     data, out, grid = Path(data), Path(out), grid or {}
     tasks, methods = list(dict.fromkeys(tasks)), list(dict.fromkeys(methods))  # a repeated name is one
-    if (MASK_TASK in tasks) != (mask is not None):
-        raise ValueError(f"the task {MASK_TASK} takes its mask from --mask (white = known, black = missing), and "
-                         f"--mask is for that task: give both")
+    if MASK_TASK in tasks and mask is None:
+        raise ValueError(f"the task {MASK_TASK} takes its mask from --mask (white = known, black = missing): give one")
+    if mask is not None and MASK_TASK not in tasks:
+        raise ValueError(f"--mask is for the task {MASK_TASK}: add {MASK_TASK} to --tasks (or drop --mask)")
     for given, known, what in ((tasks, [*TASKS, MASK_TASK], "task"), (methods, SOLVERS, "method")):
         unknown = [v for v in given if v not in known]
         if unknown:

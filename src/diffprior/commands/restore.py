@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                              "be given as one")
         if side is not None and photo.size != (side, side):
             raise ValueError(f"--measured --task {task} takes {'the low-resolution' if side != size else 'an'} "
-                             f"image of {side}x{side} pixels for this {size}x{size} model; {args.input} is "
+                             f"image of {side}x{side} pixels for this {size}x{size} model; {input_name} is "
                              f"{photo.size[0]}x{photo.size[1]}")
         # a damaged photo's holes hold anything (a scratch, a stain): only its observed pixels make y
         square = (center_square(photo, side or size) if known is None
