@@ -576,3 +576,21 @@ def test_a_checkpoint_whose_model_cannot_be_written_keeps_the_previous_checkpoin
         train(faces, run, steps=4, resume=True, **FAST)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name in before} == before
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # nothing temporary or kept left behind
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 26214400000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB")])
+def test_a_batch_too_large_for_memory_names_batch(faces, tmp_path, monkeypatch, capsys, error):
+    """The allocator's own message named neither the option nor the size in a unit people read."""
+    from diffprior.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(train_module.EpsLoss, "noisy_prediction", out_of_memory)
+    assert main(["train", "--data", str(faces), "--out", str(tmp_path / "run"), "--config", "tiny", "--size", "16",
+                 "--batch", "100000", "--steps", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    size = "24.4 GiB" if "bytes" in str(error) else "20.00 GiB"
+    assert err == f"diffprior train: error: out of memory (one more block of {size} was needed): lower --batch (now 100000)"

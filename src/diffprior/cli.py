@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import re
 import signal
 import sys
 import threading
@@ -85,10 +86,20 @@ def _equip_subcommands(parser: argparse.ArgumentParser) -> None:
 USER_ERRORS = (OSError, ValueError, TypeError, RuntimeError, ImportError)
 
 
-def describe(e: BaseException) -> str:
-    """An exception as the one line a user reads."""
+def describe(e: BaseException, batch=None) -> str:
+    """An exception as the one line a user reads (`batch`: the command's --batch, named when memory ran out)."""
     if isinstance(e, OSError) and e.strerror:  # from the system: "No space left on device: out.png"
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    # torch's allocators, CPU: "... can't allocate memory: you tried to allocate N bytes"; CUDA, MPS: "... out
+    # of memory ... Tried to allocate 2.00 GiB ..."
+    wanted = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes|out of memory.*Tried to allocate "
+                       r"([\d.]+ \w+)", str(e), re.DOTALL)
+    if isinstance(e, RuntimeError) and wanted:
+        size = wanted[2] or f"{int(wanted[1]) / 2**30:.1f} GiB"
+        if isinstance(batch, list):
+            batch = ",".join(map(str, batch))
+        return (f"out of memory (one more block of {size} was needed): "
+                + (f"lower --batch (now {batch})" if batch else "give a smaller input, or run on another device"))
     return str(e) or type(e).__name__
 
 
@@ -172,7 +183,7 @@ def _execute(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         if isinstance(e, USER_ERRORS):
-            print(f"diffprior {args.command}: error: {describe(e)}", file=sys.stderr)
+            print(f"diffprior {args.command}: error: {describe(e, getattr(args, 'batch', None))}", file=sys.stderr)
             return 2
         print(f"diffprior {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
               "traceback, and please report it)", file=sys.stderr)
