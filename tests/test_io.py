@@ -249,3 +249,24 @@ def test_grey_cells_of_a_figure_are_drawn_grey(tmp_path):
     path = image_table([[ramp, ramp.expand(-1, 3, -1, -1)]], tmp_path / "t.png")
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
     assert (np.abs(rgb[..., 0] - rgb[..., 1]).max() <= 1) and (np.abs(rgb[..., 1] - rgb[..., 2]).max() <= 1)
+
+
+def test_an_animation_or_an_invisible_image_is_read_with_a_warning(tmp_path):
+    """Both were read silently: an animation as its first frame, a transparent-everywhere image as blank white."""
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGBA", (16, 16), (200, 10, 10, 0)).save(tmp_path / "invisible.png")
+    with pytest.warns(UserWarning, match="anim.gif is an animation of 3 frames: only the first is read"):
+        red = load_image(tmp_path / "anim.gif")
+    assert red[0, 0].mean() > 0.9 and red[0, 1:].mean() < -0.9
+    with pytest.warns(UserWarning, match="invisible.png is transparent everywhere: it reads as a blank white image"):
+        assert (load_image(tmp_path / "invisible.png") == 1).all()
+    half = np.zeros((16, 16, 4), dtype=np.uint8)
+    half[:8] = (200, 10, 10, 255)
+    Image.fromarray(half).save(tmp_path / "half.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # partly transparent, or transparency dropped: nothing to say
+        load_image(tmp_path / "half.png")
+        load_image(tmp_path / "invisible.png", alpha="drop")
+        with pytest.raises(ValueError, match="transparent pixels"):  # a mask says it in its own error
+            load_mask(tmp_path / "invisible.png", (16, 16))

@@ -57,10 +57,18 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
                 raise ValueError(f"it claims {im.size[0]}x{im.size[1]} pixels, more than the {limit} that "
                                  "PIL.Image.MAX_IMAGE_PIXELS allows (a decompression bomb?)")
             im.load()
+            frames = getattr(im, "n_frames", 1)
             # upright as viewers show it: a camera's EXIF orientation tag turns or mirrors the stored pixels
-            return to_rgb(ImageOps.exif_transpose(im), alpha=alpha)
+            rgb = to_rgb(ImageOps.exif_transpose(im), alpha=alpha)
+            invisible = alpha != "drop" and im.mode in ("RGBA", "LA", "PA", "P") and \
+                im.convert("RGBA").getchannel("A").getextrema() == (0, 0)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read {path} as an image ({e})") from e
+    if frames > 1:
+        warnings.warn(f"{path} is an animation of {frames} frames: only the first is read")
+    if invisible:
+        warnings.warn(f"{path} is transparent everywhere: it reads as a blank {alpha} image")
+    return rgb
 
 
 def check_alpha(alpha: str) -> None:
@@ -438,7 +446,9 @@ def open_mask(path: str | Path) -> Image.Image:
     which pixels are known is refused rather than guessed."""
     if str(path).strip() and not Path(path).exists():
         raise FileNotFoundError(f"no mask file at {path}")
-    on_white, on_black = (open_image(path, alpha=background).convert("L") for background in ("white", "black"))
+    with warnings.catch_warnings():  # transparency is checked here
+        warnings.filterwarnings("ignore", message=".* is transparent everywhere")
+        on_white, on_black = [open_image(path, alpha=background).convert("L") for background in ("white", "black")]
     if (binary_mask(on_white) != binary_mask(on_black)).any():
         raise ValueError(f"mask {path} has transparent pixels, which could mean known or missing: save it without "
                          "transparency, white where the image is known and black where it is missing")
