@@ -3,8 +3,10 @@ through gradio_client (the app's functions as the page calls them) and through a
 chromium and chromium-driver; .ci/run installs them). Everything runs on the built-in analytic prior with a
 few steps, so the whole file takes seconds."""
 
+import asyncio
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -77,8 +79,8 @@ def server(tmp_path_factory):
     text = (root / "server.log").read_text()
     assert f"127.0.0.1:{port}" in text
     assert proc.returncode == 130 and text.rstrip().endswith("diffprior serve: interrupted (SIGTERM)"), text[-500:]
-    # every refusal (the app's, and Gradio's own of an API value out of a field's range) was the client's
-    # message, never a traceback on the server's console
+    # every refusal (the app's, and Gradio's own of a file a request did not upload) was the client's message,
+    # never a traceback on the server's console
     assert "Traceback" not in text, text[text.index("Traceback") - 300:][:3000]
     # every file the app (and Gradio in it) wrote was inside its own folder, which it removed
     assert not list(tmp.iterdir()), f"left behind: {list(tmp.iterdir())}"
@@ -310,7 +312,7 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
         (dict(task="box-inpaint", methods=["dps"], steps=5000), "at most the prior's T = 1000"),
         (dict(task="box-inpaint", methods=["dps"], steps=2.5), "steps must be a whole number"),  # not rounded
         (dict(task="box-inpaint", methods=["dps"], steps=True), "steps must be a whole number"),  # not 1
-        (dict(task="box-inpaint", methods=["dps"], sigma_y=1e30), "greater than maximum value 10"),  # the page's limit
+        (dict(task="box-inpaint", methods=["dps"], sigma_y=1e30), "sigma_y must be a number from 0 to 10, got 1e"),
         (dict(task="box-inpaint", methods=["dps"], measured="no"), "measured must be true or false, got 'no'"),
     ]:
         with pytest.raises(gradio_client.exceptions.AppError, match=message):
@@ -326,6 +328,35 @@ def test_a_painted_layer_too_large_to_decode_is_refused_before_decoding(server, 
     Image.new("LA", (2100, 1000)).save(tmp_path / "layer.png")  # 2.1 million pixels, a few kB of PNG
     with pytest.raises(gradio_client.exceptions.AppError, match="exceeds limit of 2000000 pixels"):
         restore(c, "inpaint", ["dps"], steps=2, layers=[tmp_path / "layer.png"])
+
+
+def send(url, api, *data):
+    """What the server answers a request that gradio_client would not send (`data` as JSON, as it is): the
+    error's text, or None when the request succeeded."""
+    post = urllib.request.Request(f"{url}gradio_api/call/{api}", json.dumps({"data": list(data)}).encode(),
+                                  {"Content-Type": "application/json"})
+    with urllib.request.urlopen(post, timeout=30) as r:
+        event = json.load(r)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event}", timeout=60) as r:
+        last = [line for line in r.read().decode().splitlines() if line.startswith("data:")][-1]
+    return (json.loads(last[5:]) or {}).get("error")
+
+
+def test_files_a_request_did_not_upload_are_refused_without_a_traceback(server):
+    """Gradio refuses (and the app never reads) a file outside its upload folder: the client hears so in one
+    sentence, and the server's console shows no traceback."""
+    url, tmp = server
+    app_folder, = tmp.glob("diffprior-serve-*")
+    for path in ["/etc/passwd", str(tmp), str(app_folder / "jobs")]:  # a file, a folder, the app's own jobs
+        file = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        assert send(url, "upload", file).startswith("no such uploaded file: upload the file first")
+        editor = {"background": None, "layers": [file], "composite": None}
+        assert send(url, "restore", editor, "inpaint", ["ddnm"], 3, 0.05, 0, 1, False).startswith(
+            "no such uploaded file")
+    for value in ["/etc/passwd", 3, {"path": "x.png"}]:  # not Gradio's form of a file
+        assert send(url, "upload", value).startswith("malformed request: send the values")
+    log = (tmp.parent / "server.log").read_text()
+    assert "Traceback" not in log, log[log.index("Traceback"):][:3000]
 
 
 # -- a real browser ---------------------------------------------------------------------------------
@@ -533,6 +564,99 @@ def test_a_painting_that_leaves_nothing_and_endless_runs_are_refused(tmp_path, m
     ]:
         with pytest.raises(AppError, match=message):
             studio.restore(source, None, "denoise", methods, **(run | changed))
+
+
+def request(app, api, *values, source=None):
+    """What the app answers an API client's request of `api` with `values` (the state `source` left out, as the
+    client does), run in process as the server runs it: Gradio reads the values, the app's function runs."""
+    from gradio.state_holder import SessionState
+    fn = next(fn for fn in app.fns.values() if fn.api_name == api)
+    state, values = SessionState(app), list(values)
+    for i, block in enumerate(fn.inputs):
+        if block.stateful:
+            state[block._id] = source
+            values.insert(i, None)
+    return asyncio.run(app.process_api(fn, values, state))
+
+
+def test_an_api_clients_values_of_the_wrong_kind_get_the_apps_message_without_a_traceback(tmp_path, monkeypatch):
+    """Gradio reads each value, and the app checks it: the client hears what is wrong (not Gradio's validation
+    text), and the server's console shows no traceback."""
+    import gradio as gr
+    from diffprior.commands.serve import Studio, build_app
+    (tmp_path / "app").mkdir()
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+    app = build_app(studio)
+    source = studio.draw(0)
+    wide = studio.source_from_upload(_save(Image.new("RGB", (96, 64)), tmp_path / "app" / "wide.png"))
+    monkeypatch.setattr("diffprior.commands.serve.solve", lambda *a, **k: pytest.fail("a method ran"))
+
+    def restore(**changed):
+        values = dict(editor={"background": None, "layers": [], "composite": None}, task="box-inpaint",
+                      methods=["dps"], steps=3, sigma_y=0.05, seed=0, samples=1, measured=False) | changed
+        return request(app, "restore", *values.values(), source=source)
+    for call, message in [
+        (lambda: restore(steps="abc"), "steps must be a whole number, got 'abc'"),
+        (lambda: restore(steps=[3]), "steps must be a whole number, got [3]"),
+        (lambda: restore(sigma_y="x"), "sigma_y must be a number from 0 to 10, got 'x'"),
+        (lambda: restore(samples=None), "samples must be a whole number, got None"),
+        (lambda: restore(methods=None), "pick at least one method"),
+        (lambda: restore(methods="dps"), "methods must be a list of method names, got 'dps'"),
+        (lambda: restore(methods=[1]), "methods must be a list of method names, got [1]"),
+        (lambda: restore(task="foo"), "unknown task 'foo'; choose one of box-inpaint"),
+        (lambda: restore(task=["inpaint"]), "unknown task ['inpaint']"),
+        (lambda: restore(editor="layers"), "malformed request: send the values"),
+        (lambda: request(app, "square", "a", 50, 100, source=wide), "across must be a number from 0 to 100"),
+        (lambda: request(app, "draw", "x"), "seed must be a whole number, got 'x'"),
+        (lambda: request(app, "upload", "/etc/passwd"), "malformed request: send the values"),  # not a file's form
+    ]:
+        with pytest.raises(gr.Error, match=re.escape(message)) as e:
+            call()
+        assert not e.value.print_exception  # the client's message, no traceback on the server's console
+
+
+def test_a_seed_or_a_count_that_is_no_whole_number_is_refused_not_rounded(tmp_path, monkeypatch):
+    """As by the command line: the seed's field (precision 0) would round 1.5 to 2, and true is no number."""
+    import gradio as gr
+    from diffprior.commands.serve import Studio, build_app
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+    app = build_app(studio)
+    source = studio.draw(0)
+    monkeypatch.setattr("diffprior.commands.serve.solve", lambda *a, **k: pytest.fail("a method ran"))
+    monkeypatch.setattr(studio, "draw", lambda seed: pytest.fail(f"drew with seed {seed}"))
+    editor = {"background": None, "layers": [], "composite": None}
+    for call, message in [
+        (lambda: request(app, "restore", editor, "denoise", ["dps"], 3, 0.05, 1.5, 1, False, source=source),
+         "seed must be a whole number from 0 to 9223372036854775807, got 1.5"),  # as the CLI's --seed 1.5
+        (lambda: request(app, "restore", editor, "denoise", ["dps"], 3, 0.05, True, 1, False, source=source),
+         "seed must be a whole number, got True"),
+        (lambda: request(app, "restore", editor, "denoise", ["dps"], True, 0.05, 0, 1, False, source=source),
+         "steps must be a whole number, got True"),  # not 1 step
+        (lambda: request(app, "draw", 1.5), "seed must be a whole number from 0 to 9223372036854775807, got 1.5"),
+        (lambda: request(app, "draw", True), "seed must be a whole number, got True"),
+    ]:
+        with pytest.raises(gr.Error, match=re.escape(message)):
+            call()
+
+
+def test_strokes_thinner_than_a_pixel_of_the_model_are_named(tmp_path):
+    """A stroke that paints no quarter of any model pixel is no missing pixel: the painter hears why, rather than
+    being asked to paint (as when nothing was painted)."""
+    import gradio as gr
+    from diffprior.commands.serve import Studio, build_app
+    studio = Studio("gmm-demo", torch.device("cpu"), tmp_path / "app")
+    fns = {fn.api_name: fn.fn for fn in build_app(studio).fns.values()}
+    source = studio.draw(0)
+    for side in (4 * SIZE, 32 * SIZE):  # the page's canvas; a layer so large that a dot is no shade of a model pixel
+        dot = Image.new("RGBA", (side, side))
+        dot.putpixel((side // 2, side // 3), (255, 0, 255, 255))
+        editor = {"background": None, "layers": [dot], "composite": None}
+        with pytest.raises(gr.Error, match="your strokes are thinner than one pixel of the 64x64 model and vanish: "
+                                           "paint thicker"):
+            fns["restore"](editor, source, "inpaint", ["ddnm"], 3, 0.05, 0, 1, False)
+    editor = {"background": None, "layers": [Image.new("RGBA", (4 * SIZE, 4 * SIZE))], "composite": None}
+    with pytest.raises(gr.Error, match="paint the missing region on the photo with the brush first"):
+        fns["restore"](editor, source, "inpaint", ["ddnm"], 3, 0.05, 0, 1, False)
 
 
 def test_the_command_for_a_photo_named_like_an_option(tmp_path):

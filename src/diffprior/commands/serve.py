@@ -205,21 +205,24 @@ class Studio:
     def mask_from_layers(self, layers) -> torch.Tensor | None:
         """The painted region of the editor's layers as an inpainting mask (1 = known, 0 = missing) at the
         model's size, or None when nothing was painted. A model pixel is missing when at least a quarter of
-        its area was painted."""
-        painted = None  # per model pixel, the painted share of its area (the most of any layer)
+        its area was painted; strokes too thin for any are refused (AppError)."""
+        painted, touched = None, False  # per model pixel, the painted share of its area (the most of any layer)
         for layer in layers or []:
             if layer is None:
                 continue
             if isinstance(layer, (str, Path)):
                 layer = Image.open(self.inside(layer))
-            alpha = layer.convert("RGBA").getchannel("A").resize((self.size, self.size), Image.BOX)
-            share = np.asarray(alpha, dtype=np.float32)  # layers of any size (the page's, the API's) cover the photo
+            alpha = layer.convert("RGBA").getchannel("A")
+            touched = touched or alpha.getbbox() is not None  # painted at all, however thinly
+            alpha = alpha.resize((self.size, self.size), Image.BOX)  # a layer of any size covers the photo
+            share = np.asarray(alpha, dtype=np.float32)
             painted = share if painted is None else np.maximum(painted, share)
-        if painted is None:
+        if not touched:
             return None
         missing = painted >= 0.25 * 255
         if not missing.any():
-            return None
+            raise AppError(f"your strokes are thinner than one pixel of the {self.size}x{self.size} model and "
+                           "vanish: paint thicker")
         return torch.from_numpy((~missing).astype(np.float32))
 
     # restore ----------------------------------------------------------------------------------------
@@ -230,21 +233,20 @@ class Studio:
         in a new job folder. Returns the gallery, the metrics rows, the files to download and the report."""
         if source is None:
             raise AppError("upload a photo or draw a face first")
-        if task not in APP_TASKS:
+        if not isinstance(task, str) or task not in APP_TASKS:
             raise AppError(f"unknown task {task!r:.60}; choose one of {', '.join(APP_TASKS)}")
-        unknown = sorted(set(methods or []) - set(SOLVERS))
+        methods = [] if methods is None else methods
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            raise AppError(f"methods must be a list of method names, got {methods!r:.60}")
+        unknown = sorted(set(methods) - set(SOLVERS))
         if unknown:
             raise AppError(f"unknown method {', '.join(unknown):.60}; choose from {', '.join(SOLVERS)}")
-        methods = [m for m in SOLVERS if m in (methods or [])]
+        methods = [m for m in SOLVERS if m in methods]
         if not methods:
             raise AppError("pick at least one method")
         steps, seed = _whole(steps, "steps", 1, None), _whole(seed, "seed", 0)
         samples, measured = _whole(samples, "samples", 1, APP_MAX_SAMPLES), _flag(measured, "measured")
-        given = sigma_y
-        try:
-            sigma_y = float(sigma_y)
-        except (TypeError, ValueError):
-            sigma_y = math.nan
+        given, sigma_y = sigma_y, _real(sigma_y)
         if not 0 <= sigma_y <= arguments.MAX_SIGMA_Y:  # NaN fails too
             raise AppError(f"sigma_y must be a number from 0 to {arguments.MAX_SIGMA_Y:g}, got {given!r:.60}")
         T = self.prior.schedule.T
@@ -433,7 +435,7 @@ def _whole(value, name: str, low: int, high: int | None = arguments.MAX_SEED) ->
         raise AppError(f"{name} must be a whole number, got {value!r:.60}") from None
     if isinstance(v, float) and not v.is_integer() or v < low or high is not None and v > high:
         span = f"of at least {low}" if high is None else f"from {low} to {high}"
-        raise AppError(f"{name} must be a whole number {span}, got {value}")
+        raise AppError(f"{name} must be a whole number {span}, got {value!r:.60}")
     return int(v)
 
 
@@ -444,12 +446,17 @@ def _flag(value, name: str) -> bool:
     return value
 
 
+def _real(value) -> float:
+    """`value` as a float; NaN (which every range refuses) when it is no number, true and false included."""
+    try:
+        return math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
 def _percent(value, name: str, low: float) -> float:
     """A number in [low, 100]."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
+    v = _real(value)
     if not low <= v <= 100:  # NaN fails too
         raise AppError(f"{name} must be a number from {low:g} to 100 (percent), got {value!r:.60}")
     return v
@@ -486,6 +493,7 @@ def build_app(studio: Studio):
     """The Gradio Blocks of the app (not launched)."""
     try:
         import gradio as gr
+        from gradio.exceptions import InvalidPathError
     except ImportError as e:
         raise ImportError(_install_hint()) from e
 
@@ -506,19 +514,36 @@ def build_app(studio: Studio):
         run.__name__, run.__doc__ = fn.__name__, fn.__doc__
         return run
 
-    def quiet(component):
-        """`component` (a Gradio input), whose refusal of what a request sends (a number out of its range, which only
-        an API client sends: the page keeps to the limits; a painted layer too large to decode) becomes that
-        client's message, without a traceback on the server's console."""
-        preprocess = component.preprocess
-
-        def checked(payload):
-            try:
-                return preprocess(payload)
-            except (gr.Error, Image.DecompressionBombError) as e:
-                raise gr.Error(getattr(e, "message", str(e)), print_exception=False) from None
-        component.preprocess = checked
+    def raw(component):
+        """`component` (an input of values), whose value reaches the app's function as the request sent it: the
+        function checks it and says what is wrong (Gradio's own checks answer an API client's bad value with
+        its validation text and a traceback on the server's console, and round a seed of 1.5 to 2)."""
+        component.preprocess = lambda payload: payload
         return component
+
+    def unreadable(e: Exception) -> str:
+        """The client's message when Gradio cannot read a file (or the editor's value) that a request sends: only
+        an API client sends such."""
+        cause = e.__cause__ or e  # what a component's preprocess raised, wrapped by Gradio
+        if isinstance(cause, (gr.Error, Image.DecompressionBombError)):
+            return getattr(cause, "message", str(cause))
+        if isinstance(cause, (InvalidPathError, FileNotFoundError, IsADirectoryError)):
+            return ("no such uploaded file: upload the file first and send the path the upload returned "
+                    "(gradio_client's handle_file does both)")
+        if isinstance(cause, UnidentifiedImageError):
+            return "cannot read an image the request sends: send PNG or JPEG files"
+        return ("malformed request: send the values that the app's page \"Use via API\" lists, each file as "
+                "gradio_client's handle_file sends it")
+
+    def read_request(read):
+        """Gradio's reading of a request (`Blocks.preprocess_data`), whose refusals become the client's message,
+        without a traceback on the server's console."""
+        async def checked(*args, **kwargs):
+            try:
+                return await read(*args, **kwargs)
+            except (gr.Error, ValueError, OSError) as e:  # pydantic's and Gradio's errors are ValueErrors
+                raise gr.Error(unreadable(e), print_exception=False) from None
+        return checked
 
     def editor_value(source: dict) -> dict:
         shown = studio.display(source["photo"])
@@ -569,11 +594,11 @@ def build_app(studio: Studio):
         source = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                editor = quiet(gr.ImageEditor(
+                editor = gr.ImageEditor(
                     label=f"photo at {size}x{size} (paint the missing region with the brush)", elem_id="photo",
                     type="pil", image_mode="RGBA", sources=[], transforms=[], layers=False,
                     brush=gr.Brush(default_size=max(4, 2 * studio.scale), colors=["#ff00ff"], color_mode="fixed"),
-                    canvas_size=(size * studio.scale, size * studio.scale), fixed_canvas=True, height=420))
+                    canvas_size=(size * studio.scale, size * studio.scale), fixed_canvas=True, height=420)
                 with gr.Row():
                     upload_button = gr.UploadButton("Upload a photo", file_types=["image"], type="filepath",
                                                     elem_id="upload", variant="secondary")
@@ -588,25 +613,27 @@ def build_app(studio: Studio):
                                 "and size it (percent of the photo's shorter side). A new square clears the "
                                 "painted mask.")
                     with gr.Row():
-                        across = quiet(gr.Slider(0, 100, value=50, step=1, label="across", elem_id="across"))
-                        down = quiet(gr.Slider(0, 100, value=50, step=1, label="down", elem_id="down"))
-                        side = quiet(gr.Slider(MIN_SIDE, 100, value=100, step=1, label="side", elem_id="side"))
+                        across = raw(gr.Slider(0, 100, value=50, step=1, label="across", elem_id="across"))
+                        down = raw(gr.Slider(0, 100, value=50, step=1, label="down", elem_id="down"))
+                        side = raw(gr.Slider(MIN_SIDE, 100, value=100, step=1, label="side", elem_id="side"))
             with gr.Column(scale=1):
-                task = gr.Radio([(label, value) for value, label in APP_TASKS.items()], value="box-inpaint",
-                                label="damage", elem_id="task")
-                measured = gr.Checkbox(False, label="the photo is already damaged: restore it as it is "
-                                       "(x4 super-resolution takes the low-resolution image itself)", elem_id="measured")
-                methods = gr.CheckboxGroup(list(SOLVERS), value=DEFAULT_METHODS, label="methods", elem_id="methods")
+                task = raw(gr.Radio([(label, value) for value, label in APP_TASKS.items()], value="box-inpaint",
+                                    label="damage", elem_id="task"))
+                measured = raw(gr.Checkbox(False, label="the photo is already damaged: restore it as it is "
+                                           "(x4 super-resolution takes the low-resolution image itself)",
+                                           elem_id="measured"))
+                methods = raw(gr.CheckboxGroup(list(SOLVERS), value=DEFAULT_METHODS, label="methods",
+                                              elem_id="methods"))
                 with gr.Row():
-                    # no precision: 2.5 steps are refused, not rounded; tv may iterate past T
-                    steps = quiet(gr.Number(studio.default_steps, label="steps", minimum=1,
-                                            maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps"))
-                    sigma_y = quiet(gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
-                                              maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y"))
-                    seed = quiet(gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
-                                           elem_id="seed"))
-                samples = quiet(gr.Slider(1, APP_MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
-                                          "per-pixel std map when K > 1)", elem_id="samples"))
+                    # the page's limits (tv may iterate past T); a request's values are checked by the app
+                    steps = raw(gr.Number(studio.default_steps, label="steps", minimum=1,
+                                          maximum=max(studio.prior.schedule.T, APP_MAX_TV_STEPS), elem_id="steps"))
+                    sigma_y = raw(gr.Number(0.05, label="sigma_y (measurement noise)", minimum=0,
+                                            maximum=arguments.MAX_SIGMA_Y, elem_id="sigma_y"))
+                    seed = raw(gr.Number(0, label="seed", precision=0, minimum=0, maximum=arguments.MAX_SEED,
+                                         elem_id="seed"))
+                samples = raw(gr.Slider(1, APP_MAX_SAMPLES, value=1, step=1, label="K posterior samples (mean and "
+                                        "per-pixel std map when K > 1)", elem_id="samples"))
                 run_button = gr.Button("Restore", variant="primary", elem_id="restore")
         gallery = gr.Gallery(label="measurement, naive reconstruction and restorations", columns=7,
                              object_fit="contain", height=250, elem_id="results")
@@ -629,6 +656,7 @@ def build_app(studio: Studio):
         run_button.click(restore, [editor, source, task, methods, steps, sigma_y, seed, samples, measured],
                          [gallery, table, downloads, report], api_name="restore", concurrency_limit=1,
                          concurrency_id="model")
+    app.preprocess_data = read_request(app.preprocess_data)
     return app
 
 
