@@ -2,6 +2,7 @@
 scale with the problem, and every solver better than the naive reconstruction on every linear task."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -115,6 +116,22 @@ def test_dps_step_size_rule():
     assert step_size(prior(64), 100, 0.3, loss="squared") == pytest.approx(0.3 * 10)  # m-independent gradient
     assert step_size(prior(64), 100, 0.3, ref_size=None) == pytest.approx(0.3 * 10)
     assert step_size(prior(64), 100, 0.3, start=499) == pytest.approx(0.3 * 5 / 4)  # 100 steps over 500
+    # a chain power p between two tuned chain lengths: 6 at all T steps, 3 x 10 at 100 steps (p = log10 5)
+    assert step_size(prior(64), None, 6, chain_power=math.log10(5)) == pytest.approx(6 / 4)
+    assert step_size(prior(64), 100, 6, chain_power=math.log10(5)) == pytest.approx(3 * 10 / 4)
+    assert step_size(prior(64), 100, 0.3, chain_power=0.5) == pytest.approx(0.3 * 10 ** 0.5 / 4)  # sqrt(T / S)
+
+
+def test_faces64_deblurs_with_the_step_tuned_at_each_chain_length():
+    """DPS on Gaussian blur, tuned for faces64 at 100 steps (scale 3) and at 1000 (4.5; docs/MODEL_CARD.md):
+    its settings give both, and the 100-step step exactly as before."""
+    from diffprior.models import load_prior
+    from diffprior.solvers import tuned_settings
+    from diffprior.solvers.dps import step_size
+    faces = load_prior("faces64")
+    settings = settings_for("dps", "gaussian-blur", tuned_settings(faces))
+    assert step_size(faces, 100, **settings) == 3 * 10 / 4
+    assert step_size(faces, 1000, **settings) == pytest.approx(4.5 / 4)
 
 
 def test_dps_warm_start_begins_at_t0_from_what_y_says(demo_prior, demo_problems):
