@@ -52,12 +52,10 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         folder, where = Path(base).expanduser() / "diffprior", ""
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise DownloadError(f"the download cache {folder}{where} cannot be made: {part} is a file, not a "
-                                    f"folder; set {ENV_HOME} to a folder")
-            break
+    from .io import nearest_existing
+    if not (part := nearest_existing(folder)).is_dir():
+        raise DownloadError(f"the download cache {folder}{where} cannot be made: {part} is a file, not a folder; "
+                            f"set {ENV_HOME} to a folder")
     return folder
 
 

@@ -60,8 +60,7 @@ def open_image(path: str | Path, *, alpha: str = "white") -> Image.Image:
             frames = getattr(im, "n_frames", 1)
             # upright as viewers show it: a camera's EXIF orientation tag turns or mirrors the stored pixels
             rgb = to_rgb(ImageOps.exif_transpose(im), alpha=alpha)
-            invisible = alpha != "drop" and im.mode in ("RGBA", "LA", "PA", "P") and \
-                im.convert("RGBA").getchannel("A").getextrema() == (0, 0)
+            invisible = alpha != "drop" and has_alpha(im) and im.convert("RGBA").getchannel("A").getextrema() == (0, 0)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot read {path} as an image ({e})") from e
     if frames > 1:
@@ -76,10 +75,15 @@ def check_alpha(alpha: str) -> None:
         raise ValueError(f"alpha must be 'white', 'black' or 'drop', got {alpha!r}")
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """Whether `to_rgb` composites `im`: an alpha channel, or a palette with a transparent entry."""
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
 def to_rgb(im: Image.Image, *, alpha: str = "white") -> Image.Image:
     """Convert any PIL mode to RGB. alpha: 'white' or 'black' (composite onto it) or 'drop'."""
     check_alpha(alpha)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    if has_alpha(im):
         rgba = im.convert("RGBA")
         if alpha == "drop":
             return rgba.convert("RGB")
@@ -304,11 +308,17 @@ def output_folder(path: str | Path, what: str) -> Path:
     return path
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists (a file or a folder)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_writable(folder: Path, out: Path) -> None:
     """Refuse, before any work, an output `out` in `folder` when the nearest existing folder (up from
     `folder`) is a file or cannot be written."""
-    while not folder.exists():  # the nearest existing folder must let us create the rest
-        folder = folder.parent
+    folder = nearest_existing(folder)  # it must let us create the rest
     if not folder.is_dir():
         raise NotADirectoryError(f"cannot write {out}: {folder} is a file, not a folder")
     try:  # a real file, not os.access: root passes access checks in folders such as /proc
