@@ -996,6 +996,21 @@ def test_a_full_standard_output_is_named(files, capsys, monkeypatch):
     assert capsys.readouterr().err.strip().endswith("error: No space left on device: standard output")
 
 
+def test_a_full_standard_error_loses_nothing(files, monkeypatch):
+    """`restore ... 2> /dev/full`: progress bars and warnings that cannot be written do not stop the run."""
+    class FullStream:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(sys, "stderr", FullStream())
+    assert main(["restore", "--input", "clean.png", "--task", "sr4", "--steps", "3", "--out", "r.png",
+                 "--device", "cpu"]) == 0
+    assert Path("r.png").exists()
+    assert main(["restore", "--input", "missing.png", "--task", "sr4", "--out", "r2.png"]) == 2  # said nowhere
+
+
 def test_a_closed_standard_output_is_no_error(monkeypatch):
     """Started with standard output closed (`>&-`), Python's sys.stdout is None: print() writes nothing."""
     monkeypatch.setattr(sys, "stdout", None)

@@ -103,23 +103,27 @@ def describe(e: BaseException, batch=None) -> str:
     return str(e) or type(e).__name__
 
 
-class _NamedStdout:
-    """sys.stdout during a command, whose write errors name it: `... > /dev/full` says which file was full."""
+class _GuardedStream:
+    """sys.stdout or sys.stderr during a command. A failed write to standard output is the command's error, named
+    (`... > /dev/full` says which file was full); one to standard error (progress bars, warnings, the final
+    message) is dropped, so that a full or closed log cannot stop a run or lose its results."""
 
-    def __init__(self, stream):
-        self._stream = stream
+    def __init__(self, stream, name: str):
+        self._stream, self._name = stream, name
 
-    def _named(self, call, *args):
+    def _guarded(self, call, *args):
         try:
             return call(*args)
         except OSError as e:
-            raise OSError(e.errno, e.strerror, "standard output") from e
+            if self._name == "standard error":
+                return 0
+            raise OSError(e.errno, e.strerror, self._name) from e
 
     def write(self, text: str) -> int:
-        return self._named(self._stream.write, text)
+        return self._guarded(self._stream.write, text)
 
     def flush(self) -> None:
-        self._named(self._stream.flush)
+        self._guarded(self._stream.flush)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -164,9 +168,11 @@ def _close_progress_bars() -> None:
 
 
 def _execute(args: argparse.Namespace) -> int:
-    stdout = sys.stdout
-    if stdout is not None:  # None when started with standard output closed: print() then writes nothing
-        sys.stdout = _NamedStdout(stdout)
+    stdout, stderr = sys.stdout, sys.stderr  # None when started with it closed: print() then writes nothing
+    if stdout is not None:
+        sys.stdout = _GuardedStream(stdout, "standard output")
+    if stderr is not None:
+        sys.stderr = _GuardedStream(stderr, "standard error")
     try:
         from .devices import set_cpu_threads
         set_cpu_threads(getattr(args, "threads", None))
@@ -189,7 +195,7 @@ def _execute(args: argparse.Namespace) -> int:
               "traceback, and please report it)", file=sys.stderr)
         return 1
     finally:
-        sys.stdout = stdout
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":
