@@ -551,3 +551,41 @@ def test_a_full_disk_leaves_no_torn_row_and_names_the_file(tmp_path):
         writer.write([row, row])
     writer.close()
     assert path.read_bytes() == whole
+
+
+def test_poisson_noise_measures_each_image_and_gives_the_solvers_its_average_std(setup, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """--poisson RATE: each image's y is `measure_poisson` with the image's own seed (the naive rows match a
+    measurement made here), the solvers get the batch's average Poisson std as sigma_y (restore's at batch 1),
+    or --sigma-y when given, and the rate is part of the run's identity."""
+    from diffprior.commands.common import derive_seed
+    from diffprior.io import load_image
+    from diffprior.metrics import image_metrics
+    from diffprior.nonlinear import measure_poisson, poisson_sigma_y
+    from diffprior.tasks import make_operator
+    _, data, model = setup
+    given = []
+    real_solve = evaluate_module.solve
+    monkeypatch.setattr(evaluate_module, "solve", lambda *a, sigma_y, **k: given.append((a[3], sigma_y))
+                        or real_solve(*a, sigma_y=sigma_y, **k))
+    base = ["eval", "--data", str(data), "--model", str(model), "--device", "cpu", "--limit", "2", "--methods", "dps",
+            "--tasks", "random-inpaint", "--steps", "2", "--batch", "1", "--no-progress"]
+    out = tmp_path / "poisson"
+    assert main(base + ["--out", str(out), "--poisson", "20"]) == 0
+    op = make_operator("random-inpaint", (3, 32, 32), seed=0)
+    naive = {r["image"]: float(r["psnr"]) for r in rows_of(out) if r["method"] == "naive"}
+    for (y_given, sigma_y), name in zip(given, sorted(naive)):
+        x = load_image(data / name, 32)
+        y = measure_poisson(op, x, 20.0, torch.Generator().manual_seed(derive_seed("measure", 0, "random-inpaint",
+                                                                                     name)))
+        assert torch.equal(y_given, y)
+        assert sigma_y == poisson_sigma_y(y, 20.0) > 0.2  # photon noise of 20 photons: far above 0.05
+        assert naive[name] == pytest.approx(float(image_metrics(op.naive(y), x)["psnr"][0]), abs=1e-5)
+    assert json.loads((out / "run.json").read_text())["identity"]["poisson"] == 20
+    assert "Poisson noise of 20 photons at full brightness" in (out / "summary.md").read_text()
+    assert main(base + ["--out", str(out), "--poisson", "30"]) == 2  # another rate is another run
+    assert "poisson: 20.0 there, 30.0 now" in capsys.readouterr().err
+    assert main(base + ["--out", str(out)]) == 2  # as is Gaussian noise
+    given.clear()
+    assert main(base + ["--out", str(tmp_path / "given"), "--poisson", "20", "--sigma-y", "0.1"]) == 0
+    assert [s for _, s in given] == [0.1, 0.1]

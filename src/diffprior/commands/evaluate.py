@@ -22,7 +22,7 @@ gives the numbers of an uninterrupted single-process run (on the same kind of de
 Resume. A row is written only once complete, each batch is flushed to disk, and rerunning the same command
 skips the rows present (key: image, task, method, settings, seed), drops a torn last line left by a hard
 kill, and redoes only what is missing. OUT/run.json records what fixes the numbers (model, image size,
-steps, sigma_y, batch, data folder): a command that differs there is refused. Tasks, methods, settings,
+steps, sigma_y or --poisson, batch, data folder): a command that differs there is refused. Tasks, methods, settings,
 seeds or images may be added to a finished run.
 
 Summary (OUT/summary.md and OUT/summary.json), per cell task x method x settings: each image's metric is
@@ -74,6 +74,7 @@ from ..data import name_range
 from ..download import sha256_of
 from ..io import list_images, load_image, load_mask, open_image, save_image
 from ..metrics import image_metrics, residual
+from ..nonlinear import measure_poisson, poisson_sigma_y
 from ..devices import pick_device, sync
 from ..io import all_or_none, output_folder, write_text
 from ..models import DEFAULT_MODEL, load_prior
@@ -88,7 +89,7 @@ from .common import (add_prior_arguments, add_range_arguments, check_grey_task, 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
 # run.json: what fixes the numbers
-IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "batch", "data", "mask", "task_options")
+IDENTITY = ("model", "config", "dtype", "size", "steps", "sigma_y", "poisson", "batch", "data", "mask", "task_options")
 NAIVE = "naive"
 MASK_TASK = "inpaint"  # the task of --mask: masks of the user's own, a file for every image or one per image
 Key = tuple[str, str, str, str, str]  # image, task, method, settings, seed
@@ -429,7 +430,8 @@ def evaluate(data: str | Path, out: str | Path, *,
              config: str | None = None,           # architecture of a guided-diffusion .pt
              device: str = "auto",
              dtype: str = "auto",                 # the network's precision (models.load_prior)
-             sigma_y: float = 0.05,
+             sigma_y: float | None = None,        # noise std; None: 0.05, or with `poisson` that noise's average
+             poisson: float | None = None,        # photons at full brightness: photon noise instead of Gaussian
              size: int | None = None,             # image side; default the prior's
              save: int = 0,                       # keep the first `save` images' restorations (saved_image)
              mask: str | Path | None = None,      # the task "inpaint"'s mask file or folder (white = known)
@@ -449,6 +451,8 @@ def evaluate(data: str | Path, out: str | Path, *,
             raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
     if not tasks or batch < 1 or seeds < 1:
         raise ValueError("give at least one task, and --batch and --seeds of at least 1")
+    if poisson is None and sigma_y is None:
+        sigma_y = 0.05
     output_folder(out, "an evaluation")
     with process_group(device) as (ranks, dev):
         images, skipped = readable(select_images(data, first=first, last=last), n)  # before anything is written
@@ -461,7 +465,8 @@ def evaluate(data: str | Path, out: str | Path, *,
             check_grey_task(prior, task)
         masks = None if mask is None else mask_of(mask, images, size)
         check_task_options(task_options or {}, (prior.shape[0], size, size))
-        unfit = unfit_pairs(tasks, methods, size, sigma_y)
+        noise = sigma_y if sigma_y is not None else poisson_sigma_y(torch.zeros(1), poisson)  # at mid-grey
+        unfit = unfit_pairs(tasks, methods, size, noise)
         if unfit:
             raise ValueError("drop from --methods or --tasks what does not apply: " + "; ".join(unfit))
         chunks = [images[i:i + batch] for i in range(0, len(images), batch)]
@@ -472,14 +477,15 @@ def evaluate(data: str | Path, out: str | Path, *,
         for method, settings in {c for task_cells in cells.values() for c in task_cells if c[0] != NAIVE}:
             check_settings(method, json.loads(settings), prior.schedule.T)  # before any work, not mid-run
         unfit = [f"{m} {settings} on {task}: {why}" for task, task_cells in cells.items() for m, settings in task_cells
-                 if m != NAIVE and (why := why_not(m, task, size, sigma_y, json.loads(settings)))]
+                 if m != NAIVE and (why := why_not(m, task, size, noise, json.loads(settings)))]
         if unfit:
             raise ValueError("drop from --set what does not apply: " + "; ".join(unfit))
 
         # all checked: only now is anything written (a refused command must not fix the folder's settings)
         out.mkdir(parents=True, exist_ok=True)
         identity = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model), "config": config,
-                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y, "batch": batch,
+                    "dtype": prior.precision, "size": size, "steps": steps, "sigma_y": sigma_y,
+                    "poisson": poisson, "batch": batch,
                     "data": str(data.resolve()), "mask": None if mask is None else (  # a file's content, a folder's place
                         str(Path(mask).resolve()) if Path(mask).is_dir() else sha256_of(Path(mask))),
                     "task_options": task_options or None}
@@ -513,7 +519,8 @@ def evaluate(data: str | Path, out: str | Path, *,
                    initial=sum(k in done for u in mine for k in u.keys(chunks)),
                    desc="eval" if ranks.world == 1 else f"eval (rank 0 of {ranks.world})",
                    disable=not progress or ranks.rank != 0)
-        runner = Runner(prior, chunks, size, sigma_y, dev, out, kept, masks, task_options=task_options)
+        runner = Runner(prior, chunks, size, sigma_y, dev, out, kept, masks, task_options=task_options,
+                        poisson=poisson)
         try:
             for unit in mine:
                 keys = unit.keys(chunks)
@@ -617,10 +624,12 @@ def report_skipped(out: Path, skipped: list[tuple[Path, str]]) -> None:
 class Runner:
     """Runs units one after another, keeping the current chunk's images and measurements and the operators."""
 
-    def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float, device: torch.device,
-                 out: Path | None = None, keep: set[str] = frozenset(), masks: dict[str, Tensor] | None = None,
-                 channels: int = 3, task_options: dict[str, dict] | None = None):
+    def __init__(self, prior: Prior, chunks: list[list[Path]], size: int, sigma_y: float | None,
+                 device: torch.device, out: Path | None = None, keep: set[str] = frozenset(),
+                 masks: dict[str, Tensor] | None = None, channels: int = 3, task_options: dict[str, dict] | None = None,
+                 poisson: float | None = None):
         self.prior, self.chunks, self.size, self.sigma_y, self.device = prior, chunks, size, sigma_y, device
+        self.poisson = poisson  # photons at full brightness: `measure_poisson` instead of Gaussian noise
         self.task_options = task_options or {}
         # one image's shape; without a prior (measurements only) of `channels`
         self.shape = (channels if prior is None else prior.shape[0], size, size)
@@ -650,11 +659,17 @@ class Runner:
         """y per image, its noise from a generator seeded by (seed, task, image name), on the CPU."""
         if self.measured is None or self.measured[0] != (chunk, task, seed):
             x = self.clean(chunk)
-            y = torch.cat([measure(self.operator(task, seed, [p]), x[i:i + 1], self.sigma_y,
-                                   torch.Generator().manual_seed(derive_seed("measure", seed, task, p.name)))
+            y = torch.cat([self.noisy(self.operator(task, seed, [p]), x[i:i + 1],
+                                      torch.Generator().manual_seed(derive_seed("measure", seed, task, p.name)))
                            for i, p in enumerate(self.chunks[chunk])])
             self.measured = ((chunk, task, seed), y)
         return self.measured[1]
+
+    def noisy(self, op: Operator, x: Tensor, generator: torch.Generator) -> Tensor:
+        """A(x) with the run's noise: Gaussian of std sigma_y, or photon noise of `poisson` photons."""
+        if self.poisson is None:
+            return measure(op, x, self.sigma_y, generator)
+        return measure_poisson(op, x, self.poisson, generator)
 
     def run(self, unit: Unit) -> list[dict]:
         """Restore one batch and score it: one row per image."""
@@ -671,7 +686,9 @@ class Runner:
             settings = json.loads(unit.settings)
             nfe = spec_of(unit.method).evaluations(self.prior.schedule, **settings)  # as the solver declares
             try:
-                x_hat = solve(unit.method, self.prior, op, y, sigma_y=self.sigma_y, generator=gen, progress=False,
+                # Poisson noise without a given sigma_y: its average std over the batch (restore's, at batch 1)
+                sigma_y = self.sigma_y if self.sigma_y is not None else poisson_sigma_y(y, self.poisson)
+                x_hat = solve(unit.method, self.prior, op, y, sigma_y=sigma_y, generator=gen, progress=False,
                               **settings)
             except DivergenceError as e:
                 batch = names[0] if len(names) == 1 else f"the batch {names[0]} ... {names[-1]}"
@@ -804,10 +821,18 @@ def paired_text(d: dict | None) -> str:
     return f"{d['mean']:+.2f}" + (f" ± {d['ci95']:.2f}" if d["ci95"] is not None else "")
 
 
+def noise_text(run: dict) -> str:
+    """The measurement noise of a run, as its summary names it."""
+    if not run.get("poisson"):
+        return f"sigma_y {run['sigma_y']}"
+    given = ("its average std per batch" if run["sigma_y"] is None else run["sigma_y"])
+    return f"Poisson noise of {run['poisson']:g} photons at full brightness (the solvers' sigma_y: {given})"
+
+
 def write_summary(out: Path, summary: dict) -> None:
     run = summary["run"]
     lines = [f"# diffprior eval: {Path(run['model']).name}, {run['images']} images, {run['seeds']} seed(s)", "",
-             f"steps {run['steps'] or 'solver default'}, sigma_y {run['sigma_y']}, batch {run['batch']}, "
+             f"steps {run['steps'] or 'solver default'}, {noise_text(run)}, batch {run['batch']}, "
              f"images {run['size']}x{run['size']} from {Path(run['data']).name}. Each value: {summary['ci']}.", ""]
     paired = any("psnr_vs_best" in c for c in summary["cells"])
     seeded = any(c["psnr"]["seed_sd"] is not None for c in summary["cells"])
@@ -872,7 +897,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: each solver's own, on a CPU too: 1000 for DPS and ScoreALD)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per solver call (default 8)")
-    p.add_argument("--sigma-y", type=arguments.noise_std, default=0.05, help="measurement noise std on [-1, 1] images (0.05)")
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=None,
+                   help="measurement noise std on [-1, 1] images (0.05; with --poisson, the std the solvers assume: "
+                        "by default the Poisson noise's average over each batch, sqrt(2 (mean(y) + 1) / RATE))")
+    p.add_argument("--poisson", type=arguments.photon_rate, default=None, metavar="RATE",
+                   help="photon-counting (Poisson) noise instead of Gaussian: RATE photons at full brightness, "
+                        "so brighter pixels are noisier (e.g. 255 is the DPS code's Poisson rate 1)")
     p.add_argument("--size", type=arguments.integer(8, 4096), default=None,
                    help="image side (default: the prior's; another size only for fully convolutional networks)")
     add_prior_arguments(p, "cuda:LOCAL_RANK when available")
@@ -891,7 +921,8 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate(args.data, args.out, tasks=tasks, methods=methods,
                        grid=parse_grid(args.set, methods), n=args.n, first=args.first, last=args.last,
                        seeds=args.seeds, steps=args.steps, batch=args.batch, model=args.model, config=args.config,
-                       device=args.device, dtype=args.dtype, sigma_y=args.sigma_y, size=args.size,
+                       device=args.device, dtype=args.dtype, sigma_y=args.sigma_y, poisson=args.poisson,
+                       size=args.size,
                        save=args.save_images, mask=args.mask, progress=not args.no_progress,
                        task_options=parse_task_options(args.task_option, tasks))
     return 1 if summary is not None and failed_cells(summary) else 0
