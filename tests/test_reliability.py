@@ -982,15 +982,19 @@ def test_solve_refuses_a_task_that_is_not_its_operators():
     assert solve("tv", prior, op, measure(op, torch.zeros(1, *prior.shape), 0.05), task="inpaint").shape[0] == 1
 
 
+class FullStream:
+    """A standard stream on a full disk (`> /dev/full`)."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_a_full_standard_output_is_named(files, capsys, monkeypatch):
     """`restore ... > /dev/full`: the message says that standard output is what could not be written."""
-    class FullStdout:
-        def write(self, text):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def flush(self):
-            raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(sys, "stdout", FullStdout())
+    monkeypatch.setattr(sys, "stdout", FullStream())
     assert main(["restore", "--input", "clean.png", "--task", "sr4", "--steps", "3", "--out", "r.png",
                  "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip().endswith("error: No space left on device: standard output")
@@ -998,12 +1002,6 @@ def test_a_full_standard_output_is_named(files, capsys, monkeypatch):
 
 def test_a_full_standard_error_loses_nothing(files, monkeypatch):
     """`restore ... 2> /dev/full`: progress bars and warnings that cannot be written do not stop the run."""
-    class FullStream:
-        def write(self, text):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def flush(self):
-            raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(sys, "stderr", FullStream())
     assert main(["restore", "--input", "clean.png", "--task", "sr4", "--steps", "3", "--out", "r.png",
                  "--device", "cpu"]) == 0

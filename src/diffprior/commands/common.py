@@ -263,6 +263,17 @@ def cpu_sample_steps(device: torch.device, steps: int | None, prior, note: bool 
     return CPU_STEPS
 
 
+def add_noise_arguments(p: argparse.ArgumentParser, averaged_over: str) -> None:
+    """--sigma-y and --poisson: the measurement noise, Gaussian or photon counting (`averaged_over`: what the
+    Poisson noise's std the solvers assume is averaged over)."""
+    p.add_argument("--sigma-y", type=arguments.noise_std, default=None,
+                   help="measurement noise std on [-1, 1] images (0.05; with --poisson, the std the solvers assume: "
+                        f"by default the Poisson noise's average over {averaged_over}, sqrt(2 (mean(y) + 1) / RATE))")
+    p.add_argument("--poisson", type=arguments.photon_rate, default=None, metavar="RATE",
+                   help="photon-counting (Poisson) noise instead of Gaussian: RATE photons at full brightness, "
+                        "so brighter pixels are noisier (e.g. 255 is the DPS code's Poisson rate 1)")
+
+
 def add_prior_arguments(p: argparse.ArgumentParser, default_device: str = "cuda when available") -> None:
     """--model, --config, --device, --dtype and --threads: the prior to load, where and how it runs."""
     p.add_argument("--model", default=DEFAULT_MODEL,

@@ -83,8 +83,9 @@ from ..tasks import TASKS, make_operator
 from ..prior import NetworkPrior, Prior
 from ..solvers import (SOLVERS, SPECS, DivergenceError, check_settings, settings_for, solve, solver_settings, spec_of,
                        tuned_settings)
-from .common import (add_prior_arguments, add_range_arguments, check_grey_task, check_task_options, derive_seed,
-                     differences, image_side, parse_task_options, read_record, task_title)
+from .common import (add_noise_arguments, add_prior_arguments, add_range_arguments, check_grey_task,
+                     check_task_options, derive_seed, differences, image_side, parse_task_options, read_record,
+                     task_title)
 
 COLUMNS = ["image", "task", "method", "settings", "seed", "psnr", "ssim", "lpips", "residual", "seconds", "nfe"]
 METRICS = COLUMNS[5:]
@@ -897,12 +898,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=arguments.positive, default=None,
                    help="solver steps (default: each solver's own, on a CPU too: 1000 for DPS and ScoreALD)")
     p.add_argument("--batch", type=arguments.positive, default=8, help="images per solver call (default 8)")
-    p.add_argument("--sigma-y", type=arguments.noise_std, default=None,
-                   help="measurement noise std on [-1, 1] images (0.05; with --poisson, the std the solvers assume: "
-                        "by default the Poisson noise's average over each batch, sqrt(2 (mean(y) + 1) / RATE))")
-    p.add_argument("--poisson", type=arguments.photon_rate, default=None, metavar="RATE",
-                   help="photon-counting (Poisson) noise instead of Gaussian: RATE photons at full brightness, "
-                        "so brighter pixels are noisier (e.g. 255 is the DPS code's Poisson rate 1)")
+    add_noise_arguments(p, "each batch")
     p.add_argument("--size", type=arguments.integer(8, 4096), default=None,
                    help="image side (default: the prior's; another size only for fully convolutional networks)")
     add_prior_arguments(p, "cuda:LOCAL_RANK when available")

@@ -23,8 +23,9 @@ from ..solvers import SOLVERS, check_settings, settings_for, tuned_settings, sol
 from ..tasks import TASKS, make_operator
 from ..uncertainty import (MAX_SAMPLES, SAMPLE_BATCH, calibration, calibration_figure, check_samples, posterior_samples,
                            std_image)
-from .common import (add_model_arguments, check_grey_task, check_steps, check_task_options, cpu_steps, fmt, generator,
-                     image_side, model_input, naive_or_none, parse_settings, parse_task_options, quality, task_title)
+from .common import (add_model_arguments, add_noise_arguments, check_grey_task, check_steps, check_task_options,
+                     cpu_steps, fmt, generator, image_side, model_input, naive_or_none, parse_settings,
+                     parse_task_options, quality, task_title)
 
 PARSER = dict(help="degrade an image with a task's operator, then restore it",
               description="Degrade a clean image (or take an already degraded one with --measured) and restore it; "
@@ -43,12 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="solver steps (default: the solver's own, 1000 for DPS, ScoreALD and RED-diff, fewer for "
                         "the others, see docs/SOLVERS.md; on a CPU, 100 where the solver's own run takes more than "
                         "100 network evaluations)")
-    p.add_argument("--sigma-y", type=arguments.noise_std, default=None,
-                   help="measurement noise std on [-1, 1] images (0.05; with --poisson, the std of its noise "
-                        "averaged over the measurement)")
-    p.add_argument("--poisson", type=arguments.photon_rate, default=None, metavar="RATE",
-                   help="photon-counting (Poisson) noise instead of Gaussian: RATE photons at full brightness, "
-                        "so brighter pixels are noisier (e.g. 255 is the DPS code's Poisson rate 1)")
+    add_noise_arguments(p, "the measurement")
     p.add_argument("--mask", default=None, help="an inpainting mask image: white = known, black = missing; the "
                    "photo's size (cropped and resized with it) or the model's")
     p.add_argument("--crop", type=arguments.square, metavar="LEFT,TOP,SIDE", help="the square of the photo to "
