@@ -191,7 +191,6 @@ def test_psnr():
     torch.testing.assert_close(got[:4], -10 * torch.log10(mse01[:4]))
     offset = psnr(torch.full((1, 3, 8, 8), 0.1), torch.zeros(1, 3, 8, 8))
     torch.testing.assert_close(offset, torch.tensor([10 * math.log10(4 / 0.01)]))
-    assert metrics.finite_mean(got) == pytest.approx(got[:4].mean().item())
 
 
 # -- residual and the summary ----------------------------------------------------------------------------

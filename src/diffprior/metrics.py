@@ -246,9 +246,3 @@ def image_metrics(x: Tensor, ref: Tensor, net: str = "alex") -> dict[str, Tensor
     return {"psnr": psnr(x, ref),
             "ssim": ssim(x, ref) if side >= SSIM_WINDOW else nan,
             "lpips": lpips(x, ref, net) if side >= _backbone(net).min_size else nan}
-
-
-def finite_mean(values: Tensor) -> float:
-    """Mean over the finite entries (e.g. PSNRs, where identical images give inf); nan if none."""
-    v = values[torch.isfinite(values)]
-    return v.mean().item() if v.numel() else math.nan
