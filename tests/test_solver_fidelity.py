@@ -122,16 +122,17 @@ def test_dps_step_size_rule():
     assert step_size(prior(64), 100, 0.3, chain_power=0.5) == pytest.approx(0.3 * 10 ** 0.5 / 4)  # sqrt(T / S)
 
 
-def test_faces64_deblurs_with_the_step_tuned_at_each_chain_length():
-    """DPS on Gaussian blur, tuned for faces64 at 100 steps (scale 3) and at 1000 (4.5; docs/MODEL_CARD.md):
-    its settings give both, and the 100-step step exactly as before."""
+@pytest.mark.parametrize("task,scale_1000", [("gaussian-blur", 4.5), ("motion-blur", 9)])
+def test_faces64_deblurs_with_the_step_tuned_at_each_chain_length(task, scale_1000):
+    """DPS on blur, tuned for faces64 at 100 steps (scale 3) and at 1000 (docs/MODEL_CARD.md): its settings give
+    both, and the 100-step step exactly as before."""
     from diffprior.models import load_prior
     from diffprior.solvers import tuned_settings
     from diffprior.solvers.dps import step_size
     faces = load_prior("faces64")
-    settings = settings_for("dps", "gaussian-blur", tuned_settings(faces))
-    assert step_size(faces, 100, **settings) == 3 * 10 / 4
-    assert step_size(faces, 1000, **settings) == pytest.approx(4.5 / 4)
+    settings = settings_for("dps", task, tuned_settings(faces))
+    assert step_size(faces, 100, **settings) == pytest.approx(3 * 10 / 4, rel=1e-12)
+    assert step_size(faces, 1000, **settings) == pytest.approx(scale_1000 / 4)
 
 
 def test_dps_warm_start_begins_at_t0_from_what_y_says(demo_prior, demo_problems):
