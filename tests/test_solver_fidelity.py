@@ -116,23 +116,51 @@ def test_dps_step_size_rule():
     assert step_size(prior(64), 100, 0.3, loss="squared") == pytest.approx(0.3 * 10)  # m-independent gradient
     assert step_size(prior(64), 100, 0.3, ref_size=None) == pytest.approx(0.3 * 10)
     assert step_size(prior(64), 100, 0.3, start=499) == pytest.approx(0.3 * 5 / 4)  # 100 steps over 500
-    # a chain power p between two tuned chain lengths: 6 at all T steps, 3 x 10 at 100 steps (p = log10 5)
-    assert step_size(prior(64), None, 6, chain_power=math.log10(5)) == pytest.approx(6 / 4)
-    assert step_size(prior(64), 100, 6, chain_power=math.log10(5)) == pytest.approx(3 * 10 / 4)
-    assert step_size(prior(64), 100, 0.3, chain_power=0.5) == pytest.approx(0.3 * 10 ** 0.5 / 4)  # sqrt(T / S)
+    # a table {steps: scale} tuned at chain lengths: each point's scale there, a power law between and beyond
+    table = {"100": 3, "1000": 6}
+    assert step_size(prior(64), None, table) == pytest.approx(6 / 4)
+    assert step_size(prior(64), 100, table) == pytest.approx(3 * 10 / 4)
+    assert step_size(prior(64), 250, table) == pytest.approx(3 * 2.5 ** math.log10(2) * 4 / 4)
+    assert step_size(prior(64), 10, table) == pytest.approx(1.5 * 100 / 4)
+    assert step_size(prior(64), 100, {"1000": 6}) == step_size(prior(64), 100, 6)  # one point: the plain rule
 
 
-@pytest.mark.parametrize("task,scale_1000", [("gaussian-blur", 4.5), ("motion-blur", 9)])
-def test_faces64_deblurs_with_the_step_tuned_at_each_chain_length(task, scale_1000):
-    """DPS on blur, tuned for faces64 at 100 steps (scale 3) and at 1000 (docs/MODEL_CARD.md): its settings give
-    both, and the 100-step step exactly as before."""
+def test_dps_scale_table_is_the_plain_scale_at_its_own_chain_lengths(demo_prior, demo_problems):
+    """A table of scales draws, at one of its chain lengths, exactly what that point's plain scale draws."""
+    from diffprior.solvers import solve
+    op, x, y, _ = demo_problems["gaussian-blur", SEEDS[0]]
+
+    def run(scale):
+        return solve("dps", demo_prior, op, y, steps=10, scale=scale, generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(run({"10": 0.7, "1000": 0.2}), run(0.7))
+    assert not torch.equal(run({"20": 0.7, "1000": 0.2}), run(0.7))
+
+
+@pytest.mark.parametrize("table", [{}, {"x": 1}, {"0": 1}, {"1.5": 1}, {"50": 0}, {"50": -1}, {"50": True},
+                                   {"50": "3"}, {"50": float("nan")}, {"50": 1, "050": 2}])
+def test_a_bad_scale_table_is_refused_by_name(table):
+    from diffprior.solvers import check_settings
+    with pytest.raises(ValueError, match="dps setting scale"):
+        check_settings("dps", {"scale": table})
+
+
+@pytest.mark.parametrize("task,points", [("gaussian-blur", {50: 2, 100: 3, 1000: 4.5}),
+                                         ("motion-blur", {100: 3, 1000: 9}), ("random-inpaint", {50: 2, 100: 3})])
+def test_faces64_takes_the_dps_step_tuned_at_each_chain_length(task, points):
+    """faces64's DPS scales, tuned at 50, 100 and 1000 steps (docs/MODEL_CARD.md): its settings give each, the
+    100-step step exactly as before the others were tuned, and between 100 and 1000 steps the power law
+    through those two (the 1000-step scale is 3 where none was tuned there)."""
     from diffprior.models import load_prior
     from diffprior.solvers import tuned_settings
     from diffprior.solvers.dps import step_size
     faces = load_prior("faces64")
     settings = settings_for("dps", task, tuned_settings(faces))
-    assert step_size(faces, 100, **settings) == pytest.approx(3 * 10 / 4, rel=1e-12)
-    assert step_size(faces, 1000, **settings) == pytest.approx(scale_1000 / 4)
+    for steps, scale in points.items():
+        assert step_size(faces, steps, **settings) == pytest.approx(scale * 1000 / steps / 4)
+    assert step_size(faces, 100, **settings) == 3 * 10 / 4
+    at_1000 = points.get(1000, 3)
+    assert step_size(faces, 200, **settings) == pytest.approx(30 * (at_1000 / 30) ** math.log10(2) / 4)
 
 
 def test_dps_warm_start_begins_at_t0_from_what_y_says(demo_prior, demo_problems):

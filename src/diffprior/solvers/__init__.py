@@ -123,6 +123,9 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
             if not isinstance(value, bool):
                 raise ValueError(f"{method} setting {key}={value!r}: expected true or false")
             continue
+        if isinstance(value, dict) and spec_of(method).accepts(key, dict):
+            checked[key] = _check_table(f"{method} setting {key}", value)
+            continue
         if isinstance(default, str):
             names = spec_of(method).choices(key)
             if not isinstance(value, str) or value not in names:
@@ -151,6 +154,24 @@ def check_settings(method: str, settings: dict, T: int | None = None) -> dict:
         if T is not None and key == "steps" and value > T and method != "tv":
             raise ValueError(f"{method} setting steps={value!r}: at most the prior's T = {T} diffusion steps")
     return checked
+
+
+def _check_table(what: str, table: dict) -> dict[int, float]:
+    """A setting given per chain length, {steps: value} (steps as JSON's text keys or whole numbers): at least
+    one point, each chain length a whole number >= 1 given once, each value a finite number > 0."""
+    if not table:
+        raise ValueError(f"{what}={{}}: give at least one point {{steps: value}}")
+    checked = {}
+    for steps, value in table.items():
+        text = str(steps).strip()
+        if isinstance(steps, bool) or not (isinstance(steps, (str, int)) and text.isdigit() and int(text) >= 1):
+            raise ValueError(f"{what}: {steps!r} is not a number of steps (a whole number >= 1)")
+        if int(text) in checked:
+            raise ValueError(f"{what}: {int(text)} steps is given twice")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{what}: at {text} steps {value!r}, expected a finite number > 0")
+        checked[int(text)] = float(value)
+    return dict(sorted(checked.items()))
 
 
 def check_measurement_tensor(prior, y) -> None:

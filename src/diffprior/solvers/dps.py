@@ -3,6 +3,7 @@ Algorithm 1 (Gaussian noise)."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Literal
 
@@ -19,12 +20,12 @@ from .tv import rough_guess, why_no_rough_guess
 
 def dps(prior: Prior, op: Operator, y: Tensor, *,
         steps: int | None = None,     # reverse steps; None: all T (the paper uses 1000)
-        scale: float = 0.5,           # zeta for a T-step chain on 3x256x256 images (the reference's
-                                      # setting: 0.5 inpainting, 0.3 blur and SR); rescaled below
+        scale: float | dict[int, float] = 0.5,  # zeta for a T-step chain on 3x256x256 images (the reference's
+                                      # setting: 0.5 inpainting, 0.3 blur and SR), rescaled below; or a table
+                                      # {steps: scale} tuned at several chain lengths (`scale_at`)
         loss: Literal["norm", "squared"] = "norm",  # "norm": gradient of ||y - A(x0_hat)|| as the reference
                                       # code; "squared": gradient of ||y - A(x0_hat)||^2 with a constant step
         ref_size: int | None = 3 * 256 * 256,  # values per image the scale was tuned at; None: no rescaling
-        chain_power: float = 1.0,     # p in the chain-length factor (N / S)^p below
         clip: bool = True,            # clip x0_hat to [-1, 1] for image priors (official: clip_denoised)
         start: int | None = None,     # None: from pure noise at T (the paper); t0: from the naive reconstruction
                                       # noised to t0 (CCDF's warm start, Chung, Sim & Ye 2022)
@@ -47,7 +48,7 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
 
     The step size, for a chain of S steps over the N timesteps it spans (N = T, or t0 + 1 with a warm start)
     and images of d values:
-        zeta = scale * (N / S)^p * sqrt(d / ref_size)     (loss "norm"; without the last factor for "squared")
+        zeta = scale * (N / S) * sqrt(d / ref_size)     (loss "norm"; without the last factor for "squared")
     Resolution: the reference's scales (0.5 inpainting, 0.3 blur and SR) were tuned on 3x256x256 images
     (ref_size). The gradient of the unsquared norm, A^T r / ||r||, has a per-pixel size that scales as
     1 / sqrt(number of measurements) (larger with fewer), since ||r|| ~ sigma_y sqrt(m) near the data: at 64x64 (16x fewer
@@ -59,8 +60,9 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
     sigma_y = 0.05, 3 seeds, box and random inpainting, deblurring, sr4) this rule beat the sqrt(T / S) rule
     at 20 and 100 steps on every task (with sqrt(T / S), 5 of 6 sr4 runs fell 1-10 dB below the naive
     reconstruction), and the full 1000-step chain at 100 steps on every task and at 20 steps on all but box
-    inpainting (0.5 dB short). p = `chain_power`, 1 by default; a prior tuned at two chain lengths sets the p
-    that gives each its own step (faces64 on Gaussian blur: 3 at 100 steps and 4.5 at 1000, p = log10(30 / 4.5)).
+    inpainting (0.5 dB short). A prior tuned at several chain lengths gives `scale` as a table {steps: scale}
+    (`scale_at`): faces64's DPS on Gaussian blur takes 2 at 50 steps, 3 at 100 and 4.5 at 1000, where
+    one scale under the N / S rule overshoots the short chains and undershoots the long one.
     """
     if loss not in ("norm", "squared"):
         raise ValueError(f"unknown DPS loss {loss!r}; expected 'norm' or 'squared'")
@@ -68,7 +70,7 @@ def dps(prior: Prior, op: Operator, y: Tensor, *,
         x = initial_noise(prior, y.shape[0], generator, y.dtype)
     else:
         x = prior.schedule.q_sample(warm_start_image(op, y), start, generator=generator)
-    zeta = step_size(prior, steps, scale, loss, ref_size, start, chain_power)
+    zeta = step_size(prior, steps, scale, loss, ref_size, start)
     for t, t_prev in steps_of(prior, steps, start, progress=progress, desc="dps"):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -97,16 +99,31 @@ def warm_start_image(op: Operator, y: Tensor) -> Tensor:
     return rough_guess(op, y)
 
 
-def step_size(prior: Prior, steps: int | None, scale: float, loss: str = "norm",
-              ref_size: int | None = 3 * 256 * 256, start: int | None = None, chain_power: float = 1.0) -> float:
-    """DPS's zeta per step: scale * (N / S)^chain_power * sqrt(d / ref_size) for S steps over N timesteps (T, or
-    start + 1) and d values per image (the resolution factor only for the unsquared norm, and not when ref_size
-    is None); see `dps`."""
-    span = prior.schedule.T if start is None else start + 1
-    zeta = scale * (span / len(prior.schedule.timesteps(steps, start))) ** chain_power
+def step_size(prior: Prior, steps: int | None, scale: float | dict[int, float], loss: str = "norm",
+              ref_size: int | None = 3 * 256 * 256, start: int | None = None) -> float:
+    """DPS's zeta per step: scale_at(scale, steps) * N / S * sqrt(d / ref_size) for S steps over N timesteps (T,
+    or start + 1) and d values per image (the resolution factor only for the unsquared norm, and not when
+    ref_size is None); see `dps`."""
+    T = prior.schedule.T
+    span = T if start is None else start + 1
+    zeta = scale_at(scale, steps or T) * span / len(prior.schedule.timesteps(steps, start))
     if loss == "norm" and ref_size is not None:
         zeta *= (math.prod(prior.shape) / ref_size) ** 0.5
     return zeta
+
+
+def scale_at(scale: float | dict[int, float], steps: int) -> float:
+    """The step scale of a chain of `steps` steps: `scale` itself, or from a table {steps: scale} tuned at
+    several chain lengths the straight line through its points in log steps and log scale (a power law
+    between each two), continued beyond its ends; a table of one point is that point's scale."""
+    if not isinstance(scale, dict):
+        return scale
+    points = sorted((int(s), v) for s, v in scale.items())
+    if len(points) == 1:
+        return points[0][1]
+    i = min(max(bisect.bisect_left([s for s, _ in points], steps), 1), len(points) - 1)
+    (s0, v0), (s1, v1) = points[i - 1], points[i]
+    return v0 * (v1 / v0) ** (math.log(steps / s0) / math.log(s1 / s0))
 
 
 def _requires(op: Operator, sigma_y: float, settings: dict) -> str | None:

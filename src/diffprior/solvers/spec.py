@@ -68,7 +68,8 @@ class SolverSpec:
     def accepts(self, key: str, kind: type) -> bool:
         """Whether setting `key` takes values of `kind` (None, bool, ...): by its annotation, or a None default."""
         hint = typing.get_type_hints(self.run).get(key)
-        return hint is kind or kind in typing.get_args(hint) or (kind is type(None) and self.settings[key] is None)
+        kinds = {typing.get_origin(h) or h for h in (hint, *typing.get_args(hint))}  # dict[int, float] -> dict
+        return kind in kinds or (kind is type(None) and self.settings[key] is None)
 
     def choices(self, key: str) -> tuple[str, ...]:
         """The names a setting annotated `Literal[...]` takes."""
