@@ -146,9 +146,10 @@ def test_a_bad_scale_table_is_refused_by_name(table):
 
 
 @pytest.mark.parametrize("task,points", [("gaussian-blur", {50: 2, 100: 3, 1000: 4.5}),
-                                         ("motion-blur", {100: 3, 1000: 9}), ("random-inpaint", {50: 2, 100: 3})])
+                                         ("motion-blur", {100: 3, 1000: 9}), ("random-inpaint", {50: 2, 100: 3}),
+                                         ("sr4", {20: 2, 100: 3})])
 def test_faces64_takes_the_dps_step_tuned_at_each_chain_length(task, points):
-    """faces64's DPS scales, tuned at 50, 100 and 1000 steps (docs/MODEL_CARD.md): its settings give each, the
+    """faces64's DPS scales, tuned at 20, 50, 100 and 1000 steps (docs/MODEL_CARD.md): its settings give each, the
     100-step step exactly as before the others were tuned, and between 100 and 1000 steps the power law
     through those two (the 1000-step scale is 3 where none was tuned there)."""
     from diffprior.models import load_prior
