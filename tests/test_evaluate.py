@@ -321,6 +321,9 @@ def test_settings_grid():
     with pytest.raises(ValueError, match="given twice"):
         parse_grid(["ddrm.eta=0.5", "ddrm.eta=0.7"], ["ddrm"])  # not silently the last one
     assert parse_grid(["dps.scale=0.1,0.1,0.2"], ["dps"])["dps"] == [{"scale": 0.1}, {"scale": 0.2}]  # once each
+    # a DPS scale table's commas stay inside it; two tables, or a table and a number, are two cells
+    assert parse_grid(['dps.scale={"50": 2, "100": 3},{"50": 1},0.5'], ["dps"])["dps"] == [
+        {"scale": {"50": 2, "100": 3}}, {"scale": {"50": 1}}, {"scale": 0.5}]
 
 
 def test_student_t_quantiles_and_intervals():

@@ -121,7 +121,8 @@ def compact(settings: dict) -> str:
 
 def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[dict]]:
     """`METHOD.KEY=V1,V2 ...` -> per method, every combination of the values (values read as JSON where
-    they parse: numbers, true, null; text otherwise). A method without --set has one cell, {}."""
+    they parse: numbers, true, null, a table {"50": 2, "100": 3}; text otherwise). A method without --set has
+    one cell, {}."""
     axes: dict[str, dict[str, list]] = {m: {} for m in methods}
     for pair in pairs:
         lhs, eq, rhs = pair.partition("=")
@@ -136,7 +137,10 @@ def parse_grid(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
         if key not in solver_settings(method):
             raise ValueError(f"--set {pair}: {method} has no setting {key!r}; its settings are "
                              + ", ".join(solver_settings(method)))
-        values = (_json_or_text(v) for v in rhs.split(","))
+        try:  # commas inside a JSON value ({"50": 2, "100": 3}) do not separate values
+            values = json.loads(f"[{rhs}]")
+        except json.JSONDecodeError:
+            values = (_json_or_text(v) for v in rhs.split(","))
         axes[method][key] = list({json.dumps(v, sort_keys=True): v for v in values}.values())  # each value once
         for value in axes[method][key]:
             check_settings(method, {key: value})
