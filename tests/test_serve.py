@@ -326,7 +326,8 @@ def test_a_painted_layer_too_large_to_decode_is_refused_before_decoding(server, 
     c = client(url, tmp_path)
     c.predict(handle_file(str(clean_png)), api_name="/upload")
     Image.new("LA", (2100, 1000)).save(tmp_path / "layer.png")  # 2.1 million pixels, a few kB of PNG
-    with pytest.raises(gradio_client.exceptions.AppError, match="exceeds limit of 2000000 pixels"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="a painted layer claims 2,100,000 pixels, more "
+                       "than twice the 1,000,000 this app decodes: send layers of the editor's canvas size"):
         restore(c, "inpaint", ["dps"], steps=2, layers=[tmp_path / "layer.png"])
 
 

@@ -122,11 +122,9 @@ class Studio:
         try:
             with Image.open(p) as im:
                 w, h = im.size
-        except Image.DecompressionBombError as e:  # Pillow's text: "Image size (N pixels) exceeds limit ..."
-            claimed = re.search(r"\((\d+) pixels\)", str(e))
-            count = f"{int(claimed[1]):,}" if claimed else f"more than {2 * Image.MAX_IMAGE_PIXELS:,}"
-            raise AppError(f"{name} claims {count} pixels, more than the {self.max_pixels:,} this app decodes: "
-                           "make it smaller first (or start the app with a larger --max-pixels)") from None
+        except Image.DecompressionBombError as e:
+            raise AppError(f"{name} claims {claimed_pixels(e)} pixels, more than the {self.max_pixels:,} this app "
+                           "decodes: make it smaller first (or start the app with a larger --max-pixels)") from None
         except UnidentifiedImageError:  # its text names the server's copy of the file
             raise AppError(f"cannot read {name} as an image: it is in no image format this app knows (PNG, JPEG, "
                            "WebP, TIFF, BMP, GIF, ...), whatever its name says; upload the photo itself") from None
@@ -425,6 +423,12 @@ class Studio:
         return shlex.join(argv)
 
 
+def claimed_pixels(e: Image.DecompressionBombError) -> str:
+    """The pixel count in Pillow's refusal ("Image size (N pixels) exceeds limit ..."), with thousands marked."""
+    claimed = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(claimed[1]):,}" if claimed else f"more than {2 * Image.MAX_IMAGE_PIXELS:,}"
+
+
 def _whole(value, name: str, low: int, high: int | None = arguments.MAX_SEED) -> int:
     """A whole number in [low, high] (high None: no upper bound), exact for ints of any size."""
     try:
@@ -525,8 +529,11 @@ def build_app(studio: Studio):
         """The client's message when Gradio cannot read a file (or the editor's value) that a request sends: only
         an API client sends such."""
         cause = e.__cause__ or e  # what a component's preprocess raised, wrapped by Gradio
-        if isinstance(cause, (gr.Error, Image.DecompressionBombError)):
+        if isinstance(cause, gr.Error):
             return getattr(cause, "message", str(cause))
+        if isinstance(cause, Image.DecompressionBombError):  # Gradio decodes the editor's layers
+            return (f"a painted layer claims {claimed_pixels(cause)} pixels, more than twice the "
+                    f"{studio.max_pixels:,} this app decodes: send layers of the editor's canvas size")
         if isinstance(cause, (InvalidPathError, FileNotFoundError, IsADirectoryError)):
             return ("no such uploaded file: upload the file first and send the path the upload returned "
                     "(gradio_client's handle_file does both)")
