@@ -295,10 +295,13 @@ def test_bad_uploads_and_requests_get_the_apps_message(server, clean_png, tmp_pa
     url, _ = server
     c = client(url, tmp_path)
     (tmp_path / "notes.png").write_bytes(b"not an image at all")
+    (tmp_path / "notes.txt").write_text("not an image either")
     Image.new("L", (2000, 1000)).save(tmp_path / "huge.png")  # 2 million pixels, a few kB of PNG
     expected = [
         (lambda: restore(c, "box-inpaint", ["dps"]), "upload a photo or draw a face first"),
         (lambda: c.predict(handle_file(str(tmp_path / "notes.png")), api_name="/upload"), "cannot read notes.png"),
+        (lambda: c.predict(handle_file(str(tmp_path / "notes.txt")), api_name="/upload"),
+         "not an image by its name: upload a photo"),
         (lambda: c.predict(handle_file(str(tmp_path / "huge.png")), api_name="/upload"), "claims 2000x1000 pixels"),
     ]
     for call, message in expected:

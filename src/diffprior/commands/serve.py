@@ -530,7 +530,10 @@ def build_app(studio: Studio):
         an API client sends such."""
         cause = e.__cause__ or e  # what a component's preprocess raised, wrapped by Gradio
         if isinstance(cause, gr.Error):
-            return getattr(cause, "message", str(cause))
+            message = getattr(cause, "message", str(cause))
+            if message.startswith("Invalid file type"):  # the upload button's file_types, checked on the name
+                return "that file is not an image by its name: upload a photo (PNG, JPEG, WebP, TIFF, BMP, GIF, ...)"
+            return message
         if isinstance(cause, Image.DecompressionBombError):  # Gradio decodes the editor's layers
             return (f"a painted layer claims {claimed_pixels(cause)} pixels, more than twice the "
                     f"{studio.max_pixels:,} this app decodes: send layers of the editor's canvas size")
