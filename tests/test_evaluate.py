@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import diffprior.commands.evaluate as evaluate_module
 from diffprior.cli import main
-from diffprior.commands.evaluate import mean_ci, parse_grid, select_images, summarize, t_quantile, write_summary
+from diffprior.commands.evaluate import (mean_ci, parse_grid, select_images, summarize, sweep_figure, sweeps, t_quantile,
+                                         write_summary)
 from diffprior.io import save_image
 from diffprior.checkpoints import save_checkpoint
 from diffprior.networks import build_network
@@ -324,6 +326,31 @@ def test_settings_grid():
     # a DPS scale table's commas stay inside it; two tables, or a table and a number, are two cells
     assert parse_grid(['dps.scale={"50": 2, "100": 3},{"50": 1},0.5'], ["dps"])["dps"] == [
         {"scale": {"50": 2, "100": 3}}, {"scale": {"50": 1}}, {"scale": 0.5}]
+
+
+def test_a_setting_swept_over_three_values_is_plotted(setup, tmp_path, capsys):
+    """sweeps: the cells of one task and method that differ in one number alone, 3 or more values, in order;
+    eval draws them in OUT/sweep.png, and no figure where nothing was swept."""
+    row = {"image": "im0", "task": "blur", "seed": "0", "psnr": "20", "ssim": "0.5", "lpips": "0.1", "residual": "1",
+           "seconds": "0.1", "nfe": "3"}
+    settings = [("dps", '{"scale":3,"steps":5}'), ("dps", '{"scale":1,"steps":5}'), ("dps", '{"scale":2,"steps":5}'),
+                ("dps", '{"loss":"squared","scale":2,"steps":5}'), ("sdedit", '{"t0":100}'), ("sdedit", '{"t0":200}'),
+                ("naive", "{}")]
+    run = {"model": "m", "images": 1, "seeds": 1, "steps": 5, "sigma_y": 0.05, "batch": 8, "size": 64, "data": "d"}
+    summary = summarize([{**row, "method": m, "settings": s} for m, s in settings], run)
+    (task, method, key, rest, cells), = sweeps(summary["cells"])
+    assert (task, method, key, rest) == ("blur", "dps", "scale", '{"steps":5}')
+    assert [c["settings"]["scale"] for c in cells] == [1, 2, 3]
+    assert Image.open(sweep_figure(summary, tmp_path / "sweep.png")).size[0] > 100
+    assert sweep_figure(summarize([{**row, "method": m, "settings": s} for m, s in settings[3:]], run),
+                        tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    root, data, model = setup
+    for values, out in (("200,400,600", tmp_path / "swept"), ("200,400", tmp_path / "two")):
+        assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(model), "--device", "cpu",
+                     "--tasks", "box-inpaint", "--methods", "sdedit", "--set", f"sdedit.t0={values}", "--steps", "3",
+                     "--limit", "2", "--no-progress"]) == 0
+    assert (tmp_path / "swept" / "sweep.png").is_file() and not (tmp_path / "two" / "sweep.png").exists()
+    assert f"and {tmp_path / 'swept' / 'sweep.png'}" in capsys.readouterr().err
 
 
 def test_student_t_quantiles_and_intervals():

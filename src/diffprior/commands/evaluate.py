@@ -25,6 +25,9 @@ kill, and redoes only what is missing. OUT/run.json records what fixes the numbe
 steps, sigma_y or --poisson, batch, data folder): a command that differs there is refused. Tasks, methods, settings,
 seeds or images may be added to a finished run.
 
+Sweep figure (OUT/sweep.png), where a method's cells differ in one numeric setting alone over 3 or more values
+(e.g. `--set dps.scale=1,2,3`): PSNR and LPIPS against that setting, with their intervals, a column per task.
+
 Summary (OUT/summary.md and OUT/summary.json), per cell task x method x settings: each image's metric is
 first averaged over its seeds, then mean +- t(0.975, n - 1) s / sqrt(n) is taken over the n images (a 95%
 Student-t interval): images are the independent units, the seeds of one image are not. summary.json also
@@ -546,8 +549,11 @@ def evaluate(data: str | Path, out: str | Path, *,
         if summary_files:
             write_summary(out, summary)
             changed = stamps != [stamp(f) for f in files]
-            print(f"wrote {files[0]}, {files[1]} and {files[2]}" if changed
-                  else f"{files[0]}, {files[1]} and {files[2]} were up to date: nothing written", file=sys.stderr)
+            figure = sweep_figure(summary, out / "sweep.png") if changed or not (out / "sweep.png").exists() else None
+            also = f", and {figure}" if figure else ""
+            print(f"wrote {files[0]}, {files[1]} and {files[2]}{also}" if changed else
+                  f"{files[0]}, {files[1]} and {files[2]} were up to date" + (f"; wrote {figure}" if figure else
+                                                                             ": nothing written"), file=sys.stderr)
         failed = failed_cells(summary)
         if failed:
             print(f"error: every row of {len(failed)} cell(s) is empty (the solver diverged on each batch; see the "
@@ -878,6 +884,57 @@ def write_summary(out: Path, summary: dict) -> None:
 # -- the command line ------------------------------------------------------------------------------------
 PARSER = dict(help="evaluate solvers over a folder of images: resumable rows.csv and a summary",
               description=__doc__.split("\n\n")[0])
+
+
+def sweeps(cells: list[dict]) -> list[tuple[str, str, str, str, list[dict]]]:
+    """(task, method, setting, the other settings, cells by the setting's value) for each set of 3 or more cells of
+    one task and method whose settings differ in that one number alone."""
+    found = []
+    for task, method in dict.fromkeys((c["task"], c["method"]) for c in cells):
+        mine = [c for c in cells if (c["task"], c["method"]) == (task, method)]
+        for key in sorted({k for c in mine for k, v in c["settings"].items() if _is_number(v)}):
+            groups: dict[str, list[dict]] = {}
+            for c in (c for c in mine if _is_number(c["settings"].get(key))):
+                groups.setdefault(compact({k: v for k, v in c["settings"].items() if k != key}), []).append(c)
+            found += [(task, method, key, rest, sorted(group, key=lambda c: c["settings"][key]))
+                      for rest, group in groups.items() if len({c["settings"][key] for c in group}) >= 3]
+    return found
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sweep_figure(summary: dict, path: Path) -> Path | None:
+    """PSNR and LPIPS (means with their 95% intervals) against each setting swept (`sweeps`), a column per task
+    and setting, the naive reconstruction dashed; None, and nothing written, when the run swept nothing."""
+    found = sweeps(summary["cells"])
+    if not found:
+        return None
+    from ..figures import plt, save_figure
+    panels = list(dict.fromkeys((task, key) for task, _, key, _, _ in found))
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.4), squeeze=False)
+    for j, (task, key) in enumerate(panels):
+        naive = next((c for c in summary["cells"] if c["task"] == task and c["method"] == "naive"), None)
+        lines = [f for f in found if (f[0], f[2]) == (task, key)]
+        for i, (metric, label) in enumerate([("psnr", "PSNR (dB)"), ("lpips", "LPIPS")]):
+            ax = axes[i][j]
+            for _, method, _, rest, cells in lines:
+                xs = [c["settings"][key] for c in cells]
+                ys = [float("nan") if c[metric]["mean"] is None else c[metric]["mean"] for c in cells]
+                ax.errorbar(xs, ys, yerr=[c[metric]["ci95"] or 0 for c in cells], marker="o", capsize=3,
+                            label=method + (f" {rest}" if len(lines) > len({f[1] for f in lines}) else ""))
+                if min(xs) > 0 and max(xs) >= 10 * min(xs):
+                    ax.set_xscale("log")
+            if naive is not None and naive[metric]["mean"] is not None:
+                ax.axhline(naive[metric]["mean"], color="grey", ls="--", lw=1, label="naive")
+            ax.set(xlabel=key, ylabel=label, title=task if i == 0 else None)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    run = summary["run"]
+    fig.suptitle(f"{Path(run['model']).name}: {run['images']} images, steps {run['steps'] or 'solver default'}, "
+                 f"{noise_text(run)}; mean and 95% interval over images", fontsize=9)
+    return save_figure(fig, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
