@@ -907,7 +907,8 @@ def _is_number(v) -> bool:
 
 def sweep_figure(summary: dict, path: Path) -> Path | None:
     """PSNR and LPIPS (means with their 95% intervals) against each setting swept (`sweeps`), a column per task
-    and setting, the naive reconstruction dashed; None, and nothing written, when the run swept nothing."""
+    and setting, the naive reconstruction dashed (named in the legend when far off the curves); None, and nothing
+    written, when the run swept nothing."""
     found = sweeps(summary["cells"])
     if not found:
         return None
@@ -926,8 +927,12 @@ def sweep_figure(summary: dict, path: Path) -> Path | None:
                             label=method + (f" {rest}" if len(lines) > len({f[1] for f in lines}) else ""))
                 if min(xs) > 0 and max(xs) >= 10 * min(xs):
                     ax.set_xscale("log")
-            if naive is not None and naive[metric]["mean"] is not None:
-                ax.axhline(naive[metric]["mean"], color="grey", ls="--", lw=1, label="naive")
+            if naive is not None and naive[metric]["mean"] is not None:  # far off the curves' range: named only
+                value, (low, high) = naive[metric]["mean"], ax.get_ylim()
+                if low - (high - low) <= value <= high + (high - low):
+                    ax.axhline(value, color="grey", ls="--", lw=1, label="naive")
+                else:
+                    ax.plot([], [], " ", label=f"naive: {value:.3g}")
             ax.set(xlabel=key, ylabel=label, title=task if i == 0 else None)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
